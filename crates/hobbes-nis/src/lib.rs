@@ -1,0 +1,580 @@
+//! The Node Information Service (NIS): typed, versioned records in LMDB.
+//!
+//! Layout of one environment (a directory holding `data.mdb` and `lock.mdb`):
+//!
+//! | database  | key              | value                 |
+//! |-----------|------------------|-----------------------|
+//! | `header`  | `"header"`       | [`NisHeader`] (JSON)   |
+//! | `cores`   | core id (u32 BE) | [`CoreRecord`]        |
+//! | `memory`  | block id (u32 BE)| [`MemBlockRecord`]    |
+//! | `enclaves`| id (u64 BE)      | [`EnclaveRecord`]     |
+//! | `apps`    | id (u64 BE)      | [`AppRecord`]         |
+//! | `procs`   | global pid (u32 BE) | [`ProcRecord`]     |
+//!
+//! The daemon is the only writer ([`NisWriter`]); everyone else reads
+//! ([`NisReader`]) directly, without IPC.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use heed::byteorder::BE;
+use heed::types::{SerdeJson, Str, U32, U64};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+pub use hobbes_proto::model::*;
+
+/// LMDB map size: records are small; this bounds the files, not memory use.
+const MAP_SIZE: usize = 256 << 20;
+/// Readers: every process and thread with a read transaction open.
+const MAX_READERS: u32 = 1024;
+const HEADER_KEY: &str = "header";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NisError {
+    #[error("no Node Information Service at {0}: is leviathan running? (set HOBBES_STATE_DIR or start `leviathan`)")]
+    Missing(PathBuf),
+    #[error("NIS at {path}: {source}")]
+    Lmdb { path: PathBuf, source: heed::Error },
+    #[error("NIS at {path} has schema version {found}, this build reads version {SCHEMA_VERSION}")]
+    Schema { path: PathBuf, found: u32 },
+    #[error("NIS at {0} has no header yet (daemon still starting)")]
+    NoHeader(PathBuf),
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, NisError>;
+
+type Env0 = Env<WithoutTls>;
+
+#[derive(Clone, Copy)]
+struct Tables {
+    header: Database<Str, SerdeJson<NisHeader>>,
+    cores: Database<U32<BE>, SerdeJson<CoreRecord>>,
+    memory: Database<U32<BE>, SerdeJson<MemBlockRecord>>,
+    enclaves: Database<U64<BE>, SerdeJson<EnclaveRecord>>,
+    apps: Database<U64<BE>, SerdeJson<AppRecord>>,
+    procs: Database<U32<BE>, SerdeJson<ProcRecord>>,
+}
+
+/// LMDB allows one `Env` per path per process; share it.
+fn env_cache() -> &'static Mutex<HashMap<PathBuf, (Env0, Tables)>> {
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, (Env0, Tables)>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn lmdb(path: &Path) -> impl Fn(heed::Error) -> NisError + '_ {
+    move |source| NisError::Lmdb {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
+    let key = dir.to_path_buf();
+    let mut cache = env_cache().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = cache.get(&key) {
+        return Ok(found.clone());
+    }
+    if create {
+        std::fs::create_dir_all(dir).map_err(|source| NisError::Io {
+            path: key.clone(),
+            source,
+        })?;
+    } else if !dir.join("data.mdb").exists() {
+        return Err(NisError::Missing(key));
+    }
+    let mut opts = EnvOpenOptions::new().read_txn_without_tls();
+    opts.map_size(MAP_SIZE).max_readers(MAX_READERS).max_dbs(8);
+    // SAFETY: heed requires that the environment is not opened twice in this
+    // process (guarded by the cache above) and that its files are not modified
+    // other than through LMDB (they live in the daemon's private state directory).
+    let env = unsafe { opts.open(dir) }.map_err(lmdb(dir))?;
+    let tables = if create {
+        let mut wtxn = env.write_txn().map_err(lmdb(dir))?;
+        let t = Tables {
+            header: env.create_database(&mut wtxn, Some("header")).map_err(lmdb(dir))?,
+            cores: env.create_database(&mut wtxn, Some("cores")).map_err(lmdb(dir))?,
+            memory: env.create_database(&mut wtxn, Some("memory")).map_err(lmdb(dir))?,
+            enclaves: env.create_database(&mut wtxn, Some("enclaves")).map_err(lmdb(dir))?,
+            apps: env.create_database(&mut wtxn, Some("apps")).map_err(lmdb(dir))?,
+            procs: env.create_database(&mut wtxn, Some("procs")).map_err(lmdb(dir))?,
+        };
+        wtxn.commit().map_err(lmdb(dir))?;
+        // Non-root clients read directly: LMDB readers must write their slot in
+        // the lock file. Records hold nothing secret.
+        set_mode(&dir.join("data.mdb"), 0o644)?;
+        set_mode(&dir.join("lock.mdb"), 0o666)?;
+        set_mode(dir, 0o755)?;
+        t
+    } else {
+        let rtxn = env.read_txn().map_err(lmdb(dir))?;
+        let open = |name: &str| NisError::Missing(dir.join(name));
+        let t = Tables {
+            header: env.open_database(&rtxn, Some("header")).map_err(lmdb(dir))?.ok_or_else(|| open("header"))?,
+            cores: env.open_database(&rtxn, Some("cores")).map_err(lmdb(dir))?.ok_or_else(|| open("cores"))?,
+            memory: env.open_database(&rtxn, Some("memory")).map_err(lmdb(dir))?.ok_or_else(|| open("memory"))?,
+            enclaves: env.open_database(&rtxn, Some("enclaves")).map_err(lmdb(dir))?.ok_or_else(|| open("enclaves"))?,
+            apps: env.open_database(&rtxn, Some("apps")).map_err(lmdb(dir))?.ok_or_else(|| open("apps"))?,
+            procs: env.open_database(&rtxn, Some("procs")).map_err(lmdb(dir))?.ok_or_else(|| open("procs"))?,
+        };
+        rtxn.commit().map_err(lmdb(dir))?;
+        t
+    };
+    cache.insert(key, (env.clone(), tables));
+    Ok((env, tables))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        NisError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Direct, IPC-free read access to a NIS environment.
+#[derive(Clone)]
+pub struct NisReader {
+    dir: PathBuf,
+    env: Env0,
+    t: Tables,
+}
+
+/// Everything in the NIS at one instant (one read transaction).
+#[derive(Debug, Clone)]
+pub struct NisSnapshot {
+    pub header: NisHeader,
+    pub cores: Vec<CoreRecord>,
+    pub memory: Vec<MemBlockRecord>,
+    pub enclaves: Vec<EnclaveRecord>,
+    pub apps: Vec<AppRecord>,
+    pub procs: Vec<ProcRecord>,
+}
+
+impl NisReader {
+    /// Open an existing NIS (the daemon's `<state>/nis`, or an enclave's replica).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let (env, t) = open_env(&dir, false)?;
+        let reader = NisReader { dir, env, t };
+        if let Some(h) = reader.header_opt()? {
+            if h.schema_version != SCHEMA_VERSION {
+                return Err(NisError::Schema {
+                    path: reader.dir.clone(),
+                    found: h.schema_version,
+                });
+            }
+        }
+        Ok(reader)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn rtxn(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        self.env.read_txn().map_err(lmdb(&self.dir))
+    }
+
+    fn header_opt(&self) -> Result<Option<NisHeader>> {
+        let r = self.rtxn()?;
+        self.t.header.get(&r, HEADER_KEY).map_err(lmdb(&self.dir))
+    }
+
+    pub fn header(&self) -> Result<NisHeader> {
+        self.header_opt()?.ok_or_else(|| NisError::NoHeader(self.dir.clone()))
+    }
+
+    pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
+        let r = self.rtxn()?;
+        self.t.enclaves.get(&r, &id).map_err(lmdb(&self.dir))
+    }
+
+    pub fn enclave_by_name(&self, name: &str) -> Result<Option<EnclaveRecord>> {
+        Ok(self.enclaves()?.into_iter().find(|e| e.name == name))
+    }
+
+    pub fn enclaves(&self) -> Result<Vec<EnclaveRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.enclaves.iter(&r), &self.dir)
+    }
+
+    pub fn app(&self, id: AppId) -> Result<Option<AppRecord>> {
+        let r = self.rtxn()?;
+        self.t.apps.get(&r, &id).map_err(lmdb(&self.dir))
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.apps.iter(&r), &self.dir)
+    }
+
+    pub fn cores(&self) -> Result<Vec<CoreRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.cores.iter(&r), &self.dir)
+    }
+
+    pub fn memory(&self) -> Result<Vec<MemBlockRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.memory.iter(&r), &self.dir)
+    }
+
+    /// Global process map: who is host pid `global_pid`?
+    pub fn proc_by_global(&self, global_pid: u32) -> Result<Option<ProcRecord>> {
+        let r = self.rtxn()?;
+        self.t.procs.get(&r, &global_pid).map_err(lmdb(&self.dir))
+    }
+
+    /// Global process map, the other way: (enclave, local pid) -> record.
+    pub fn proc_by_local(&self, enclave: EnclaveId, local_pid: u32) -> Result<Option<ProcRecord>> {
+        let r = self.rtxn()?;
+        for item in self.t.procs.iter(&r).map_err(lmdb(&self.dir))? {
+            let (_, p) = item.map_err(lmdb(&self.dir))?;
+            if p.enclave == enclave && p.local_pid == local_pid {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// All records from one consistent read transaction.
+    pub fn snapshot(&self) -> Result<NisSnapshot> {
+        let r = self.rtxn()?;
+        let d = &self.dir;
+        Ok(NisSnapshot {
+            header: self
+                .t
+                .header
+                .get(&r, HEADER_KEY)
+                .map_err(lmdb(d))?
+                .ok_or_else(|| NisError::NoHeader(d.clone()))?,
+            cores: collect(self.t.cores.iter(&r), d)?,
+            memory: collect(self.t.memory.iter(&r), d)?,
+            enclaves: collect(self.t.enclaves.iter(&r), d)?,
+            apps: collect(self.t.apps.iter(&r), d)?,
+            procs: collect(self.t.procs.iter(&r), d)?,
+        })
+    }
+
+    /// Remove reader slots of dead processes (LMDB `mdb_reader_check`).
+    pub fn clear_stale_readers(&self) -> Result<usize> {
+        self.env.clear_stale_readers().map_err(lmdb(&self.dir))
+    }
+}
+
+fn collect<'t, K: 't, V>(
+    iter: heed::Result<heed::RoIter<'t, K, SerdeJson<V>>>,
+    dir: &Path,
+) -> Result<Vec<V>>
+where
+    K: heed::BytesDecode<'t>,
+    V: serde::de::DeserializeOwned + 't,
+{
+    let mut out = Vec::new();
+    for item in iter.map_err(lmdb(dir))? {
+        out.push(item.map_err(lmdb(dir))?.1);
+    }
+    Ok(out)
+}
+
+/// One change, replayed on every replica after the primary commits.
+#[derive(Debug, Clone)]
+enum Op {
+    Header(NisHeader),
+    Core(CoreRecord),
+    Block(MemBlockRecord),
+    Enclave(EnclaveRecord),
+    DelEnclave(EnclaveId),
+    App(AppRecord),
+    DelApp(AppId),
+    Proc(ProcRecord),
+    DelProc(u32),
+}
+
+/// A write batch. Records' `rev` fields are bumped by the `put_*` calls.
+pub struct NisTxn<'a> {
+    reader: &'a NisReader,
+    wtxn: RwTxn<'a>,
+    ops: Vec<Op>,
+}
+
+impl NisTxn<'_> {
+    fn e(&self) -> impl Fn(heed::Error) -> NisError + '_ {
+        lmdb(&self.reader.dir)
+    }
+
+    pub fn header(&self) -> Result<Option<NisHeader>> {
+        self.reader.t.header.get(&self.wtxn, HEADER_KEY).map_err(self.e())
+    }
+    pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
+        self.reader.t.enclaves.get(&self.wtxn, &id).map_err(self.e())
+    }
+    pub fn app(&self, id: AppId) -> Result<Option<AppRecord>> {
+        self.reader.t.apps.get(&self.wtxn, &id).map_err(self.e())
+    }
+
+    pub fn put_header(&mut self, h: &NisHeader) -> Result<()> {
+        let t = self.reader.t;
+        t.header.put(&mut self.wtxn, HEADER_KEY, h).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::Header(h.clone()));
+        Ok(())
+    }
+    pub fn put_core(&mut self, c: &mut CoreRecord) -> Result<()> {
+        c.rev += 1;
+        let t = self.reader.t;
+        t.cores.put(&mut self.wtxn, &c.id, c).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::Core(c.clone()));
+        Ok(())
+    }
+    pub fn put_block(&mut self, b: &mut MemBlockRecord) -> Result<()> {
+        b.rev += 1;
+        let t = self.reader.t;
+        t.memory.put(&mut self.wtxn, &b.id, b).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::Block(b.clone()));
+        Ok(())
+    }
+    pub fn put_enclave(&mut self, e: &mut EnclaveRecord) -> Result<()> {
+        e.rev += 1;
+        let t = self.reader.t;
+        t.enclaves.put(&mut self.wtxn, &e.id, e).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::Enclave(e.clone()));
+        Ok(())
+    }
+    pub fn delete_enclave(&mut self, id: EnclaveId) -> Result<()> {
+        let t = self.reader.t;
+        t.enclaves.delete(&mut self.wtxn, &id).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::DelEnclave(id));
+        Ok(())
+    }
+    pub fn put_app(&mut self, a: &mut AppRecord) -> Result<()> {
+        a.rev += 1;
+        let t = self.reader.t;
+        t.apps.put(&mut self.wtxn, &a.id, a).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::App(a.clone()));
+        Ok(())
+    }
+    pub fn delete_app(&mut self, id: AppId) -> Result<()> {
+        let t = self.reader.t;
+        t.apps.delete(&mut self.wtxn, &id).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::DelApp(id));
+        Ok(())
+    }
+    pub fn put_proc(&mut self, p: &ProcRecord) -> Result<()> {
+        let t = self.reader.t;
+        t.procs.put(&mut self.wtxn, &p.global_pid, p).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::Proc(*p));
+        Ok(())
+    }
+    pub fn delete_proc(&mut self, global_pid: u32) -> Result<()> {
+        let t = self.reader.t;
+        t.procs.delete(&mut self.wtxn, &global_pid).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(Op::DelProc(global_pid));
+        Ok(())
+    }
+}
+
+fn apply(t: &Tables, w: &mut RwTxn, op: &Op) -> heed::Result<()> {
+    match op {
+        Op::Header(h) => t.header.put(w, HEADER_KEY, h),
+        Op::Core(c) => t.cores.put(w, &c.id, c),
+        Op::Block(b) => t.memory.put(w, &b.id, b),
+        Op::Enclave(e) => t.enclaves.put(w, &e.id, e),
+        Op::DelEnclave(id) => t.enclaves.delete(w, id).map(|_| ()),
+        Op::App(a) => t.apps.put(w, &a.id, a),
+        Op::DelApp(id) => t.apps.delete(w, id).map(|_| ()),
+        Op::Proc(p) => t.procs.put(w, &p.global_pid, p),
+        Op::DelProc(pid) => t.procs.delete(w, pid).map(|_| ()),
+    }
+}
+
+/// The daemon's handle: the primary environment plus one replica per enclave
+/// that has its own PID namespace.
+pub struct NisWriter {
+    primary: NisReader,
+    replicas: Mutex<HashMap<EnclaveId, NisReader>>,
+}
+
+impl NisWriter {
+    /// Create or open the primary environment in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let (env, t) = open_env(&dir, true)?;
+        Ok(NisWriter {
+            primary: NisReader { dir, env, t },
+            replicas: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn reader(&self) -> &NisReader {
+        &self.primary
+    }
+
+    /// Apply a batch atomically to the primary, then to every replica.
+    pub fn update<T>(&self, f: impl FnOnce(&mut NisTxn) -> Result<T>) -> Result<T> {
+        let wtxn = self.primary.env.write_txn().map_err(lmdb(&self.primary.dir))?;
+        let mut txn = NisTxn {
+            reader: &self.primary,
+            wtxn,
+            ops: Vec::new(),
+        };
+        let out = f(&mut txn)?;
+        let NisTxn { wtxn, ops, .. } = txn;
+        wtxn.commit().map_err(lmdb(&self.primary.dir))?;
+        if !ops.is_empty() {
+            let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+            for replica in replicas.values() {
+                // A failing replica must not fail the primary's (committed) change;
+                // it is rebuilt from the primary when it is next attached.
+                let _ = replay(replica, &ops);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Create (or rebuild) the replica read by enclave `id`, in `dir`,
+    /// as a full copy of the primary.
+    pub fn attach_replica(&self, id: EnclaveId, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        let dir = dir.as_ref().to_path_buf();
+        let (env, t) = open_env(&dir, true)?;
+        let replica = NisReader {
+            dir: dir.clone(),
+            env,
+            t,
+        };
+        let snap = self.primary.snapshot()?;
+        // Built entirely inside write transactions: the daemon never takes a
+        // read slot in a replica (its host pid could collide with an enclave pid).
+        let mut w = replica.env.write_txn().map_err(lmdb(&dir))?;
+        let e = lmdb(&dir);
+        t.cores.clear(&mut w).map_err(&e)?;
+        t.memory.clear(&mut w).map_err(&e)?;
+        t.enclaves.clear(&mut w).map_err(&e)?;
+        t.apps.clear(&mut w).map_err(&e)?;
+        t.procs.clear(&mut w).map_err(&e)?;
+        let mut ops = vec![Op::Header(snap.header)];
+        ops.extend(snap.cores.into_iter().map(Op::Core));
+        ops.extend(snap.memory.into_iter().map(Op::Block));
+        ops.extend(snap.enclaves.into_iter().map(Op::Enclave));
+        ops.extend(snap.apps.into_iter().map(Op::App));
+        ops.extend(snap.procs.into_iter().map(Op::Proc));
+        for op in &ops {
+            apply(&t, &mut w, op).map_err(&e)?;
+        }
+        w.commit().map_err(&e)?;
+        drop(e);
+        self.replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, replica);
+        Ok(dir)
+    }
+
+    /// Stop updating enclave `id`'s replica (its files are removed by the caller).
+    pub fn detach_replica(&self, id: EnclaveId) {
+        let removed = self
+            .replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(r) = removed {
+            env_cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&r.dir);
+        }
+    }
+
+    /// Clear stale reader slots in the primary and every replica. Returns how many.
+    pub fn clear_stale_readers(&self) -> usize {
+        let mut n = self.primary.clear_stale_readers().unwrap_or(0);
+        for r in self.replicas.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            n += r.clear_stale_readers().unwrap_or(0);
+        }
+        n
+    }
+}
+
+fn replay(replica: &NisReader, ops: &[Op]) -> Result<()> {
+    let mut w = replica.env.write_txn().map_err(lmdb(&replica.dir))?;
+    for op in ops {
+        apply(&replica.t, &mut w, op).map_err(lmdb(&replica.dir))?;
+    }
+    w.commit().map_err(lmdb(&replica.dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> NisHeader {
+        NisHeader {
+            schema_version: SCHEMA_VERSION,
+            hostname: "n".into(),
+            daemon_pid: 1,
+            generation: 1,
+            started_ms: 0,
+            updated_ms: 0,
+            cgroup_mode: CgroupMode::None,
+            privileged: false,
+            socket: "/x".into(),
+            heartbeat_interval_ms: 100,
+            heartbeat_timeout_ms: 300,
+            counters: Counters::default(),
+        }
+    }
+
+    fn core(id: CoreId) -> CoreRecord {
+        CoreRecord {
+            id,
+            numa_node: 0,
+            package: 0,
+            core: id,
+            ownership: Ownership::Free,
+            shared_by: vec![],
+            rev: 0,
+        }
+    }
+
+    #[test]
+    fn writes_are_visible_to_readers_and_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = NisWriter::open(dir.path().join("nis")).unwrap();
+        w.update(|t| {
+            t.put_header(&header())?;
+            t.put_core(&mut core(0))
+        })
+        .unwrap();
+        let replica_dir = w.attach_replica(7, dir.path().join("r7")).unwrap();
+        w.update(|t| t.put_core(&mut core(1))).unwrap();
+
+        let r = NisReader::open(dir.path().join("nis")).unwrap();
+        assert_eq!(r.cores().unwrap().len(), 2);
+        assert_eq!(r.cores().unwrap()[0].rev, 1);
+        let rep = NisReader::open(&replica_dir).unwrap();
+        assert_eq!(rep.cores().unwrap().len(), 2, "replica got the later write too");
+        assert_eq!(rep.header().unwrap().hostname, "n");
+    }
+
+    #[test]
+    fn failed_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = NisWriter::open(dir.path()).unwrap();
+        let res: Result<()> = w.update(|t| {
+            t.put_core(&mut core(0))?;
+            Err(NisError::NoHeader(PathBuf::from("forced")))
+        });
+        assert!(res.is_err());
+        assert!(w.reader().cores().unwrap().is_empty());
+    }
+
+    #[test]
+    fn missing_nis_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = NisReader::open(dir.path().join("none")).err().unwrap();
+        assert!(err.to_string().contains("is leviathan running"), "{err}");
+    }
+}

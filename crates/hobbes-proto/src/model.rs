@@ -1,0 +1,313 @@
+//! Typed records of the Node Information Service.
+//!
+//! These are stored in LMDB by `hobbes-nis` and returned by the daemon. Every
+//! record carries `rev`, bumped on each write, so readers can tell a record
+//! changed; the schema as a whole is versioned by [`SCHEMA_VERSION`] in the
+//! [`NisHeader`]. See `docs/nis-schema.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record layout. Bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Node-global enclave id. 0 is the host.
+pub type EnclaveId = u64;
+/// Node-global application id.
+pub type AppId = u64;
+/// Logical CPU number as Linux numbers it.
+pub type CoreId = u32;
+/// Memory block number (`/sys/devices/system/memory/memoryN`).
+pub type BlockId = u32;
+
+/// The host enclave (enclave 0), where `leviathan` runs.
+pub const HOST_ENCLAVE: EnclaveId = 0;
+
+/// Who owns a core or a memory block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "enclave")]
+pub enum Ownership {
+    /// Kept by the host (not under Leviathan's control).
+    Host,
+    /// Under Leviathan's control, not allocated.
+    Free,
+    /// Allocated to an enclave.
+    Allocated(EnclaveId),
+}
+
+/// One logical CPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreRecord {
+    pub id: CoreId,
+    pub numa_node: u32,
+    /// Physical package and core ids (from sysfs topology), for reporting.
+    pub package: u32,
+    pub core: u32,
+    pub ownership: Ownership,
+    /// Shared (non-isolated) enclaves pinned to this core; they do not own it.
+    #[serde(default)]
+    pub shared_by: Vec<EnclaveId>,
+    pub rev: u64,
+}
+
+/// One memory block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemBlockRecord {
+    pub id: BlockId,
+    /// Physical base address.
+    pub base: u64,
+    pub size: u64,
+    pub numa_node: u32,
+    pub ownership: Ownership,
+    pub rev: u64,
+}
+
+/// Enclave kinds. The daemon has one implementation per kind behind one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnclaveKind {
+    /// The Linux host itself (enclave 0).
+    Host,
+    /// A partition of the node's cores and memory with its own namespaces.
+    Native,
+}
+
+impl EnclaveKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnclaveKind::Host => "host",
+            EnclaveKind::Native => "native",
+        }
+    }
+}
+
+impl std::fmt::Display for EnclaveKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle of an enclave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnclaveState {
+    /// Resources reserved, control process starting.
+    Starting,
+    Running,
+    /// Heartbeats stopped or the control process died.
+    Crashed,
+    /// Being torn down.
+    Stopping,
+}
+
+impl std::fmt::Display for EnclaveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EnclaveState::Starting => "starting",
+            EnclaveState::Running => "running",
+            EnclaveState::Crashed => "crashed",
+            EnclaveState::Stopping => "stopping",
+        })
+    }
+}
+
+/// How an enclave is isolated, as really applied (not as requested).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// Owns its cores (host tasks and other enclaves kept off them).
+    pub exclusive_cores: bool,
+    /// Confined by a cpuset cgroup (otherwise by CPU affinity only).
+    pub cpuset: bool,
+    /// Has a memory limit (cgroup).
+    pub memory_limit: bool,
+    /// Own PID, mount, IPC and UTS namespaces.
+    pub namespaces: bool,
+    /// Human-readable summary, e.g. "exclusive cpuset+memory cgroup (v1), pid/mnt/ipc/uts ns".
+    pub summary: String,
+}
+
+/// One enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnclaveRecord {
+    pub id: EnclaveId,
+    pub name: String,
+    pub kind: EnclaveKind,
+    pub state: EnclaveState,
+    /// Enclave that created it (the host for now).
+    pub parent: EnclaveId,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// Shared enclaves are pinned to host cores and do not own them.
+    pub shared: bool,
+    pub cores: Vec<CoreId>,
+    pub mem_blocks: Vec<BlockId>,
+    /// Memory limit in bytes (sum of the blocks' sizes).
+    pub mem_bytes: u64,
+    pub numa_nodes: Vec<u32>,
+    pub isolation: Isolation,
+    /// Host pid of the enclave's control process.
+    pub control_pid: Option<u32>,
+    /// Start time of the control process (clock ticks since boot, /proc/PID/stat
+    /// field 22), so a recycled pid is never mistaken for it.
+    pub control_start_time: Option<u64>,
+    /// Unix socket served by the control process (ping, file access).
+    pub control_socket: String,
+    /// Directory of the NIS replica this enclave's processes read.
+    pub nis_dir: String,
+    pub created_ms: u64,
+    pub last_heartbeat_ms: u64,
+    /// Why it crashed, when it did.
+    pub crash_reason: Option<String>,
+    pub rev: u64,
+}
+
+/// Lifecycle of an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppState {
+    Starting,
+    Running,
+    /// Exited by itself (any exit code).
+    Exited,
+    /// Killed by a signal (crash, kill, or OOM).
+    Crashed,
+    /// Its enclave went away and its fate is unknown.
+    Lost,
+    /// Could not be started.
+    Failed,
+}
+
+impl AppState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, AppState::Starting | AppState::Running)
+    }
+}
+
+impl std::fmt::Display for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AppState::Starting => "starting",
+            AppState::Running => "running",
+            AppState::Exited => "exited",
+            AppState::Crashed => "crashed",
+            AppState::Lost => "lost",
+            AppState::Failed => "failed",
+        })
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "how", content = "value")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// A process of an app, with its node-global id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    /// Pid as seen inside the enclave.
+    pub local: u32,
+    /// Pid as seen by the host (node-global).
+    pub global: u32,
+}
+
+/// One application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub id: AppId,
+    pub name: String,
+    pub enclave: EnclaveId,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    pub state: AppState,
+    pub procs: Vec<ProcId>,
+    pub exit: Option<ExitStatus>,
+    /// Why it failed to start, or extra detail about its end.
+    pub detail: Option<String>,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub stdout_log: String,
+    pub stderr_log: String,
+    pub rev: u64,
+}
+
+/// Global process map entry: (enclave, local pid) <-> global pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRecord {
+    pub global_pid: u32,
+    pub enclave: EnclaveId,
+    pub local_pid: u32,
+    pub app: AppId,
+}
+
+/// Which cgroup layout the daemon found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupMode {
+    /// cgroup v1 controllers (possibly with an empty v2 hierarchy beside them).
+    Legacy,
+    /// cgroup v2 only.
+    Unified,
+    /// No usable cgroups (not root, or none mounted).
+    None,
+}
+
+/// The NIS header: one record describing the node and the daemon, plus counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NisHeader {
+    pub schema_version: u32,
+    pub hostname: String,
+    pub daemon_pid: u32,
+    /// Incremented at every daemon start.
+    pub generation: u64,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    pub cgroup_mode: CgroupMode,
+    /// True when the daemon runs with root features (cgroups, namespaces).
+    pub privileged: bool,
+    pub socket: String,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub counters: Counters,
+}
+
+/// Monotonic counters (ids are never reused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_enclave_id: EnclaveId,
+    pub next_app_id: AppId,
+    pub enclaves_created: u64,
+    pub enclaves_destroyed: u64,
+    pub enclaves_crashed: u64,
+    pub apps_launched: u64,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,204 @@
+//! Client <-> `leviathan` messages. One request, one response, except
+//! `LaunchApp { stream: true }`, which is followed by `Output` frames and a
+//! final `AppExited` on the same connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, MemBlockRecord,
+    NisHeader,
+};
+use crate::spec::{CpuRequest, EnclaveSpec, MemRequest};
+
+/// An enclave named by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnclaveRef {
+    Id(EnclaveId),
+    Name(String),
+}
+
+impl EnclaveRef {
+    /// Digits are an id, anything else a name (names may not be all digits).
+    pub fn parse(s: &str) -> Self {
+        match s.parse() {
+            Ok(id) => EnclaveRef::Id(id),
+            Err(_) => EnclaveRef::Name(s.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for EnclaveRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnclaveRef::Id(id) => write!(f, "{id}"),
+            EnclaveRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// What to launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub enclave: EnclaveRef,
+    /// Display name; defaults to the program's file name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub argv: Vec<String>,
+    /// Extra environment, on top of the enclave's base environment.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Stream stdout/stderr back on this connection until the app exits.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    /// Version handshake; optional.
+    Hello { client: String },
+    Status,
+    ListCores,
+    ListMemory,
+    ListEnclaves,
+    ListApps {
+        #[serde(default)]
+        enclave: Option<EnclaveRef>,
+    },
+    GetEnclave { enclave: EnclaveRef },
+    GetApp { app: AppId },
+    CreateEnclave { spec: EnclaveSpec },
+    DestroyEnclave { enclave: EnclaveRef },
+    AssignCpus { enclave: EnclaveRef, cpus: CpuRequest },
+    RevokeCpus { enclave: EnclaveRef, cores: Vec<CoreId> },
+    AssignMemory { enclave: EnclaveRef, memory: MemRequest },
+    RevokeMemory { enclave: EnclaveRef, blocks: Vec<BlockId> },
+    LaunchApp { launch: LaunchSpec },
+    KillApp { app: AppId, signal: i32 },
+    /// Block until the app ends; answers with its record.
+    WaitApp { app: AppId },
+    /// Round trip daemon -> control process -> daemon.
+    Ping { enclave: EnclaveRef },
+}
+
+impl Request {
+    /// Short name for logs and errors.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Status => "status",
+            Request::ListCores => "list_cores",
+            Request::ListMemory => "list_memory",
+            Request::ListEnclaves => "list_enclaves",
+            Request::ListApps { .. } => "list_apps",
+            Request::GetEnclave { .. } => "get_enclave",
+            Request::GetApp { .. } => "get_app",
+            Request::CreateEnclave { .. } => "create_enclave",
+            Request::DestroyEnclave { .. } => "destroy_enclave",
+            Request::AssignCpus { .. } => "assign_cpus",
+            Request::RevokeCpus { .. } => "revoke_cpus",
+            Request::AssignMemory { .. } => "assign_memory",
+            Request::RevokeMemory { .. } => "revoke_memory",
+            Request::LaunchApp { .. } => "launch_app",
+            Request::KillApp { .. } => "kill_app",
+            Request::WaitApp { .. } => "wait_app",
+            Request::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Error classes; the message says what exactly and how to fix it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a frame, wrong version, or undecodable message.
+    BadRequest,
+    TooLarge,
+    NotFound,
+    PermissionDenied,
+    /// Not enough free cores or memory.
+    Overcommit,
+    InvalidSpec,
+    /// The object is in the wrong state for this request (name taken, enclave crashed...).
+    Conflict,
+    /// The enclave's control process did not answer.
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Node overview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub header: NisHeader,
+    pub state_dir: String,
+    pub cores_total: u32,
+    pub cores_host: u32,
+    pub cores_free: u32,
+    pub cores_allocated: u32,
+    pub mem_total: u64,
+    pub mem_host: u64,
+    pub mem_free: u64,
+    pub mem_allocated: u64,
+    pub enclaves: Vec<EnclaveRecord>,
+    pub apps_running: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reply")]
+pub enum Response {
+    Hello { server: String, protocol: u8 },
+    Ok,
+    Status(Box<NodeStatus>),
+    Cores { cores: Vec<CoreRecord> },
+    Memory { blocks: Vec<MemBlockRecord> },
+    Enclaves { enclaves: Vec<EnclaveRecord> },
+    Apps { apps: Vec<AppRecord> },
+    Enclave(Box<EnclaveRecord>),
+    App(Box<AppRecord>),
+    /// A chunk of a streamed app's output.
+    Output {
+        app: AppId,
+        stream: Stream,
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// Output was dropped because this client read too slowly; the log file has it all.
+    OutputDropped { app: AppId, bytes: u64 },
+    /// The streamed app ended; last frame of a streamed launch.
+    AppExited(Box<AppRecord>),
+    Pong { enclave: EnclaveId, rtt_us: u64 },
+    Error(ErrorReply),
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error(ErrorReply::new(code, message))
+    }
+}

@@ -1,0 +1,441 @@
+//! What a user asks for when creating an enclave, and its XML form.
+//!
+//! ```xml
+//! <native name="sim" shared="false">
+//!   <cpus numa="0">
+//!     <cores>1</cores>          <!-- a count ... -->
+//!     <core id="3"/>            <!-- ... and/or explicit core ids -->
+//!   </cpus>
+//!   <memory size="512" numa="-1"/>   <!-- MiB; numa -1: any node -->
+//!   <memory><block id="12"/></memory> <!-- or explicit memory blocks -->
+//! </native>
+//! ```
+//!
+//! The root element names the kind, as the original's `<pisces>` files did.
+//! The schema is documented in `docs/nis-schema.md` ("Enclave XML").
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{BlockId, CoreId, EnclaveKind};
+
+/// Longest accepted enclave name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest XML document accepted (bytes).
+pub const MAX_XML_LEN: usize = 64 * 1024;
+
+/// CPU part of a request: a count, explicit ids, or both (ids first, then
+/// `count` more).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuRequest {
+    #[serde(default)]
+    pub count: u32,
+    #[serde(default)]
+    pub ids: Vec<CoreId>,
+    /// Preferred NUMA node for counted cores; `None` lets the allocator pick one.
+    #[serde(default)]
+    pub numa: Option<u32>,
+}
+
+impl CpuRequest {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 && self.ids.is_empty()
+    }
+}
+
+/// Memory part of a request: a size in MiB, explicit blocks, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemRequest {
+    #[serde(default)]
+    pub size_mib: u64,
+    #[serde(default)]
+    pub blocks: Vec<BlockId>,
+    #[serde(default)]
+    pub numa: Option<u32>,
+}
+
+impl MemRequest {
+    pub fn is_empty(&self) -> bool {
+        self.size_mib == 0 && self.blocks.is_empty()
+    }
+}
+
+/// A complete enclave request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnclaveSpec {
+    pub name: String,
+    pub kind: EnclaveKind,
+    /// Pinned to host cores without owning them (not isolated).
+    #[serde(default)]
+    pub shared: bool,
+    pub cpus: CpuRequest,
+    pub memory: MemRequest,
+}
+
+/// A spec that cannot be used, with the line it came from when it came from XML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct SpecError {
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+impl SpecError {
+    fn at(doc: &roxmltree::Document, node: roxmltree::Node, message: impl Into<String>) -> Self {
+        SpecError {
+            line: Some(doc.text_pos_at(node.range().start).row),
+            message: message.into(),
+        }
+    }
+    fn plain(message: impl Into<String>) -> Self {
+        SpecError {
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl EnclaveSpec {
+    /// Check what can be checked without knowing the node.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name).map_err(SpecError::plain)?;
+        if self.kind == EnclaveKind::Host {
+            return Err(SpecError::plain(
+                "the host enclave (0) exists already and cannot be created",
+            ));
+        }
+        if self.cpus.is_empty() {
+            return Err(SpecError::plain(
+                "an enclave needs at least one core: give <cores>N</cores> or <core id=\"N\"/>",
+            ));
+        }
+        if self.memory.is_empty() {
+            return Err(SpecError::plain(
+                "an enclave needs memory: give <memory size=\"MiB\"/> or <block id=\"N\"/>",
+            ));
+        }
+        let mut ids = self.cpus.ids.clone();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(SpecError::plain("a core id is listed twice"));
+        }
+        let mut blocks = self.memory.blocks.clone();
+        blocks.sort_unstable();
+        if blocks.windows(2).any(|w| w[0] == w[1]) {
+            return Err(SpecError::plain("a memory block is listed twice"));
+        }
+        Ok(())
+    }
+
+    /// Parse the XML form. Errors name the line.
+    pub fn from_xml(text: &str) -> Result<Self, SpecError> {
+        if text.len() > MAX_XML_LEN {
+            return Err(SpecError::plain(format!(
+                "document is {} bytes; the limit is {MAX_XML_LEN}",
+                text.len()
+            )));
+        }
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: false,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(text, opts).map_err(|e| SpecError {
+            line: Some(e.pos().row),
+            message: format!("malformed XML: {e}"),
+        })?;
+        let root = doc.root_element();
+        let kind = match root.tag_name().name() {
+            "native" => EnclaveKind::Native,
+            other => {
+                return Err(SpecError::at(
+                    &doc,
+                    root,
+                    format!("unknown enclave kind <{other}>: expected <native>"),
+                ))
+            }
+        };
+        let name = root
+            .attribute("name")
+            .ok_or_else(|| SpecError::at(&doc, root, "missing attribute name=\"...\""))?
+            .to_string();
+        let shared = bool_attr(&doc, root, "shared")?.unwrap_or(false);
+        for attr in root.attributes() {
+            if !matches!(attr.name(), "name" | "shared") {
+                return Err(SpecError::at(
+                    &doc,
+                    root,
+                    format!("unknown attribute {}= on <{}>", attr.name(), root.tag_name().name()),
+                ));
+            }
+        }
+        let mut spec = EnclaveSpec {
+            name,
+            kind,
+            shared,
+            cpus: CpuRequest::default(),
+            memory: MemRequest::default(),
+        };
+        for child in root.children().filter(|n| n.is_element()) {
+            match child.tag_name().name() {
+                "cpus" => parse_cpus(&doc, child, &mut spec.cpus)?,
+                "memory" => parse_memory(&doc, child, &mut spec.memory)?,
+                other => {
+                    return Err(SpecError::at(
+                        &doc,
+                        child,
+                        format!("unknown element <{other}>: expected <cpus> or <memory>"),
+                    ))
+                }
+            }
+        }
+        spec.validate().map_err(|mut e| {
+            e.line.get_or_insert(doc.text_pos_at(root.range().start).row);
+            e
+        })?;
+        Ok(spec)
+    }
+}
+
+/// Names are what users type in the shell: keep them simple.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "enclave name must be 1 to {MAX_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "enclave name {name:?} may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if name.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "enclave name {name:?} is all digits and would be mistaken for an id"
+        ));
+    }
+    Ok(())
+}
+
+fn bool_attr(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    name: &str,
+) -> Result<Option<bool>, SpecError> {
+    match node.attribute(name) {
+        None => Ok(None),
+        Some("true" | "yes" | "1") => Ok(Some(true)),
+        Some("false" | "no" | "0") => Ok(Some(false)),
+        Some(v) => Err(SpecError::at(
+            doc,
+            node,
+            format!("{name}=\"{v}\" is not a boolean (true/false)"),
+        )),
+    }
+}
+
+fn num<T: std::str::FromStr>(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    what: &str,
+    text: &str,
+) -> Result<T, SpecError> {
+    text.trim().parse().map_err(|_| {
+        SpecError::at(
+            doc,
+            node,
+            format!("{what} must be a non-negative integer, got {:?}", text.trim()),
+        )
+    })
+}
+
+/// numa="-1" (or absent) means any node.
+fn numa_attr(doc: &roxmltree::Document, node: roxmltree::Node) -> Result<Option<u32>, SpecError> {
+    match node.attribute("numa") {
+        None => Ok(None),
+        Some(v) if v.trim() == "-1" => Ok(None),
+        Some(v) => num(doc, node, "numa", v).map(Some),
+    }
+}
+
+fn id_of(doc: &roxmltree::Document, node: roxmltree::Node) -> Result<u32, SpecError> {
+    let text = node
+        .attribute("id")
+        .or_else(|| node.text())
+        .ok_or_else(|| {
+            SpecError::at(
+                doc,
+                node,
+                format!("<{}> needs an id: <{} id=\"N\"/>", node.tag_name().name(), node.tag_name().name()),
+            )
+        })?;
+    num(doc, node, "id", text)
+}
+
+fn parse_cpus(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    cpus: &mut CpuRequest,
+) -> Result<(), SpecError> {
+    cpus.numa = numa_attr(doc, node)?.or(cpus.numa);
+    for child in node.children().filter(|n| n.is_element()) {
+        match child.tag_name().name() {
+            "cores" => {
+                let text = child.text().unwrap_or("");
+                let n: u32 = num(doc, child, "<cores>", text)?;
+                if n > 4096 {
+                    return Err(SpecError::at(doc, child, format!("{n} cores is more than any node has")));
+                }
+                cpus.count += n;
+                cpus.numa = numa_attr(doc, child)?.or(cpus.numa);
+            }
+            "core" => cpus.ids.push(id_of(doc, child)?),
+            other => {
+                return Err(SpecError::at(
+                    doc,
+                    child,
+                    format!("unknown element <{other}> in <cpus>: expected <cores> or <core>"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_size_mib(doc: &roxmltree::Document, node: roxmltree::Node, v: &str) -> Result<u64, SpecError> {
+    let v = v.trim();
+    let (digits, mult) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (v, 1u64),
+        Some((i, _)) => {
+            let mult = match &v[i..] {
+                "M" | "MB" | "MiB" | "m" => 1,
+                "G" | "GB" | "GiB" | "g" => 1024,
+                unit => {
+                    return Err(SpecError::at(
+                        doc,
+                        node,
+                        format!("size=\"{v}\": unknown unit {unit:?} (sizes are MiB, or use a G suffix)"),
+                    ))
+                }
+            };
+            (&v[..i], mult)
+        }
+    };
+    let n: u64 = num(doc, node, "size", digits)?;
+    n.checked_mul(mult)
+        .filter(|m| *m <= (1 << 30))
+        .ok_or_else(|| SpecError::at(doc, node, format!("size=\"{v}\" is too large")))
+}
+
+fn parse_memory(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    mem: &mut MemRequest,
+) -> Result<(), SpecError> {
+    if let Some(size) = node.attribute("size") {
+        mem.size_mib += parse_size_mib(doc, node, size)?;
+    }
+    mem.numa = numa_attr(doc, node)?.or(mem.numa);
+    for child in node.children().filter(|n| n.is_element()) {
+        match child.tag_name().name() {
+            "block" => mem.blocks.push(id_of(doc, child)?),
+            other => {
+                return Err(SpecError::at(
+                    doc,
+                    child,
+                    format!("unknown element <{other}> in <memory>: expected <block>"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_the_issue_example() {
+        let spec = EnclaveSpec::from_xml(
+            r#"<native name="sim"><cpus><cores>1</cores></cpus><memory size="512" numa="-1"/></native>"#,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "sim");
+        assert_eq!(spec.kind, EnclaveKind::Native);
+        assert_eq!(spec.cpus.count, 1);
+        assert_eq!(spec.memory.size_mib, 512);
+        assert_eq!(spec.memory.numa, None);
+        assert!(!spec.shared);
+    }
+
+    #[test]
+    fn explicit_ids_and_blocks() {
+        let spec = EnclaveSpec::from_xml(
+            "<native name=\"a\" shared=\"true\">\n<cpus><core id=\"1\"/><core>3</core></cpus>\n<memory><block id=\"7\"/><block>8</block></memory>\n</native>",
+        )
+        .unwrap();
+        assert_eq!(spec.cpus.ids, vec![1, 3]);
+        assert_eq!(spec.memory.blocks, vec![7, 8]);
+        assert!(spec.shared);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = EnclaveSpec::from_xml("<native name=\"a\">\n<cpus>\n<cores>x</cores></cpus></native>")
+            .unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.to_string().contains("line 3"), "{err}");
+        let err = EnclaveSpec::from_xml("<native name=\"a\">\n<cpus>\n</native>").unwrap_err();
+        assert!(err.to_string().starts_with("line 3: malformed XML"), "{err}");
+        let err = EnclaveSpec::from_xml("<pisces name=\"a\"/>").unwrap_err();
+        assert!(err.to_string().contains("unknown enclave kind <pisces>"), "{err}");
+    }
+
+    #[test]
+    fn refuses_empty_and_bad_names() {
+        assert!(EnclaveSpec::from_xml("<native name=\"a\"><memory size=\"1\"/></native>")
+            .unwrap_err()
+            .message
+            .contains("at least one core"));
+        assert!(EnclaveSpec::from_xml(
+            "<native name=\"a b\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
+        )
+        .is_err());
+        assert!(EnclaveSpec::from_xml(
+            "<native name=\"12\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn refuses_entities() {
+        let doc = "<!DOCTYPE x [<!ENTITY a \"aaaa\">]><native name=\"&a;\"/>";
+        assert!(EnclaveSpec::from_xml(doc).is_err());
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        let spec = EnclaveSpec::from_xml(
+            "<native name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"2G\"/></native>",
+        )
+        .unwrap();
+        assert_eq!(spec.memory.size_mib, 2048);
+    }
+
+    proptest! {
+        #[test]
+        fn xml_parser_never_panics(text in "\\PC{0,300}") {
+            let _ = EnclaveSpec::from_xml(&text);
+        }
+
+        #[test]
+        fn xml_parser_never_panics_on_near_valid(count in "\\PC{0,6}", size in "\\PC{0,6}", name in "\\PC{0,10}") {
+            let doc = format!("<native name=\"{name}\"><cpus><cores>{count}</cores></cpus><memory size=\"{size}\"/></native>");
+            let _ = EnclaveSpec::from_xml(&doc);
+        }
+    }
+}
