@@ -1,0 +1,394 @@
+//! Client library for Hobbes.
+//!
+//! ```no_run
+//! let mut client = hobbes_client::Client::connect_default()?;
+//! for enclave in client.list_enclaves()? {
+//!     println!("{} {}", enclave.id, enclave.name);
+//! }
+//! # Ok::<(), hobbes_client::ClientError>(())
+//! ```
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hobbes_proto::control::{EnclaveRequest, EnclaveResponse, FILE_CHUNK};
+use hobbes_proto::frame::{self, FrameError};
+use hobbes_proto::model::{
+    AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, MemBlockRecord,
+};
+use hobbes_proto::msg::{
+    EnclaveRef, ErrorCode, ErrorReply, LaunchSpec, NodeStatus, Request, Response, Stream,
+};
+use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
+
+pub use hobbes_nis::{NisError, NisReader, NisSnapshot};
+pub use hobbes_proto as proto;
+
+pub mod paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to leviathan at {path}: {source}{hint}", hint = connect_hint(source))]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("connection to {peer}: {source}")]
+    Frame { peer: String, source: FrameError },
+    /// The daemon (or control process) refused the request.
+    #[error("{0}")]
+    Refused(ErrorReply),
+    #[error("unexpected reply from {peer}: {got}")]
+    Unexpected { peer: String, got: String },
+    #[error(transparent)]
+    Nis(#[from] NisError),
+}
+
+fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            " (is leviathan running? start it with `leviathan`, or set HOBBES_STATE_DIR)"
+        }
+        io::ErrorKind::PermissionDenied => " (the socket is not accessible to this user)",
+        _ => "",
+    }
+}
+
+impl ClientError {
+    /// The daemon's error class, when the daemon refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused(r) => Some(r.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to `leviathan`.
+pub struct Client {
+    stream: UnixStream,
+    peer: String,
+}
+
+fn unexpected<T>(peer: &str, got: Response) -> Result<T> {
+    match got {
+        Response::Error(e) => Err(ClientError::Refused(e)),
+        other => Err(ClientError::Unexpected {
+            peer: peer.to_string(),
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+impl Client {
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Self> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Client {
+            stream,
+            peer: path.display().to_string(),
+        })
+    }
+
+    /// Connect to the socket named by `HOBBES_SOCKET`, or the default state directory's.
+    pub fn connect_default() -> Result<Self> {
+        Self::connect(paths::socket())
+    }
+
+    fn frame_err(&self) -> impl Fn(FrameError) -> ClientError + '_ {
+        |source| ClientError::Frame {
+            peer: self.peer.clone(),
+            source,
+        }
+    }
+
+    /// Send one request and read one response, errors included as `Response::Error`.
+    pub fn request(&mut self, req: &Request) -> Result<Response> {
+        frame::write_frame(&mut self.stream, req).map_err(self.frame_err())?;
+        self.read()
+    }
+
+    fn read(&mut self) -> Result<Response> {
+        frame::read_frame(&mut self.stream).map_err(self.frame_err())
+    }
+
+    /// Send one request; a refusal becomes `Err(ClientError::Refused)`.
+    pub fn call(&mut self, req: &Request) -> Result<Response> {
+        match self.request(req)? {
+            Response::Error(e) => Err(ClientError::Refused(e)),
+            other => Ok(other),
+        }
+    }
+
+    pub fn status(&mut self) -> Result<NodeStatus> {
+        match self.call(&Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn list_cores(&mut self) -> Result<Vec<CoreRecord>> {
+        match self.call(&Request::ListCores)? {
+            Response::Cores { cores } => Ok(cores),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn list_memory(&mut self) -> Result<Vec<MemBlockRecord>> {
+        match self.call(&Request::ListMemory)? {
+            Response::Memory { blocks } => Ok(blocks),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn list_enclaves(&mut self) -> Result<Vec<EnclaveRecord>> {
+        match self.call(&Request::ListEnclaves)? {
+            Response::Enclaves { enclaves } => Ok(enclaves),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn list_apps(&mut self, enclave: Option<EnclaveRef>) -> Result<Vec<AppRecord>> {
+        match self.call(&Request::ListApps { enclave })? {
+            Response::Apps { apps } => Ok(apps),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn enclave(&mut self, enclave: EnclaveRef) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::GetEnclave { enclave })
+    }
+
+    pub fn app(&mut self, app: AppId) -> Result<AppRecord> {
+        match self.call(&Request::GetApp { app })? {
+            Response::App(a) => Ok(*a),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    fn enclave_reply(&mut self, req: Request) -> Result<EnclaveRecord> {
+        match self.call(&req)? {
+            Response::Enclave(e) => Ok(*e),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn create_enclave(&mut self, spec: EnclaveSpec) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::CreateEnclave { spec })
+    }
+
+    pub fn destroy_enclave(&mut self, enclave: EnclaveRef) -> Result<()> {
+        match self.call(&Request::DestroyEnclave { enclave })? {
+            Response::Ok => Ok(()),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn assign_cpus(&mut self, enclave: EnclaveRef, cpus: CpuRequest) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::AssignCpus { enclave, cpus })
+    }
+
+    pub fn revoke_cpus(&mut self, enclave: EnclaveRef, cores: Vec<CoreId>) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::RevokeCpus { enclave, cores })
+    }
+
+    pub fn assign_memory(&mut self, enclave: EnclaveRef, memory: MemRequest) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::AssignMemory { enclave, memory })
+    }
+
+    pub fn revoke_memory(&mut self, enclave: EnclaveRef, blocks: Vec<BlockId>) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::RevokeMemory { enclave, blocks })
+    }
+
+    /// Launch an app; returns once it runs (or failed to start).
+    pub fn launch(&mut self, mut launch: LaunchSpec) -> Result<AppRecord> {
+        launch.stream = false;
+        match self.call(&Request::LaunchApp { launch })? {
+            Response::App(a) => Ok(*a),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Launch an app and stream its output to `on_output` until it ends;
+    /// returns its final record. `on_started` sees the record once it runs.
+    pub fn launch_streaming(
+        &mut self,
+        mut launch: LaunchSpec,
+        mut on_started: impl FnMut(&AppRecord),
+        mut on_output: impl FnMut(Stream, &[u8]),
+    ) -> Result<AppRecord> {
+        launch.stream = true;
+        match self.call(&Request::LaunchApp { launch })? {
+            Response::App(a) => on_started(&a),
+            other => return unexpected(&self.peer, other),
+        }
+        loop {
+            match self.read()? {
+                Response::Output { stream, data, .. } => on_output(stream, &data),
+                Response::OutputDropped { bytes, .. } => on_output(
+                    Stream::Stderr,
+                    format!("[hobbes: {bytes} bytes of output dropped here; see the app's log file]\n")
+                        .as_bytes(),
+                ),
+                Response::AppExited(a) => return Ok(*a),
+                other => return unexpected(&self.peer, other),
+            }
+        }
+    }
+
+    pub fn kill_app(&mut self, app: AppId, signal: i32) -> Result<()> {
+        match self.call(&Request::KillApp { app, signal })? {
+            Response::Ok => Ok(()),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Block until the app ends.
+    pub fn wait_app(&mut self, app: AppId) -> Result<AppRecord> {
+        match self.call(&Request::WaitApp { app })? {
+            Response::App(a) => Ok(*a),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Round trip daemon -> enclave control process, as measured by the daemon.
+    pub fn ping_via_daemon(&mut self, enclave: EnclaveRef) -> Result<Duration> {
+        match self.call(&Request::Ping { enclave })? {
+            Response::Pong { rtt_us, .. } => Ok(Duration::from_micros(rtt_us)),
+            other => unexpected(&self.peer, other),
+        }
+    }
+}
+
+/// A direct connection to one enclave's control process.
+pub struct EnclaveConn {
+    stream: UnixStream,
+    peer: String,
+    seq: u64,
+}
+
+impl EnclaveConn {
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Self> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(EnclaveConn {
+            stream,
+            peer: path.display().to_string(),
+            seq: 0,
+        })
+    }
+
+    /// Connect to the control process of `enclave`, found in the NIS.
+    pub fn to_enclave(record: &EnclaveRecord) -> Result<Self> {
+        Self::connect(&record.control_socket)
+    }
+
+    fn call(&mut self, req: &EnclaveRequest) -> Result<EnclaveResponse> {
+        let peer = self.peer.clone();
+        let err = |source| ClientError::Frame {
+            peer: peer.clone(),
+            source,
+        };
+        frame::write_frame(&mut self.stream, req).map_err(err)?;
+        match frame::read_frame(&mut self.stream).map_err(err)? {
+            EnclaveResponse::Error { message } => Err(ClientError::Refused(ErrorReply::new(
+                ErrorCode::BadRequest,
+                message,
+            ))),
+            ok => Ok(ok),
+        }
+    }
+
+    /// One round trip to the control process.
+    pub fn ping(&mut self) -> Result<(EnclaveId, Duration)> {
+        self.seq += 1;
+        let start = Instant::now();
+        match self.call(&EnclaveRequest::Ping { seq: self.seq })? {
+            EnclaveResponse::Pong { seq, enclave } if seq == self.seq => Ok((enclave, start.elapsed())),
+            other => Err(ClientError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Read a whole file as the enclave sees it, in chunks, up to `limit` bytes.
+    pub fn read_file(&mut self, path: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let want = FILE_CHUNK.min((limit - out.len() as u64).min(u32::MAX as u64) as u32);
+            let req = EnclaveRequest::ReadFile {
+                path: path.to_string(),
+                offset: out.len() as u64,
+                len: want,
+            };
+            match self.call(&req)? {
+                EnclaveResponse::Data { data, eof } => {
+                    out.extend_from_slice(&data);
+                    if eof || data.is_empty() || out.len() as u64 >= limit {
+                        return Ok(out);
+                    }
+                }
+                other => {
+                    return Err(ClientError::Unexpected {
+                        peer: self.peer.clone(),
+                        got: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Write (create or truncate) a file in the enclave's view.
+    pub fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        if data.is_empty() {
+            return self.write_chunk(path, &[], false, mode);
+        }
+        for (i, chunk) in data.chunks(FILE_CHUNK as usize).enumerate() {
+            self.write_chunk(path, chunk, i > 0, mode)?;
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, path: &str, data: &[u8], append: bool, mode: u32) -> Result<()> {
+        let req = EnclaveRequest::WriteFile {
+            path: path.to_string(),
+            data: data.to_vec(),
+            append,
+            mode,
+        };
+        match self.call(&req)? {
+            EnclaveResponse::Written => Ok(()),
+            other => Err(ClientError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
+/// The Node Information Service this process should read: `HOBBES_NIS` inside
+/// an enclave (its replica), the state directory's otherwise.
+pub fn nis() -> Result<NisReader> {
+    Ok(NisReader::open(paths::nis())?)
+}
+
+/// The enclave this process runs in (0, the host, outside any enclave).
+pub fn my_enclave_id() -> EnclaveId {
+    std::env::var(hobbes_proto::ENV_ENCLAVE_ID)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(hobbes_proto::model::HOST_ENCLAVE)
+}
+
+/// The app this process belongs to, if launched by Hobbes.
+pub fn my_app_id() -> Option<AppId> {
+    std::env::var(hobbes_proto::ENV_APP_ID).ok().and_then(|v| v.parse().ok())
+}
