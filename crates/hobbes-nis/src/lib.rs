@@ -41,7 +41,10 @@ pub enum NisError {
     #[error("NIS at {0} has no header yet (daemon still starting)")]
     NoHeader(PathBuf),
     #[error("i/o error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, NisError>;
@@ -94,12 +97,24 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
     let tables = if create {
         let mut wtxn = env.write_txn().map_err(lmdb(dir))?;
         let t = Tables {
-            header: env.create_database(&mut wtxn, Some("header")).map_err(lmdb(dir))?,
-            cores: env.create_database(&mut wtxn, Some("cores")).map_err(lmdb(dir))?,
-            memory: env.create_database(&mut wtxn, Some("memory")).map_err(lmdb(dir))?,
-            enclaves: env.create_database(&mut wtxn, Some("enclaves")).map_err(lmdb(dir))?,
-            apps: env.create_database(&mut wtxn, Some("apps")).map_err(lmdb(dir))?,
-            procs: env.create_database(&mut wtxn, Some("procs")).map_err(lmdb(dir))?,
+            header: env
+                .create_database(&mut wtxn, Some("header"))
+                .map_err(lmdb(dir))?,
+            cores: env
+                .create_database(&mut wtxn, Some("cores"))
+                .map_err(lmdb(dir))?,
+            memory: env
+                .create_database(&mut wtxn, Some("memory"))
+                .map_err(lmdb(dir))?,
+            enclaves: env
+                .create_database(&mut wtxn, Some("enclaves"))
+                .map_err(lmdb(dir))?,
+            apps: env
+                .create_database(&mut wtxn, Some("apps"))
+                .map_err(lmdb(dir))?,
+            procs: env
+                .create_database(&mut wtxn, Some("procs"))
+                .map_err(lmdb(dir))?,
         };
         wtxn.commit().map_err(lmdb(dir))?;
         // Non-root clients read directly: LMDB readers must write their slot in
@@ -112,12 +127,30 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
         let rtxn = env.read_txn().map_err(lmdb(dir))?;
         let open = |name: &str| NisError::Missing(dir.join(name));
         let t = Tables {
-            header: env.open_database(&rtxn, Some("header")).map_err(lmdb(dir))?.ok_or_else(|| open("header"))?,
-            cores: env.open_database(&rtxn, Some("cores")).map_err(lmdb(dir))?.ok_or_else(|| open("cores"))?,
-            memory: env.open_database(&rtxn, Some("memory")).map_err(lmdb(dir))?.ok_or_else(|| open("memory"))?,
-            enclaves: env.open_database(&rtxn, Some("enclaves")).map_err(lmdb(dir))?.ok_or_else(|| open("enclaves"))?,
-            apps: env.open_database(&rtxn, Some("apps")).map_err(lmdb(dir))?.ok_or_else(|| open("apps"))?,
-            procs: env.open_database(&rtxn, Some("procs")).map_err(lmdb(dir))?.ok_or_else(|| open("procs"))?,
+            header: env
+                .open_database(&rtxn, Some("header"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("header"))?,
+            cores: env
+                .open_database(&rtxn, Some("cores"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("cores"))?,
+            memory: env
+                .open_database(&rtxn, Some("memory"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("memory"))?,
+            enclaves: env
+                .open_database(&rtxn, Some("enclaves"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("enclaves"))?,
+            apps: env
+                .open_database(&rtxn, Some("apps"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("apps"))?,
+            procs: env
+                .open_database(&rtxn, Some("procs"))
+                .map_err(lmdb(dir))?
+                .ok_or_else(|| open("procs"))?,
         };
         rtxn.commit().map_err(lmdb(dir))?;
         t
@@ -186,7 +219,8 @@ impl NisReader {
     }
 
     pub fn header(&self) -> Result<NisHeader> {
-        self.header_opt()?.ok_or_else(|| NisError::NoHeader(self.dir.clone()))
+        self.header_opt()?
+            .ok_or_else(|| NisError::NoHeader(self.dir.clone()))
     }
 
     pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
@@ -308,70 +342,111 @@ impl NisTxn<'_> {
     }
 
     pub fn header(&self) -> Result<Option<NisHeader>> {
-        self.reader.t.header.get(&self.wtxn, HEADER_KEY).map_err(self.e())
+        self.reader
+            .t
+            .header
+            .get(&self.wtxn, HEADER_KEY)
+            .map_err(self.e())
     }
     pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
-        self.reader.t.enclaves.get(&self.wtxn, &id).map_err(self.e())
+        self.reader
+            .t
+            .enclaves
+            .get(&self.wtxn, &id)
+            .map_err(self.e())
     }
     pub fn app(&self, id: AppId) -> Result<Option<AppRecord>> {
         self.reader.t.apps.get(&self.wtxn, &id).map_err(self.e())
     }
+    pub fn cores(&self) -> Result<Vec<CoreRecord>> {
+        collect(self.reader.t.cores.iter(&self.wtxn), &self.reader.dir)
+    }
+    pub fn blocks(&self) -> Result<Vec<MemBlockRecord>> {
+        collect(self.reader.t.memory.iter(&self.wtxn), &self.reader.dir)
+    }
+    pub fn enclaves(&self) -> Result<Vec<EnclaveRecord>> {
+        collect(self.reader.t.enclaves.iter(&self.wtxn), &self.reader.dir)
+    }
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        collect(self.reader.t.apps.iter(&self.wtxn), &self.reader.dir)
+    }
+    pub fn procs(&self) -> Result<Vec<ProcRecord>> {
+        collect(self.reader.t.procs.iter(&self.wtxn), &self.reader.dir)
+    }
 
     pub fn put_header(&mut self, h: &NisHeader) -> Result<()> {
         let t = self.reader.t;
-        t.header.put(&mut self.wtxn, HEADER_KEY, h).map_err(lmdb(&self.reader.dir))?;
+        t.header
+            .put(&mut self.wtxn, HEADER_KEY, h)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::Header(h.clone()));
         Ok(())
     }
     pub fn put_core(&mut self, c: &mut CoreRecord) -> Result<()> {
         c.rev += 1;
         let t = self.reader.t;
-        t.cores.put(&mut self.wtxn, &c.id, c).map_err(lmdb(&self.reader.dir))?;
+        t.cores
+            .put(&mut self.wtxn, &c.id, c)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::Core(c.clone()));
         Ok(())
     }
     pub fn put_block(&mut self, b: &mut MemBlockRecord) -> Result<()> {
         b.rev += 1;
         let t = self.reader.t;
-        t.memory.put(&mut self.wtxn, &b.id, b).map_err(lmdb(&self.reader.dir))?;
+        t.memory
+            .put(&mut self.wtxn, &b.id, b)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::Block(b.clone()));
         Ok(())
     }
     pub fn put_enclave(&mut self, e: &mut EnclaveRecord) -> Result<()> {
         e.rev += 1;
         let t = self.reader.t;
-        t.enclaves.put(&mut self.wtxn, &e.id, e).map_err(lmdb(&self.reader.dir))?;
+        t.enclaves
+            .put(&mut self.wtxn, &e.id, e)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::Enclave(e.clone()));
         Ok(())
     }
     pub fn delete_enclave(&mut self, id: EnclaveId) -> Result<()> {
         let t = self.reader.t;
-        t.enclaves.delete(&mut self.wtxn, &id).map_err(lmdb(&self.reader.dir))?;
+        t.enclaves
+            .delete(&mut self.wtxn, &id)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::DelEnclave(id));
         Ok(())
     }
     pub fn put_app(&mut self, a: &mut AppRecord) -> Result<()> {
         a.rev += 1;
         let t = self.reader.t;
-        t.apps.put(&mut self.wtxn, &a.id, a).map_err(lmdb(&self.reader.dir))?;
+        t.apps
+            .put(&mut self.wtxn, &a.id, a)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::App(a.clone()));
         Ok(())
     }
     pub fn delete_app(&mut self, id: AppId) -> Result<()> {
         let t = self.reader.t;
-        t.apps.delete(&mut self.wtxn, &id).map_err(lmdb(&self.reader.dir))?;
+        t.apps
+            .delete(&mut self.wtxn, &id)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::DelApp(id));
         Ok(())
     }
     pub fn put_proc(&mut self, p: &ProcRecord) -> Result<()> {
         let t = self.reader.t;
-        t.procs.put(&mut self.wtxn, &p.global_pid, p).map_err(lmdb(&self.reader.dir))?;
+        t.procs
+            .put(&mut self.wtxn, &p.global_pid, p)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::Proc(*p));
         Ok(())
     }
     pub fn delete_proc(&mut self, global_pid: u32) -> Result<()> {
         let t = self.reader.t;
-        t.procs.delete(&mut self.wtxn, &global_pid).map_err(lmdb(&self.reader.dir))?;
+        t.procs
+            .delete(&mut self.wtxn, &global_pid)
+            .map_err(lmdb(&self.reader.dir))?;
         self.ops.push(Op::DelProc(global_pid));
         Ok(())
     }
@@ -413,9 +488,17 @@ impl NisWriter {
         &self.primary
     }
 
-    /// Apply a batch atomically to the primary, then to every replica.
-    pub fn update<T>(&self, f: impl FnOnce(&mut NisTxn) -> Result<T>) -> Result<T> {
-        let wtxn = self.primary.env.write_txn().map_err(lmdb(&self.primary.dir))?;
+    /// Apply a batch atomically to the primary, then to every replica. If `f`
+    /// fails, nothing is written (the caller's error type may carry a refusal).
+    pub fn update<T, E: From<NisError>>(
+        &self,
+        f: impl FnOnce(&mut NisTxn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let wtxn = self
+            .primary
+            .env
+            .write_txn()
+            .map_err(lmdb(&self.primary.dir))?;
         let mut txn = NisTxn {
             reader: &self.primary,
             wtxn,
@@ -491,7 +574,12 @@ impl NisWriter {
     /// Clear stale reader slots in the primary and every replica. Returns how many.
     pub fn clear_stale_readers(&self) -> usize {
         let mut n = self.primary.clear_stale_readers().unwrap_or(0);
-        for r in self.replicas.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for r in self
+            .replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             n += r.clear_stale_readers().unwrap_or(0);
         }
         n
@@ -543,19 +631,24 @@ mod tests {
     fn writes_are_visible_to_readers_and_replicas() {
         let dir = tempfile::tempdir().unwrap();
         let w = NisWriter::open(dir.path().join("nis")).unwrap();
-        w.update(|t| {
+        w.update(|t| -> Result<()> {
             t.put_header(&header())?;
             t.put_core(&mut core(0))
         })
         .unwrap();
         let replica_dir = w.attach_replica(7, dir.path().join("r7")).unwrap();
-        w.update(|t| t.put_core(&mut core(1))).unwrap();
+        w.update(|t| -> Result<()> { t.put_core(&mut core(1)) })
+            .unwrap();
 
         let r = NisReader::open(dir.path().join("nis")).unwrap();
         assert_eq!(r.cores().unwrap().len(), 2);
         assert_eq!(r.cores().unwrap()[0].rev, 1);
         let rep = NisReader::open(&replica_dir).unwrap();
-        assert_eq!(rep.cores().unwrap().len(), 2, "replica got the later write too");
+        assert_eq!(
+            rep.cores().unwrap().len(),
+            2,
+            "replica got the later write too"
+        );
         assert_eq!(rep.header().unwrap().hostname, "n");
     }
 
@@ -563,7 +656,7 @@ mod tests {
     fn failed_batch_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let w = NisWriter::open(dir.path()).unwrap();
-        let res: Result<()> = w.update(|t| {
+        let res: Result<()> = w.update(|t| -> Result<()> {
             t.put_core(&mut core(0))?;
             Err(NisError::NoHeader(PathBuf::from("forced")))
         });

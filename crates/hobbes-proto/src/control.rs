@@ -33,19 +33,38 @@ pub enum ControlUp {
         enclave: EnclaveId,
         apps: Vec<AppReport>,
     },
-    Heartbeat { seq: u64 },
-    Started { seq: Seq, app: AppId, local_pid: u32 },
-    LaunchFailed { seq: Seq, app: AppId, error: String },
-    Exited { app: AppId, local_pid: u32, status: ExitStatus },
+    Heartbeat {
+        seq: u64,
+    },
+    Started {
+        seq: Seq,
+        app: AppId,
+        local_pid: u32,
+    },
+    LaunchFailed {
+        seq: Seq,
+        app: AppId,
+        error: String,
+    },
+    Exited {
+        app: AppId,
+        local_pid: u32,
+        status: ExitStatus,
+    },
     Output {
         app: AppId,
         stream: Stream,
         #[serde(with = "crate::b64")]
         data: Vec<u8>,
     },
-    Pong { seq: Seq },
+    Pong {
+        seq: Seq,
+    },
     /// Reply to a command that has no richer answer.
-    Done { seq: Seq, error: Option<String> },
+    Done {
+        seq: Seq,
+        error: Option<String>,
+    },
 }
 
 /// Daemon -> control process.
@@ -53,12 +72,22 @@ pub enum ControlUp {
 #[serde(rename_all = "snake_case", tag = "msg")]
 pub enum ControlDown {
     /// Answer to `Attach`.
-    Welcome { heartbeat_interval_ms: u64 },
+    Welcome {
+        heartbeat_interval_ms: u64,
+    },
     Launch(Box<LaunchCommand>),
-    Signal { seq: Seq, app: AppId, signal: i32 },
-    Ping { seq: Seq },
+    Signal {
+        seq: Seq,
+        app: AppId,
+        signal: i32,
+    },
+    Ping {
+        seq: Seq,
+    },
     /// Forget a finished app the daemon has recorded.
-    Forget { app: AppId },
+    Forget {
+        app: AppId,
+    },
     /// Kill everything and exit.
     Shutdown,
 }
@@ -83,9 +112,15 @@ pub struct LaunchCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum EnclaveRequest {
-    Ping { seq: u64 },
+    Ping {
+        seq: u64,
+    },
     /// Read up to `len` bytes at `offset` of a file as the enclave sees it.
-    ReadFile { path: String, offset: u64, len: u32 },
+    ReadFile {
+        path: String,
+        offset: u64,
+        len: u32,
+    },
     /// Write a file in the enclave's view (`append` continues a chunked write).
     WriteFile {
         path: String,
@@ -100,7 +135,10 @@ pub enum EnclaveRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reply")]
 pub enum EnclaveResponse {
-    Pong { seq: u64, enclave: EnclaveId },
+    Pong {
+        seq: u64,
+        enclave: EnclaveId,
+    },
     Data {
         #[serde(with = "crate::b64")]
         data: Vec<u8>,
@@ -108,7 +146,9 @@ pub enum EnclaveResponse {
         eof: bool,
     },
     Written,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Largest chunk a file transfer moves per frame.

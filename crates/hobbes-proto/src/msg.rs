@@ -67,7 +67,9 @@ pub enum Stream {
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Request {
     /// Version handshake; optional.
-    Hello { client: String },
+    Hello {
+        client: String,
+    },
     Status,
     ListCores,
     ListMemory,
@@ -76,20 +78,49 @@ pub enum Request {
         #[serde(default)]
         enclave: Option<EnclaveRef>,
     },
-    GetEnclave { enclave: EnclaveRef },
-    GetApp { app: AppId },
-    CreateEnclave { spec: EnclaveSpec },
-    DestroyEnclave { enclave: EnclaveRef },
-    AssignCpus { enclave: EnclaveRef, cpus: CpuRequest },
-    RevokeCpus { enclave: EnclaveRef, cores: Vec<CoreId> },
-    AssignMemory { enclave: EnclaveRef, memory: MemRequest },
-    RevokeMemory { enclave: EnclaveRef, blocks: Vec<BlockId> },
-    LaunchApp { launch: LaunchSpec },
-    KillApp { app: AppId, signal: i32 },
+    GetEnclave {
+        enclave: EnclaveRef,
+    },
+    GetApp {
+        app: AppId,
+    },
+    CreateEnclave {
+        spec: EnclaveSpec,
+    },
+    DestroyEnclave {
+        enclave: EnclaveRef,
+    },
+    AssignCpus {
+        enclave: EnclaveRef,
+        cpus: CpuRequest,
+    },
+    RevokeCpus {
+        enclave: EnclaveRef,
+        cores: Vec<CoreId>,
+    },
+    AssignMemory {
+        enclave: EnclaveRef,
+        memory: MemRequest,
+    },
+    RevokeMemory {
+        enclave: EnclaveRef,
+        blocks: Vec<BlockId>,
+    },
+    LaunchApp {
+        launch: LaunchSpec,
+    },
+    KillApp {
+        app: AppId,
+        signal: i32,
+    },
     /// Block until the app ends; answers with its record.
-    WaitApp { app: AppId },
+    WaitApp {
+        app: AppId,
+    },
     /// Round trip daemon -> control process -> daemon.
-    Ping { enclave: EnclaveRef },
+    Ping {
+        enclave: EnclaveRef,
+    },
 }
 
 impl Request {
@@ -173,13 +204,24 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reply")]
 pub enum Response {
-    Hello { server: String, protocol: u8 },
+    Hello {
+        server: String,
+        protocol: u8,
+    },
     Ok,
     Status(Box<NodeStatus>),
-    Cores { cores: Vec<CoreRecord> },
-    Memory { blocks: Vec<MemBlockRecord> },
-    Enclaves { enclaves: Vec<EnclaveRecord> },
-    Apps { apps: Vec<AppRecord> },
+    Cores {
+        cores: Vec<CoreRecord>,
+    },
+    Memory {
+        blocks: Vec<MemBlockRecord>,
+    },
+    Enclaves {
+        enclaves: Vec<EnclaveRecord>,
+    },
+    Apps {
+        apps: Vec<AppRecord>,
+    },
     Enclave(Box<EnclaveRecord>),
     App(Box<AppRecord>),
     /// A chunk of a streamed app's output.
@@ -190,10 +232,16 @@ pub enum Response {
         data: Vec<u8>,
     },
     /// Output was dropped because this client read too slowly; the log file has it all.
-    OutputDropped { app: AppId, bytes: u64 },
+    OutputDropped {
+        app: AppId,
+        bytes: u64,
+    },
     /// The streamed app ended; last frame of a streamed launch.
     AppExited(Box<AppRecord>),
-    Pong { enclave: EnclaveId, rtt_us: u64 },
+    Pong {
+        enclave: EnclaveId,
+        rtt_us: u64,
+    },
     Error(ErrorReply),
 }
 

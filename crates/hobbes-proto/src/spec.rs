@@ -163,7 +163,11 @@ impl EnclaveSpec {
                 return Err(SpecError::at(
                     &doc,
                     root,
-                    format!("unknown attribute {}= on <{}>", attr.name(), root.tag_name().name()),
+                    format!(
+                        "unknown attribute {}= on <{}>",
+                        attr.name(),
+                        root.tag_name().name()
+                    ),
                 ));
             }
         }
@@ -188,7 +192,8 @@ impl EnclaveSpec {
             }
         }
         spec.validate().map_err(|mut e| {
-            e.line.get_or_insert(doc.text_pos_at(root.range().start).row);
+            e.line
+                .get_or_insert(doc.text_pos_at(root.range().start).row);
             e
         })?;
         Ok(spec)
@@ -246,7 +251,10 @@ fn num<T: std::str::FromStr>(
         SpecError::at(
             doc,
             node,
-            format!("{what} must be a non-negative integer, got {:?}", text.trim()),
+            format!(
+                "{what} must be a non-negative integer, got {:?}",
+                text.trim()
+            ),
         )
     })
 }
@@ -268,7 +276,11 @@ fn id_of(doc: &roxmltree::Document, node: roxmltree::Node) -> Result<u32, SpecEr
             SpecError::at(
                 doc,
                 node,
-                format!("<{}> needs an id: <{} id=\"N\"/>", node.tag_name().name(), node.tag_name().name()),
+                format!(
+                    "<{}> needs an id: <{} id=\"N\"/>",
+                    node.tag_name().name(),
+                    node.tag_name().name()
+                ),
             )
         })?;
     num(doc, node, "id", text)
@@ -286,7 +298,11 @@ fn parse_cpus(
                 let text = child.text().unwrap_or("");
                 let n: u32 = num(doc, child, "<cores>", text)?;
                 if n > 4096 {
-                    return Err(SpecError::at(doc, child, format!("{n} cores is more than any node has")));
+                    return Err(SpecError::at(
+                        doc,
+                        child,
+                        format!("{n} cores is more than any node has"),
+                    ));
                 }
                 cpus.count += n;
                 cpus.numa = numa_attr(doc, child)?.or(cpus.numa);
@@ -304,7 +320,11 @@ fn parse_cpus(
     Ok(())
 }
 
-fn parse_size_mib(doc: &roxmltree::Document, node: roxmltree::Node, v: &str) -> Result<u64, SpecError> {
+fn parse_size_mib(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    v: &str,
+) -> Result<u64, SpecError> {
     let v = v.trim();
     let (digits, mult) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (v, 1u64),
@@ -312,13 +332,13 @@ fn parse_size_mib(doc: &roxmltree::Document, node: roxmltree::Node, v: &str) -> 
             let mult = match &v[i..] {
                 "M" | "MB" | "MiB" | "m" => 1,
                 "G" | "GB" | "GiB" | "g" => 1024,
-                unit => {
-                    return Err(SpecError::at(
-                        doc,
-                        node,
-                        format!("size=\"{v}\": unknown unit {unit:?} (sizes are MiB, or use a G suffix)"),
-                    ))
-                }
+                unit => return Err(SpecError::at(
+                    doc,
+                    node,
+                    format!(
+                        "size=\"{v}\": unknown unit {unit:?} (sizes are MiB, or use a G suffix)"
+                    ),
+                )),
             };
             (&v[..i], mult)
         }
@@ -385,22 +405,31 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let err = EnclaveSpec::from_xml("<native name=\"a\">\n<cpus>\n<cores>x</cores></cpus></native>")
-            .unwrap_err();
+        let err =
+            EnclaveSpec::from_xml("<native name=\"a\">\n<cpus>\n<cores>x</cores></cpus></native>")
+                .unwrap_err();
         assert_eq!(err.line, Some(3), "{err}");
         assert!(err.to_string().contains("line 3"), "{err}");
         let err = EnclaveSpec::from_xml("<native name=\"a\">\n<cpus>\n</native>").unwrap_err();
-        assert!(err.to_string().starts_with("line 3: malformed XML"), "{err}");
+        assert!(
+            err.to_string().starts_with("line 3: malformed XML"),
+            "{err}"
+        );
         let err = EnclaveSpec::from_xml("<pisces name=\"a\"/>").unwrap_err();
-        assert!(err.to_string().contains("unknown enclave kind <pisces>"), "{err}");
+        assert!(
+            err.to_string().contains("unknown enclave kind <pisces>"),
+            "{err}"
+        );
     }
 
     #[test]
     fn refuses_empty_and_bad_names() {
-        assert!(EnclaveSpec::from_xml("<native name=\"a\"><memory size=\"1\"/></native>")
-            .unwrap_err()
-            .message
-            .contains("at least one core"));
+        assert!(
+            EnclaveSpec::from_xml("<native name=\"a\"><memory size=\"1\"/></native>")
+                .unwrap_err()
+                .message
+                .contains("at least one core")
+        );
         assert!(EnclaveSpec::from_xml(
             "<native name=\"a b\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
         )

@@ -1,1 +1,127 @@
-fn main() {}
+//! `leviathan [FLAGS]` runs the daemon; `leviathan cleanup` recovers a node after
+//! a daemon was killed for good; `leviathan enclave-init` is the enclave control
+//! process (started by the daemon, not by hand).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use leviathan::config::{parse_cpu_list, Config, FileConfig, OnCrash};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "leviathan",
+    version,
+    about = "Hobbes node manager: partitions this node into enclaves"
+)]
+struct Cli {
+    /// State directory (socket, pid file, Node Information Service).
+    #[arg(long, env = "HOBBES_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Cores the host keeps, as a CPU list ("0", "0-1,4"). Default: the first core.
+    #[arg(long, value_parser = cpu_list)]
+    host_cores: Option<CpuList>,
+    /// Memory the host keeps, in MiB. Default: max(1 GiB, 25%).
+    #[arg(long)]
+    host_memory: Option<u64>,
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    heartbeat_timeout_ms: Option<u64>,
+    /// Reclaim a crashed enclave's resources, or hold them for inspection.
+    #[arg(long, value_enum)]
+    on_crash: Option<OnCrash>,
+    /// Run without root features (no cgroups or namespaces), even as root.
+    #[arg(long)]
+    unprivileged: bool,
+    /// Leave enclaves running when the daemon stops (a restart reattaches them).
+    #[arg(long)]
+    keep_enclaves: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Kill the enclaves of a dead daemon, restore the host's cores, remove the state directory.
+    Cleanup {
+        /// Keep the state directory (NIS, logs).
+        #[arg(long)]
+        keep_state: bool,
+    },
+    /// The enclave control process (started by leviathan).
+    #[command(hide = true)]
+    EnclaveInit(leviathan::control::ControlArgs),
+}
+
+/// A CPU list as one argument (clap would read `Vec` as repeated values).
+#[derive(Debug, Clone)]
+struct CpuList(Vec<u32>);
+
+fn cpu_list(s: &str) -> Result<CpuList, String> {
+    parse_cpu_list(s).map(CpuList)
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HOBBES_LOG").unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Some(Command::EnclaveInit(args)) => leviathan::control::run(args),
+        Some(Command::Cleanup { keep_state }) => {
+            let dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+            leviathan::daemon::cleanup(&dir, keep_state)
+        }
+        None => config(&cli).and_then(leviathan::daemon::run),
+    };
+    if let Err(e) = result {
+        eprintln!("leviathan: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/hobbes");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("hobbes"),
+        None => PathBuf::from(format!("/tmp/hobbes-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn config(cli: &Cli) -> anyhow::Result<Config> {
+    let file = match &cli.config {
+        Some(p) => Config::load_file(p)?,
+        None => FileConfig::default(),
+    };
+    Ok(Config {
+        state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
+        host_cores: cli.host_cores.clone().map(|l| l.0).or(file.host_cores),
+        host_memory_mib: cli.host_memory.or(file.host_memory_mib),
+        heartbeat_interval_ms: cli
+            .heartbeat_interval_ms
+            .or(file.heartbeat_interval_ms)
+            .unwrap_or(1000),
+        heartbeat_timeout_ms: cli
+            .heartbeat_timeout_ms
+            .or(file.heartbeat_timeout_ms)
+            .unwrap_or(3000),
+        on_crash: cli.on_crash.or(file.on_crash).unwrap_or(OnCrash::Reclaim),
+        unprivileged: cli.unprivileged || file.unprivileged.unwrap_or(false),
+        keep_enclaves_on_exit: cli.keep_enclaves || file.keep_enclaves_on_exit.unwrap_or(false),
+    })
+}

@@ -1,0 +1,398 @@
+//! Applications: launch, signal, wait, output, exit.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
+use hobbes_proto::model::{
+    AppId, AppRecord, AppState, EnclaveState, ExitStatus, ProcId, ProcRecord,
+};
+use hobbes_proto::msg::{ErrorCode, LaunchSpec, Stream};
+use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
+
+use super::enclaves::TxError;
+use super::{internal, now_ms, refuse, Daemon, Refusal};
+use crate::sys::{self, PeerCred};
+
+/// Output queued for one slow client beyond which chunks are dropped (the log keeps them).
+const MAX_QUEUED_OUTPUT: usize = 8 << 20;
+/// How long the control process may take to start a program.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Longest argv/env accepted (bytes, all strings together).
+const MAX_LAUNCH_BYTES: usize = 1 << 20;
+
+/// What a waiting client receives.
+pub enum AppEvent {
+    Output { stream: Stream, data: Vec<u8> },
+    Dropped { bytes: u64 },
+    Ended(Box<AppRecord>),
+}
+
+pub struct Subscriber {
+    tx: mpsc::Sender<AppEvent>,
+    queued: Arc<AtomicUsize>,
+    dropped: u64,
+    wants_output: bool,
+}
+
+/// A client's subscription to one app.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<AppEvent>,
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// Account for an event taken off the queue.
+    pub fn consumed(&self, ev: &AppEvent) {
+        if let AppEvent::Output { data, .. } = ev {
+            self.queued.fetch_sub(data.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Daemon {
+    pub fn subscribe(&self, app: AppId, wants_output: bool) -> Subscription {
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(app)
+            .or_default()
+            .push(Subscriber {
+                tx,
+                queued: queued.clone(),
+                dropped: 0,
+                wants_output,
+            });
+        Subscription { rx, queued }
+    }
+
+    pub fn launch_app(
+        &self,
+        peer: &PeerCred,
+        spec: &LaunchSpec,
+    ) -> Result<(AppRecord, Option<Subscription>), Refusal> {
+        let size: usize = spec.argv.iter().map(|a| a.len()).sum::<usize>()
+            + spec
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_LAUNCH_BYTES {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("argv and environment are {size} bytes; the limit is {MAX_LAUNCH_BYTES}"),
+            ));
+        }
+        let program =
+            spec.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
+                refuse(ErrorCode::InvalidSpec, "nothing to launch: argv is empty")
+            })?;
+        if spec
+            .argv
+            .iter()
+            .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+            .any(|s| s.contains('\0'))
+            || spec
+                .env
+                .iter()
+                .any(|(k, _)| k.is_empty() || k.contains('='))
+        {
+            return Err(refuse(ErrorCode::InvalidSpec, "argv and environment may not contain NUL bytes, and variable names may not be empty or contain '='"));
+        }
+        let enclave = self.resolve(&spec.enclave)?;
+        Self::authorize_owner(
+            peer,
+            enclave.owner_uid,
+            &format!("enclave {} ({})", enclave.id, enclave.name),
+        )?;
+        if enclave.state != EnclaveState::Running {
+            let hint = if enclave.state == EnclaveState::Crashed {
+                "; destroy it and create a new one"
+            } else {
+                ""
+            };
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("enclave {} is {}{hint}", enclave.name, enclave.state),
+            ));
+        }
+        let link = self.link(enclave.id).ok_or_else(|| {
+            refuse(
+                ErrorCode::Unavailable,
+                format!(
+                    "enclave {}: control process not connected (yet)",
+                    enclave.name
+                ),
+            )
+        })?;
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string());
+
+        let mut rec = self.tx(|t| {
+            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
+            h.counters.next_app_id = h.counters.next_app_id.max(1);
+            let id = h.counters.next_app_id;
+            h.counters.next_app_id += 1;
+            h.counters.apps_launched += 1;
+            t.put_header(&h)?;
+            let dir = self.paths.app_dir(id);
+            let mut rec = AppRecord {
+                id,
+                name: name.clone(),
+                enclave: enclave.id,
+                owner_uid: peer.uid,
+                owner_gid: peer.gid,
+                argv: spec.argv.clone(),
+                cwd: spec.cwd.clone(),
+                state: AppState::Starting,
+                procs: vec![],
+                exit: None,
+                detail: None,
+                started_ms: now_ms(),
+                ended_ms: None,
+                stdout_log: dir.join("stdout").display().to_string(),
+                stderr_log: dir.join("stderr").display().to_string(),
+                rev: 0,
+            };
+            t.put_app(&mut rec)?;
+            Ok::<_, TxError>(rec)
+        })?;
+        let dir = self.paths.app_dir(rec.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = std::os::unix::fs::chown(&dir, Some(peer.uid), Some(peer.gid));
+
+        let sub = spec.stream.then(|| self.subscribe(rec.id, true));
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), DEFAULT_PATH.into()),
+            (ENV_ENCLAVE_ID.into(), enclave.id.to_string()),
+            (ENV_APP_ID.into(), rec.id.to_string()),
+            (ENV_SOCKET.into(), self.paths.socket().display().to_string()),
+            (ENV_NIS.into(), enclave.nis_dir.clone()),
+        ];
+        for (k, v) in &spec.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let cmd = |seq| {
+            ControlDown::Launch(Box::new(LaunchCommand {
+                seq,
+                app: rec.id,
+                argv: spec.argv.clone(),
+                env: env.clone(),
+                cwd: spec.cwd.clone(),
+                uid: peer.uid,
+                gid: peer.gid,
+                stdout_log: rec.stdout_log.clone(),
+                stderr_log: rec.stderr_log.clone(),
+                forward_output: spec.stream,
+            }))
+        };
+        match link.call(cmd, LAUNCH_TIMEOUT) {
+            Ok(ControlUp::Started { local_pid, .. }) => {
+                let global = if self.privileged {
+                    sys::host_pid_of_child(enclave.control_pid.unwrap_or(0), local_pid)
+                } else {
+                    Some(local_pid)
+                };
+                rec = self.tx(|t| {
+                    let mut r = t
+                        .app(rec.id)?
+                        .ok_or_else(|| internal("app record vanished"))?;
+                    if r.state == AppState::Starting {
+                        r.state = AppState::Running;
+                    }
+                    r.procs = vec![ProcId {
+                        local: local_pid,
+                        global: global.unwrap_or(0),
+                    }];
+                    if let (Some(g), false) = (global, r.state.is_final()) {
+                        t.put_proc(&ProcRecord {
+                            global_pid: g,
+                            enclave: enclave.id,
+                            local_pid,
+                            app: r.id,
+                        })?;
+                    }
+                    t.put_app(&mut r)?;
+                    Ok::<_, TxError>(r)
+                })?;
+                tracing::info!(app = rec.id, enclave = enclave.id, local_pid, global_pid = ?global, argv = ?spec.argv, "app started");
+                Ok((rec, sub))
+            }
+            Ok(ControlUp::LaunchFailed { error, .. }) => {
+                self.app_failed(rec.id, &error);
+                Err(refuse(
+                    ErrorCode::InvalidSpec,
+                    format!("enclave {}: {error}", enclave.name),
+                ))
+            }
+            Ok(other) => {
+                self.app_failed(rec.id, "unexpected reply from the control process");
+                Err(internal(format!("unexpected reply {other:?}")))
+            }
+            Err(e) => {
+                self.app_failed(rec.id, &e);
+                Err(refuse(ErrorCode::Unavailable, e))
+            }
+        }
+    }
+
+    fn app_failed(&self, id: AppId, why: &str) {
+        let ended = self.tx(|t| {
+            let Some(mut r) = t.app(id)? else {
+                return Ok(None);
+            };
+            r.state = AppState::Failed;
+            r.detail = Some(why.to_string());
+            r.ended_ms = Some(now_ms());
+            t.put_app(&mut r)?;
+            Ok::<_, TxError>(Some(r))
+        });
+        if let Ok(Some(r)) = ended {
+            self.notify_end(r);
+        }
+    }
+
+    /// Record an app's end: an exit status, or none when it was lost.
+    pub fn app_ended(&self, id: AppId, status: Option<ExitStatus>, detail: Option<String>) {
+        let ended = self.tx(|t| {
+            let Some(mut r) = t.app(id)? else {
+                return Ok(None);
+            };
+            if r.state.is_final() {
+                return Ok(None);
+            }
+            r.state = match status {
+                Some(ExitStatus::Code(_)) => AppState::Exited,
+                Some(ExitStatus::Signal(_)) => AppState::Crashed,
+                None => AppState::Lost,
+            };
+            r.exit = status;
+            r.detail = detail.clone().or(r.detail.take());
+            r.ended_ms = Some(now_ms());
+            for p in &r.procs {
+                t.delete_proc(p.global)?;
+            }
+            t.put_app(&mut r)?;
+            Ok::<_, TxError>(Some(r))
+        });
+        if let Ok(Some(r)) = ended {
+            tracing::info!(app = id, state = %r.state, exit = ?r.exit, "app ended");
+            self.notify_end(r);
+        }
+    }
+
+    fn notify_end(&self, rec: AppRecord) {
+        let subs = self
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id)
+            .unwrap_or_default();
+        for s in subs {
+            if s.dropped > 0 {
+                let _ = s.tx.send(AppEvent::Dropped { bytes: s.dropped });
+            }
+            let _ = s.tx.send(AppEvent::Ended(Box::new(rec.clone())));
+        }
+    }
+
+    pub fn app_output(&self, app: AppId, stream: Stream, data: Vec<u8>) {
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = subs.get_mut(&app) else {
+            return;
+        };
+        list.retain_mut(|s| {
+            if !s.wants_output {
+                return true;
+            }
+            if s.queued.load(Ordering::Relaxed) + data.len() > MAX_QUEUED_OUTPUT {
+                s.dropped += data.len() as u64;
+                return true;
+            }
+            s.queued.fetch_add(data.len(), Ordering::Relaxed);
+            s.tx.send(AppEvent::Output {
+                stream,
+                data: data.clone(),
+            })
+            .is_ok()
+        });
+    }
+
+    pub fn kill_app(&self, peer: &PeerCred, id: AppId, signal: i32) -> Result<(), Refusal> {
+        if !(1..=64).contains(&signal) {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!("{signal} is not a signal number (1-64)"),
+            ));
+        }
+        let app = self
+            .nis
+            .reader()
+            .app(id)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("no app {id} (hobbes list-apps shows them)"),
+                )
+            })?;
+        Self::authorize_owner(peer, app.owner_uid, &format!("app {id} ({})", app.name))?;
+        if app.state.is_final() {
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("app {id} ({}) has already ended: {}", app.name, app.state),
+            ));
+        }
+        let link = self.link(app.enclave).ok_or_else(|| {
+            refuse(
+                ErrorCode::Unavailable,
+                format!("enclave {} is not connected", app.enclave),
+            )
+        })?;
+        match link.call(
+            |seq| ControlDown::Signal {
+                seq,
+                app: id,
+                signal,
+            },
+            Duration::from_secs(10),
+        ) {
+            Ok(ControlUp::Done { error: None, .. }) => Ok(()),
+            Ok(ControlUp::Done { error: Some(e), .. }) => Err(refuse(ErrorCode::Conflict, e)),
+            Ok(other) => Err(internal(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(refuse(ErrorCode::Unavailable, e)),
+        }
+    }
+
+    /// The app's record once it has ended (blocks).
+    pub fn wait_app(&self, id: AppId) -> Result<AppRecord, Refusal> {
+        let sub = self.subscribe(id, false);
+        let rec = self.nis.reader().app(id).map_err(internal)?;
+        let Some(rec) = rec else {
+            self.subs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(refuse(ErrorCode::NotFound, format!("no app {id}")));
+        };
+        if rec.state.is_final() {
+            return Ok(rec);
+        }
+        loop {
+            match sub.rx.recv() {
+                Ok(AppEvent::Ended(r)) => return Ok(*r),
+                Ok(_) => {}
+                Err(_) => return Err(refuse(ErrorCode::Unavailable, "leviathan is shutting down")),
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Links to enclave control processes, and enclave health.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hobbes_proto::control::{AppReport, ControlDown, ControlUp, Seq};
+use hobbes_proto::frame::{read_frame, write_frame, FrameError};
+use hobbes_proto::model::{AppState, EnclaveId, EnclaveState};
+
+use super::{now_ms, Daemon};
+use crate::sys;
+
+/// One control process's connection.
+pub struct Link {
+    pub enclave: EnclaveId,
+    writer: Mutex<UnixStream>,
+    pending: Mutex<HashMap<Seq, mpsc::Sender<ControlUp>>>,
+    seq: AtomicU64,
+    last_heartbeat: Mutex<Instant>,
+    closed: AtomicBool,
+}
+
+impl Link {
+    pub fn send(&self, msg: &ControlDown) -> Result<(), String> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        write_frame(&mut *w, msg).map_err(|e| format!("enclave {} control link: {e}", self.enclave))
+    }
+
+    /// Send a command and wait for its reply.
+    pub fn call(
+        &self,
+        make: impl FnOnce(Seq) -> ControlDown,
+        timeout: Duration,
+    ) -> Result<ControlUp, String> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq, tx);
+        let result = self.send(&make(seq)).and_then(|_| {
+            rx.recv_timeout(timeout).map_err(|_| {
+                if self.closed.load(Ordering::SeqCst) {
+                    format!("enclave {}: control process went away", self.enclave)
+                } else {
+                    format!(
+                        "enclave {}: control process did not answer within {timeout:?}",
+                        self.enclave
+                    )
+                }
+            })
+        });
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq);
+        result
+    }
+
+    fn answer(&self, seq: Seq, msg: ControlUp) {
+        if let Some(tx) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq)
+        {
+            let _ = tx.send(msg);
+        }
+    }
+
+    pub fn since_heartbeat(&self) -> Duration {
+        self.last_heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Wake every waiter: their senders drop.
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Daemon {
+    pub fn link(&self, id: EnclaveId) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Wait (bounded) for enclave `id`'s control process to attach.
+    pub fn wait_for_link(&self, id: EnclaveId, timeout: Duration) -> Option<Arc<Link>> {
+        let deadline = Instant::now() + timeout;
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(l) = links.get(&id) {
+                return Some(l.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            links = self
+                .links_changed
+                .wait_timeout(links, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Forget a link (the enclave is going away).
+    pub fn drop_link(&self, id: EnclaveId) {
+        if let Some(l) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            l.close();
+        }
+    }
+
+    /// Accept control processes on `control.sock`.
+    pub fn serve_control(self: &Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming().flatten() {
+            let d = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("control-link".into())
+                .spawn(move || d.control_connection(stream));
+        }
+    }
+
+    fn control_connection(self: Arc<Self>, mut stream: UnixStream) {
+        let Ok(peer) = sys::peer_cred(&stream) else {
+            return;
+        };
+        let (enclave, apps) = match read_frame::<_, ControlUp>(&mut stream) {
+            Ok(ControlUp::Attach { enclave, apps }) => (enclave, apps),
+            Ok(other) => {
+                tracing::warn!(pid = peer.pid, msg = ?other, "control connection did not start with attach");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(pid = peer.pid, error = %e, "bad frame on control socket");
+                return;
+            }
+        };
+        // Only the process we started for this enclave may speak for it.
+        let rec = match self.nis.reader().enclave(enclave) {
+            Ok(Some(r)) => r,
+            _ => {
+                tracing::warn!(
+                    enclave,
+                    pid = peer.pid,
+                    "attach for unknown enclave refused"
+                );
+                return;
+            }
+        };
+        if rec.control_pid != Some(peer.pid)
+            || !matches!(rec.state, EnclaveState::Starting | EnclaveState::Running)
+        {
+            tracing::warn!(enclave, pid = peer.pid, expected = ?rec.control_pid, state = %rec.state, "attach refused");
+            return;
+        }
+        let Ok(writer) = stream.try_clone() else {
+            return;
+        };
+        let link = Arc::new(Link {
+            enclave,
+            writer: Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            last_heartbeat: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        });
+        if link
+            .send(&ControlDown::Welcome {
+                heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+            })
+            .is_err()
+        {
+            return;
+        }
+        self.reconcile_reported_apps(enclave, &apps);
+        if let Err(e) = self.nis.update(|t| -> Result<(), hobbes_nis::NisError> {
+            if let Some(mut r) = t.enclave(enclave)? {
+                r.state = EnclaveState::Running;
+                r.last_heartbeat_ms = now_ms();
+                t.put_enclave(&mut r)?;
+            }
+            Ok(())
+        }) {
+            tracing::error!(enclave, error = %e, "cannot record attach");
+            return;
+        }
+        self.reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&enclave);
+        if let Some(old) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(enclave, link.clone())
+        {
+            old.close();
+        }
+        self.links_changed.notify_all();
+        tracing::info!(
+            enclave,
+            pid = peer.pid,
+            apps = apps.len(),
+            "control process attached"
+        );
+
+        loop {
+            let msg: ControlUp = match read_frame(&mut stream) {
+                Ok(m) => m,
+                Err(e @ FrameError::Malformed(_)) => {
+                    tracing::warn!(enclave, error = %e, "bad message from control process");
+                    continue;
+                }
+                Err(_) => break,
+            };
+            match msg {
+                ControlUp::Heartbeat { .. } => {
+                    *link
+                        .last_heartbeat
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                }
+                ControlUp::Started { seq, .. }
+                | ControlUp::LaunchFailed { seq, .. }
+                | ControlUp::Pong { seq }
+                | ControlUp::Done { seq, .. } => link.answer(seq, msg),
+                ControlUp::Exited { app, status, .. } => {
+                    self.app_ended(app, Some(status), None);
+                    let _ = link.send(&ControlDown::Forget { app });
+                }
+                ControlUp::Output {
+                    app,
+                    stream: s,
+                    data,
+                } => self.app_output(app, s, data),
+                ControlUp::Attach { .. } => {
+                    tracing::warn!(enclave, "second attach on one link ignored")
+                }
+            }
+        }
+        // The link is gone. If it is still the current one, the control process died.
+        let current = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            if links.get(&enclave).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                links.remove(&enclave);
+                true
+            } else {
+                false
+            }
+        };
+        link.close();
+        if current && !self.is_shutting_down() {
+            self.enclave_crashed(
+                enclave,
+                "control process connection lost (the control process died)",
+            );
+        }
+    }
+
+    /// After (re)attach: apps the control process reports ended while no
+    /// daemon listened get their exit recorded; apps it does not know are lost.
+    fn reconcile_reported_apps(&self, enclave: EnclaveId, reports: &[AppReport]) {
+        let Ok(apps) = self.nis.reader().apps() else {
+            return;
+        };
+        for app in apps
+            .into_iter()
+            .filter(|a| a.enclave == enclave && !a.state.is_final())
+        {
+            match reports.iter().find(|r| r.app == app.id) {
+                Some(AppReport {
+                    exit: Some(status), ..
+                }) => self.app_ended(app.id, Some(*status), None),
+                Some(_) => {}
+                None if app.state == AppState::Starting => {}
+                None => self.app_ended(
+                    app.id,
+                    None,
+                    Some("the enclave's control process no longer knows this app".into()),
+                ),
+            }
+        }
+        for r in reports.iter().filter(|r| r.exit.is_some()) {
+            if let Some(link) = self.link(enclave) {
+                let _ = link.send(&ControlDown::Forget { app: r.app });
+            }
+        }
+    }
+
+    /// Detect enclaves whose heartbeats stopped, or that did not reattach.
+    pub fn health_loop(self: Arc<Self>) {
+        let tick = Duration::from_millis((self.cfg.heartbeat_interval_ms / 2).clamp(5, 500));
+        let timeout = self.heartbeat_timeout();
+        let mut last_reader_check = Instant::now();
+        while !self.is_shutting_down() {
+            std::thread::sleep(tick);
+            let links: Vec<Arc<Link>> = self
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for link in links {
+                let silent = link.since_heartbeat();
+                if silent > timeout {
+                    self.drop_link(link.enclave);
+                    self.enclave_crashed(
+                        link.enclave,
+                        &format!(
+                            "no heartbeat for {} ms (timeout {} ms)",
+                            silent.as_millis(),
+                            timeout.as_millis()
+                        ),
+                    );
+                }
+            }
+            let overdue: Vec<EnclaveId> = {
+                let mut pending = self
+                    .reattach_deadline
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let ids: Vec<_> = pending
+                    .iter()
+                    .filter(|(_, d)| **d <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in &ids {
+                    pending.remove(id);
+                }
+                ids
+            };
+            for id in overdue {
+                self.enclave_crashed(
+                    id,
+                    "control process did not reattach after the daemon restarted",
+                );
+            }
+            if last_reader_check.elapsed() > Duration::from_secs(5) {
+                let cleared = self.nis.clear_stale_readers();
+                if cleared > 0 {
+                    tracing::info!(cleared, "cleared stale NIS reader slots");
+                }
+                last_reader_check = Instant::now();
+            }
+        }
+    }
+}
+
+/// Reap the daemon's children (control processes it started), so none stays a zombie.
+pub fn reap_children() {
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => std::thread::sleep(Duration::from_millis(200)),
+            Err(_) => {}
+        }
+    }
+}

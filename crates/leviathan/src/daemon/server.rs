@@ -1,0 +1,260 @@
+//! Client connections on `leviathan.sock`: decode, authorize, dispatch, answer.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hobbes_proto::control::ControlUp;
+use hobbes_proto::frame::{decode_payload, read_payload, write_frame, FrameError};
+use hobbes_proto::model::{AppState, Ownership};
+use hobbes_proto::msg::{ErrorCode, NodeStatus, Request, Response};
+use hobbes_proto::PROTOCOL_VERSION;
+
+use super::apps::AppEvent;
+use super::{internal, refuse, Daemon, Refusal};
+use crate::sys::{self, PeerCred};
+
+/// Concurrent client connections beyond which new ones are refused.
+const MAX_CLIENTS: usize = 256;
+
+impl Daemon {
+    pub fn serve_clients(self: &Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming().flatten() {
+            if self.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                self.clients.fetch_sub(1, Ordering::SeqCst);
+                let mut s = stream;
+                let _ = write_frame(
+                    &mut s,
+                    &Response::error(
+                        ErrorCode::Unavailable,
+                        format!("too many clients (limit {MAX_CLIENTS}); retry later"),
+                    ),
+                );
+                continue;
+            }
+            let d = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("client".into())
+                .spawn(move || {
+                    d.client_connection(stream);
+                    d.clients.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                self.clients.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn client_connection(&self, mut stream: UnixStream) {
+        let Ok(peer) = sys::peer_cred(&stream) else {
+            return;
+        };
+        loop {
+            let payload = match read_payload(&mut stream) {
+                Ok(p) => p,
+                Err(FrameError::Closed) => return,
+                Err(e) => {
+                    // Not our protocol, a wrong version or an oversized frame: say
+                    // why and hang up; the stream can no longer be trusted.
+                    tracing::warn!(pid = peer.pid, uid = peer.uid, error = %e, "bad frame from client");
+                    let code = if matches!(e, FrameError::TooLarge { .. }) {
+                        ErrorCode::TooLarge
+                    } else {
+                        ErrorCode::BadRequest
+                    };
+                    let _ = write_frame(&mut stream, &Response::error(code, e.to_string()));
+                    return;
+                }
+            };
+            let req: Request = match decode_payload(&payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = write_frame(
+                        &mut stream,
+                        &Response::error(
+                            ErrorCode::BadRequest,
+                            format!("cannot decode request: {e}"),
+                        ),
+                    );
+                    continue;
+                }
+            };
+            tracing::debug!(op = req.op(), uid = peer.uid, pid = peer.pid, "request");
+            let result = match req {
+                Request::LaunchApp { launch } if launch.stream => {
+                    if let Err(e) = self.launch_streaming(&mut stream, &peer, &launch) {
+                        tracing::debug!(error = %e, "streaming client went away");
+                        return;
+                    }
+                    continue;
+                }
+                req => self.handle(&peer, req),
+            };
+            let reply = result.unwrap_or_else(Response::Error);
+            if let Response::Error(e) = &reply {
+                tracing::info!(uid = peer.uid, code = ?e.code, message = %e.message, "request refused");
+            }
+            if write_frame(&mut stream, &reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn launch_streaming(
+        &self,
+        stream: &mut UnixStream,
+        peer: &PeerCred,
+        launch: &hobbes_proto::msg::LaunchSpec,
+    ) -> Result<(), FrameError> {
+        let (rec, sub) = match self.launch_app(peer, launch) {
+            Ok(x) => x,
+            Err(e) => return write_frame(stream, &Response::Error(e)),
+        };
+        let app = rec.id;
+        write_frame(stream, &Response::App(Box::new(rec)))?;
+        let Some(sub) = sub else { return Ok(()) };
+        loop {
+            let ev = match sub.rx.recv() {
+                Ok(ev) => ev,
+                Err(_) => {
+                    return write_frame(
+                        stream,
+                        &Response::error(ErrorCode::Unavailable, "leviathan is shutting down"),
+                    )
+                }
+            };
+            sub.consumed(&ev);
+            match ev {
+                AppEvent::Output { stream: s, data } => write_frame(
+                    stream,
+                    &Response::Output {
+                        app,
+                        stream: s,
+                        data,
+                    },
+                )?,
+                AppEvent::Dropped { bytes } => {
+                    write_frame(stream, &Response::OutputDropped { app, bytes })?
+                }
+                AppEvent::Ended(rec) => return write_frame(stream, &Response::AppExited(rec)),
+            }
+        }
+    }
+
+    fn handle(&self, peer: &PeerCred, req: Request) -> Result<Response, Refusal> {
+        let nis = self.nis.reader();
+        Ok(match req {
+            Request::Hello { .. } => Response::Hello {
+                server: format!("leviathan {}", env!("CARGO_PKG_VERSION")),
+                protocol: PROTOCOL_VERSION,
+            },
+            Request::Status => Response::Status(Box::new(self.status()?)),
+            Request::ListCores => Response::Cores {
+                cores: nis.cores().map_err(internal)?,
+            },
+            Request::ListMemory => Response::Memory {
+                blocks: nis.memory().map_err(internal)?,
+            },
+            Request::ListEnclaves => Response::Enclaves {
+                enclaves: nis.enclaves().map_err(internal)?,
+            },
+            Request::ListApps { enclave } => {
+                let filter = enclave.map(|r| self.resolve(&r)).transpose()?.map(|e| e.id);
+                let apps = nis
+                    .apps()
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|a| filter.is_none_or(|id| a.enclave == id))
+                    .collect();
+                Response::Apps { apps }
+            }
+            Request::GetEnclave { enclave } => Response::Enclave(Box::new(self.resolve(&enclave)?)),
+            Request::GetApp { app } => {
+                Response::App(Box::new(nis.app(app).map_err(internal)?.ok_or_else(
+                    || refuse(ErrorCode::NotFound, format!("no app {app}")),
+                )?))
+            }
+            Request::CreateEnclave { spec } => {
+                Response::Enclave(Box::new(self.create_enclave(peer, spec)?))
+            }
+            Request::DestroyEnclave { enclave } => {
+                self.destroy_enclave(peer, &enclave)?;
+                Response::Ok
+            }
+            Request::AssignCpus { enclave, cpus } => {
+                Response::Enclave(Box::new(self.assign_cpus(peer, &enclave, &cpus)?))
+            }
+            Request::RevokeCpus { enclave, cores } => {
+                Response::Enclave(Box::new(self.revoke_cpus(peer, &enclave, &cores)?))
+            }
+            Request::AssignMemory { enclave, memory } => {
+                Response::Enclave(Box::new(self.assign_memory(peer, &enclave, &memory)?))
+            }
+            Request::RevokeMemory { enclave, blocks } => {
+                Response::Enclave(Box::new(self.revoke_memory(peer, &enclave, &blocks)?))
+            }
+            Request::LaunchApp { launch } => {
+                Response::App(Box::new(self.launch_app(peer, &launch)?.0))
+            }
+            Request::KillApp { app, signal } => {
+                self.kill_app(peer, app, signal)?;
+                Response::Ok
+            }
+            Request::WaitApp { app } => Response::App(Box::new(self.wait_app(app)?)),
+            Request::Ping { enclave } => {
+                let rec = self.resolve(&enclave)?;
+                let link = self.link(rec.id).ok_or_else(|| {
+                    refuse(
+                        ErrorCode::Unavailable,
+                        format!("enclave {} is not connected ({})", rec.name, rec.state),
+                    )
+                })?;
+                let start = Instant::now();
+                match link.call(
+                    |seq| hobbes_proto::control::ControlDown::Ping { seq },
+                    Duration::from_secs(5),
+                ) {
+                    Ok(ControlUp::Pong { .. }) => Response::Pong {
+                        enclave: rec.id,
+                        rtt_us: start.elapsed().as_micros() as u64,
+                    },
+                    Ok(other) => return Err(internal(format!("unexpected reply {other:?}"))),
+                    Err(e) => return Err(refuse(ErrorCode::Unavailable, e)),
+                }
+            }
+        })
+    }
+
+    fn status(&self) -> Result<NodeStatus, Refusal> {
+        let snap = self.nis.reader().snapshot().map_err(internal)?;
+        let count = |o: fn(&Ownership) -> bool| {
+            snap.cores.iter().filter(|c| o(&c.ownership)).count() as u32
+        };
+        let bytes = |o: fn(&Ownership) -> bool| {
+            snap.memory
+                .iter()
+                .filter(|b| o(&b.ownership))
+                .map(|b| b.size)
+                .sum::<u64>()
+        };
+        Ok(NodeStatus {
+            state_dir: self.paths.root.display().to_string(),
+            cores_total: snap.cores.len() as u32,
+            cores_host: count(|o| *o == Ownership::Host),
+            cores_free: count(|o| *o == Ownership::Free),
+            cores_allocated: count(|o| matches!(o, Ownership::Allocated(_))),
+            mem_total: snap.memory.iter().map(|b| b.size).sum(),
+            mem_host: bytes(|o| *o == Ownership::Host),
+            mem_free: bytes(|o| *o == Ownership::Free),
+            mem_allocated: bytes(|o| matches!(o, Ownership::Allocated(_))),
+            apps_running: snap
+                .apps
+                .iter()
+                .filter(|a| a.state == AppState::Running)
+                .count() as u32,
+            enclaves: snap.enclaves,
+            header: snap.header,
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! Enclave kinds. Each kind implements [`EnclaveDriver`]; the daemon holds one
+//! driver per kind and never looks inside. VM and lightweight-kernel enclaves
+//! plug in here as new drivers without touching the native one.
+
+use std::path::PathBuf;
+
+use hobbes_proto::model::{CoreId, EnclaveKind, EnclaveRecord, Isolation};
+
+pub mod native;
+
+/// What a driver needs to start an enclave's control process.
+#[derive(Debug, Clone)]
+pub struct StartContext {
+    /// The daemon's socket for control processes.
+    pub daemon_socket: PathBuf,
+    /// Comma-separated NUMA nodes of the enclave's memory (cpuset.mems).
+    pub mems: String,
+}
+
+/// A running control process.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub control_pid: u32,
+    pub control_start_time: Option<u64>,
+    pub isolation: Isolation,
+}
+
+pub type DriverResult<T> = Result<T, String>;
+
+/// The operations every enclave kind provides.
+pub trait EnclaveDriver: Send + Sync {
+    fn kind(&self) -> EnclaveKind;
+    /// Set up isolation for `rec` and start its control process. `record` is
+    /// called once the control process exists but before it runs, so the
+    /// daemon knows its pid when it attaches.
+    fn start(
+        &self,
+        rec: &EnclaveRecord,
+        ctx: &StartContext,
+        record: &dyn Fn(&Started) -> DriverResult<()>,
+    ) -> DriverResult<Started>;
+    /// Give the enclave exactly these cores.
+    fn set_cpus(&self, rec: &EnclaveRecord, cores: &[CoreId]) -> DriverResult<()>;
+    /// Give the enclave this much memory on these NUMA nodes.
+    fn set_memory(&self, rec: &EnclaveRecord, mems: &str, bytes: u64) -> DriverResult<()>;
+    /// Kill everything in the enclave and release what `start` set up. Idempotent.
+    fn stop(&self, rec: &EnclaveRecord) -> DriverResult<()>;
+    /// Does the enclave still exist at the OS level (after a daemon restart)?
+    fn is_alive(&self, rec: &EnclaveRecord) -> bool;
+}
