@@ -90,6 +90,12 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
     }
     let mut opts = EnvOpenOptions::new().read_txn_without_tls();
     opts.map_size(MAP_SIZE).max_readers(MAX_READERS).max_dbs(8);
+    if !create {
+        // Readers only need read access to data.mdb (and write access to the
+        // lock file's reader table), so any uid can read the NIS.
+        // SAFETY: READ_ONLY only restricts what this handle may do.
+        unsafe { opts.flags(heed::EnvFlags::READ_ONLY) };
+    }
     // SAFETY: heed requires that the environment is not opened twice in this
     // process (guarded by the cache above) and that its files are not modified
     // other than through LMDB (they live in the daemon's private state directory).
@@ -292,6 +298,14 @@ impl NisReader {
             apps: collect(self.t.apps.iter(&r), d)?,
             procs: collect(self.t.procs.iter(&r), d)?,
         })
+    }
+
+    /// Keep a read transaction open for `d` (diagnostics: shows how a reader
+    /// that stalls or dies mid-transaction affects the writer).
+    pub fn hold_read_txn(&self, d: std::time::Duration) -> Result<()> {
+        let _r = self.rtxn()?;
+        std::thread::sleep(d);
+        Ok(())
     }
 
     /// Remove reader slots of dead processes (LMDB `mdb_reader_check`).

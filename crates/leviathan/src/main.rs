@@ -52,6 +52,15 @@ enum Command {
         #[arg(long)]
         keep_state: bool,
     },
+    /// Print the Node Information Service as JSON, read directly (no daemon needed).
+    NisDump {
+        /// NIS directory (default: $HOBBES_NIS, else <state-dir>/nis).
+        #[arg(long)]
+        nis: Option<PathBuf>,
+        /// Then keep a read transaction open this long (diagnostics).
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+    },
     /// The enclave control process (started by leviathan).
     #[command(hide = true)]
     EnclaveInit(leviathan::control::ControlArgs),
@@ -85,12 +94,37 @@ fn main() {
             let dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
             leviathan::daemon::cleanup(&dir, keep_state)
         }
+        Some(Command::NisDump { nis, hold_ms }) => {
+            let dir = nis
+                .or_else(|| std::env::var_os(hobbes_proto::ENV_NIS).map(PathBuf::from))
+                .unwrap_or_else(|| cli.state_dir.clone().unwrap_or_else(default_state_dir).join("nis"));
+            nis_dump(&dir, hold_ms)
+        }
         None => config(&cli).and_then(leviathan::daemon::run),
     };
     if let Err(e) = result {
         eprintln!("leviathan: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn nis_dump(dir: &std::path::Path, hold_ms: u64) -> anyhow::Result<()> {
+    let nis = hobbes_nis::NisReader::open(dir)?;
+    let snap = nis.snapshot()?;
+    let json = serde_json::json!({
+        "header": snap.header,
+        "cores": snap.cores,
+        "memory_blocks": snap.memory.len(),
+        "enclaves": snap.enclaves,
+        "apps": snap.apps,
+        "procs": snap.procs,
+        "reader_pid": std::process::id(),
+    });
+    println!("{json}");
+    if hold_ms > 0 {
+        nis.hold_read_txn(std::time::Duration::from_millis(hold_ms))?;
+    }
+    Ok(())
 }
 
 fn default_state_dir() -> PathBuf {

@@ -1,0 +1,215 @@
+//! Test harness: a real `leviathan` in a temporary state directory.
+//!
+//! Tests that need root print `SKIP <test>: <reason>` and return when it is
+//! missing. Daemons are serialized (one node, one set of cgroups) and always
+//! torn down: SIGTERM, then SIGKILL plus `leviathan cleanup` if needed, so the
+//! host's cpuset is restored even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hobbes_client::proto::model::{AppRecord, EnclaveKind};
+use hobbes_client::proto::msg::{EnclaveRef, LaunchSpec, Stream};
+use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
+use hobbes_client::Client;
+
+pub const LEVIATHAN: &str = env!("CARGO_BIN_EXE_leviathan");
+
+static NODE: Mutex<()> = Mutex::new(());
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns false (after printing the SKIP line) when the test cannot run here.
+pub fn require_root(test: &str) -> bool {
+    if !is_root() {
+        println!("SKIP {test}: needs root (cgroups, namespaces)");
+        return false;
+    }
+    if !Path::new("/sys/fs/cgroup").exists() {
+        println!("SKIP {test}: no /sys/fs/cgroup");
+        return false;
+    }
+    true
+}
+
+pub fn ncpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+    _node: MutexGuard<'static, ()>,
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Daemon {
+    /// Start a daemon: the host keeps core 0; fast heartbeats for tests.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let node = NODE.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::Builder::new().prefix("hobbes-test-").tempdir().expect("tempdir");
+        let mut args: Vec<String> = vec![
+            "--host-cores".into(),
+            "0".into(),
+            "--host-memory".into(),
+            "2048".into(),
+            "--heartbeat-interval-ms".into(),
+            "50".into(),
+            "--heartbeat-timeout-ms".into(),
+            "400".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon { dir, child: None, args, _node: node };
+        d.spawn();
+        d
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("leviathan.sock")
+    }
+
+    pub fn nis_dir(&self) -> PathBuf {
+        self.dir.path().join("nis")
+    }
+
+    /// (Re)start the daemon process on this state directory and wait until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("leviathan.log")).expect("log");
+        let child = Command::new(LEVIATHAN)
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .env("HOBBES_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leviathan");
+        self.child = Some(child);
+        let sock = self.socket();
+        let child = self.child.as_mut().expect("child");
+        wait_for("leviathan to answer", Duration::from_secs(15), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("leviathan exited early: {status}; log:\n{}", std::fs::read_to_string(sock.with_file_name("leviathan.log")).unwrap_or_default());
+            }
+            Client::connect(&sock).ok().and_then(|mut c| c.status().ok())
+        });
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.socket()).expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// SIGKILL the daemon (enclaves live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("leviathan.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let clean = self.stop();
+        if clean != Some(0) || std::thread::panicking() {
+            if std::thread::panicking() {
+                eprintln!("--- leviathan log ---\n{}", self.log());
+            }
+        }
+        // Always: kill leftovers, remove cgroups, give the host its cores back.
+        let _ = Command::new(LEVIATHAN).arg("cleanup").arg("--keep-state").arg("--state-dir").arg(self.dir.path()).stdout(Stdio::null()).status();
+    }
+}
+
+pub fn spec(name: &str, cores: u32, mib: u64, shared: bool) -> EnclaveSpec {
+    EnclaveSpec {
+        name: name.into(),
+        kind: EnclaveKind::Native,
+        shared,
+        cpus: CpuRequest { count: cores, ..Default::default() },
+        memory: MemRequest { size_mib: mib, ..Default::default() },
+    }
+}
+
+pub fn launch(enclave: &str, argv: &[&str]) -> LaunchSpec {
+    LaunchSpec {
+        enclave: EnclaveRef::Name(enclave.into()),
+        name: None,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cwd: None,
+        stream: true,
+    }
+}
+
+/// Launch, stream, wait: (final record, stdout, stderr).
+pub fn run_in(client: &mut Client, enclave: &str, argv: &[&str]) -> (AppRecord, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let rec = client
+        .launch_streaming(launch(enclave, argv), |_| {}, |s, d| match s {
+            Stream::Stdout => out.extend_from_slice(d),
+            Stream::Stderr => err.extend_from_slice(d),
+        })
+        .expect("launch");
+    (rec, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+/// The `key:` line of /proc/PID/status (or of a `cat` of it).
+pub fn status_field(text: &str, key: &str) -> String {
+    text.lines().find(|l| l.starts_with(key)).map(|l| l[key.len()..].trim().to_string()).unwrap_or_default()
+}
+
+pub fn host_affinity_of(pid: u32) -> String {
+    status_field(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(), "Cpus_allowed_list:")
+}
