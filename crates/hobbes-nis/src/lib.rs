@@ -90,7 +90,12 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
     }
     let mut opts = EnvOpenOptions::new().read_txn_without_tls();
     opts.map_size(MAP_SIZE).max_readers(MAX_READERS).max_dbs(8);
-    if !create {
+    if create {
+        // The NIS lives on tmpfs and is rebuilt from what runs after a reboot:
+        // no fsync. A crash of the daemon loses nothing (the page cache has it).
+        // SAFETY: NO_SYNC/NO_META_SYNC trade only system-crash durability.
+        unsafe { opts.flags(heed::EnvFlags::NO_SYNC | heed::EnvFlags::NO_META_SYNC) };
+    } else {
         // Readers only need read access to data.mdb (and write access to the
         // lock file's reader table), so any uid can read the NIS.
         // SAFETY: READ_ONLY only restricts what this handle may do.

@@ -97,7 +97,12 @@ fn main() {
         Some(Command::NisDump { nis, hold_ms }) => {
             let dir = nis
                 .or_else(|| std::env::var_os(hobbes_proto::ENV_NIS).map(PathBuf::from))
-                .unwrap_or_else(|| cli.state_dir.clone().unwrap_or_else(default_state_dir).join("nis"));
+                .unwrap_or_else(|| {
+                    cli.state_dir
+                        .clone()
+                        .unwrap_or_else(default_state_dir)
+                        .join("nis")
+                });
             nis_dump(&dir, hold_ms)
         }
         None => config(&cli).and_then(leviathan::daemon::run),

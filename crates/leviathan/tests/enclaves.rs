@@ -18,7 +18,9 @@ const AFFINITY_AND_PIDNS: &str = "grep Cpus_allowed_list /proc/self/status; echo
 
 fn need_two_cores(test: &str) -> bool {
     if ncpus() < 2 {
-        println!("SKIP {test}: needs at least 2 cores (one for the host, one for an exclusive enclave)");
+        println!(
+            "SKIP {test}: needs at least 2 cores (one for the host, one for an exclusive enclave)"
+        );
         return false;
     }
     true
@@ -35,20 +37,43 @@ fn two_enclaves_see_their_cores_pid_namespace_and_memory_limit() {
     let sim = c.create_enclave(spec("sim", 1, 256, false)).unwrap();
     let ana = c.create_enclave(spec("ana", 1, 128, true)).unwrap();
     assert_eq!(sim.cores, vec![1], "exclusive enclave takes the free core");
-    assert_eq!(ana.cores, vec![0], "shared enclave is pinned to the host core");
+    assert_eq!(
+        ana.cores,
+        vec![0],
+        "shared enclave is pinned to the host core"
+    );
     assert!(sim.isolation.exclusive_cores && sim.isolation.namespaces);
-    assert!(!ana.isolation.exclusive_cores, "shared enclave is marked not isolated");
+    assert!(
+        !ana.isolation.exclusive_cores,
+        "shared enclave is marked not isolated"
+    );
 
     for (rec, cores, limit) in [(&sim, "1", 256u64 << 20), (&ana, "0", 128 << 20)] {
         let (app, out, err) = run_in(&mut c, &rec.name, &["sh", "-c", AFFINITY_AND_PIDNS]);
         assert_eq!(app.exit, Some(ExitStatus::Code(0)), "stderr: {err}");
-        assert_eq!(status_field(&out, "Cpus_allowed_list:"), cores, "sched affinity in {}: {out}", rec.name);
+        assert_eq!(
+            status_field(&out, "Cpus_allowed_list:"),
+            cores,
+            "sched affinity in {}: {out}",
+            rec.name
+        );
         let pid: u32 = status_field(&out, "pid=").parse().unwrap();
-        assert!(pid < 100, "pid {pid} is from the enclave's own PID namespace");
+        assert!(
+            pid < 100,
+            "pid {pid} is from the enclave's own PID namespace"
+        );
         let proc = app.procs[0];
         assert_eq!(proc.local, pid);
-        assert_ne!(proc.global, proc.local, "global (host) pid differs from the local one");
-        assert_eq!(out.lines().last().unwrap().trim().parse::<u64>().unwrap(), limit, "memory limit of {}", rec.name);
+        assert_ne!(
+            proc.global, proc.local,
+            "global (host) pid differs from the local one"
+        );
+        assert_eq!(
+            out.lines().last().unwrap().trim().parse::<u64>().unwrap(),
+            limit,
+            "memory limit of {}",
+            rec.name
+        );
     }
     c.destroy_enclave(EnclaveRef::Name("sim".into())).unwrap();
     c.destroy_enclave(EnclaveRef::Name("ana".into())).unwrap();
@@ -67,7 +92,11 @@ fn memory_limit_is_enforced() {
     let hog = |mib: u32| format!("x=$(head -c {mib}M /dev/zero | tr '\\0' a); echo ${{#x}}");
     let (app, _, _) = run_in(&mut c, "small", &["sh", "-c", &hog(300)]);
     assert_eq!(app.state, AppState::Crashed, "{app:?}");
-    assert_eq!(app.exit, Some(ExitStatus::Signal(libc::SIGKILL)), "OOM-killed by the enclave's limit");
+    assert_eq!(
+        app.exit,
+        Some(ExitStatus::Signal(libc::SIGKILL)),
+        "OOM-killed by the enclave's limit"
+    );
     let (app, out, _) = run_in(&mut c, "small", &["sh", "-c", &hog(32)]);
     assert_eq!(app.exit, Some(ExitStatus::Code(0)), "32 MiB fits");
     assert_eq!(out.trim(), (32u32 << 20).to_string());
@@ -83,16 +112,38 @@ fn host_tasks_are_kept_off_enclave_cores_and_get_them_back() {
     let mut d = Daemon::start(&[]);
     let mut c = d.client();
     c.create_enclave(spec("iso", 1, 128, false)).unwrap();
-    let mut host_task = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-    assert_eq!(host_affinity_of(host_task.id()), "0", "a new host task runs on the host core only");
-    assert_eq!(host_affinity_of(1), "0", "init is confined to the host core");
-    assert_eq!(host_affinity_of(d.pid()), "0", "the daemon itself runs on the host core");
+    let mut host_task = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        host_affinity_of(host_task.id()),
+        "0",
+        "a new host task runs on the host core only"
+    );
+    assert_eq!(
+        host_affinity_of(1),
+        "0",
+        "init is confined to the host core"
+    );
+    assert_eq!(
+        host_affinity_of(d.pid()),
+        "0",
+        "the daemon itself runs on the host core"
+    );
     let _ = host_task.kill();
     let _ = host_task.wait();
     assert_eq!(d.stop(), Some(0));
-    assert_eq!(host_affinity_of(1), all, "init gets every core back after a clean stop");
+    assert_eq!(
+        host_affinity_of(1),
+        all,
+        "init gets every core back after a clean stop"
+    );
     assert_eq!(host_affinity_of(std::process::id()), all);
-    assert!(!std::path::Path::new("/sys/fs/cgroup/cpuset/hobbes").exists(), "our cpusets are gone");
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/cpuset/hobbes").exists(),
+        "our cpusets are gone"
+    );
 }
 
 #[test]
@@ -108,28 +159,48 @@ fn destroy_returns_every_core_and_block_and_kills_everything() {
     let during = c.status().unwrap();
     assert_eq!(during.cores_free, before.cores_free - 1);
     assert_eq!(during.mem_free, before.mem_free - (512 << 20));
-    let app = c.launch({
-        let mut l = launch("doomed", &["sleep", "60"]);
-        l.stream = false;
-        l
-    })
-    .unwrap();
+    let app = c
+        .launch({
+            let mut l = launch("doomed", &["sleep", "60"]);
+            l.stream = false;
+            l
+        })
+        .unwrap();
     let global = app.procs[0].global;
     assert!(std::path::Path::new(&format!("/proc/{global}")).exists());
     c.destroy_enclave(EnclaveRef::Id(e.id)).unwrap();
     let after = c.status().unwrap();
-    assert_eq!((after.cores_free, after.mem_free), (before.cores_free, before.mem_free), "everything returned");
-    assert!(c.list_cores().unwrap().iter().all(|c| c.ownership != Ownership::Allocated(e.id)));
-    assert!(!std::path::Path::new(&format!("/proc/{global}")).exists() || !hobbes_alive(global), "app killed");
-    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/cpuset/hobbes/enclave-{}", e.id)).exists(), "cgroup removed");
+    assert_eq!(
+        (after.cores_free, after.mem_free),
+        (before.cores_free, before.mem_free),
+        "everything returned"
+    );
+    assert!(c
+        .list_cores()
+        .unwrap()
+        .iter()
+        .all(|c| c.ownership != Ownership::Allocated(e.id)));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{global}")).exists() || !hobbes_alive(global),
+        "app killed"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/cpuset/hobbes/enclave-{}", e.id)).exists(),
+        "cgroup removed"
+    );
     let rec = c.app(app.id).unwrap();
     assert_eq!(rec.state, AppState::Crashed);
     assert!(rec.detail.unwrap_or_default().contains("enclave destroyed"));
-    assert_eq!(c.enclave(EnclaveRef::Id(e.id)).unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        c.enclave(EnclaveRef::Id(e.id)).unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
 }
 
 fn hobbes_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z")).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z"))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -146,31 +217,72 @@ fn heartbeat_loss_and_control_death_are_detected() {
     // 1. A control process that stops (SIGSTOP): heartbeats stop.
     let e = c.create_enclave(spec("frozen", 1, 128, true)).unwrap();
     let pid = e.control_pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     let stopped_at = std::time::Instant::now();
-    let rec = wait_for("enclave marked crashed", timeout * 4, || nis.enclave(e.id).unwrap().filter(|r| r.state == EnclaveState::Crashed));
+    let rec = wait_for("enclave marked crashed", timeout * 4, || {
+        nis.enclave(e.id)
+            .unwrap()
+            .filter(|r| r.state == EnclaveState::Crashed)
+    });
     let took = stopped_at.elapsed();
-    assert!(took < timeout * 3, "detected in {took:?} (timeout {timeout:?})");
-    assert!(rec.crash_reason.as_deref().unwrap_or("").contains("no heartbeat"), "{:?}", rec.crash_reason);
+    assert!(
+        took < timeout * 3,
+        "detected in {took:?} (timeout {timeout:?})"
+    );
+    assert!(
+        rec.crash_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no heartbeat"),
+        "{:?}",
+        rec.crash_reason
+    );
     // Reclaimed by default (just after it is marked crashed).
-    wait_for("resources reclaimed", Duration::from_secs(5), || nis.enclave(e.id).unwrap().filter(|r| r.cores.is_empty()));
-    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || !hobbes_alive(pid), "reclaim killed it");
+    wait_for("resources reclaimed", Duration::from_secs(5), || {
+        nis.enclave(e.id).unwrap().filter(|r| r.cores.is_empty())
+    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || !hobbes_alive(pid),
+        "reclaim killed it"
+    );
 
     // 2. A control process killed outright: detected at once through its link.
     let e = c.create_enclave(spec("killed", 1, 128, false)).unwrap();
     let killed_at = std::time::Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.control_pid.unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let rec = wait_for("enclave marked crashed", timeout * 4, || nis.enclave(e.id).unwrap().filter(|r| r.state == EnclaveState::Crashed));
-    assert!(killed_at.elapsed() < timeout, "link loss is immediate: {:?}", killed_at.elapsed());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(e.control_pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rec = wait_for("enclave marked crashed", timeout * 4, || {
+        nis.enclave(e.id)
+            .unwrap()
+            .filter(|r| r.state == EnclaveState::Crashed)
+    });
+    assert!(
+        killed_at.elapsed() < timeout,
+        "link loss is immediate: {:?}",
+        killed_at.elapsed()
+    );
     assert!(rec.crash_reason.unwrap().contains("connection lost"));
     wait_for("cores reclaimed", Duration::from_secs(5), || {
-        c.list_cores().unwrap().iter().all(|c| c.ownership != Ownership::Allocated(e.id)).then_some(())
+        c.list_cores()
+            .unwrap()
+            .iter()
+            .all(|c| c.ownership != Ownership::Allocated(e.id))
+            .then_some(())
     });
     // A crashed enclave refuses launches until destroyed.
     let err = c.launch(launch("killed", &["true"])).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
-    c.destroy_enclave(EnclaveRef::Name("killed".into())).unwrap();
-    c.destroy_enclave(EnclaveRef::Name("frozen".into())).unwrap();
+    c.destroy_enclave(EnclaveRef::Name("killed".into()))
+        .unwrap();
+    c.destroy_enclave(EnclaveRef::Name("frozen".into()))
+        .unwrap();
 }
 
 #[test]
@@ -183,12 +295,28 @@ fn held_crash_keeps_resources_until_destroy() {
     let mut c = d.client();
     let nis = NisReader::open(d.nis_dir()).unwrap();
     let e = c.create_enclave(spec("held", 1, 128, false)).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(e.control_pid.unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let rec = wait_for("crash", Duration::from_secs(2), || nis.enclave(e.id).unwrap().filter(|r| r.state == EnclaveState::Crashed));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(e.control_pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rec = wait_for("crash", Duration::from_secs(2), || {
+        nis.enclave(e.id)
+            .unwrap()
+            .filter(|r| r.state == EnclaveState::Crashed)
+    });
     assert_eq!(rec.cores, e.cores, "held for inspection");
-    assert!(c.list_cores().unwrap().iter().any(|c| c.ownership == Ownership::Allocated(e.id)));
+    assert!(c
+        .list_cores()
+        .unwrap()
+        .iter()
+        .any(|c| c.ownership == Ownership::Allocated(e.id)));
     c.destroy_enclave(EnclaveRef::Id(e.id)).unwrap();
-    assert!(c.list_cores().unwrap().iter().all(|c| c.ownership != Ownership::Allocated(e.id)));
+    assert!(c
+        .list_cores()
+        .unwrap()
+        .iter()
+        .all(|c| c.ownership != Ownership::Allocated(e.id)));
 }
 
 #[test]
@@ -203,24 +331,44 @@ fn daemon_kill9_and_restart_loses_nothing() {
     let mut l = launch("survivor", &["sleep", "60"]);
     l.stream = false;
     let long = c.launch(l).unwrap();
-    let mut l = launch("survivor", &["sh", "-c", "read x < /dev/null; sleep 0.5; exit 7"]);
+    let mut l = launch(
+        "survivor",
+        &["sh", "-c", "read x < /dev/null; sleep 0.5; exit 7"],
+    );
     l.stream = false;
     let short = c.launch(l).unwrap();
     let before = NisReader::open(d.nis_dir()).unwrap().snapshot().unwrap();
 
     d.kill9();
     // The short app ends while no daemon listens.
-    wait_for("short app to end", Duration::from_secs(5), || (!hobbes_alive(short.procs[0].global)).then_some(()));
+    wait_for("short app to end", Duration::from_secs(5), || {
+        (!hobbes_alive(short.procs[0].global)).then_some(())
+    });
     d.spawn();
     let mut c = d.client();
     let nis = NisReader::open(d.nis_dir()).unwrap();
-    let rec = wait_for("reattach", Duration::from_secs(5), || nis.enclave(e.id).unwrap().filter(|r| r.state == EnclaveState::Running && r.rev > before.enclaves[0].rev));
+    let rec = wait_for("reattach", Duration::from_secs(5), || {
+        nis.enclave(e.id)
+            .unwrap()
+            .filter(|r| r.state == EnclaveState::Running && r.rev > before.enclaves[0].rev)
+    });
     assert_eq!(rec.cores, e.cores);
-    assert_eq!(rec.control_pid, e.control_pid, "the same control process, reattached");
+    assert_eq!(
+        rec.control_pid, e.control_pid,
+        "the same control process, reattached"
+    );
     let short_rec = c.wait_app(short.id).unwrap();
-    assert_eq!(short_rec.exit, Some(ExitStatus::Code(7)), "exit during downtime recorded after reattach");
+    assert_eq!(
+        short_rec.exit,
+        Some(ExitStatus::Code(7)),
+        "exit during downtime recorded after reattach"
+    );
     let long_rec = c.app(long.id).unwrap();
-    assert_eq!(long_rec.state, AppState::Running, "long app still running and tracked");
+    assert_eq!(
+        long_rec.state,
+        AppState::Running,
+        "long app still running and tracked"
+    );
     assert!(hobbes_alive(long.procs[0].global));
     let after = nis.snapshot().unwrap();
     assert_eq!(after.header.generation, before.header.generation + 1);
@@ -228,9 +376,15 @@ fn daemon_kill9_and_restart_loses_nothing() {
     assert_eq!(after.apps.len(), before.apps.len());
     // Still fully usable.
     let (app, out, _) = run_in(&mut c, "survivor", &["echo", "still here"]);
-    assert_eq!((app.exit, out.trim()), (Some(ExitStatus::Code(0)), "still here"));
+    assert_eq!(
+        (app.exit, out.trim()),
+        (Some(ExitStatus::Code(0)), "still here")
+    );
     c.kill_app(long.id, libc::SIGTERM).unwrap();
-    assert_eq!(c.wait_app(long.id).unwrap().exit, Some(ExitStatus::Signal(libc::SIGTERM)));
+    assert_eq!(
+        c.wait_app(long.id).unwrap().exit,
+        Some(ExitStatus::Signal(libc::SIGTERM))
+    );
 }
 
 #[test]
@@ -244,12 +398,21 @@ fn control_process_gone_during_downtime_is_marked_crashed() {
     let e = c.create_enclave(spec("gone", 1, 128, false)).unwrap();
     d.kill9();
     let pid = e.control_pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_for("control process to die", Duration::from_secs(5), || (!hobbes_alive(pid)).then_some(()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("control process to die", Duration::from_secs(5), || {
+        (!hobbes_alive(pid)).then_some(())
+    });
     d.spawn();
     let rec = d.client().enclave(EnclaveRef::Id(e.id)).unwrap();
     assert_eq!(rec.state, EnclaveState::Crashed);
-    assert!(rec.crash_reason.unwrap().contains("while leviathan was down"));
+    assert!(rec
+        .crash_reason
+        .unwrap()
+        .contains("while leviathan was down"));
 }
 
 #[test]
@@ -267,34 +430,100 @@ fn bad_requests_are_refused_and_change_nothing() {
     fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Option<ErrorCode> {
         r.unwrap_err().code()
     }
-    assert_eq!(code(c.create_enclave(spec("more", 1, 128, false))), Some(ErrorCode::Overcommit), "no free core left");
-    assert_eq!(code(c.create_enclave(spec("huge", 1, 1 << 30, true))), Some(ErrorCode::Overcommit), "memory over-commit");
-    assert_eq!(code(c.create_enclave(spec("only", 1, 128, true))), Some(ErrorCode::Conflict), "duplicate name");
-    assert_eq!(code(c.create_enclave(spec("bad name", 1, 128, true))), Some(ErrorCode::InvalidSpec));
+    assert_eq!(
+        code(c.create_enclave(spec("more", 1, 128, false))),
+        Some(ErrorCode::Overcommit),
+        "no free core left"
+    );
+    assert_eq!(
+        code(c.create_enclave(spec("huge", 1, 1 << 30, true))),
+        Some(ErrorCode::Overcommit),
+        "memory over-commit"
+    );
+    assert_eq!(
+        code(c.create_enclave(spec("only", 1, 128, true))),
+        Some(ErrorCode::Conflict),
+        "duplicate name"
+    );
+    assert_eq!(
+        code(c.create_enclave(spec("bad name", 1, 128, true))),
+        Some(ErrorCode::InvalidSpec)
+    );
     let mut s = spec("ids", 0, 128, true);
     s.cpus.ids = vec![99];
-    assert_eq!(code(c.create_enclave(s)), Some(ErrorCode::InvalidSpec), "unknown core id");
-    assert_eq!(code(c.destroy_enclave(EnclaveRef::Id(99))), Some(ErrorCode::NotFound));
-    assert_eq!(code(c.destroy_enclave(EnclaveRef::Name("nope".into()))), Some(ErrorCode::NotFound));
+    assert_eq!(
+        code(c.create_enclave(s)),
+        Some(ErrorCode::InvalidSpec),
+        "unknown core id"
+    );
+    assert_eq!(
+        code(c.destroy_enclave(EnclaveRef::Id(99))),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code(c.destroy_enclave(EnclaveRef::Name("nope".into()))),
+        Some(ErrorCode::NotFound)
+    );
     assert_eq!(code(c.kill_app(12345, 15)), Some(ErrorCode::NotFound));
     assert_eq!(code(c.kill_app(1, 999)), Some(ErrorCode::InvalidSpec));
-    assert_eq!(code(c.launch(launch("only", &[]))), Some(ErrorCode::InvalidSpec), "empty argv");
-    assert_eq!(code(c.launch(launch("only", &["/no/such/program"]))), Some(ErrorCode::InvalidSpec), "missing program");
-    assert_eq!(code(c.assign_cpus(EnclaveRef::Name("only".into()), CpuRequest { count: 1, ..Default::default() })), Some(ErrorCode::Overcommit));
-    assert_eq!(code(c.revoke_cpus(EnclaveRef::Name("only".into()), vec![1])), Some(ErrorCode::InvalidSpec), "last core");
-    assert_eq!(code(c.assign_memory(EnclaveRef::Name("only".into()), MemRequest { blocks: vec![0], ..Default::default() })), Some(ErrorCode::Overcommit), "host block");
+    assert_eq!(
+        code(c.launch(launch("only", &[]))),
+        Some(ErrorCode::InvalidSpec),
+        "empty argv"
+    );
+    assert_eq!(
+        code(c.launch(launch("only", &["/no/such/program"]))),
+        Some(ErrorCode::InvalidSpec),
+        "missing program"
+    );
+    assert_eq!(
+        code(c.assign_cpus(
+            EnclaveRef::Name("only".into()),
+            CpuRequest {
+                count: 1,
+                ..Default::default()
+            }
+        )),
+        Some(ErrorCode::Overcommit)
+    );
+    assert_eq!(
+        code(c.revoke_cpus(EnclaveRef::Name("only".into()), vec![1])),
+        Some(ErrorCode::InvalidSpec),
+        "last core"
+    );
+    assert_eq!(
+        code(c.assign_memory(
+            EnclaveRef::Name("only".into()),
+            MemRequest {
+                blocks: vec![0],
+                ..Default::default()
+            }
+        )),
+        Some(ErrorCode::Overcommit),
+        "host block"
+    );
 
     // Garbage and oversized frames: a clear error, then the connection closes.
     let mut raw = UnixStream::connect(d.socket()).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let reply: Response = hobbes_client::proto::frame::read_frame(&mut raw).unwrap();
-    assert!(matches!(&reply, Response::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("magic")), "{reply:?}");
+    assert!(
+        matches!(&reply, Response::Error(e) if e.code == ErrorCode::BadRequest && e.message.contains("magic")),
+        "{reply:?}"
+    );
     let mut raw = UnixStream::connect(d.socket()).unwrap();
     raw.write_all(b"HBS\x01\xff\xff\xff\x7f").unwrap();
     let reply: Response = hobbes_client::proto::frame::read_frame(&mut raw).unwrap();
-    assert!(matches!(&reply, Response::Error(e) if e.code == ErrorCode::TooLarge), "{reply:?}");
+    assert!(
+        matches!(&reply, Response::Error(e) if e.code == ErrorCode::TooLarge),
+        "{reply:?}"
+    );
     let mut rest = Vec::new();
-    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0, "connection closed after a fatal frame error");
+    assert_eq!(
+        raw.read_to_end(&mut rest).unwrap(),
+        0,
+        "connection closed after a fatal frame error"
+    );
     // Valid frame, undecodable request: error, connection stays usable.
     let mut raw = UnixStream::connect(d.socket()).unwrap();
     let body = br#"{"op":"destroy_enclave","enclave":{"id":"x"}}"#;
@@ -302,7 +531,10 @@ fn bad_requests_are_refused_and_change_nothing() {
     raw.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
     raw.write_all(body).unwrap();
     let reply: Response = hobbes_client::proto::frame::read_frame(&mut raw).unwrap();
-    assert!(matches!(&reply, Response::Error(e) if e.code == ErrorCode::BadRequest), "{reply:?}");
+    assert!(
+        matches!(&reply, Response::Error(e) if e.code == ErrorCode::BadRequest),
+        "{reply:?}"
+    );
     hobbes_client::proto::frame::write_frame(&mut raw, &Request::ListEnclaves).unwrap();
     let reply: Response = hobbes_client::proto::frame::read_frame(&mut raw).unwrap();
     assert!(matches!(reply, Response::Enclaves { .. }));
@@ -317,10 +549,14 @@ fn bad_requests_are_refused_and_change_nothing() {
 /// Re-executed as `nobody` by the permission test: tries to destroy an enclave.
 #[test]
 fn helper_destroy_as_other_user() {
-    let Ok(target) = std::env::var("HOBBES_TEST_DESTROY") else { return };
+    let Ok(target) = std::env::var("HOBBES_TEST_DESTROY") else {
+        return;
+    };
     let sock = std::env::var("HOBBES_SOCKET").unwrap();
     let mut c = hobbes_client::Client::connect(sock).unwrap();
-    let err = c.destroy_enclave(EnclaveRef::Name(target.clone())).unwrap_err();
+    let err = c
+        .destroy_enclave(EnclaveRef::Name(target.clone()))
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
     assert!(err.to_string().contains("permission denied"));
     // Reading is allowed to everyone, directly from the NIS too.
@@ -343,7 +579,12 @@ fn non_root_cannot_destroy_roots_enclave() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_destroy_as_other_user", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "helper_destroy_as_other_user",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HOBBES_TEST_DESTROY", "rootowned")
         .env("HOBBES_SOCKET", d.socket())
         .env("HOBBES_NIS", d.nis_dir())
@@ -353,8 +594,18 @@ fn non_root_cannot_destroy_roots_enclave() {
         .unwrap();
     use std::os::unix::process::CommandExt as _;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("HELPER-OK"), "helper failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(c.enclave(EnclaveRef::Name("rootowned".into())).unwrap().state, EnclaveState::Running, "still there");
+    assert!(
+        out.status.success() && stdout.contains("HELPER-OK"),
+        "helper failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.enclave(EnclaveRef::Name("rootowned".into()))
+            .unwrap()
+            .state,
+        EnclaveState::Running,
+        "still there"
+    );
 }
 
 #[test]
@@ -373,11 +624,20 @@ fn ping_and_files_in_the_enclave_view() {
     assert!(c.ping_via_daemon(EnclaveRef::Id(e.id)).is_ok());
     // /proc inside is the enclave's: pid 1 is its control process.
     let cmdline = conn.read_file("/proc/1/cmdline", 4096).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).contains("enclave-init"), "{:?}", String::from_utf8_lossy(&cmdline));
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("enclave-init"),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
     let path = d.state_dir().join("written-in-enclave");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    conn.write_file(path.to_str().unwrap(), &data, 0o600).unwrap();
-    assert_eq!(conn.read_file(path.to_str().unwrap(), 10 << 20).unwrap(), data, "chunked write and read agree");
+    conn.write_file(path.to_str().unwrap(), &data, 0o600)
+        .unwrap();
+    assert_eq!(
+        conn.read_file(path.to_str().unwrap(), 10 << 20).unwrap(),
+        data,
+        "chunked write and read agree"
+    );
     let err = conn.read_file("/no/such/file", 10).unwrap_err();
     assert!(err.to_string().contains("/no/such/file"), "{err}");
 }
@@ -391,22 +651,55 @@ fn assign_and_revoke_memory_and_cores_of_a_running_enclave() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let e = c.create_enclave(spec("grow", 1, 128, false)).unwrap();
-    let limit_file = format!("/sys/fs/cgroup/memory/{}", memory_cgroup_of(e.control_pid.unwrap()));
-    let limit = || std::fs::read_to_string(format!("{limit_file}/memory.limit_in_bytes")).unwrap().trim().parse::<u64>().unwrap();
+    let limit_file = format!(
+        "/sys/fs/cgroup/memory/{}",
+        memory_cgroup_of(e.control_pid.unwrap())
+    );
+    let limit = || {
+        std::fs::read_to_string(format!("{limit_file}/memory.limit_in_bytes"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
     assert_eq!(limit(), 128 << 20);
-    let grown = c.assign_memory(EnclaveRef::Id(e.id), MemRequest { size_mib: 256, ..Default::default() }).unwrap();
+    let grown = c
+        .assign_memory(
+            EnclaveRef::Id(e.id),
+            MemRequest {
+                size_mib: 256,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(grown.mem_bytes, 384 << 20);
     assert_eq!(limit(), 384 << 20, "cgroup limit follows");
-    let extra = grown.mem_blocks.iter().copied().find(|b| !e.mem_blocks.contains(b)).unwrap();
+    let extra = grown
+        .mem_blocks
+        .iter()
+        .copied()
+        .find(|b| !e.mem_blocks.contains(b))
+        .unwrap();
     let shrunk = c.revoke_memory(EnclaveRef::Id(e.id), vec![extra]).unwrap();
     assert_eq!(shrunk.mem_bytes, 256 << 20);
     assert_eq!(limit(), 256 << 20);
     let blocks = c.list_memory().unwrap();
-    assert_eq!(blocks.iter().find(|b| b.id == extra).unwrap().ownership, Ownership::Free);
+    assert_eq!(
+        blocks.iter().find(|b| b.id == extra).unwrap().ownership,
+        Ownership::Free
+    );
 
     // Cores: a shared enclave may be re-pinned among host cores only.
     let s = c.create_enclave(spec("sh", 1, 128, true)).unwrap();
-    let err = c.assign_cpus(EnclaveRef::Id(s.id), CpuRequest { ids: vec![1], ..Default::default() }).unwrap_err();
+    let err = c
+        .assign_cpus(
+            EnclaveRef::Id(s.id),
+            CpuRequest {
+                ids: vec![1],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Overcommit), "{err}");
 }
 
@@ -415,7 +708,13 @@ fn memory_cgroup_of(pid: u32) -> String {
         .unwrap()
         .lines()
         .find(|l| l.split(':').nth(1) == Some("memory"))
-        .map(|l| l.splitn(3, ':').nth(2).unwrap().trim_start_matches('/').to_string())
+        .map(|l| {
+            l.splitn(3, ':')
+                .nth(2)
+                .unwrap()
+                .trim_start_matches('/')
+                .to_string()
+        })
         .unwrap()
 }
 
@@ -435,10 +734,21 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
     let holder = c.launch(holder).unwrap();
     for enclave in ["r1", "r2", "r1"] {
         let (app, out, err) = run_in(&mut c, enclave, &[LEVIATHAN, "nis-dump"]);
-        assert_eq!(app.exit, Some(ExitStatus::Code(0)), "direct read in {enclave} failed: {err}");
+        assert_eq!(
+            app.exit,
+            Some(ExitStatus::Code(0)),
+            "direct read in {enclave} failed: {err}"
+        );
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(v["enclaves"].as_array().unwrap().len(), 2, "{enclave} sees both enclaves");
-        assert!(v["reader_pid"].as_u64().unwrap() < 100, "read from inside a PID namespace");
+        assert_eq!(
+            v["enclaves"].as_array().unwrap().len(),
+            2,
+            "{enclave} sees both enclaves"
+        );
+        assert!(
+            v["reader_pid"].as_u64().unwrap() < 100,
+            "read from inside a PID namespace"
+        );
     }
     // A reader killed in the middle of its transaction leaves a stale slot;
     // writes go on, and new readers still work.
@@ -452,7 +762,10 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
     let (app, out, _) = run_in(&mut c, "r1", &[LEVIATHAN, "nis-dump"]);
     assert_eq!(app.exit, Some(ExitStatus::Code(0)));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(v["apps"].as_array().unwrap().len() >= 24, "the replica is current");
+    assert!(
+        v["apps"].as_array().unwrap().len() >= 24,
+        "the replica is current"
+    );
 }
 
 #[test]
@@ -468,16 +781,35 @@ fn unprivileged_mode_degrades_to_affinity_and_says_so() {
     assert!(!st.header.privileged);
     let e = c.create_enclave(spec("soft", 1, 128, false)).unwrap();
     assert!(!e.isolation.namespaces && !e.isolation.cpuset && !e.isolation.memory_limit);
-    assert!(e.isolation.summary.contains("degraded"), "{}", e.isolation.summary);
-    let (app, out, _) = run_in(&mut c, "soft", &["sh", "-c", "grep Cpus_allowed_list /proc/self/status; echo pid=$$"]);
+    assert!(
+        e.isolation.summary.contains("degraded"),
+        "{}",
+        e.isolation.summary
+    );
+    let (app, out, _) = run_in(
+        &mut c,
+        "soft",
+        &[
+            "sh",
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status; echo pid=$$",
+        ],
+    );
     assert_eq!(app.exit, Some(ExitStatus::Code(0)));
-    assert_eq!(status_field(&out, "Cpus_allowed_list:"), "1", "pinned by affinity");
+    assert_eq!(
+        status_field(&out, "Cpus_allowed_list:"),
+        "1",
+        "pinned by affinity"
+    );
     assert_eq!(app.procs[0].local, app.procs[0].global, "no PID namespace");
     let mut l = launch("soft", &["sleep", "60"]);
     l.stream = false;
     let sleeper = c.launch(l).unwrap();
     c.destroy_enclave(EnclaveRef::Id(e.id)).unwrap();
-    assert!(!hobbes_alive(sleeper.procs[0].global), "destroy kills apps in degraded mode too");
+    assert!(
+        !hobbes_alive(sleeper.procs[0].global),
+        "destroy kills apps in degraded mode too"
+    );
     assert!(!hobbes_alive(e.control_pid.unwrap()));
 }
 
@@ -485,7 +817,12 @@ fn unprivileged_mode_degrades_to_affinity_and_says_so() {
 fn second_daemon_on_the_same_state_dir_is_refused() {
     let t = "second_daemon_on_the_same_state_dir_is_refused";
     let d = Daemon::start(&["--unprivileged"]);
-    let out = std::process::Command::new(LEVIATHAN).arg("--state-dir").arg(d.state_dir()).arg("--unprivileged").output().unwrap();
+    let out = std::process::Command::new(LEVIATHAN)
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .arg("--unprivileged")
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "{t}: second daemon must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already uses the state directory"), "{err}");

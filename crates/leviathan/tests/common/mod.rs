@@ -39,7 +39,11 @@ pub fn require_root(test: &str) -> bool {
 }
 
 pub fn ncpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    // Not available_parallelism: while a daemon runs, our affinity is the host's cores.
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(1) as usize
 }
 
 pub struct Daemon {
@@ -67,7 +71,10 @@ impl Daemon {
     /// Start a daemon: the host keeps core 0; fast heartbeats for tests.
     pub fn start(extra: &[&str]) -> Daemon {
         let node = NODE.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::Builder::new().prefix("hobbes-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("hobbes-test-")
+            .tempdir()
+            .expect("tempdir");
         let mut args: Vec<String> = vec![
             "--host-cores".into(),
             "0".into(),
@@ -79,7 +86,12 @@ impl Daemon {
             "400".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Daemon { dir, child: None, args, _node: node };
+        let mut d = Daemon {
+            dir,
+            child: None,
+            args,
+            _node: node,
+        };
         d.spawn();
         d
     }
@@ -98,7 +110,11 @@ impl Daemon {
 
     /// (Re)start the daemon process on this state directory and wait until it answers.
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("leviathan.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("leviathan.log"))
+            .expect("log");
         let child = Command::new(LEVIATHAN)
             .arg("--state-dir")
             .arg(self.dir.path())
@@ -113,9 +129,15 @@ impl Daemon {
         let child = self.child.as_mut().expect("child");
         wait_for("leviathan to answer", Duration::from_secs(15), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("leviathan exited early: {status}; log:\n{}", std::fs::read_to_string(sock.with_file_name("leviathan.log")).unwrap_or_default());
+                panic!(
+                    "leviathan exited early: {status}; log:\n{}",
+                    std::fs::read_to_string(sock.with_file_name("leviathan.log"))
+                        .unwrap_or_default()
+                );
             }
-            Client::connect(&sock).ok().and_then(|mut c| c.status().ok())
+            Client::connect(&sock)
+                .ok()
+                .and_then(|mut c| c.status().ok())
         });
     }
 
@@ -138,7 +160,10 @@ impl Daemon {
     /// SIGTERM and wait for a clean exit; returns its exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let start = Instant::now();
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -167,7 +192,13 @@ impl Drop for Daemon {
             }
         }
         // Always: kill leftovers, remove cgroups, give the host its cores back.
-        let _ = Command::new(LEVIATHAN).arg("cleanup").arg("--keep-state").arg("--state-dir").arg(self.dir.path()).stdout(Stdio::null()).status();
+        let _ = Command::new(LEVIATHAN)
+            .arg("cleanup")
+            .arg("--keep-state")
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -176,8 +207,14 @@ pub fn spec(name: &str, cores: u32, mib: u64, shared: bool) -> EnclaveSpec {
         name: name.into(),
         kind: EnclaveKind::Native,
         shared,
-        cpus: CpuRequest { count: cores, ..Default::default() },
-        memory: MemRequest { size_mib: mib, ..Default::default() },
+        cpus: CpuRequest {
+            count: cores,
+            ..Default::default()
+        },
+        memory: MemRequest {
+            size_mib: mib,
+            ..Default::default()
+        },
     }
 }
 
@@ -197,19 +234,33 @@ pub fn run_in(client: &mut Client, enclave: &str, argv: &[&str]) -> (AppRecord, 
     let mut out = Vec::new();
     let mut err = Vec::new();
     let rec = client
-        .launch_streaming(launch(enclave, argv), |_| {}, |s, d| match s {
-            Stream::Stdout => out.extend_from_slice(d),
-            Stream::Stderr => err.extend_from_slice(d),
-        })
+        .launch_streaming(
+            launch(enclave, argv),
+            |_| {},
+            |s, d| match s {
+                Stream::Stdout => out.extend_from_slice(d),
+                Stream::Stderr => err.extend_from_slice(d),
+            },
+        )
         .expect("launch");
-    (rec, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+    (
+        rec,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }
 
 /// The `key:` line of /proc/PID/status (or of a `cat` of it).
 pub fn status_field(text: &str, key: &str) -> String {
-    text.lines().find(|l| l.starts_with(key)).map(|l| l[key.len()..].trim().to_string()).unwrap_or_default()
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| l[key.len()..].trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn host_affinity_of(pid: u32) -> String {
-    status_field(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(), "Cpus_allowed_list:")
+    status_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        "Cpus_allowed_list:",
+    )
 }
