@@ -319,12 +319,12 @@ impl NisReader {
     }
 }
 
-fn collect<'t, K: 't, V>(
+fn collect<'t, K, V>(
     iter: heed::Result<heed::RoIter<'t, K, SerdeJson<V>>>,
     dir: &Path,
 ) -> Result<Vec<V>>
 where
-    K: heed::BytesDecode<'t>,
+    K: heed::BytesDecode<'t> + 't,
     V: serde::de::DeserializeOwned + 't,
 {
     let mut out = Vec::new();

@@ -47,9 +47,16 @@ pub struct ControlArgs {
     pub owner_uid: u32,
     #[arg(long)]
     pub owner_gid: u32,
-    /// We run in new namespaces (pid 1): mount our own /proc.
+    /// We run in new namespaces (pid 1): mount our own /proc, and bind the
+    /// enclave's NIS replica over the primary's path.
     #[arg(long)]
     pub namespaces: bool,
+    /// The enclave's NIS replica (host path).
+    #[arg(long, requires = "nis_mount")]
+    pub nis_replica: Option<PathBuf>,
+    /// Where the enclave sees its NIS (the primary's path, hidden under the replica).
+    #[arg(long)]
+    pub nis_mount: Option<PathBuf>,
 }
 
 struct App {
@@ -87,7 +94,7 @@ impl Ctl {
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     if args.namespaces {
-        setup_mounts()?;
+        setup_mounts(&args)?;
     } else {
         sys::set_child_subreaper()?;
     }
@@ -125,9 +132,11 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     daemon_link(ctl)
 }
 
-/// Own mount namespace: stop propagation to the host, and a /proc that shows
-/// this enclave's PID namespace.
-fn setup_mounts() -> anyhow::Result<()> {
+/// Own mount namespace: stop propagation to the host, a /proc that shows this
+/// enclave's PID namespace, and the enclave's NIS replica where the NIS is.
+/// (Each enclave reads its own replica: LMDB identifies readers by pid, and
+/// pids collide across PID namespaces.)
+fn setup_mounts(args: &ControlArgs) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     mount(
         None::<&str>,
@@ -145,6 +154,22 @@ fn setup_mounts() -> anyhow::Result<()> {
         None::<&str>,
     )
     .map_err(|e| anyhow::anyhow!("cannot mount /proc: {e}"))?;
+    if let (Some(replica), Some(target)) = (&args.nis_replica, &args.nis_mount) {
+        mount(
+            Some(replica),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind the NIS replica {} over {}: {e}",
+                replica.display(),
+                target.display()
+            )
+        })?;
+    }
     Ok(())
 }
 

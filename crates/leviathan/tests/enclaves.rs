@@ -726,8 +726,30 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
     }
     let d = Daemon::start(&[]);
     let mut c = d.client();
-    c.create_enclave(spec("r1", 1, 128, false)).unwrap();
+    let r1 = c.create_enclave(spec("r1", 1, 128, false)).unwrap();
     c.create_enclave(spec("r2", 1, 128, true)).unwrap();
+    // Inside, the NIS path shows the enclave's own replica (bind-mounted over it).
+    use std::os::unix::fs::MetadataExt;
+    let primary = d.nis_dir().join("data.mdb");
+    let replica = d
+        .state_dir()
+        .join("enclaves")
+        .join(r1.id.to_string())
+        .join("nis/data.mdb");
+    let (_, inode, _) = run_in(
+        &mut c,
+        "r1",
+        &["stat", "-c", "%i", primary.to_str().unwrap()],
+    );
+    assert_eq!(
+        inode.trim(),
+        std::fs::metadata(&replica).unwrap().ino().to_string(),
+        "replica mounted over the primary"
+    );
+    assert_ne!(
+        inode.trim(),
+        std::fs::metadata(&primary).unwrap().ino().to_string()
+    );
     // Readers in both enclaves at once: their pids collide across namespaces.
     let mut holder = launch("r1", &[LEVIATHAN, "nis-dump", "--hold-ms", "20000"]);
     holder.stream = false;

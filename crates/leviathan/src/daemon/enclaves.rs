@@ -127,7 +127,6 @@ impl Daemon {
         };
         let names = self.names();
         let paths = self.paths.clone();
-        let privileged = self.privileged;
         // 1. Reserve resources and write the record, atomically.
         let rec = self.tx(|t| {
             if t.enclaves()?.iter().any(|e| e.name == spec.name) {
@@ -171,11 +170,8 @@ impl Daemon {
                 control_pid: None,
                 control_start_time: None,
                 control_socket: dir.join("control.sock").display().to_string(),
-                nis_dir: if privileged {
-                    dir.join("nis").display().to_string()
-                } else {
-                    paths.nis().display().to_string()
-                },
+                // Inside a privileged enclave the primary's path shows its replica.
+                nis_dir: paths.nis().display().to_string(),
                 created_ms: now_ms(),
                 last_heartbeat_ms: 0,
                 crash_reason: None,
@@ -221,6 +217,8 @@ impl Daemon {
         let ctx = StartContext {
             daemon_socket: self.paths.control_socket(),
             mems: mems_of(&rec.numa_nodes),
+            nis_replica: dir.join("nis"),
+            nis_mount: self.paths.nis(),
         };
         let record = |started: &crate::kinds::Started| {
             self.tx(|t| {

@@ -49,7 +49,7 @@ fn lock_state_dir(paths: &StatePaths) -> anyhow::Result<Flock<File>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0)?;
-            write!(lock, "{}\n", std::process::id())?;
+            writeln!(lock, "{}", std::process::id())?;
             Ok(lock)
         }
         Err((mut file, _)) => {

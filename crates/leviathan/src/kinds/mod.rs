@@ -15,6 +15,9 @@ pub struct StartContext {
     pub daemon_socket: PathBuf,
     /// Comma-separated NUMA nodes of the enclave's memory (cpuset.mems).
     pub mems: String,
+    /// The enclave's NIS replica, and the path it is mounted at inside.
+    pub nis_replica: PathBuf,
+    pub nis_mount: PathBuf,
 }
 
 /// A running control process.

@@ -45,6 +45,10 @@ impl NativeDriver {
         ];
         if namespaces {
             argv.push("--namespaces".into());
+            argv.push("--nis-replica".into());
+            argv.push(ctx.nis_replica.display().to_string());
+            argv.push("--nis-mount".into());
+            argv.push(ctx.nis_mount.display().to_string());
         }
         argv
     }

@@ -187,9 +187,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let clean = self.stop();
         if clean != Some(0) || std::thread::panicking() {
-            if std::thread::panicking() {
-                eprintln!("--- leviathan log ---\n{}", self.log());
-            }
+            eprintln!("--- leviathan log (exit {clean:?}) ---\n{}", self.log());
         }
         // Always: kill leftovers, remove cgroups, give the host its cores back.
         let _ = Command::new(LEVIATHAN)
