@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::mem::{offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -522,7 +522,8 @@ fn live_daemon_launch_wait_kill() {
     let _daemon = match start_leviathan(state.path()) {
         Ok(d) => d,
         Err(why) => {
-            println!("SKIP live_daemon_launch_wait_kill: {why}");
+            // Straight to stdout, past the harness's output capture.
+            let _ = writeln!(std::io::stdout(), "SKIP live_daemon_launch_wait_kill: {why}");
             return;
         }
     };

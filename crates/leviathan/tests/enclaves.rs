@@ -794,7 +794,7 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
 fn unprivileged_mode_degrades_to_affinity_and_says_so() {
     let t = "unprivileged_mode_degrades_to_affinity_and_says_so";
     if ncpus() < 2 {
-        println!("SKIP {t}: needs 2 cores");
+        skip(t, "needs 2 cores");
         return;
     }
     let d = Daemon::start(&["--unprivileged"]);

@@ -25,14 +25,21 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Print `SKIP <test>: <reason>` where the user sees it: straight to stdout,
+/// past the test harness's output capture.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "SKIP {test}: {reason}");
+}
+
 /// Returns false (after printing the SKIP line) when the test cannot run here.
 pub fn require_root(test: &str) -> bool {
     if !is_root() {
-        println!("SKIP {test}: needs root (cgroups, namespaces)");
+        skip(test, "needs root (cgroups, namespaces)");
         return false;
     }
     if !Path::new("/sys/fs/cgroup").exists() {
-        println!("SKIP {test}: no /sys/fs/cgroup");
+        skip(test, "no /sys/fs/cgroup");
         return false;
     }
     true
