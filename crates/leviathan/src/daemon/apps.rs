@@ -23,6 +23,8 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Longest argv/env accepted (bytes, all strings together).
 const MAX_LAUNCH_BYTES: usize = 1 << 20;
+/// Finished apps kept in the NIS (with their logs); older ones are pruned.
+pub const MAX_FINISHED_APPS: usize = 4096;
 
 /// What a waiting client receives.
 pub enum AppEvent {
@@ -325,6 +327,30 @@ impl Daemon {
             })
             .is_ok()
         });
+    }
+
+    /// Forget the oldest finished apps beyond [`MAX_FINISHED_APPS`], and their logs,
+    /// so a long-running node's NIS stays bounded.
+    pub fn prune_finished_apps(&self) {
+        let Ok(apps) = self.nis.reader().apps() else { return };
+        let mut finished: Vec<_> = apps.into_iter().filter(|a| a.state.is_final()).collect();
+        if finished.len() <= MAX_FINISHED_APPS {
+            return;
+        }
+        finished.sort_by_key(|a| (a.ended_ms, a.id));
+        let doomed: Vec<AppId> = finished[..finished.len() - MAX_FINISHED_APPS].iter().map(|a| a.id).collect();
+        let pruned = self.tx(|t| {
+            for id in &doomed {
+                t.delete_app(*id)?;
+            }
+            Ok::<_, TxError>(())
+        });
+        if pruned.is_ok() {
+            for id in &doomed {
+                super::remove_tree(&self.paths.app_dir(*id));
+            }
+            tracing::info!(pruned = doomed.len(), "pruned old finished apps");
+        }
     }
 
     pub fn kill_app(&self, peer: &PeerCred, id: AppId, signal: i32) -> Result<(), Refusal> {

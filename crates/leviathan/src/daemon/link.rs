@@ -357,6 +357,7 @@ impl Daemon {
                 );
             }
             if last_reader_check.elapsed() > Duration::from_secs(5) {
+                self.prune_finished_apps();
                 let cleared = self.nis.clear_stale_readers();
                 if cleared > 0 {
                     tracing::info!(cleared, "cleared stale NIS reader slots");
