@@ -1,0 +1,215 @@
+//! The command table: one subcommand per node-shell command, as in the
+//! original `shell/hobbes.c`. The original underscore names are accepted as
+//! aliases so old scripts keep working.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use hobbes_proto::model::AppId;
+
+use crate::args::{parse_env, parse_mode, parse_signal, parse_size_mib, IdList};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hobbes",
+    version,
+    about = "Hobbes node shell: partition this node into enclaves and run apps in them",
+    after_help = "The original Leviathan names (create_enclave, launch_app, list_cpus, ...) \
+                  are accepted as well.\nStart with `hobbes demo`."
+)]
+pub struct Cli {
+    /// leviathan's socket (default: $HOBBES_SOCKET, else <state dir>/leviathan.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print records as JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Node overview: cores, memory, enclaves, and how isolated they really are.
+    Status,
+    /// Create an enclave from an XML file or from flags.
+    #[command(alias = "create_enclave")]
+    CreateEnclave(CreateArgs),
+    /// Destroy an enclave (its apps are killed, its resources freed).
+    #[command(alias = "destroy_enclave")]
+    DestroyEnclave {
+        /// Enclave id or name.
+        enclave: String,
+    },
+    /// List enclaves.
+    #[command(alias = "list_enclaves")]
+    ListEnclaves,
+    /// Launch a program in an enclave.
+    #[command(alias = "launch_app")]
+    LaunchApp(LaunchArgs),
+    /// List apps, of one enclave or all.
+    #[command(alias = "list_apps")]
+    ListApps {
+        /// Enclave id or name.
+        enclave: Option<String>,
+    },
+    /// Send a signal to an app.
+    #[command(alias = "kill_app")]
+    KillApp {
+        app: AppId,
+        /// Signal number or name (TERM, SIGKILL, 9...).
+        #[arg(short, long, default_value = "TERM", value_parser = parse_signal)]
+        signal: i32,
+    },
+    /// Wait for an app to end; exits with its exit code (128+N for signal N).
+    #[command(alias = "wait_app")]
+    WaitApp { app: AppId },
+    /// List the node's cores and who owns them.
+    #[command(alias = "list_cpus")]
+    ListCpus,
+    /// List the node's memory blocks and who owns them.
+    #[command(alias = "list_memory")]
+    ListMemory {
+        /// Only blocks owned by: free, host, or an enclave id or name.
+        #[arg(long, value_name = "OWNER")]
+        owner: Option<String>,
+    },
+    /// Give cores to an enclave.
+    #[command(alias = "assign_cpus")]
+    AssignCpus(AssignCpusArgs),
+    /// Take cores back from an enclave.
+    #[command(alias = "revoke_cpus")]
+    RevokeCpus {
+        enclave: String,
+        /// Core ids ("2", "2,3", "4-7").
+        #[arg(long)]
+        ids: IdList,
+    },
+    /// Give memory to an enclave.
+    #[command(alias = "assign_memory")]
+    AssignMemory(AssignMemoryArgs),
+    /// Take memory blocks back from an enclave.
+    #[command(alias = "revoke_memory")]
+    RevokeMemory {
+        enclave: String,
+        /// Memory block ids ("5", "5,6", "8-11").
+        #[arg(long)]
+        blocks: IdList,
+    },
+    /// Ping an enclave's control process directly (or through the daemon).
+    #[command(aliases = ["ping_enclave", "ping-enclave"])]
+    Ping(PingArgs),
+    /// Print a file as the enclave sees it.
+    #[command(aliases = ["cat_file", "cat-file"])]
+    Cat { enclave: String, path: String },
+    /// Write a file in the enclave's view, from a local file or stdin.
+    #[command(aliases = ["write_file", "write-file"])]
+    Write {
+        enclave: String,
+        path: String,
+        /// Local file to copy (default: stdin).
+        #[arg(long, value_name = "LOCALFILE")]
+        from: Option<PathBuf>,
+        /// File mode, octal.
+        #[arg(long, default_value = "644", value_parser = parse_mode)]
+        mode: u32,
+    },
+    /// Show Hobbes at work: start a daemon if none runs, create an enclave,
+    /// run a program in it, clean up.
+    Demo,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Enclave XML file, e.g. <native name="sim"><cpus><cores>1</cores></cpus><memory size="512"/></native>.
+    #[arg(conflicts_with_all = ["name", "cores", "core_ids", "memory", "blocks", "numa", "shared"])]
+    pub file: Option<PathBuf>,
+    /// Enclave name (required without FILE).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of cores to allocate.
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Explicit core ids ("1,3", "4-7").
+    #[arg(long)]
+    pub core_ids: Option<IdList>,
+    /// Memory size in MiB, or with a unit (512M, 1G).
+    #[arg(long, value_parser = parse_size_mib)]
+    pub memory: Option<u64>,
+    /// Explicit memory block ids ("12,13").
+    #[arg(long)]
+    pub blocks: Option<IdList>,
+    /// Preferred NUMA node for counted cores and sized memory.
+    #[arg(long)]
+    pub numa: Option<u32>,
+    /// Pin to host cores without owning them (NOT isolated).
+    #[arg(long)]
+    pub shared: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// Enclave id or name.
+    pub enclave: String,
+    /// Display name (default: the program's file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Extra environment variable, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory, as the enclave sees it.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Stream the app's output here and exit with its exit code.
+    #[arg(long, visible_alias = "stream")]
+    pub wait: bool,
+    /// Program and its arguments (after `--` when they start with '-').
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub argv: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+// Explicit ids and a count may be combined: the ids first, then `count` more.
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["count", "ids"])))]
+pub struct AssignCpusArgs {
+    pub enclave: String,
+    /// Number of free cores to add.
+    #[arg(long)]
+    pub count: Option<u32>,
+    /// Preferred NUMA node for --count.
+    #[arg(long)]
+    pub numa: Option<u32>,
+    /// Explicit core ids ("2,3").
+    #[arg(long)]
+    pub ids: Option<IdList>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("what").required(true).multiple(true).args(["size", "blocks"])))]
+pub struct AssignMemoryArgs {
+    pub enclave: String,
+    /// Memory to add, in MiB or with a unit (256, 1G).
+    #[arg(long, value_parser = parse_size_mib)]
+    pub size: Option<u64>,
+    /// Preferred NUMA node for --size.
+    #[arg(long)]
+    pub numa: Option<u32>,
+    /// Explicit memory block ids ("5,6").
+    #[arg(long)]
+    pub blocks: Option<IdList>,
+}
+
+#[derive(Args, Debug)]
+pub struct PingArgs {
+    /// Enclave id or name.
+    pub enclave: String,
+    /// Number of pings.
+    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Pause between pings, in milliseconds.
+    #[arg(short, long, default_value_t = 200)]
+    pub interval_ms: u64,
+    /// Ask leviathan to ping the control process instead of connecting to it.
+    #[arg(long)]
+    pub via_daemon: bool,
+}
