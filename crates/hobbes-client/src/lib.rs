@@ -192,15 +192,27 @@ impl Client {
         self.enclave_reply(Request::AssignCpus { enclave, cpus })
     }
 
-    pub fn revoke_cpus(&mut self, enclave: EnclaveRef, cores: Vec<CoreId>) -> Result<EnclaveRecord> {
+    pub fn revoke_cpus(
+        &mut self,
+        enclave: EnclaveRef,
+        cores: Vec<CoreId>,
+    ) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::RevokeCpus { enclave, cores })
     }
 
-    pub fn assign_memory(&mut self, enclave: EnclaveRef, memory: MemRequest) -> Result<EnclaveRecord> {
+    pub fn assign_memory(
+        &mut self,
+        enclave: EnclaveRef,
+        memory: MemRequest,
+    ) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::AssignMemory { enclave, memory })
     }
 
-    pub fn revoke_memory(&mut self, enclave: EnclaveRef, blocks: Vec<BlockId>) -> Result<EnclaveRecord> {
+    pub fn revoke_memory(
+        &mut self,
+        enclave: EnclaveRef,
+        blocks: Vec<BlockId>,
+    ) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::RevokeMemory { enclave, blocks })
     }
 
@@ -231,8 +243,10 @@ impl Client {
                 Response::Output { stream, data, .. } => on_output(stream, &data),
                 Response::OutputDropped { bytes, .. } => on_output(
                     Stream::Stderr,
-                    format!("[hobbes: {bytes} bytes of output dropped here; see the app's log file]\n")
-                        .as_bytes(),
+                    format!(
+                        "[hobbes: {bytes} bytes of output dropped here; see the app's log file]\n"
+                    )
+                    .as_bytes(),
                 ),
                 Response::AppExited(a) => return Ok(*a),
                 other => return unexpected(&self.peer, other),
@@ -311,7 +325,9 @@ impl EnclaveConn {
         self.seq += 1;
         let start = Instant::now();
         match self.call(&EnclaveRequest::Ping { seq: self.seq })? {
-            EnclaveResponse::Pong { seq, enclave } if seq == self.seq => Ok((enclave, start.elapsed())),
+            EnclaveResponse::Pong { seq, enclave } if seq == self.seq => {
+                Ok((enclave, start.elapsed()))
+            }
             other => Err(ClientError::Unexpected {
                 peer: self.peer.clone(),
                 got: format!("{other:?}"),
@@ -390,5 +406,7 @@ pub fn my_enclave_id() -> EnclaveId {
 
 /// The app this process belongs to, if launched by Hobbes.
 pub fn my_app_id() -> Option<AppId> {
-    std::env::var(hobbes_proto::ENV_APP_ID).ok().and_then(|v| v.parse().ok())
+    std::env::var(hobbes_proto::ENV_APP_ID)
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
