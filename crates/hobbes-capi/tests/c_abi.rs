@@ -523,7 +523,10 @@ fn live_daemon_launch_wait_kill() {
         Ok(d) => d,
         Err(why) => {
             // Straight to stdout, past the harness's output capture.
-            let _ = writeln!(std::io::stdout(), "SKIP live_daemon_launch_wait_kill: {why}");
+            let _ = writeln!(
+                std::io::stdout(),
+                "SKIP live_daemon_launch_wait_kill: {why}"
+            );
             return;
         }
     };

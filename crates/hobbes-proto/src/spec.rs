@@ -332,13 +332,15 @@ fn parse_size_mib(
             let mult = match &v[i..] {
                 "M" | "MB" | "MiB" | "m" => 1,
                 "G" | "GB" | "GiB" | "g" => 1024,
-                unit => return Err(SpecError::at(
-                    doc,
-                    node,
-                    format!(
+                unit => {
+                    return Err(SpecError::at(
+                        doc,
+                        node,
+                        format!(
                         "size=\"{v}\": unknown unit {unit:?} (sizes are MiB, or use a G suffix)"
                     ),
-                )),
+                    ))
+                }
             };
             (&v[..i], mult)
         }

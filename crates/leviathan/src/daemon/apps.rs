@@ -332,13 +332,18 @@ impl Daemon {
     /// Forget the oldest finished apps beyond [`MAX_FINISHED_APPS`], and their logs,
     /// so a long-running node's NIS stays bounded.
     pub fn prune_finished_apps(&self) {
-        let Ok(apps) = self.nis.reader().apps() else { return };
+        let Ok(apps) = self.nis.reader().apps() else {
+            return;
+        };
         let mut finished: Vec<_> = apps.into_iter().filter(|a| a.state.is_final()).collect();
         if finished.len() <= MAX_FINISHED_APPS {
             return;
         }
         finished.sort_by_key(|a| (a.ended_ms, a.id));
-        let doomed: Vec<AppId> = finished[..finished.len() - MAX_FINISHED_APPS].iter().map(|a| a.id).collect();
+        let doomed: Vec<AppId> = finished[..finished.len() - MAX_FINISHED_APPS]
+            .iter()
+            .map(|a| a.id)
+            .collect();
         let pruned = self.tx(|t| {
             for id in &doomed {
                 t.delete_app(*id)?;
