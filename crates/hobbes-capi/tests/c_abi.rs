@@ -155,6 +155,9 @@ fn run(link: Link, mode: &str, env: &[(&str, OsString)]) -> Output {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    // cargo puts target/<profile> on LD_LIBRARY_PATH, which beats the rpath; a
+    // libhobbes.so left there by an older `cargo build` must not be the one loaded.
+    cmd.env("LD_LIBRARY_PATH", lib_dir());
     let child = cmd.spawn().expect("spawn the C test program");
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
