@@ -563,6 +563,20 @@ fn helper_destroy_as_other_user() {
     assert!(c.list_enclaves().unwrap().iter().any(|e| e.name == target));
     let nis = NisReader::open(std::env::var("HOBBES_NIS").unwrap()).unwrap();
     assert!(nis.enclave_by_name(&target).unwrap().is_some());
+    // A user may make an enclave of its own; its apps run as that user.
+    let mine = c.create_enclave(spec("nobodys", 1, 128, true)).unwrap();
+    assert_eq!(mine.owner_uid, 65534);
+    let (app, out, err) = run_in(&mut c, "nobodys", &["id", "-u"]);
+    assert_eq!(app.exit, Some(ExitStatus::Code(0)), "{err}");
+    assert_eq!(out.trim(), "65534", "the app runs as its launcher");
+    let mut conn = EnclaveConn::to_enclave(&mine).unwrap();
+    let err = conn.read_file("/etc/shadow", 100).unwrap_err();
+    assert!(
+        err.to_string().contains("Permission denied"),
+        "file access is checked as the client: {err}"
+    );
+    c.destroy_enclave(EnclaveRef::Name("nobodys".into()))
+        .unwrap();
     println!("HELPER-OK");
 }
 
@@ -701,6 +715,53 @@ fn assign_and_revoke_memory_and_cores_of_a_running_enclave() {
         )
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Overcommit), "{err}");
+}
+
+#[test]
+fn assign_and_revoke_cores_of_a_running_enclave() {
+    let t = "assign_and_revoke_cores_of_a_running_enclave";
+    if !require_root(t) || !need_two_cores(t) {
+        return;
+    }
+    // The host keeps both cores, so a shared enclave can grow to two.
+    let d = Daemon::start(&["--host-cores", "0-1"]);
+    let mut c = d.client();
+    let e = c.create_enclave(spec("flex", 1, 128, true)).unwrap();
+    let other = if e.cores == vec![0] { 1 } else { 0 };
+    let cpuset = format!("/sys/fs/cgroup/cpuset/hobbes/enclave-{}/cpuset.cpus", e.id);
+    let ids = |ids: Vec<u32>| CpuRequest {
+        ids,
+        ..Default::default()
+    };
+    let grown = c
+        .assign_cpus(EnclaveRef::Id(e.id), ids(vec![other]))
+        .unwrap();
+    assert_eq!(grown.cores, vec![0, 1]);
+    assert_eq!(std::fs::read_to_string(&cpuset).unwrap().trim(), "0-1");
+    let (_, out, _) = run_in(
+        &mut c,
+        "flex",
+        &["grep", "Cpus_allowed_list", "/proc/self/status"],
+    );
+    assert_eq!(
+        status_field(&out, "Cpus_allowed_list:"),
+        "0-1",
+        "apps see the new core"
+    );
+    let shrunk = c.revoke_cpus(EnclaveRef::Id(e.id), vec![0]).unwrap();
+    assert_eq!(shrunk.cores, vec![1]);
+    assert_eq!(std::fs::read_to_string(&cpuset).unwrap().trim(), "1");
+    let cores = c.list_cores().unwrap();
+    assert!(cores
+        .iter()
+        .find(|c| c.id == 0)
+        .unwrap()
+        .shared_by
+        .is_empty());
+    assert_eq!(
+        cores.iter().find(|c| c.id == 1).unwrap().shared_by,
+        vec![e.id]
+    );
 }
 
 fn memory_cgroup_of(pid: u32) -> String {

@@ -92,6 +92,12 @@ impl Daemon {
             "--heartbeat-timeout-ms".into(),
             "400".into(),
         ];
+        // A flag given in `extra` replaces its default.
+        for flag in extra.iter().filter(|a| a.starts_with("--")) {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
             dir,
