@@ -93,6 +93,10 @@ impl Ctl {
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
+    // An app that outgrows the enclave's memory limit must be what the OOM
+    // killer takes, never the process that reaps and reports it.
+    // (Unprivileged, lowering the score needs CAP_SYS_RESOURCE: then it stays.)
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     if args.namespaces {
         setup_mounts(&args)?;
     } else {
@@ -321,6 +325,12 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand) -> Result<u32, String> {
         .process_group(0);
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
+    }
+    // Apps must not inherit our exemption from the OOM killer.
+    // SAFETY: between fork and exec the closure only calls open/write/close,
+    // which are async-signal-safe, on a static path and buffer.
+    unsafe {
+        command.pre_exec(sys::reset_oom_score_adj);
     }
     if cmd.forward_output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -285,3 +285,20 @@ fn kill_neg(pgid: u32, signal: i32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Reset the calling process's OOM score adjustment to 0. Async-signal-safe
+/// (for use between `fork` and `exec`).
+pub fn reset_oom_score_adj() -> io::Result<()> {
+    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+    // SAFETY: PATH is NUL-terminated; open/write/close take plain pointers to
+    // static data and an fd we own; none allocates.
+    unsafe {
+        let fd = libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Ok(()); // no /proc: nothing was inherited worth resetting
+        }
+        libc::write(fd, b"0".as_ptr().cast(), 1);
+        libc::close(fd);
+    }
+    Ok(())
+}

@@ -187,15 +187,9 @@ impl Daemon {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(enclave = rec.id, error = %e.message, "enclave failed to start; rolling back");
-                let _ = driver.stop(&rec);
-                self.drop_link(rec.id);
-                self.nis.detach_replica(rec.id);
-                remove_tree(&self.paths.enclave_dir(rec.id));
-                let _ = self.tx(|t| {
-                    release(t, &rec)?;
-                    t.delete_enclave(rec.id)?;
-                    Ok(())
-                });
+                if let Err(undo) = self.remove_enclave(&rec, "enclave failed to start") {
+                    tracing::error!(enclave = rec.id, error = %undo.message, "cannot roll back");
+                }
                 Err(e)
             }
         }
@@ -317,6 +311,16 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    /// Stop an enclave at the OS level and forget it: its resources return to the pool.
+    pub(super) fn remove_enclave(&self, rec: &EnclaveRecord, why: &str) -> Result<(), Refusal> {
+        self.teardown(rec, why)?;
+        self.tx(|t| {
+            release(t, rec)?;
+            t.delete_enclave(rec.id)?;
+            Ok(())
+        })
     }
 
     /// Mark an enclave crashed; reclaim or hold its resources as configured.
@@ -678,7 +682,7 @@ fn release_cores(t: &mut NisTxn, id: EnclaveId, cores: &[CoreId]) -> Result<(), 
 
 /// Give back everything an enclave holds (by ownership, not by its record's
 /// lists, so a half-built enclave is released too).
-pub(super) fn release(t: &mut NisTxn, rec: &EnclaveRecord) -> Result<(), NisError> {
+fn release(t: &mut NisTxn, rec: &EnclaveRecord) -> Result<(), NisError> {
     let all: Vec<CoreId> = t.cores()?.iter().map(|c| c.id).collect();
     release_cores(t, rec.id, &all)?;
     for mut b in t

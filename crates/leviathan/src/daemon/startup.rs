@@ -15,11 +15,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 
 use hobbes_nis::{NisError, NisWriter};
-use hobbes_proto::model::{
-    AppState, CoreId, Counters, EnclaveState, NisHeader, Ownership, SCHEMA_VERSION,
-};
+use hobbes_proto::model::{CoreId, Counters, EnclaveState, NisHeader, Ownership, SCHEMA_VERSION};
 
-use super::enclaves::{mems_of, release};
+use super::enclaves::mems_of;
 use super::link::reap_children;
 use super::{now_ms, remove_tree, Daemon, StatePaths};
 use crate::cgroup::Cgroups;
@@ -260,16 +258,9 @@ impl Daemon {
                     tracing::info!(enclave = rec.id, name = %rec.name, pid = ?rec.control_pid, "enclave still alive; waiting for its control process to reattach");
                 }
                 EnclaveState::Running | EnclaveState::Starting => dead.push(rec.id),
-                EnclaveState::Stopping => {
-                    let _ = driver.stop(&rec);
-                    remove_tree(&self.paths.enclave_dir(rec.id));
-                    self.tx(|t| {
-                        release(t, &rec)?;
-                        t.delete_enclave(rec.id)?;
-                        Ok(())
-                    })
-                    .map_err(|e| anyhow::anyhow!(e.message))?;
-                }
+                EnclaveState::Stopping => self
+                    .remove_enclave(&rec, "enclave destroyed")
+                    .map_err(|e| anyhow::anyhow!(e.message))?,
                 EnclaveState::Crashed => {}
             }
         }
@@ -300,34 +291,9 @@ impl Daemon {
         if !self.cfg.keep_enclaves_on_exit {
             for rec in self.nis.reader().enclaves().unwrap_or_default() {
                 tracing::info!(enclave = rec.id, name = %rec.name, "destroying enclave at shutdown");
-                if let Some(driver) = self.driver(rec.kind) {
-                    self.drop_link(rec.id);
-                    if let Err(e) = driver.stop(&rec) {
-                        tracing::error!(enclave = rec.id, error = %e, "cannot stop enclave");
-                        continue;
-                    }
+                if let Err(e) = self.remove_enclave(&rec, "leviathan shut down") {
+                    tracing::error!(enclave = rec.id, error = %e.message, "cannot stop enclave");
                 }
-                self.nis.detach_replica(rec.id);
-                remove_tree(&self.paths.enclave_dir(rec.id));
-                let _ = self.tx(|t| {
-                    release(t, &rec)?;
-                    t.delete_enclave(rec.id)?;
-                    Ok(())
-                });
-            }
-            for app in self
-                .nis
-                .reader()
-                .apps()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| a.state == AppState::Running || a.state == AppState::Starting)
-            {
-                self.app_ended(
-                    app.id,
-                    Some(hobbes_proto::model::ExitStatus::Signal(libc::SIGKILL)),
-                    Some("killed: leviathan shut down".into()),
-                );
             }
             if let Err(e) = self.native.cgroups.teardown() {
                 tracing::error!(error = %e, "cannot restore the host's cpuset");
