@@ -35,7 +35,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn row(name: &str, ours: f64, floor: f64, unit: &str, target: &str) {
     println!(
-        "{name:<44} {ours:>10.2} {unit:<3} {floor:>10.2} {unit:<3} {:>8.2}x  {target}",
+        "{name:<54} {ours:>10.2} {unit:<3} {floor:>10.2} {unit:<3} {:>8.2}x  {target}",
         ours / floor
     );
 }
@@ -43,7 +43,7 @@ fn row(name: &str, ours: f64, floor: f64, unit: &str, target: &str) {
 fn header(title: &str) {
     println!("\n== {title}");
     println!(
-        "{:<44} {:>14} {:>14} {:>9}  target",
+        "{:<54} {:>14} {:>14} {:>9}  target",
         "", "hobbes", "floor", "ratio"
     );
 }
