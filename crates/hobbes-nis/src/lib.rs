@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use heed::byteorder::BE;
-use heed::types::{SerdeJson, Str, U32, U64};
+use heed::types::{SerdeJson, Str, I64, U32, U64};
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 pub use hobbes_proto::model::*;
@@ -59,6 +59,9 @@ struct Tables {
     enclaves: Database<U64<BE>, SerdeJson<EnclaveRecord>>,
     apps: Database<U64<BE>, SerdeJson<AppRecord>>,
     procs: Database<U32<BE>, SerdeJson<ProcRecord>>,
+    segments: Database<I64<BE>, SerdeJson<SegmentRecord>>,
+    /// Name index of `segments`.
+    segnames: Database<Str, I64<BE>>,
 }
 
 /// LMDB allows one `Env` per path per process; share it.
@@ -105,28 +108,30 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
     // process (guarded by the cache above) and that its files are not modified
     // other than through LMDB (they live in the daemon's private state directory).
     let env = unsafe { opts.open(dir) }.map_err(lmdb(dir))?;
+    // One place lists the databases; `open!` says how each is reached.
+    macro_rules! tables {
+        ($open:ident) => {
+            Tables {
+                header: $open!("header"),
+                cores: $open!("cores"),
+                memory: $open!("memory"),
+                enclaves: $open!("enclaves"),
+                apps: $open!("apps"),
+                procs: $open!("procs"),
+                segments: $open!("segments"),
+                segnames: $open!("segnames"),
+            }
+        };
+    }
     let tables = if create {
         let mut wtxn = env.write_txn().map_err(lmdb(dir))?;
-        let t = Tables {
-            header: env
-                .create_database(&mut wtxn, Some("header"))
-                .map_err(lmdb(dir))?,
-            cores: env
-                .create_database(&mut wtxn, Some("cores"))
-                .map_err(lmdb(dir))?,
-            memory: env
-                .create_database(&mut wtxn, Some("memory"))
-                .map_err(lmdb(dir))?,
-            enclaves: env
-                .create_database(&mut wtxn, Some("enclaves"))
-                .map_err(lmdb(dir))?,
-            apps: env
-                .create_database(&mut wtxn, Some("apps"))
-                .map_err(lmdb(dir))?,
-            procs: env
-                .create_database(&mut wtxn, Some("procs"))
-                .map_err(lmdb(dir))?,
-        };
+        macro_rules! create_db {
+            ($name:literal) => {
+                env.create_database(&mut wtxn, Some($name))
+                    .map_err(lmdb(dir))?
+            };
+        }
+        let t = tables!(create_db);
         wtxn.commit().map_err(lmdb(dir))?;
         // Non-root clients read directly: LMDB readers must write their slot in
         // the lock file. Records hold nothing secret.
@@ -136,33 +141,14 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
         t
     } else {
         let rtxn = env.read_txn().map_err(lmdb(dir))?;
-        let open = |name: &str| NisError::Missing(dir.join(name));
-        let t = Tables {
-            header: env
-                .open_database(&rtxn, Some("header"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("header"))?,
-            cores: env
-                .open_database(&rtxn, Some("cores"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("cores"))?,
-            memory: env
-                .open_database(&rtxn, Some("memory"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("memory"))?,
-            enclaves: env
-                .open_database(&rtxn, Some("enclaves"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("enclaves"))?,
-            apps: env
-                .open_database(&rtxn, Some("apps"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("apps"))?,
-            procs: env
-                .open_database(&rtxn, Some("procs"))
-                .map_err(lmdb(dir))?
-                .ok_or_else(|| open("procs"))?,
-        };
+        macro_rules! open_db {
+            ($name:literal) => {
+                env.open_database(&rtxn, Some($name))
+                    .map_err(lmdb(dir))?
+                    .ok_or_else(|| NisError::Missing(dir.join($name)))?
+            };
+        }
+        let t = tables!(open_db);
         rtxn.commit().map_err(lmdb(dir))?;
         t
     };
@@ -197,6 +183,7 @@ pub struct NisSnapshot {
     pub enclaves: Vec<EnclaveRecord>,
     pub apps: Vec<AppRecord>,
     pub procs: Vec<ProcRecord>,
+    pub segments: Vec<SegmentRecord>,
 }
 
 impl NisReader {
@@ -286,6 +273,25 @@ impl NisReader {
         Ok(None)
     }
 
+    pub fn segment(&self, segid: SegId) -> Result<Option<SegmentRecord>> {
+        let r = self.rtxn()?;
+        self.t.segments.get(&r, &segid).map_err(lmdb(&self.dir))
+    }
+
+    /// Name server lookup, read directly.
+    pub fn segment_by_name(&self, name: &str) -> Result<Option<SegmentRecord>> {
+        let r = self.rtxn()?;
+        let Some(segid) = self.t.segnames.get(&r, name).map_err(lmdb(&self.dir))? else {
+            return Ok(None);
+        };
+        self.t.segments.get(&r, &segid).map_err(lmdb(&self.dir))
+    }
+
+    pub fn segments(&self) -> Result<Vec<SegmentRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.segments.iter(&r), &self.dir)
+    }
+
     /// All records from one consistent read transaction.
     pub fn snapshot(&self) -> Result<NisSnapshot> {
         let r = self.rtxn()?;
@@ -302,6 +308,7 @@ impl NisReader {
             enclaves: collect(self.t.enclaves.iter(&r), d)?,
             apps: collect(self.t.apps.iter(&r), d)?,
             procs: collect(self.t.procs.iter(&r), d)?,
+            segments: collect(self.t.segments.iter(&r), d)?,
         })
     }
 
@@ -346,6 +353,8 @@ enum Op {
     DelApp(AppId),
     Proc(ProcRecord),
     DelProc(u32),
+    Segment(SegmentRecord),
+    DelSegment(SegId, Option<String>),
 }
 
 /// A write batch. Records' `rev` fields are bumped by the `put_*` calls.
@@ -461,6 +470,38 @@ impl NisTxn<'_> {
         self.ops.push(Op::Proc(*p));
         Ok(())
     }
+    pub fn segment(&self, segid: SegId) -> Result<Option<SegmentRecord>> {
+        self.reader
+            .t
+            .segments
+            .get(&self.wtxn, &segid)
+            .map_err(self.e())
+    }
+    pub fn segment_by_name(&self, name: &str) -> Result<Option<SegId>> {
+        self.reader
+            .t
+            .segnames
+            .get(&self.wtxn, name)
+            .map_err(self.e())
+    }
+    pub fn segments(&self) -> Result<Vec<SegmentRecord>> {
+        collect(self.reader.t.segments.iter(&self.wtxn), &self.reader.dir)
+    }
+    /// Add or update a segment (and its name index).
+    pub fn put_segment(&mut self, seg: &mut SegmentRecord) -> Result<()> {
+        seg.rev += 1;
+        let op = Op::Segment(seg.clone());
+        apply(&self.reader.t, &mut self.wtxn, &op).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(op);
+        Ok(())
+    }
+    pub fn delete_segment(&mut self, segid: SegId) -> Result<()> {
+        let name = self.segment(segid)?.and_then(|s| s.name);
+        let op = Op::DelSegment(segid, name);
+        apply(&self.reader.t, &mut self.wtxn, &op).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(op);
+        Ok(())
+    }
     pub fn delete_proc(&mut self, global_pid: u32) -> Result<()> {
         let t = self.reader.t;
         t.procs
@@ -482,6 +523,18 @@ fn apply(t: &Tables, w: &mut RwTxn, op: &Op) -> heed::Result<()> {
         Op::DelApp(id) => t.apps.delete(w, id).map(|_| ()),
         Op::Proc(p) => t.procs.put(w, &p.global_pid, p),
         Op::DelProc(pid) => t.procs.delete(w, pid).map(|_| ()),
+        Op::Segment(seg) => {
+            if let Some(name) = &seg.name {
+                t.segnames.put(w, name, &seg.segid)?;
+            }
+            t.segments.put(w, &seg.segid, seg)
+        }
+        Op::DelSegment(segid, name) => {
+            if let Some(name) = name {
+                t.segnames.delete(w, name)?;
+            }
+            t.segments.delete(w, segid).map(|_| ())
+        }
     }
 }
 
@@ -557,12 +610,15 @@ impl NisWriter {
         t.enclaves.clear(&mut w).map_err(&e)?;
         t.apps.clear(&mut w).map_err(&e)?;
         t.procs.clear(&mut w).map_err(&e)?;
+        t.segments.clear(&mut w).map_err(&e)?;
+        t.segnames.clear(&mut w).map_err(&e)?;
         let mut ops = vec![Op::Header(snap.header)];
         ops.extend(snap.cores.into_iter().map(Op::Core));
         ops.extend(snap.memory.into_iter().map(Op::Block));
         ops.extend(snap.enclaves.into_iter().map(Op::Enclave));
         ops.extend(snap.apps.into_iter().map(Op::App));
         ops.extend(snap.procs.into_iter().map(Op::Proc));
+        ops.extend(snap.segments.into_iter().map(Op::Segment));
         for op in &ops {
             apply(&t, &mut w, op).map_err(&e)?;
         }
@@ -681,6 +737,40 @@ mod tests {
         });
         assert!(res.is_err());
         assert!(w.reader().cores().unwrap().is_empty());
+    }
+
+    #[test]
+    fn segments_are_found_by_name_and_forgotten_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = NisWriter::open(dir.path()).unwrap();
+        let mut seg = SegmentRecord {
+            segid: 42,
+            name: Some("field".into()),
+            size: 4096,
+            page_kind: PageKind::Base,
+            mode: 0o600,
+            owner_uid: 0,
+            owner_gid: 0,
+            owner_enclave: 1,
+            owner_app: None,
+            owner_pid: 1234,
+            owner_start_time: None,
+            owner_fd: 5,
+            owner_event_fd: None,
+            owner_addr: 0x1000,
+            signalled: false,
+            created_ms: 0,
+            rev: 0,
+        };
+        w.update(|t| -> Result<()> { t.put_segment(&mut seg) })
+            .unwrap();
+        let r = w.reader();
+        assert_eq!(r.segment_by_name("field").unwrap().unwrap().segid, 42);
+        assert_eq!(r.segment(42).unwrap().unwrap().rev, 1);
+        w.update(|t| -> Result<()> { t.delete_segment(42) })
+            .unwrap();
+        assert!(r.segment_by_name("field").unwrap().is_none());
+        assert!(r.segments().unwrap().is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! description users write as XML ([`spec`]).
 
 pub mod control;
+pub mod fdpass;
 pub mod frame;
 pub mod model;
 pub mod msg;

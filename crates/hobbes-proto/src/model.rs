@@ -253,6 +253,79 @@ pub struct AppRecord {
     pub rev: u64,
 }
 
+/// XEMEM segment id: node-global, allocated by the name server (the daemon).
+/// Positive; XPMEM's API makes it a signed 64-bit integer.
+pub type SegId = i64;
+
+/// The page size backing a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageKind {
+    /// Base pages (4 KiB on x86-64), e.g. memory converted in place.
+    Base,
+    /// Transparent huge pages on shmem (`MADV_HUGEPAGE`).
+    Thp,
+    /// A `MFD_HUGETLB` memfd (reserved huge pages).
+    Hugetlb,
+}
+
+impl std::fmt::Display for PageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PageKind::Base => "4k",
+            PageKind::Thp => "thp",
+            PageKind::Hugetlb => "hugetlb",
+        })
+    }
+}
+
+/// Read-only or read-write access to a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// One exported XEMEM segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub segid: SegId,
+    pub name: Option<String>,
+    pub size: u64,
+    pub page_kind: PageKind,
+    /// Unix permission bits checked against a requester's uid/gid (XPMEM_PERMIT_MODE).
+    pub mode: u32,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// Where the owner runs: enclave, app (if known) and global pid.
+    pub owner_enclave: EnclaveId,
+    pub owner_app: Option<AppId>,
+    pub owner_pid: u32,
+    pub owner_start_time: Option<u64>,
+    /// The owner's descriptor numbers of the backing memfd (and eventfd), so a
+    /// restarted name server can recover them (`pidfd_getfd`).
+    pub owner_fd: i32,
+    pub owner_event_fd: Option<i32>,
+    /// Address of the exported range in the owner (informational).
+    pub owner_addr: u64,
+    /// Has a signal channel (`xemem_make_signalled`).
+    pub signalled: bool,
+    pub created_ms: u64,
+    pub rev: u64,
+}
+
+/// A segment with its live attachment count, as `list_segments` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    #[serde(flatten)]
+    pub record: SegmentRecord,
+    /// Mappings of the segment in processes other than the owner.
+    pub attachments: u32,
+    /// Processes that hold a mapping (global pids).
+    pub attachers: Vec<u32>,
+}
+
 /// Global process map entry: (enclave, local pid) <-> global pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcRecord {

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, MemBlockRecord,
-    NisHeader,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord,
+    MemBlockRecord, NisHeader, PageKind, SegId, SegmentInfo, SegmentRecord,
 };
 use crate::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
@@ -121,6 +121,45 @@ pub enum Request {
     Ping {
         enclave: EnclaveRef,
     },
+    /// Export memory: the frame carries the backing memfd (and an eventfd when
+    /// `signalled`). See docs/xemem.md.
+    XememMake(Box<XememMake>),
+    XememRemove {
+        segid: SegId,
+    },
+    /// Ask for access; the reply carries a descriptor of the segment
+    /// (read-only for `read_only`) and its eventfd when signalled.
+    XememGet {
+        segid: SegId,
+        access: Access,
+    },
+    XememLookup {
+        name: String,
+    },
+    XememList,
+    /// Signal a segment's channel (wakes its waiters).
+    XememSignal {
+        segid: SegId,
+    },
+}
+
+/// What an owner exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XememMake {
+    pub size: u64,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A specific segid, if the caller wants one (must be free).
+    #[serde(default)]
+    pub segid: Option<SegId>,
+    /// Permission bits for requesters (like a file's).
+    pub mode: u32,
+    pub page_kind: PageKind,
+    pub signalled: bool,
+    pub owner_fd: i32,
+    #[serde(default)]
+    pub owner_event_fd: Option<i32>,
+    pub owner_addr: u64,
 }
 
 impl Request {
@@ -145,6 +184,12 @@ impl Request {
             Request::KillApp { .. } => "kill_app",
             Request::WaitApp { .. } => "wait_app",
             Request::Ping { .. } => "ping",
+            Request::XememMake(_) => "xemem_make",
+            Request::XememRemove { .. } => "xemem_remove",
+            Request::XememGet { .. } => "xemem_get",
+            Request::XememLookup { .. } => "xemem_lookup",
+            Request::XememList => "xemem_list",
+            Request::XememSignal { .. } => "xemem_signal",
         }
     }
 }
@@ -241,6 +286,12 @@ pub enum Response {
     Pong {
         enclave: EnclaveId,
         rtt_us: u64,
+    },
+    /// A segment's record (make, lookup); for get, the frame also carries the
+    /// segment's descriptor, then its eventfd when signalled.
+    Segment(Box<SegmentRecord>),
+    Segments {
+        segments: Vec<SegmentInfo>,
     },
     Error(ErrorReply),
 }
