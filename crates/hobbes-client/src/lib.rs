@@ -9,17 +9,20 @@
 //! ```
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hobbes_proto::control::{EnclaveRequest, EnclaveResponse, FILE_CHUNK};
+use hobbes_proto::fdpass;
 use hobbes_proto::frame::{self, FrameError};
 use hobbes_proto::model::{
-    AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, MemBlockRecord,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord,
+    MemBlockRecord, SegId, SegmentInfo, SegmentRecord,
 };
 use hobbes_proto::msg::{
-    EnclaveRef, ErrorCode, ErrorReply, LaunchSpec, NodeStatus, Request, Response, Stream,
+    EnclaveRef, ErrorCode, ErrorReply, LaunchSpec, NodeStatus, Request, Response, Stream, XememMake,
 };
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
@@ -265,6 +268,82 @@ impl Client {
     pub fn wait_app(&mut self, app: AppId) -> Result<AppRecord> {
         match self.call(&Request::WaitApp { app })? {
             Response::App(a) => Ok(*a),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// XEMEM: register `memfd` (and `eventfd`) as a segment. The name server
+    /// keeps its own references; the caller keeps its descriptors open as long
+    /// as the segment exists (a restarted daemon recovers them from it).
+    pub fn xemem_make(
+        &mut self,
+        make: XememMake,
+        memfd: BorrowedFd<'_>,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<SegmentRecord> {
+        let mut fds = vec![memfd];
+        fds.extend(eventfd);
+        fdpass::write_frame_with_fds(&self.stream, &Request::XememMake(Box::new(make)), &fds)
+            .map_err(self.frame_err())?;
+        match self.read()? {
+            Response::Segment(s) => Ok(*s),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// XEMEM: access to a segment: its record, a descriptor of its memory
+    /// (read-only when asked), and its eventfd when it is signalled.
+    pub fn xemem_get(
+        &mut self,
+        segid: SegId,
+        access: Access,
+    ) -> Result<(SegmentRecord, OwnedFd, Option<OwnedFd>)> {
+        frame::write_frame(&mut self.stream, &Request::XememGet { segid, access })
+            .map_err(self.frame_err())?;
+        let (reply, fds): (Response, Vec<OwnedFd>) =
+            fdpass::read_frame_with_fds(&self.stream).map_err(self.frame_err())?;
+        match reply {
+            Response::Segment(s) => {
+                let mut fds = fds.into_iter();
+                let memfd = fds.next().ok_or_else(|| ClientError::Unexpected {
+                    peer: self.peer.clone(),
+                    got: "a segment grant without its descriptor".into(),
+                })?;
+                Ok((*s, memfd, fds.next()))
+            }
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn xemem_remove(&mut self, segid: SegId) -> Result<()> {
+        match self.call(&Request::XememRemove { segid })? {
+            Response::Ok => Ok(()),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Name lookup through the daemon (the NIS answers the same without IPC:
+    /// `nis()?.segment_by_name(name)`).
+    pub fn xemem_lookup(&mut self, name: &str) -> Result<SegmentRecord> {
+        match self.call(&Request::XememLookup {
+            name: name.to_string(),
+        })? {
+            Response::Segment(s) => Ok(*s),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn xemem_list(&mut self) -> Result<Vec<SegmentInfo>> {
+        match self.call(&Request::XememList)? {
+            Response::Segments { segments } => Ok(segments),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Signal a segment's channel through the name server.
+    pub fn xemem_signal(&mut self, segid: SegId) -> Result<()> {
+        match self.call(&Request::XememSignal { segid })? {
+            Response::Ok => Ok(()),
             other => unexpected(&self.peer, other),
         }
     }

@@ -758,6 +758,7 @@ mod tests {
             owner_fd: 5,
             owner_event_fd: None,
             owner_addr: 0x1000,
+            backing_inode: 7,
             signalled: false,
             created_ms: 0,
             rev: 0,

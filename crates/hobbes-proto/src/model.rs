@@ -309,6 +309,10 @@ pub struct SegmentRecord {
     pub owner_event_fd: Option<i32>,
     /// Address of the exported range in the owner (informational).
     pub owner_addr: u64,
+    /// Inode of the backing memfd: identifies it in /proc/PID/maps (attachment
+    /// counts) and after a recovery.
+    #[serde(default)]
+    pub backing_inode: u64,
     /// Has a signal channel (`xemem_make_signalled`).
     pub signalled: bool,
     pub created_ms: u64,
@@ -375,6 +379,10 @@ pub struct Counters {
     pub enclaves_destroyed: u64,
     pub enclaves_crashed: u64,
     pub apps_launched: u64,
+    #[serde(default)]
+    pub next_segid: SegId,
+    #[serde(default)]
+    pub segments_made: u64,
 }
 
 /// Unix time in milliseconds.

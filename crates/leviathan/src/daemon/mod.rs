@@ -28,6 +28,7 @@ mod enclaves;
 mod link;
 mod server;
 mod startup;
+mod xemem;
 
 pub use startup::{cleanup, run};
 
@@ -86,6 +87,8 @@ pub struct Daemon {
     shutting_down: AtomicBool,
     /// Counts connected clients, to refuse floods.
     clients: std::sync::atomic::AtomicUsize,
+    /// XEMEM: the name server's references to every segment's memory.
+    backings: Mutex<HashMap<hobbes_proto::model::SegId, xemem::Backing>>,
 }
 
 impl Daemon {

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hobbes_proto::control::ControlUp;
-use hobbes_proto::frame::{decode_payload, read_payload, write_frame, FrameError};
+use hobbes_proto::fdpass::{read_payload_with_fds, write_frame_with_fds};
+use hobbes_proto::frame::{decode_payload, write_frame, FrameError};
 use hobbes_proto::model::{AppState, Ownership};
 use hobbes_proto::msg::{ErrorCode, NodeStatus, Request, Response};
 use hobbes_proto::PROTOCOL_VERSION;
+use std::os::fd::AsFd;
 
 use super::apps::AppEvent;
 use super::{internal, refuse, Daemon, Refusal};
@@ -51,7 +53,8 @@ impl Daemon {
             return;
         };
         loop {
-            let payload = match read_payload(&mut stream) {
+            // Descriptors ride along only with xemem_make; any others are closed when dropped.
+            let (payload, fds) = match read_payload_with_fds(&stream) {
                 Ok(p) => p,
                 Err(FrameError::Closed) => return,
                 Err(e) => {
@@ -82,6 +85,25 @@ impl Daemon {
             };
             tracing::debug!(op = req.op(), uid = peer.uid, pid = peer.pid, "request");
             let result = match req {
+                Request::XememMake(make) => self
+                    .xemem_make(&peer, &make, fds)
+                    .map(|r| Response::Segment(Box::new(r))),
+                Request::XememGet { segid, access } => match self.xemem_get(&peer, segid, access) {
+                    Ok((rec, fds)) => {
+                        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                        if write_frame_with_fds(
+                            &stream,
+                            &Response::Segment(Box::new(rec)),
+                            &borrowed,
+                        )
+                        .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
                 Request::LaunchApp { launch } if launch.stream => {
                     if let Err(e) = self.launch_streaming(&mut stream, &peer, &launch) {
                         tracing::debug!(error = %e, "streaming client went away");
@@ -202,6 +224,30 @@ impl Daemon {
                 Response::Ok
             }
             Request::WaitApp { app } => Response::App(Box::new(self.wait_app(app)?)),
+            Request::XememMake(_) => {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "xemem_make needs its descriptors",
+                ))
+            }
+            Request::XememGet { .. } => {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "xemem_get is answered with descriptors",
+                ))
+            }
+            Request::XememRemove { segid } => {
+                self.xemem_remove(peer, segid)?;
+                Response::Ok
+            }
+            Request::XememLookup { name } => Response::Segment(Box::new(self.xemem_lookup(&name)?)),
+            Request::XememList => Response::Segments {
+                segments: self.xemem_list()?,
+            },
+            Request::XememSignal { segid } => {
+                self.xemem_signal(segid)?;
+                Response::Ok
+            }
             Request::Ping { enclave } => {
                 let rec = self.resolve(&enclave)?;
                 let link = self.link(rec.id).ok_or_else(|| {

@@ -194,8 +194,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         reattach_deadline: Mutex::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
         clients: AtomicUsize::new(0),
+        backings: Mutex::new(HashMap::new()),
     });
     daemon.reconcile()?;
+    daemon.recover_segments();
 
     let bind = |path: &Path, mode: u32| -> anyhow::Result<UnixListener> {
         let _ = std::fs::remove_file(path);
@@ -218,6 +220,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("health".into())
             .spawn(move || d.health_loop())?;
+    }
+    {
+        let d = daemon.clone();
+        std::thread::Builder::new()
+            .name("segment-owners".into())
+            .spawn(move || d.watch_segment_owners())?;
     }
     std::thread::Builder::new()
         .name("reaper".into())

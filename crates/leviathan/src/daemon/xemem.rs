@@ -1,0 +1,467 @@
+//! XEMEM name server: segment ids, names, permissions, and the segments'
+//! backing descriptors, handed to permitted requesters.
+//!
+//! The daemon keeps a reference to every segment's memfd (and eventfd) while
+//! the segment exists, watches each owner with a pidfd (the owner's exit
+//! removes its segments), and after a restart recovers the descriptors from
+//! their owners with `pidfd_getfd`. Attachments are the requesters' own
+//! mappings: they stay valid until detached, whatever happens to the owner or
+//! the daemon. See docs/xemem.md.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hobbes_proto::model::{Access, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE};
+use hobbes_proto::msg::{ErrorCode, XememMake};
+
+use super::enclaves::TxError;
+use super::{internal, now_ms, refuse, Daemon, Refusal};
+use crate::sys::{self, PeerCred};
+
+/// Longest segment name.
+const MAX_SEGMENT_NAME: usize = 128;
+
+/// The name server's references to one segment.
+pub struct Backing {
+    memfd: OwnedFd,
+    eventfd: Option<OwnedFd>,
+    /// Readable when the owner exits.
+    owner: Option<OwnedFd>,
+}
+
+impl Daemon {
+    /// Which enclave and app a host pid belongs to: the global process map,
+    /// else the nearest ancestor that is an app or a control process.
+    fn locate(&self, pid: u32) -> (EnclaveId, Option<hobbes_proto::model::AppId>) {
+        let nis = self.nis.reader();
+        let enclaves = nis.enclaves().unwrap_or_default();
+        let mut p = Some(pid);
+        let mut hops = 0;
+        while let Some(cur) = p.filter(|p| *p > 1) {
+            if let Ok(Some(proc_)) = nis.proc_by_global(cur) {
+                return (
+                    proc_.enclave,
+                    (cur == pid).then_some(proc_.app).or(Some(proc_.app)),
+                );
+            }
+            if let Some(e) = enclaves.iter().find(|e| e.control_pid == Some(cur)) {
+                return (e.id, None);
+            }
+            hops += 1;
+            if hops > 64 {
+                break;
+            }
+            p = sys::parent_of(cur);
+        }
+        (HOST_ENCLAVE, None)
+    }
+
+    pub fn xemem_make(
+        &self,
+        peer: &PeerCred,
+        make: &XememMake,
+        fds: Vec<OwnedFd>,
+    ) -> Result<SegmentRecord, Refusal> {
+        let want = 1 + usize::from(make.signalled);
+        if fds.len() != want {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "xemem_make carries {} descriptors; expected {want} (the memfd{})",
+                    fds.len(),
+                    if make.signalled {
+                        " and the eventfd"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let memfd = fds.next().ok_or_else(|| internal("descriptor vanished"))?;
+        let eventfd = fds.next();
+        if !sys::is_memfd(memfd.as_fd()) {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                "the segment's descriptor is not a memfd",
+            ));
+        }
+        let meta = std::fs::File::from(memfd.try_clone().map_err(internal)?)
+            .metadata()
+            .map_err(internal)?;
+        if make.size == 0 || make.size > meta.len() {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "segment size {} is zero or larger than its memfd ({} bytes)",
+                    make.size,
+                    meta.len()
+                ),
+            ));
+        }
+        if let Some(name) = &make.name {
+            if name.is_empty()
+                || name.len() > MAX_SEGMENT_NAME
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(refuse(
+                    ErrorCode::InvalidSpec,
+                    format!(
+                        "segment name {name:?} must be 1-{MAX_SEGMENT_NAME} characters, no spaces"
+                    ),
+                ));
+            }
+        }
+        if make.segid.is_some_and(|s| s <= 0) {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                "a requested segid must be positive",
+            ));
+        }
+        let owner_pidfd = sys::pidfd_open(peer.pid).ok();
+        let (owner_enclave, owner_app) = self.locate(peer.pid);
+        let mode = if make.mode == 0 {
+            0o600
+        } else {
+            make.mode & 0o777
+        };
+        let record = self.tx(|t| {
+            if let Some(name) = &make.name {
+                if let Some(other) = t.segment_by_name(name)? {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("segment name {name:?} is taken by segment {other}"),
+                    )
+                    .into());
+                }
+            }
+            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
+            let segid = match make.segid {
+                Some(s) if t.segment(s)?.is_some() => {
+                    return Err(refuse(ErrorCode::Conflict, format!("segid {s} is taken")).into());
+                }
+                Some(s) => s,
+                None => {
+                    let mut s = h.counters.next_segid.max(1);
+                    while t.segment(s)?.is_some() {
+                        s += 1;
+                    }
+                    s
+                }
+            };
+            h.counters.next_segid = h.counters.next_segid.max(segid + 1);
+            h.counters.segments_made += 1;
+            t.put_header(&h)?;
+            let mut rec = SegmentRecord {
+                segid,
+                name: make.name.clone(),
+                size: make.size,
+                page_kind: make.page_kind,
+                mode,
+                owner_uid: peer.uid,
+                owner_gid: peer.gid,
+                owner_enclave,
+                owner_app,
+                owner_pid: peer.pid,
+                owner_start_time: sys::proc_start_time(peer.pid),
+                owner_fd: make.owner_fd,
+                owner_event_fd: make.owner_event_fd,
+                owner_addr: make.owner_addr,
+                backing_inode: meta.ino(),
+                signalled: make.signalled,
+                created_ms: now_ms(),
+                rev: 0,
+            };
+            t.put_segment(&mut rec)?;
+            Ok::<_, TxError>(rec)
+        })?;
+        self.backings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                record.segid,
+                Backing {
+                    memfd,
+                    eventfd,
+                    owner: owner_pidfd,
+                },
+            );
+        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, "segment made");
+        Ok(record)
+    }
+
+    fn segment(&self, segid: SegId) -> Result<SegmentRecord, Refusal> {
+        self.nis
+            .reader()
+            .segment(segid)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("no segment {segid} (hobbes list-segments shows them)"),
+                )
+            })
+    }
+
+    pub fn xemem_remove(&self, peer: &PeerCred, segid: SegId) -> Result<(), Refusal> {
+        let rec = self.segment(segid)?;
+        if peer.uid != 0 && peer.uid != rec.owner_uid {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: segment {segid} belongs to uid {}; only it or root may remove it", rec.owner_uid),
+            ));
+        }
+        self.forget_segment(segid, "removed");
+        Ok(())
+    }
+
+    fn forget_segment(&self, segid: SegId, why: &str) {
+        let _ = self.tx(|t| {
+            t.delete_segment(segid)?;
+            Ok::<_, TxError>(())
+        });
+        self.backings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&segid);
+        tracing::info!(segid, why, "segment gone");
+    }
+
+    /// Check the permit and hand out descriptors: the memfd (or a read-only
+    /// reopening of it) and the eventfd.
+    pub fn xemem_get(
+        &self,
+        peer: &PeerCred,
+        segid: SegId,
+        access: Access,
+    ) -> Result<(SegmentRecord, Vec<OwnedFd>), Refusal> {
+        let rec = self.segment(segid)?;
+        let need = match access {
+            Access::ReadOnly => 0o4,
+            Access::ReadWrite => 0o6,
+        };
+        let allowed = peer.uid == 0 || peer.uid == rec.owner_uid || {
+            let bits =
+                if peer.gid == rec.owner_gid || sys::groups_of(peer.pid).contains(&rec.owner_gid) {
+                    (rec.mode >> 3) & 0o7
+                } else {
+                    rec.mode & 0o7
+                };
+            bits & need == need
+        };
+        if !allowed {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: segment {segid} (mode {:o}, uid {} gid {}) does not grant {} access to uid {} gid {}",
+                    rec.mode,
+                    rec.owner_uid,
+                    rec.owner_gid,
+                    if access == Access::ReadOnly { "read" } else { "read-write" },
+                    peer.uid,
+                    peer.gid
+                ),
+            ));
+        }
+        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        let b = backings.get(&segid).ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!("segment {segid} has no backing (its owner is gone)"),
+            )
+        })?;
+        let mem = match access {
+            Access::ReadWrite => b.memfd.try_clone().map_err(internal)?,
+            // A new open file description, read-only: mmap(PROT_WRITE, MAP_SHARED) of it fails.
+            Access::ReadOnly => {
+                std::fs::File::open(format!("/proc/self/fd/{}", b.memfd.as_raw_fd()))
+                    .map_err(internal)?
+                    .into()
+            }
+        };
+        let mut fds = vec![mem];
+        if let Some(e) = &b.eventfd {
+            fds.push(e.try_clone().map_err(internal)?);
+        }
+        Ok((rec, fds))
+    }
+
+    pub fn xemem_lookup(&self, name: &str) -> Result<SegmentRecord, Refusal> {
+        self.nis
+            .reader()
+            .segment_by_name(name)
+            .map_err(internal)?
+            .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no segment named {name:?}")))
+    }
+
+    pub fn xemem_signal(&self, segid: SegId) -> Result<(), Refusal> {
+        let rec = self.segment(segid)?;
+        if !rec.signalled {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "segment {segid} has no signal channel (make it with xemem_make_signalled)"
+                ),
+            ));
+        }
+        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        let e = backings
+            .get(&segid)
+            .and_then(|b| b.eventfd.as_ref())
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("segment {segid} has no backing"),
+                )
+            })?;
+        nix::unistd::write(e, &1u64.to_ne_bytes())
+            .map_err(|e| internal(format!("signal segment {segid}: {e}")))?;
+        Ok(())
+    }
+
+    /// Segments with their live attachments, counted from /proc/*/maps.
+    pub fn xemem_list(&self) -> Result<Vec<SegmentInfo>, Refusal> {
+        let segments = self.nis.reader().segments().map_err(internal)?;
+        let mut attachers: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
+        let inodes: Vec<u64> = segments.iter().map(|s| s.backing_inode).collect();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                    continue;
+                };
+                for line in maps.lines().filter(|l| l.contains("memfd:")) {
+                    let Some(inode) = line
+                        .split_whitespace()
+                        .nth(4)
+                        .and_then(|i| i.parse::<u64>().ok())
+                    else {
+                        continue;
+                    };
+                    if inodes.contains(&inode) {
+                        let list = attachers.entry(inode).or_default();
+                        match list.iter_mut().find(|(p, _)| *p == pid) {
+                            Some((_, n)) => *n += 1,
+                            None => list.push((pid, 1)),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(segments
+            .into_iter()
+            .map(|record| {
+                let mine: Vec<(u32, u32)> = attachers
+                    .get(&record.backing_inode)
+                    .map(|l| {
+                        l.iter()
+                            .copied()
+                            .filter(|(p, _)| *p != record.owner_pid)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                SegmentInfo {
+                    attachments: mine.iter().map(|(_, n)| n).sum(),
+                    attachers: mine.iter().map(|(p, _)| *p).collect(),
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    /// Remove the segments of owners that exited. Runs forever.
+    pub fn watch_segment_owners(self: Arc<Self>) {
+        while !self.is_shutting_down() {
+            let gone: Vec<SegId> = {
+                let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ids = Vec::new();
+                let mut polls: Vec<nix::poll::PollFd> = Vec::new();
+                for (segid, b) in backings.iter() {
+                    if let Some(owner) = &b.owner {
+                        ids.push(*segid);
+                        polls.push(nix::poll::PollFd::new(
+                            owner.as_fd(),
+                            nix::poll::PollFlags::POLLIN,
+                        ));
+                    }
+                }
+                let _ = nix::poll::poll(&mut polls, nix::poll::PollTimeout::ZERO);
+                ids.into_iter()
+                    .zip(&polls)
+                    .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            for segid in gone {
+                self.forget_segment(segid, "its owner exited");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// After a restart: take the descriptors back from live owners; forget
+    /// segments whose owner is gone.
+    pub fn recover_segments(&self) {
+        for rec in self.nis.reader().segments().unwrap_or_default() {
+            match self.recover(&rec) {
+                Ok(b) => {
+                    tracing::info!(
+                        segid = rec.segid,
+                        owner = rec.owner_pid,
+                        "segment recovered from its owner"
+                    );
+                    self.backings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(rec.segid, b);
+                }
+                Err(why) => self.forget_segment(rec.segid, &why),
+            }
+        }
+    }
+
+    fn recover(&self, rec: &SegmentRecord) -> Result<Backing, String> {
+        if !sys::same_process_alive(rec.owner_pid, rec.owner_start_time) {
+            return Err("its owner exited while leviathan was down".into());
+        }
+        let pidfd = sys::pidfd_open(rec.owner_pid)
+            .map_err(|e| format!("pidfd_open({}): {e}", rec.owner_pid))?;
+        let take = |fd: i32, pidfd: BorrowedFd<'_>| {
+            sys::pidfd_getfd(pidfd, fd).map_err(|e| {
+                format!(
+                    "cannot recover descriptor {fd} from pid {}: {e}",
+                    rec.owner_pid
+                )
+            })
+        };
+        let memfd = take(rec.owner_fd, pidfd.as_fd())?;
+        let ino = std::fs::File::from(memfd.try_clone().map_err(|e| e.to_string())?)
+            .metadata()
+            .map_err(|e| e.to_string())?
+            .ino();
+        if ino != rec.backing_inode {
+            return Err(format!(
+                "descriptor {} of pid {} is no longer the segment's memfd",
+                rec.owner_fd, rec.owner_pid
+            ));
+        }
+        let eventfd = rec
+            .owner_event_fd
+            .map(|fd| take(fd, pidfd.as_fd()))
+            .transpose()?;
+        Ok(Backing {
+            memfd,
+            eventfd,
+            owner: Some(pidfd),
+        })
+    }
+}
