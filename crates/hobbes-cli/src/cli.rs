@@ -44,6 +44,9 @@ pub enum Command {
     /// List enclaves.
     #[command(alias = "list_enclaves")]
     ListEnclaves,
+    /// List XEMEM shared-memory segments: owner, size, page size, attachments.
+    #[command(alias = "list_segments")]
+    ListSegments,
     /// Launch a program in an enclave.
     #[command(alias = "launch_app")]
     LaunchApp(LaunchArgs),

@@ -79,6 +79,9 @@ impl Names {
     }
 
     pub fn of(&self, id: EnclaveId) -> String {
+        if id == hobbes_proto::model::HOST_ENCLAVE {
+            return "host".into();
+        }
         self.0.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
     }
 

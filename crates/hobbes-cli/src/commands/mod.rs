@@ -21,6 +21,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::CreateEnclave(args) => enclave::create(ctx, args),
         Command::DestroyEnclave { enclave } => enclave::destroy(ctx, &enclave),
         Command::ListEnclaves => enclave::list(ctx, &mut ctx.connect()?),
+        Command::ListSegments => node::list_segments(ctx, &mut ctx.connect()?),
         Command::AssignCpus(args) => enclave::assign_cpus(ctx, args),
         Command::RevokeCpus { enclave, ids } => enclave::revoke_cpus(ctx, &enclave, ids.0),
         Command::AssignMemory(args) => enclave::assign_memory(ctx, args),

@@ -61,6 +61,51 @@ pub fn status(ctx: &Ctx, client: &mut Client) -> Result<i32> {
     Ok(0)
 }
 
+pub fn list_segments(ctx: &Ctx, client: &mut Client) -> Result<i32> {
+    let segments = client.xemem_list()?;
+    if ctx.json {
+        ctx.print_json(&segments)?;
+        return Ok(0);
+    }
+    let names = Names::new(&client.list_enclaves()?);
+    let mut t = Table::new(&[
+        "SEGID",
+        "NAME",
+        "SIZE",
+        "PAGES",
+        "MODE",
+        "OWNER",
+        "ATTACHMENTS",
+    ]);
+    for s in &segments {
+        let r = &s.record;
+        let owner = match r.owner_app {
+            Some(app) => format!(
+                "{} app {app} pid {}",
+                names.of(r.owner_enclave),
+                r.owner_pid
+            ),
+            None => format!("{} pid {}", names.of(r.owner_enclave), r.owner_pid),
+        };
+        let attachers: Vec<String> = s.attachers.iter().map(|p| p.to_string()).collect();
+        t.row(vec![
+            r.segid.to_string(),
+            r.name.clone().unwrap_or_else(|| "-".into()),
+            human::bytes(r.size),
+            r.page_kind.to_string(),
+            format!("{:o}", r.mode),
+            owner,
+            if attachers.is_empty() {
+                "0".into()
+            } else {
+                format!("{} (pids {})", s.attachments, attachers.join(","))
+            },
+        ]);
+    }
+    t.print_or("no segments");
+    Ok(0)
+}
+
 pub fn list_cpus(ctx: &Ctx, client: &mut Client) -> Result<i32> {
     let cores = client.list_cores()?;
     if ctx.json {
