@@ -123,7 +123,7 @@ impl Daemon {
                 format!("enclave {} is {}{hint}", enclave.name, enclave.state),
             ));
         }
-        let link = self.link(enclave.id).ok_or_else(|| {
+        let link = self.live_link(enclave.id).ok_or_else(|| {
             refuse(
                 ErrorCode::Unavailable,
                 format!(
@@ -383,7 +383,7 @@ impl Daemon {
                 format!("app {id} ({}) has already ended: {}", app.name, app.state),
             ));
         }
-        let link = self.link(app.enclave).ok_or_else(|| {
+        let link = self.live_link(app.enclave).ok_or_else(|| {
             refuse(
                 ErrorCode::Unavailable,
                 format!("enclave {} is not connected", app.enclave),

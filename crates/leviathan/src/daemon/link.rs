@@ -100,6 +100,22 @@ impl Daemon {
             .cloned()
     }
 
+    /// The link to enclave `id`; right after a daemon restart, wait (bounded)
+    /// for its control process to reattach rather than refuse at once.
+    pub fn live_link(&self, id: EnclaveId) -> Option<Arc<Link>> {
+        if let Some(l) = self.link(id) {
+            return Some(l);
+        }
+        let pending = self
+            .reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
+        let left = pending?.checked_duration_since(Instant::now())?;
+        self.wait_for_link(id, left)
+    }
+
     /// Wait (bounded) for enclave `id`'s control process to attach.
     pub fn wait_for_link(&self, id: EnclaveId, timeout: Duration) -> Option<Arc<Link>> {
         let deadline = Instant::now() + timeout;
@@ -203,10 +219,6 @@ impl Daemon {
             tracing::error!(enclave, error = %e, "cannot record attach");
             return;
         }
-        self.reattach_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&enclave);
         if let Some(old) = self
             .links
             .lock()
@@ -215,6 +227,11 @@ impl Daemon {
         {
             old.close();
         }
+        // After the link is in place, so `live_link` never sees neither.
+        self.reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&enclave);
         self.links_changed.notify_all();
         tracing::info!(
             enclave,

@@ -250,7 +250,7 @@ impl Daemon {
             }
             Request::Ping { enclave } => {
                 let rec = self.resolve(&enclave)?;
-                let link = self.link(rec.id).ok_or_else(|| {
+                let link = self.live_link(rec.id).ok_or_else(|| {
                     refuse(
                         ErrorCode::Unavailable,
                         format!("enclave {} is not connected ({})", rec.name, rec.state),

@@ -1,0 +1,398 @@
+//! XEMEM across two native enclaves (each its own PID namespace): processes
+//! launched by leviathan export and attach segments with `xemem-probe`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use hobbes_client::proto::model::{AppRecord, AppState, ExitStatus};
+use hobbes_client::{Client, NisReader};
+
+/// `xemem-probe`, built by the workspace next to `leviathan`.
+fn probe(test: &str) -> Option<String> {
+    let path = PathBuf::from(LEVIATHAN).with_file_name("xemem-probe");
+    if !path.exists() {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "hobbes-xemem", "--bin", "xemem-probe"])
+            .status();
+        if !built.is_ok_and(|s| s.success()) || !path.exists() {
+            skip(
+                test,
+                "xemem-probe is not built (cargo build -p hobbes-xemem)",
+            );
+            return None;
+        }
+    }
+    Some(path.display().to_string())
+}
+
+fn setup(test: &str) -> Option<(Daemon, Client, String)> {
+    if !require_root(test) || ncpus() < 2 {
+        if ncpus() < 2 {
+            skip(test, "needs 2 cores");
+        }
+        return None;
+    }
+    let probe = probe(test)?;
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    c.create_enclave(spec("sim", 1, 512, false)).unwrap();
+    c.create_enclave(spec("ana", 1, 512, true)).unwrap();
+    Some((d, c, probe))
+}
+
+/// Start a probe in an enclave without waiting.
+fn start(c: &mut Client, enclave: &str, argv: &[&str]) -> AppRecord {
+    let mut l = launch(enclave, argv);
+    l.stream = false;
+    c.launch(l).unwrap()
+}
+
+fn run(c: &mut Client, enclave: &str, argv: &[&str]) -> (AppRecord, String, String) {
+    run_in(c, enclave, argv)
+}
+
+fn wait_segment(nis: &NisReader, name: &str) {
+    wait_for(&format!("segment {name}"), Duration::from_secs(10), || {
+        nis.segment_by_name(name).unwrap()
+    });
+}
+
+fn wait_ok(c: &mut Client, app: &AppRecord) -> AppRecord {
+    let rec = c.wait_app(app.id).unwrap();
+    let out = std::fs::read_to_string(&rec.stdout_log).unwrap_or_default();
+    let err = std::fs::read_to_string(&rec.stderr_log).unwrap_or_default();
+    assert_eq!(
+        rec.exit,
+        Some(ExitStatus::Code(0)),
+        "{} failed: {out}{err}",
+        rec.argv.join(" ")
+    );
+    rec
+}
+
+#[test]
+fn share_across_enclaves_both_ways_without_copies() {
+    let t = "share_across_enclaves_both_ways_without_copies";
+    let Some((d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    for (owner, attacher, name) in [("sim", "ana", "forward"), ("ana", "sim", "backward")] {
+        // The owner exports 4 pages of plain private anonymous memory, converted in place,
+        // and waits until the attacher signals that it wrote them.
+        let o = start(
+            &mut c,
+            owner,
+            &[
+                &probe,
+                "make",
+                "--name",
+                name,
+                "--size",
+                "16384",
+                "--fill",
+                "1",
+                "--signalled",
+                "--wait-signal",
+                "--check",
+                "2",
+            ],
+        );
+        wait_segment(&nis, name);
+        let seg = nis.segment_by_name(name).unwrap().unwrap();
+        let owner_enclave = c
+            .enclave(hobbes_client::proto::msg::EnclaveRef::Name(owner.into()))
+            .unwrap();
+        assert_eq!(
+            seg.owner_enclave, owner_enclave.id,
+            "the name server knows where the owner runs"
+        );
+        assert_eq!(seg.owner_app, Some(o.id));
+        let (a, out, err) = run(
+            &mut c,
+            attacher,
+            &[
+                &probe, "attach", "--name", name, "--expect", "1", "--write", "2", "--signal",
+            ],
+        );
+        assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
+        let o = wait_ok(&mut c, &o);
+        let out = std::fs::read_to_string(&o.stdout_log).unwrap();
+        assert!(
+            out.contains("CHECK OK"),
+            "the owner sees the attacher's writes in its own memory: {out}"
+        );
+        wait_for("segment removed", Duration::from_secs(5), || {
+            nis.segment_by_name(name).unwrap().is_none().then_some(())
+        });
+    }
+}
+
+#[test]
+fn read_only_attachments_fault_on_write_and_permissions_are_checked() {
+    let t = "read_only_attachments_fault_on_write_and_permissions_are_checked";
+    let Some((d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let owner = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "guarded",
+            "--size",
+            "8192",
+            "--fill",
+            "5",
+            "--mode",
+            "600",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    wait_segment(&nis, "guarded");
+    let (ro, out, err) = run(
+        &mut c,
+        "ana",
+        &[
+            &probe, "attach", "--name", "guarded", "--ro", "--expect", "5",
+        ],
+    );
+    assert_eq!(ro.exit, Some(ExitStatus::Code(0)), "{out}{err}");
+    let (bad, _, _) = run(
+        &mut c,
+        "ana",
+        &[
+            &probe, "attach", "--name", "guarded", "--ro", "--write", "9",
+        ],
+    );
+    assert_eq!(bad.state, AppState::Crashed);
+    assert_eq!(
+        bad.exit,
+        Some(ExitStatus::Signal(libc::SIGSEGV)),
+        "writing a read-only attachment faults"
+    );
+    // Another uid, in the other enclave: mode 600 refuses it.
+    let (denied, _, err) = run(
+        &mut c,
+        "ana",
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &probe,
+            "attach",
+            "--name",
+            "guarded",
+            "--ro",
+            "--retry-ms",
+            "0",
+        ],
+    );
+    assert_eq!(
+        denied.exit,
+        Some(ExitStatus::Code(2)),
+        "permission denied: {err}"
+    );
+    assert!(err.contains("permission denied"), "{err}");
+    let (_, out, _) = run(
+        &mut c,
+        "sim",
+        &[&probe, "attach", "--name", "guarded", "--expect", "5"],
+    );
+    assert!(out.contains("ATTACH OK"), "its owner's uid may");
+    c.kill_app(owner.id, libc::SIGTERM).unwrap();
+}
+
+#[test]
+fn two_attachers_two_segments_and_owner_death() {
+    let t = "two_attachers_two_segments_and_owner_death";
+    let Some((d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let o1 = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "one",
+            "--size",
+            "4096",
+            "--fill",
+            "1",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    let o2 = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "two",
+            "--size",
+            "8192",
+            "--fill",
+            "2",
+            "--alloc",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    wait_segment(&nis, "one");
+    wait_segment(&nis, "two");
+    // Two attachers hold "one"; one attacher holds "two".
+    let a1 = start(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "one",
+            "--expect",
+            "1",
+            "--hold-ms",
+            "3000",
+        ],
+    );
+    let a2 = start(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "one",
+            "--expect",
+            "1",
+            "--hold-ms",
+            "3000",
+        ],
+    );
+    let a3 = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "two",
+            "--expect",
+            "2",
+            "--hold-ms",
+            "3000",
+        ],
+    );
+    let counts = wait_for("attachments to show", Duration::from_secs(10), || {
+        let list = c.xemem_list().unwrap();
+        let n = |name: &str| {
+            list.iter()
+                .find(|s| s.record.name.as_deref() == Some(name))
+                .map(|s| s.attachments)
+                .unwrap_or(0)
+        };
+        (n("one") == 2 && n("two") == 1).then_some(list)
+    });
+    let named = counts.iter().filter(|s| s.record.name.is_some()).count();
+    assert_eq!(named, 2, "{counts:?}");
+    // The owner of "one" dies: its segment goes, the attachments stay valid.
+    c.kill_app(o1.id, libc::SIGKILL).unwrap();
+    wait_for("segment one removed", Duration::from_secs(5), || {
+        nis.segment_by_name("one").unwrap().is_none().then_some(())
+    });
+    for a in [&a1, &a2, &a3] {
+        wait_ok(&mut c, a);
+    }
+    assert!(
+        nis.segment_by_name("two").unwrap().is_some(),
+        "the other segment is untouched"
+    );
+    let list = c.xemem_list().unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.attachments).sum::<u32>(),
+        0,
+        "detached and exited attachers left nothing behind"
+    );
+    c.kill_app(o2.id, libc::SIGTERM).unwrap();
+}
+
+#[test]
+fn daemon_restart_keeps_live_attachments_and_segments() {
+    let t = "daemon_restart_keeps_live_attachments_and_segments";
+    let Some((mut d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let owner = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "durable",
+            "--size",
+            "16384",
+            "--fill",
+            "3",
+            "--signalled",
+            "--wait-signal",
+            "--check",
+            "4",
+        ],
+    );
+    wait_segment(&nis, "durable");
+    let holder = start(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "durable",
+            "--expect",
+            "3",
+            "--hold-ms",
+            "3000",
+        ],
+    );
+    wait_for("attached", Duration::from_secs(10), || {
+        c.xemem_list()
+            .unwrap()
+            .first()
+            .filter(|s| s.attachments == 1)
+            .map(|_| ())
+    });
+    d.kill9();
+    d.spawn();
+    let mut c = d.client();
+    let list = c.xemem_list().unwrap();
+    assert_eq!(list.len(), 1, "the segment survived the restart");
+    // A new attacher after the restart gets the same memory, writes it, and wakes the owner.
+    let (a, out, err) = run(
+        &mut c,
+        "ana",
+        &[
+            &probe, "attach", "--name", "durable", "--expect", "3", "--write", "4", "--signal",
+        ],
+    );
+    assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
+    let owner = wait_ok(&mut c, &owner);
+    assert!(std::fs::read_to_string(&owner.stdout_log)
+        .unwrap()
+        .contains("CHECK OK"));
+    wait_ok(&mut c, &holder);
+}
