@@ -1,0 +1,616 @@
+//! XEMEM, the process side: export any page-aligned part of this process's
+//! memory under a name, and map segments other processes (in any enclave)
+//! exported, without copies, through the XPMEM operations: make, remove,
+//! get, release, attach, detach, plus lookup by name, list, and per-segment
+//! signals.
+//!
+//! ```no_run
+//! use hobbes_xemem::{Access, Grant, MakeOptions, Segment};
+//!
+//! // Owner: 1 MiB of shared memory, huge pages where the node allows.
+//! let opts = MakeOptions { name: Some("field".into()), mode: 0o644, ..Default::default() };
+//! let seg = Segment::alloc(1 << 20, &opts)?;
+//! // SAFETY: the segment's memory is ours and mapped for seg.len() bytes.
+//! unsafe { seg.as_ptr().write_bytes(7, seg.len()) };
+//!
+//! // Any process, any enclave:
+//! let segid = hobbes_xemem::lookup("field")?.expect("exported");
+//! let grant = Grant::get(segid, Access::ReadOnly)?;
+//! let view = grant.attach(0, 1 << 20)?;
+//! // SAFETY: the attachment is mapped for view.len() bytes.
+//! assert_eq!(unsafe { *view.as_ptr() }, 7);
+//! # Ok::<(), hobbes_xemem::XememError>(())
+//! ```
+//!
+//! A segment is a memfd: `make` converts memory in place when it is not one
+//! already (see [`make`] and docs/xemem.md), the name server (`leviathan`)
+//! hands its descriptor to permitted requesters, and `attach` is an `mmap`
+//! of it. State (the connection, own segments, grants, attachments) is
+//! process-global; all functions are thread-safe.
+
+#[doc(hidden)]
+pub mod cabi;
+mod error;
+mod hugepages;
+mod maps;
+mod state;
+mod sys;
+mod wrappers;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use hobbes_proto::msg::XememMake;
+
+pub use error::{Result, XememError};
+pub use hobbes_proto::model::{Access, PageKind, SegId, SegmentInfo, SegmentRecord};
+pub use wrappers::{Attachment, Grant, Segment};
+
+use state::{Backing, Mapped, OwnSegment, Retry, State};
+
+/// An access permit id: process-local, positive.
+pub type ApId = i64;
+
+/// How to export a segment.
+#[derive(Debug, Clone, Default)]
+pub struct MakeOptions {
+    /// A node-wide unique name others look the segment up by.
+    pub name: Option<String>,
+    /// A specific segid (must be free); the name server picks one otherwise.
+    pub segid: Option<SegId>,
+    /// Permission bits for requesters, like a file's (0 means 0o600). The
+    /// owner's uid and root always have access.
+    pub mode: u32,
+    /// Give the segment a signal channel (an eventfd).
+    pub signalled: bool,
+}
+
+/// Default permissions: the owner's uid (and root) only.
+const DEFAULT_MODE: u32 = 0o600;
+
+/// Export `[addr, addr+len)` as a segment and return its segid.
+///
+/// The range must be page-aligned, mapped, and owned by the caller: any
+/// memory works (malloc'd, `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`, stack, a
+/// segment from [`alloc`]). Memory that is not already a memfd this crate
+/// made is converted in place: copied into a new memfd that is then mapped
+/// `MAP_SHARED|MAP_FIXED` over the same addresses, so the pointer and the
+/// contents stay the same. While `make` runs no other thread may write the
+/// range (the copy would miss the write). Afterwards the range is read-write
+/// shared memory: a `fork()` child shares it instead of copying it, and
+/// unreadable parts (guard pages) read as zeros. Ranges in the brk heap may be
+/// unmapped by malloc trimming the heap; export mmap'd memory or [`alloc`]'s.
+/// See docs/xemem.md, "In-place conversion".
+///
+/// Errors: `InvalidArgument` (EINVAL) for a misaligned or empty range or a
+/// bad mode, `NotMapped` (EFAULT) for an unmapped part, `Exists` (EEXIST)
+/// when the name or requested segid is taken, `NoDaemon` (ECONNREFUSED).
+pub fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<SegId> {
+    make_kind(addr as usize, len, opts).map(|(segid, _)| segid)
+}
+
+const MAKE: &str = "xemem_make";
+
+fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegId, PageKind)> {
+    let page = sys::page_size();
+    if len == 0 || !addr.is_multiple_of(page) || !len.is_multiple_of(page) {
+        return Err(XememError::invalid(
+            MAKE,
+            format!(
+                "range {addr:#x}+{len:#x} must be non-empty and aligned to the page size ({page})"
+            ),
+        ));
+    }
+    if addr.checked_add(len).is_none() {
+        return Err(XememError::invalid(
+            MAKE,
+            "range wraps around the address space",
+        ));
+    }
+    if opts.mode & !0o777 != 0 {
+        return Err(XememError::invalid(
+            MAKE,
+            format!("mode {:o} has bits beyond 0777", opts.mode),
+        ));
+    }
+    let mut st = state::lock();
+    let (memfd, page_kind) = backing_for(&mut st, addr, len)?;
+    let segid = export(&mut st, addr, len, memfd, page_kind, opts)?;
+    Ok((segid, page_kind))
+}
+
+/// A descriptor of the memfd that backs exactly `[addr, addr+len)`,
+/// converting the range in place when no such memfd exists yet.
+fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, PageKind)> {
+    let maps = maps::current().map_err(|e| XememError::Other {
+        op: MAKE,
+        reason: format!("cannot read /proc/self/maps: {e}"),
+    })?;
+    // Forget memfds whose mapping was unmapped or replaced since.
+    st.backings
+        .retain(|b| maps::is_backed_by(&maps, b.addr, b.len, b.inode));
+    if let Some(b) = st.backings.iter().find(|b| b.addr == addr && b.len == len) {
+        let fd = b.memfd.try_clone().map_err(io_err(MAKE))?;
+        return Ok((fd, b.page_kind));
+    }
+    let end = addr + len;
+    let exported: Vec<u64> = st.own.values().map(|s| s.inode).collect();
+    if let Some(b) = st
+        .backings
+        .iter()
+        .find(|b| b.addr < end && addr < b.addr + b.len && exported.contains(&b.inode))
+    {
+        // Converting would give this part of an exported segment a private
+        // copy: its attachers would stop seeing the owner's writes.
+        return Err(XememError::invalid(
+            MAKE,
+            format!(
+                "range {addr:#x}+{len:#x} overlaps exported segment memory {:#x}+{:#x}; make exactly that range, or remove its segments first",
+                b.addr, b.len
+            ),
+        ));
+    }
+    let pieces = maps::cover(&maps, addr, len).map_err(|at| XememError::NotMapped {
+        op: MAKE,
+        addr: at,
+        start: addr,
+        len,
+    })?;
+    let backing = convert_in_place(addr, len, &pieces)?;
+    let fd = backing.memfd.try_clone().map_err(io_err(MAKE))?;
+    st.backings
+        .retain(|b| b.addr >= end || addr >= b.addr + b.len);
+    st.backings.push(backing);
+    Ok((fd, PageKind::Base))
+}
+
+/// Copy the range into a new memfd and map that over the range.
+fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> Result<Backing> {
+    let memfd =
+        sys::memfd_create(c"xemem", false).map_err(XememError::sys(MAKE, "memfd_create"))?;
+    sys::ftruncate(memfd.as_fd(), len).map_err(XememError::sys(MAKE, "ftruncate"))?;
+    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
+    let tmp = sys::mmap_shared(None, len, sys::Prot::ReadWrite, memfd.as_fd(), 0)
+        .map_err(XememError::sys(MAKE, "mmap"))?;
+    for p in pieces.iter().filter(|p| p.readable) {
+        // Both ranges are mapped (pieces come from /proc/self/maps, tmp was
+        // just made for len bytes); the caller guarantees quiescence.
+        sys::copy(p.start, tmp + (p.start - addr), p.end - p.start);
+    }
+    let replaced = sys::mmap_shared(Some(addr), len, sys::Prot::ReadWrite, memfd.as_fd(), 0);
+    let _ = sys::munmap(tmp, len);
+    replaced.map_err(XememError::sys(MAKE, "mmap(MAP_FIXED)"))?;
+    Ok(Backing {
+        addr,
+        len,
+        memfd,
+        inode,
+        page_kind: PageKind::Base,
+    })
+}
+
+/// Register `memfd` with the name server as a segment.
+fn export(
+    st: &mut State,
+    addr: usize,
+    len: usize,
+    memfd: OwnedFd,
+    page_kind: PageKind,
+    opts: &MakeOptions,
+) -> Result<SegId> {
+    let eventfd = match opts.signalled {
+        true => Some(sys::eventfd().map_err(XememError::sys(MAKE, "eventfd"))?),
+        false => None,
+    };
+    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
+    let req = XememMake {
+        size: len as u64,
+        name: opts.name.clone(),
+        segid: opts.segid,
+        mode: if opts.mode == 0 {
+            DEFAULT_MODE
+        } else {
+            opts.mode
+        },
+        page_kind,
+        signalled: opts.signalled,
+        owner_fd: memfd.as_raw_fd(),
+        owner_event_fd: eventfd.as_ref().map(|e| e.as_raw_fd()),
+        owner_addr: addr as u64,
+    };
+    let record = st.call(MAKE, Retry::Once, |c| {
+        c.xemem_make(
+            req.clone(),
+            memfd.as_fd(),
+            eventfd.as_ref().map(|e| e.as_fd()),
+        )
+    })?;
+    st.own.insert(
+        record.segid,
+        OwnSegment {
+            memfd,
+            eventfd,
+            inode,
+        },
+    );
+    Ok(record.segid)
+}
+
+/// Allocate `len` bytes of shared memory (rounded up to the page size used)
+/// and export it. Huge pages where the node allows: hugetlb pages when
+/// enough are free, else shmem THP when enabled, else base pages; the
+/// segment records which ([`Segment::page_kind`]).
+pub fn alloc(len: usize, opts: &MakeOptions) -> Result<Segment> {
+    const OP: &str = "xemem_alloc";
+    if len == 0 {
+        return Err(XememError::invalid(OP, "length is zero"));
+    }
+    let mut last = None;
+    for (kind, unit) in hugepages::candidates(len, sys::page_size()) {
+        match map_new(kind, unit, len) {
+            Ok(backing) => {
+                let (addr, size) = (backing.addr, backing.len);
+                state::lock().backings.push(backing);
+                return match make_kind(addr, size, opts) {
+                    Ok((segid, kind)) => Ok(Segment::new(segid, addr, size, kind, true)),
+                    Err(e) => {
+                        wrappers::unmap_backing(addr, size);
+                        Err(e)
+                    }
+                };
+            }
+            // Hugetlb pages can be taken by others between the check and
+            // the mmap; THP may be refused: fall back to the next kind.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| XememError::invalid(OP, "no page size to allocate with")))
+}
+
+/// A new memfd of `kind` mapped shared, aligned to `unit`.
+fn map_new(kind: PageKind, unit: usize, len: usize) -> Result<Backing> {
+    const OP: &str = "xemem_alloc";
+    let size = hugepages::round_up(len, unit)
+        .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
+    let memfd = sys::memfd_create(c"xemem", kind == PageKind::Hugetlb)
+        .map_err(XememError::sys(OP, "memfd_create"))?;
+    sys::ftruncate(memfd.as_fd(), size).map_err(XememError::sys(OP, "ftruncate"))?;
+    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
+    let addr = if kind == PageKind::Base {
+        sys::mmap_shared(None, size, sys::Prot::ReadWrite, memfd.as_fd(), 0)
+            .map_err(XememError::sys(OP, "mmap"))?
+    } else {
+        // Huge pages need huge-page-aligned addresses: reserve more address
+        // space than needed, map at the aligned spot inside, drop the rest.
+        let span = size
+            .checked_add(unit)
+            .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
+        let res = sys::reserve(span).map_err(XememError::sys(OP, "mmap"))?;
+        let aligned = hugepages::round_up(res, unit).unwrap_or(res);
+        match sys::mmap_shared(Some(aligned), size, sys::Prot::ReadWrite, memfd.as_fd(), 0) {
+            Ok(_) => {
+                let _ = sys::munmap(res, aligned - res);
+                let _ = sys::munmap(aligned + size, res + span - (aligned + size));
+                aligned
+            }
+            Err(e) => {
+                let _ = sys::munmap(res, span);
+                return Err(XememError::sys(OP, "mmap")(e));
+            }
+        }
+    };
+    if kind == PageKind::Thp {
+        let _ = sys::advise_hugepage(addr, size);
+    }
+    Ok(Backing {
+        addr,
+        len: size,
+        memfd,
+        inode,
+        page_kind: kind,
+    })
+}
+
+/// Stop exporting a segment this process made (root may remove any). Its
+/// memory stays mapped here and in every attacher until they detach.
+pub fn remove(segid: SegId) -> Result<()> {
+    const OP: &str = "xemem_remove";
+    let mut st = state::lock();
+    let result = st.call(OP, Retry::Idempotent, |c| c.xemem_remove(segid));
+    let own = st.own.remove(&segid);
+    match (result, own) {
+        (Ok(()), _) => Ok(()),
+        // Already gone at the name server (a retry after a lost reply).
+        (Err(XememError::NotFound { .. }), Some(_)) => Ok(()),
+        (Err(e), own) => {
+            // Keep the descriptors: the segment still exists; remove may be retried.
+            if let Some(own) = own {
+                st.own.insert(segid, own);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Ask for access to a segment. The name server checks the segment's mode
+/// against this process's uid/gid (`r` for read-only, `rw` for read-write).
+/// Returns a process-local access permit id for [`attach`].
+pub fn get(segid: SegId, access: Access) -> Result<ApId> {
+    const OP: &str = "xemem_get";
+    if segid <= 0 {
+        return Err(XememError::invalid(
+            OP,
+            format!("segid {segid} is not positive"),
+        ));
+    }
+    let mut st = state::lock();
+    let (record, memfd, eventfd) =
+        st.call(OP, Retry::Idempotent, |c| c.xemem_get(segid, access))?;
+    Ok(st.add_grant(state::Grant {
+        segid,
+        access,
+        record,
+        memfd,
+        eventfd,
+    }))
+}
+
+/// Give up a permit. Attachments made with it stay valid until detached.
+pub fn release(apid: ApId) -> Result<()> {
+    state::lock()
+        .grants
+        .remove(&apid)
+        .map(drop)
+        .ok_or_else(|| XememError::not_found("xemem_release", format!("no access permit {apid}")))
+}
+
+/// Map `len` bytes of a segment from `offset`, at `at` or where the kernel
+/// chooses; read-only when the permit is. As in XPMEM, an offset that is not
+/// page-aligned maps from its page's start and the returned pointer points
+/// `offset % page` bytes in; `at` must then have the same remainder.
+///
+/// With `at`, the mapping replaces whatever is mapped there (`MAP_FIXED`):
+/// the caller must own that range.
+pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Result<*mut u8> {
+    const OP: &str = "xemem_attach";
+    let mut st = state::lock();
+    let grant = st
+        .grants
+        .get(&apid)
+        .ok_or_else(|| XememError::not_found(OP, format!("no access permit {apid}")))?;
+    let size = grant.record.size;
+    let end = offset.checked_add(len as u64);
+    if len == 0 || end.is_none_or(|e| e > size) {
+        return Err(XememError::invalid(
+            OP,
+            format!(
+                "{len} bytes at offset {offset} do not fit segment {} ({size} bytes)",
+                grant.segid
+            ),
+        ));
+    }
+    let unit = match grant.record.page_kind {
+        PageKind::Hugetlb => hugepages::hugetlb_page_size().unwrap_or_else(sys::page_size),
+        PageKind::Base | PageKind::Thp => sys::page_size(),
+    };
+    let delta = (offset % unit as u64) as usize;
+    let map_offset = offset - delta as u64;
+    let map_len = hugepages::round_up(delta + len, unit)
+        .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
+    let base_at = match at.map(|p| p as usize) {
+        None => None,
+        Some(p) if p % unit == delta && p != 0 => Some(p - delta),
+        Some(p) => {
+            return Err(XememError::invalid(
+                OP,
+                format!("address {p:#x} must be {delta} bytes past a {unit}-byte boundary, like offset {offset}"),
+            ))
+        }
+    };
+    let prot = match grant.access {
+        Access::ReadOnly => sys::Prot::Read,
+        Access::ReadWrite => sys::Prot::ReadWrite,
+    };
+    let base = sys::mmap_shared(base_at, map_len, prot, grant.memfd.as_fd(), map_offset)
+        .map_err(XememError::sys(OP, "mmap"))?;
+    if grant.record.page_kind == PageKind::Thp {
+        let _ = sys::advise_hugepage(base, map_len);
+    }
+    // A fixed mapping may have replaced (part of) an earlier attachment.
+    let stale: Vec<usize> = st
+        .attachments
+        .range(..base + map_len)
+        .filter(|(_, m)| m.base + m.len > base)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in stale {
+        st.attachments.remove(&k);
+    }
+    st.attachments.insert(base, Mapped { base, len: map_len });
+    Ok((base + delta) as *mut u8)
+}
+
+/// Unmap the attachment that contains `addr`.
+pub fn detach(addr: *mut u8) -> Result<()> {
+    const OP: &str = "xemem_detach";
+    let mut st = state::lock();
+    let (key, m) = st
+        .attachment_at(addr as usize)
+        .ok_or_else(|| XememError::invalid(OP, format!("no attachment at {:#x}", addr as usize)))?;
+    sys::munmap(m.base, m.len).map_err(XememError::sys(OP, "munmap"))?;
+    st.attachments.remove(&key);
+    Ok(())
+}
+
+/// Find a segment by name in the Node Information Service (no IPC).
+pub fn lookup(name: &str) -> Result<Option<SegId>> {
+    const OP: &str = "xemem_lookup";
+    let nis = hobbes_client::nis().map_err(|e| XememError::client(OP, e))?;
+    let rec = nis
+        .segment_by_name(name)
+        .map_err(|e| XememError::client(OP, e.into()))?;
+    Ok(rec.map(|r| r.segid))
+}
+
+/// Find a segment by name through the name server.
+pub fn lookup_via_daemon(name: &str) -> Result<Option<SegId>> {
+    match state::lock().call("xemem_lookup", Retry::Idempotent, |c| c.xemem_lookup(name)) {
+        Ok(rec) => Ok(Some(rec.segid)),
+        Err(XememError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every segment on the node, with its attachments.
+pub fn list() -> Result<Vec<SegmentInfo>> {
+    state::lock().call("xemem_list", Retry::Idempotent, |c| c.xemem_list())
+}
+
+/// Signal a segment's channel: directly when this process holds its eventfd
+/// (it made the segment, or has a permit), else through the name server.
+pub fn signal(segid: SegId) -> Result<()> {
+    const OP: &str = "xemem_signal";
+    let mut st = state::lock();
+    if let Ok(fd) = local_eventfd(&st, OP, segid) {
+        return sys::eventfd_signal(fd.as_fd()).map_err(XememError::sys(OP, "write(eventfd)"));
+    }
+    st.call(OP, Retry::Once, |c| c.xemem_signal(segid))
+}
+
+/// Wait for one signal on a segment this process made or has a permit for,
+/// and consume it (the seeds' `xemem_ack`). `None` waits forever. Returns
+/// false on timeout.
+pub fn wait(segid: SegId, timeout: Option<Duration>) -> Result<bool> {
+    const OP: &str = "xemem_wait";
+    // Wait on a duplicate, without the lock: other calls go on meanwhile.
+    let fd = {
+        let st = state::lock();
+        local_eventfd(&st, OP, segid)?
+            .try_clone_to_owned()
+            .map_err(io_err(OP))?
+    };
+    sys::eventfd_wait(fd.as_fd(), timeout).map_err(XememError::sys(OP, "read(eventfd)"))
+}
+
+/// The eventfd of a signalled segment this process made or has a permit
+/// for: poll it for readability, read 8 bytes to consume a signal. It stays
+/// open until the segment is removed or the permit released.
+pub fn signal_fd(segid: SegId) -> Result<RawFd> {
+    let st = state::lock();
+    local_eventfd(&st, "xemem_signal_fd", segid).map(|fd| fd.as_raw_fd())
+}
+
+fn local_eventfd<'a>(
+    st: &'a State,
+    op: &'static str,
+    segid: SegId,
+) -> Result<std::os::fd::BorrowedFd<'a>> {
+    let (eventfd, known) = match st.own.get(&segid) {
+        Some(own) => (own.eventfd.as_ref(), true),
+        None => {
+            let mut grants = st.grants.values().filter(|g| g.segid == segid).peekable();
+            let known = grants.peek().is_some();
+            (grants.find_map(|g| g.eventfd.as_ref()), known)
+        }
+    };
+    match (eventfd, known) {
+        (Some(fd), _) => Ok(fd.as_fd()),
+        (None, true) => Err(XememError::invalid(
+            op,
+            format!("segment {segid} has no signal channel (make it signalled)"),
+        )),
+        (None, false) => Err(XememError::not_found(
+            op,
+            format!("segment {segid} was neither made nor got by this process"),
+        )),
+    }
+}
+
+fn io_err(op: &'static str) -> impl Fn(std::io::Error) -> XememError {
+    move |e| XememError::Other {
+        op,
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sys::testing::{fill, mmap_private, read};
+
+    #[test]
+    fn converts_private_memory_in_place() {
+        let page = sys::page_size();
+        let addr = mmap_private(4 * page);
+        fill(addr, 4 * page, 0x5a);
+        fill(addr + page, 1, 0x01);
+        let mut st = State::default_for_tests();
+        let (fd, kind) = backing_for(&mut st, addr, 4 * page).unwrap();
+        assert_eq!(kind, PageKind::Base);
+        // Same pointer, same contents, now a shared mapping of the memfd.
+        let bytes = read(addr, 4 * page);
+        assert_eq!(bytes[page], 0x01);
+        assert!(bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == page || *b == 0x5a));
+        let inode = sys::inode(fd.as_fd()).unwrap();
+        let maps = maps::current().unwrap();
+        assert!(maps::is_backed_by(&maps, addr, 4 * page, inode));
+        // Writes through either view meet.
+        let other = sys::mmap_shared(None, 4 * page, sys::Prot::ReadWrite, fd.as_fd(), 0).unwrap();
+        fill(other + 2 * page, 1, 0x77);
+        assert_eq!(read(addr + 2 * page, 1), [0x77]);
+        // Making the same range again reuses the memfd.
+        let (again, _) = backing_for(&mut st, addr, 4 * page).unwrap();
+        assert_eq!(sys::inode(again.as_fd()).unwrap(), inode);
+        sys::munmap(other, 4 * page).unwrap();
+        sys::munmap(addr, 4 * page).unwrap();
+    }
+
+    #[test]
+    fn refuses_unmapped_and_misaligned_ranges() {
+        let page = sys::page_size();
+        let addr = mmap_private(3 * page);
+        sys::munmap(addr + page, page).unwrap();
+        let mut st = State::default_for_tests();
+        match backing_for(&mut st, addr, 3 * page) {
+            Err(e @ XememError::NotMapped { .. }) => {
+                assert_eq!(e.errno(), libc::EFAULT);
+                assert!(
+                    e.to_string().contains(&format!("{:#x}", addr + page)),
+                    "{e}"
+                );
+            }
+            other => panic!("expected NotMapped, got {:?}", other.map(|_| ())),
+        }
+        let e = make((addr + 1) as *mut u8, page, &MakeOptions::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        let e = make(addr as *mut u8, 0, &MakeOptions::default()).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        let opts = MakeOptions {
+            mode: 0o4777,
+            ..Default::default()
+        };
+        assert_eq!(
+            make(addr as *mut u8, page, &opts).unwrap_err().errno(),
+            libc::EINVAL
+        );
+        sys::munmap(addr, 3 * page).unwrap();
+    }
+
+    #[test]
+    fn unknown_permits_and_attachments() {
+        assert_eq!(release(987_654).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(
+            attach(987_654, 0, 4096, None).unwrap_err().errno(),
+            libc::ENOENT
+        );
+        assert_eq!(detach(8 as *mut u8).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            wait(987_654, Some(Duration::ZERO)).unwrap_err().errno(),
+            libc::ENOENT
+        );
+        assert_eq!(get(0, Access::ReadOnly).unwrap_err().errno(), libc::EINVAL);
+    }
+}

@@ -1,0 +1,166 @@
+//! Owning wrappers: a [`Segment`] removes itself, a [`Grant`] releases
+//! itself, an [`Attachment`] detaches itself when dropped.
+
+use crate::{state, sys, Access, ApId, MakeOptions, PageKind, Result, SegId};
+
+/// An exported segment. Dropping it removes the segment (attachers keep
+/// their mappings) and, for memory from [`Segment::alloc`], unmaps it.
+#[derive(Debug)]
+pub struct Segment {
+    segid: SegId,
+    addr: usize,
+    len: usize,
+    page_kind: PageKind,
+    /// The memory is ours to unmap (it came from `alloc`).
+    owns_memory: bool,
+}
+
+impl Segment {
+    pub(crate) fn new(
+        segid: SegId,
+        addr: usize,
+        len: usize,
+        page_kind: PageKind,
+        owns_memory: bool,
+    ) -> Self {
+        Segment {
+            segid,
+            addr,
+            len,
+            page_kind,
+            owns_memory,
+        }
+    }
+
+    /// See [`crate::alloc`].
+    pub fn alloc(len: usize, opts: &MakeOptions) -> Result<Segment> {
+        crate::alloc(len, opts)
+    }
+
+    /// Export caller-owned memory, as [`crate::make`] (in place). Dropping
+    /// the segment removes it but leaves the memory mapped.
+    pub fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<Segment> {
+        let (segid, kind) = crate::make_kind(addr as usize, len, opts)?;
+        Ok(Segment::new(segid, addr as usize, len, kind, false))
+    }
+
+    pub fn segid(&self) -> SegId {
+        self.segid
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: segments are at least a page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn page_kind(&self) -> PageKind {
+        self.page_kind
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = crate::remove(self.segid);
+        if self.owns_memory {
+            unmap_backing(self.addr, self.len);
+        }
+    }
+}
+
+/// Unmap memory `alloc` mapped and forget its backing.
+pub(crate) fn unmap_backing(addr: usize, len: usize) {
+    let mut st = state::lock();
+    st.backings.retain(|b| b.addr != addr || b.len != len);
+    let _ = sys::munmap(addr, len);
+}
+
+/// An access permit; released when dropped. Attachments outlive it.
+#[derive(Debug)]
+pub struct Grant {
+    apid: ApId,
+    segid: SegId,
+    access: Access,
+}
+
+impl Grant {
+    /// See [`crate::get`].
+    pub fn get(segid: SegId, access: Access) -> Result<Grant> {
+        Ok(Grant {
+            apid: crate::get(segid, access)?,
+            segid,
+            access,
+        })
+    }
+
+    pub fn apid(&self) -> ApId {
+        self.apid
+    }
+
+    pub fn segid(&self) -> SegId {
+        self.segid
+    }
+
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Map `len` bytes from `offset` where the kernel chooses (see [`crate::attach`]).
+    pub fn attach(&self, offset: u64, len: usize) -> Result<Attachment> {
+        let ptr = crate::attach(self.apid, offset, len, None)?;
+        Ok(Attachment {
+            addr: ptr as usize,
+            len,
+            read_only: self.access == Access::ReadOnly,
+        })
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let _ = crate::release(self.apid);
+    }
+}
+
+/// A mapping of a segment; unmapped when dropped.
+#[derive(Debug)]
+pub struct Attachment {
+    /// An address, not a pointer: the attachment itself is plain data
+    /// (Send + Sync); accesses through `as_ptr` are the user's business.
+    addr: usize,
+    len: usize,
+    read_only: bool,
+}
+
+impl Attachment {
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: attachments are at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Mapped without write permission: a write faults (SIGSEGV).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let _ = crate::detach(self.addr as *mut u8);
+    }
+}

@@ -1,0 +1,2 @@
+pub mod cbuild;
+pub mod daemon;

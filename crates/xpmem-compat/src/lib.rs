@@ -1,0 +1,199 @@
+//! `libxpmem.so`: XPMEM's user API (`include/xpmem.h`, same signatures and
+//! constants as hpc/xpmem's) on XEMEM, so XPMEM programs build and run
+//! unmodified, across enclaves, without the XPMEM kernel module.
+//!
+//! Failures return -1 (`(void *)-1` for `xpmem_attach`) and set errno;
+//! `xpmem_last_error()` (an extension) has the message.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use hobbes_xemem::cabi::guard;
+use hobbes_xemem::{Access, MakeOptions, XememError};
+
+pub type XpmemSegid = i64;
+pub type XpmemApid = i64;
+
+pub const XPMEM_RDONLY: c_int = 0x1;
+pub const XPMEM_RDWR: c_int = 0x2;
+pub const XPMEM_PERMIT_MODE: c_int = 0x1;
+pub const XPMEM_MAXADDR_SIZE: usize = usize::MAX;
+/// What `xpmem_version` reports: the XPMEM 2.6 interface.
+pub const XPMEM_VERSION: c_int = 0x0002_6003;
+
+/// `struct xpmem_addr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct XpmemAddr {
+    pub apid: XpmemApid,
+    pub offset: libc::off_t,
+}
+
+const ATTACH_FAILED: *mut c_void = usize::MAX as *mut c_void;
+
+fn invalid(op: &'static str, reason: impl Into<String>) -> XememError {
+    XememError::InvalidArgument {
+        op,
+        reason: reason.into(),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn xpmem_version() -> c_int {
+    XPMEM_VERSION
+}
+
+/// Share `[vaddr, vaddr+size)` with permit mode `permit_value` (octal bits
+/// cast to a pointer, as in `(void *)0666`). Sharing a whole address space
+/// (`vaddr == NULL`, `size == XPMEM_MAXADDR_SIZE`) is not supported: EINVAL.
+#[no_mangle]
+pub extern "C" fn xpmem_make(
+    vaddr: *mut c_void,
+    size: usize,
+    permit_type: c_int,
+    permit_value: *mut c_void,
+) -> XpmemSegid {
+    const OP: &str = "xpmem_make";
+    guard(OP, -1, || {
+        if vaddr.is_null() && size == XPMEM_MAXADDR_SIZE {
+            return Err(invalid(
+                OP,
+                "sharing the whole address space (NULL, XPMEM_MAXADDR_SIZE) is not supported; share a page-aligned range instead",
+            ));
+        }
+        if permit_type != XPMEM_PERMIT_MODE {
+            return Err(invalid(
+                OP,
+                format!("permit_type {permit_type}: only XPMEM_PERMIT_MODE"),
+            ));
+        }
+        let mode = u32::try_from(permit_value as usize)
+            .ok()
+            .filter(|m| m & !0o777 == 0)
+            .ok_or_else(|| {
+                invalid(
+                    OP,
+                    format!("permit_value {:#o} is not a mode", permit_value as usize),
+                )
+            })?;
+        // XPMEM's mode 0 grants only the owner: our default.
+        let opts = MakeOptions {
+            mode,
+            ..Default::default()
+        };
+        hobbes_xemem::make(vaddr.cast(), size, &opts)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn xpmem_remove(segid: XpmemSegid) -> c_int {
+    guard("xpmem_remove", -1, || {
+        hobbes_xemem::remove(segid).map(|_| 0)
+    })
+}
+
+/// Access to a segment: `flags` is `XPMEM_RDONLY` or `XPMEM_RDWR`. The
+/// requester's own permit arguments are ignored, as in XPMEM.
+#[no_mangle]
+pub extern "C" fn xpmem_get(
+    segid: XpmemSegid,
+    flags: c_int,
+    permit_type: c_int,
+    _permit_value: *mut c_void,
+) -> XpmemApid {
+    const OP: &str = "xpmem_get";
+    guard(OP, -1, || {
+        let access = match flags {
+            XPMEM_RDONLY => Access::ReadOnly,
+            XPMEM_RDWR => Access::ReadWrite,
+            other => {
+                return Err(invalid(
+                    OP,
+                    format!("flags {other:#x}: XPMEM_RDONLY or XPMEM_RDWR"),
+                ))
+            }
+        };
+        if permit_type != XPMEM_PERMIT_MODE {
+            return Err(invalid(
+                OP,
+                format!("permit_type {permit_type}: only XPMEM_PERMIT_MODE"),
+            ));
+        }
+        hobbes_xemem::get(segid, access)
+    })
+}
+
+/// Give up a permit. Unlike XPMEM, its attachments stay mapped until
+/// detached (or the process exits).
+#[no_mangle]
+pub extern "C" fn xpmem_release(apid: XpmemApid) -> c_int {
+    guard("xpmem_release", -1, || {
+        hobbes_xemem::release(apid).map(|_| 0)
+    })
+}
+
+/// Map `size` bytes from `addr.offset` at `vaddr` (NULL: anywhere). `(void *)-1` on failure.
+#[no_mangle]
+pub extern "C" fn xpmem_attach(addr: XpmemAddr, size: usize, vaddr: *mut c_void) -> *mut c_void {
+    const OP: &str = "xpmem_attach";
+    guard(OP, ATTACH_FAILED, || {
+        let offset = u64::try_from(addr.offset)
+            .map_err(|_| invalid(OP, format!("negative offset {}", addr.offset)))?;
+        let at = (!vaddr.is_null()).then_some(vaddr.cast());
+        hobbes_xemem::attach(addr.apid, offset, size, at).map(|p| p.cast())
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn xpmem_detach(vaddr: *mut c_void) -> c_int {
+    guard("xpmem_detach", -1, || {
+        hobbes_xemem::detach(vaddr.cast()).map(|_| 0)
+    })
+}
+
+/// The message of this thread's last failed call ("" if none). (Extension.)
+#[no_mangle]
+pub extern "C" fn xpmem_last_error() -> *const c_char {
+    guard("xpmem_last_error", c"".as_ptr(), || {
+        Ok(hobbes_xemem::cabi::last_error())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno() -> Option<i32> {
+        std::io::Error::last_os_error().raw_os_error()
+    }
+
+    #[test]
+    fn whole_address_space_is_refused() {
+        let r = xpmem_make(
+            std::ptr::null_mut(),
+            XPMEM_MAXADDR_SIZE,
+            XPMEM_PERMIT_MODE,
+            0o666 as *mut c_void,
+        );
+        assert_eq!(r, -1);
+        assert_eq!(errno(), Some(libc::EINVAL));
+        // SAFETY: xpmem_last_error returns a valid NUL-terminated string.
+        let msg = unsafe { std::ffi::CStr::from_ptr(xpmem_last_error()) };
+        assert!(msg.to_string_lossy().contains("whole address space"));
+    }
+
+    #[test]
+    fn bad_permits_and_flags() {
+        let r = xpmem_make(4096 as *mut c_void, 4096, 2, 0o666 as *mut c_void);
+        assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));
+        let r = xpmem_make(
+            4096 as *mut c_void,
+            4096,
+            XPMEM_PERMIT_MODE,
+            0o7777 as *mut c_void,
+        );
+        assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));
+        let r = xpmem_get(1, 3, XPMEM_PERMIT_MODE, std::ptr::null_mut());
+        assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));
+        assert_eq!(xpmem_version(), XPMEM_VERSION);
+    }
+}
