@@ -96,7 +96,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         None
     };
 
-    let inv = inventory::scan()?;
+    let mut inv = inventory::scan()?;
+    if !privileged {
+        // Without cgroups we can only pin to cores we may run on ourselves
+        // (a batch job's cpuset, say): the others are not ours to hand out.
+        let allowed = sys::affinity()?;
+        inv.cores.retain(|c| allowed.contains(&c.id));
+    }
     let nis = NisWriter::open(paths.nis())?;
     let cgroups = Cgroups::detect(privileged);
     let existing = nis.reader().header().ok();

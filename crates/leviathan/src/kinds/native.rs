@@ -233,8 +233,16 @@ impl EnclaveDriver for NativeDriver {
                 i += 1;
             }
             let _ = sys::kill_group(pid, libc::SIGKILL);
-            for p in all {
-                let _ = sys::kill(p, libc::SIGKILL);
+            for p in &all {
+                let _ = sys::kill(*p, libc::SIGKILL);
+            }
+            // Return once they are really gone (dead or zombie), as the cgroup path does.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while all.iter().any(|p| sys::same_process_alive(*p, None)) {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("processes of enclave {} survived SIGKILL", rec.name));
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         Ok(())
