@@ -12,6 +12,9 @@ use hobbes_client::proto::msg::{EnclaveRef, LaunchSpec};
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{Client, EnclaveConn, NisReader};
 
+mod plot;
+mod xemem;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -19,12 +22,19 @@ fn main() -> Result<()> {
         Some("nis") => with_daemon(bench_nis),
         Some("ping") => with_daemon(bench_ping),
         Some("create") => with_daemon(bench_create),
+        Some("xemem") => {
+            let out = xemem::out_dir(&args[2..])?;
+            with_daemon(|d| xemem::bench(d, &out))
+        }
+        Some("xemem-owner") => xemem::owner_main(&args[2..]),
+        Some("xemem-echo") => xemem::echo_main(&args[2..]),
         Some("all") | None => with_daemon(|d| {
             bench_nis(d)?;
             bench_ping(d)?;
-            bench_create(d)
+            bench_create(d)?;
+            xemem::bench(d, &xemem::out_dir(&[])?)
         }),
-        Some(other) => bail!("unknown bench {other:?}: use nis, ping, create or all"),
+        Some(other) => bail!("unknown bench {other:?}: use nis, ping, create, xemem or all"),
     }
 }
 
