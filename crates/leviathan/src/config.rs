@@ -8,6 +8,7 @@
 //! on_crash = "reclaim"        # or "hold": keep its resources for inspection
 //! unprivileged = false        # force the degraded mode even as root
 //! keep_enclaves_on_exit = false
+//! shmem_thp = false          # shmem THP "advise" while running (XEMEM huge pages)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub struct FileConfig {
     pub on_crash: Option<OnCrash>,
     pub unprivileged: Option<bool>,
     pub keep_enclaves_on_exit: Option<bool>,
+    pub shmem_thp: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -49,6 +51,9 @@ pub struct Config {
     pub on_crash: OnCrash,
     pub unprivileged: bool,
     pub keep_enclaves_on_exit: bool,
+    /// Put shmem transparent huge pages in `advise` mode while running, so
+    /// XEMEM's allocator gets huge pages (restored at a clean exit).
+    pub shmem_thp: bool,
 }
 
 impl Config {

@@ -40,6 +40,10 @@ struct Cli {
     /// Leave enclaves running when the daemon stops (a restart reattaches them).
     #[arg(long)]
     keep_enclaves: bool,
+    /// Set shmem transparent huge pages to "advise" while running (XEMEM huge
+    /// pages); the previous setting is restored at a clean exit.
+    #[arg(long)]
+    shmem_thp: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -162,5 +166,6 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         on_crash: cli.on_crash.or(file.on_crash).unwrap_or(OnCrash::Reclaim),
         unprivileged: cli.unprivileged || file.unprivileged.unwrap_or(false),
         keep_enclaves_on_exit: cli.keep_enclaves || file.keep_enclaves_on_exit.unwrap_or(false),
+        shmem_thp: cli.shmem_thp || file.shmem_thp.unwrap_or(false),
     })
 }

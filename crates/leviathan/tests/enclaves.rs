@@ -924,3 +924,25 @@ fn second_daemon_on_the_same_state_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already uses the state directory"), "{err}");
 }
+
+#[test]
+fn shmem_thp_is_advised_while_running_and_restored() {
+    let t = "shmem_thp_is_advised_while_running_and_restored";
+    if !require_root(t) {
+        return;
+    }
+    let path = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+    let Ok(before) = std::fs::read_to_string(path) else {
+        skip(t, "no shmem THP control in sysfs");
+        return;
+    };
+    let mut d = Daemon::start(&["--shmem-thp"]);
+    let during = std::fs::read_to_string(path).unwrap();
+    assert!(during.contains("[advise]"), "{during}");
+    assert_eq!(d.stop(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        before,
+        "restored at a clean exit"
+    );
+}

@@ -184,6 +184,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cgroup setup: {e}"))?;
     tracing::info!(mode = ?cgroups.mode(), host_tasks_moved = moved, host_cores = %format_cpu_list(&host_cores), privileged, "host confined to its cores");
 
+    let thp_restore = if cfg.shmem_thp && privileged {
+        set_shmem_thp("advise")
+    } else {
+        None
+    };
     let exe = std::fs::read_link("/proc/self/exe")?;
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
@@ -247,7 +252,32 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let sig = signals.wait().unwrap_or(Signal::SIGTERM);
     tracing::info!(signal = ?sig, "shutting down");
     daemon.shutdown();
+    if let Some(previous) = thp_restore {
+        set_shmem_thp(&previous);
+    }
     Ok(())
+}
+
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// Set the shmem THP mode; returns the previous one (the bracketed word).
+fn set_shmem_thp(mode: &str) -> Option<String> {
+    let current = std::fs::read_to_string(SHMEM_THP).ok()?;
+    let previous = current
+        .split_whitespace()
+        .find(|w| w.starts_with('['))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    match std::fs::write(SHMEM_THP, mode) {
+        Ok(()) => {
+            tracing::info!(mode, previous = %previous, "shmem transparent huge pages");
+            Some(previous)
+        }
+        Err(e) => {
+            tracing::warn!(mode, error = %e, "cannot set shmem transparent huge pages");
+            None
+        }
+    }
 }
 
 impl Daemon {

@@ -240,7 +240,10 @@ impl EnclaveDriver for NativeDriver {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while all.iter().any(|p| sys::same_process_alive(*p, None)) {
                 if std::time::Instant::now() > deadline {
-                    return Err(format!("processes of enclave {} survived SIGKILL", rec.name));
+                    return Err(format!(
+                        "processes of enclave {} survived SIGKILL",
+                        rec.name
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
