@@ -308,12 +308,25 @@ fn two_attachers_two_segments_and_owner_death() {
     });
     let named = counts.iter().filter(|s| s.record.name.is_some()).count();
     assert_eq!(named, 2, "{counts:?}");
+    // An attacher killed while attached leaves no attachment behind.
+    c.kill_app(a3.id, libc::SIGKILL).unwrap();
+    wait_for(
+        "the killed attacher's mapping to go",
+        Duration::from_secs(5),
+        || {
+            let list = c.xemem_list().unwrap();
+            list.iter()
+                .find(|s| s.record.name.as_deref() == Some("two"))
+                .filter(|s| s.attachments == 0)
+                .map(|_| ())
+        },
+    );
     // The owner of "one" dies: its segment goes, the attachments stay valid.
     c.kill_app(o1.id, libc::SIGKILL).unwrap();
     wait_for("segment one removed", Duration::from_secs(5), || {
         nis.segment_by_name("one").unwrap().is_none().then_some(())
     });
-    for a in [&a1, &a2, &a3] {
+    for a in [&a1, &a2] {
         wait_ok(&mut c, a);
     }
     assert!(

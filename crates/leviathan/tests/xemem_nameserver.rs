@@ -192,6 +192,44 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
 }
 
 #[test]
+fn make_get_remove_cycles_leak_no_descriptors() {
+    let t = "make_get_remove_cycles_leak_no_descriptors";
+    if !require_root(t) {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    // Warm up (lazily opened files), then measure.
+    let warm = memfd_with(0);
+    let s = make(&mut c, &warm, "warm", 0o600, None);
+    c.xemem_remove(s).unwrap();
+    let before = fds();
+    for i in 0..20 {
+        let fd = memfd_with(i as u8);
+        let ev: OwnedFd =
+            nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+                .unwrap()
+                .into();
+        let segid = make(&mut c, &fd, &format!("cycle{i}"), 0o600, Some(&ev));
+        let _grant = c.xemem_get(segid, Access::ReadOnly).unwrap();
+        let _grant = c.xemem_get(segid, Access::ReadWrite).unwrap();
+        c.xemem_remove(segid).unwrap();
+    }
+    assert_eq!(
+        fds(),
+        before,
+        "the name server holds no descriptor of a removed segment"
+    );
+    assert!(nis.segments().unwrap().is_empty(), "and no record");
+}
+
+#[test]
 fn signals_wake_the_segment_eventfd() {
     let t = "signals_wake_the_segment_eventfd";
     if !require_root(t) {

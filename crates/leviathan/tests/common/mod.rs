@@ -123,6 +123,9 @@ impl Daemon {
 
     /// (Re)start the daemon process on this state directory and wait until it answers.
     pub fn spawn(&mut self) {
+        if is_root() && !self.args.iter().any(|a| a == "--unprivileged") {
+            wait_for_node_lock();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -211,6 +214,23 @@ impl Drop for Daemon {
             .stdout(Stdio::null())
             .status();
     }
+}
+
+/// One privileged leviathan per node: if another one (a benchmark, another
+/// test binary) holds the node, wait for it to stop rather than fail.
+fn wait_for_node_lock() {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"hobbes-leviathan-node-lock")
+        .expect("abstract name");
+    wait_for(
+        "the node lock (another privileged leviathan runs)",
+        Duration::from_secs(300),
+        || {
+            std::os::unix::net::UnixListener::bind_addr(&addr)
+                .ok()
+                .map(drop)
+        },
+    );
 }
 
 pub fn spec(name: &str, cores: u32, mib: u64, shared: bool) -> EnclaveSpec {
