@@ -5,6 +5,7 @@
 //! records of the Node Information Service ([`model`]) and the enclave
 //! description users write as XML ([`spec`]).
 
+pub mod composition;
 pub mod control;
 pub mod fdpass;
 pub mod frame;

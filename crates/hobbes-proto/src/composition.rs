@@ -1,0 +1,335 @@
+//! Remora compositions: which MPI applications run, how many processes each,
+//! in which enclaves, and the communicator names — the seeds' XML.
+//!
+//! ```xml
+//! <composition name="insitu" mpiComm="universe">
+//!   <enclave name="sim" cores="1" memory="512">        <!-- created if absent -->
+//!     <app name="simulation" np="2" mpiComm="simulation">
+//!       <exe>./sim</exe> <arg>--steps</arg> <arg>100</arg>
+//!       <env name="OMP_NUM_THREADS" value="1"/>
+//!     </app>
+//!     <enclave name="ana" shared="true">              <!-- nesting: the seeds' topology -->
+//!       <app name="analysis" np="1" mpiComm="analysis"><exe>./ana</exe></app>
+//!     </enclave>
+//!   </enclave>
+//! </composition>
+//! ```
+//!
+//! Applications get global ranks in document order, contiguous per
+//! application; an application's index is its MPI appnum. The schema is in
+//! docs/remora.md.
+
+use serde::{Deserialize, Serialize};
+
+/// Most processes one composition may start.
+pub const MAX_RANKS: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Composition {
+    pub name: String,
+    /// Name of the universe communicator (informational: `MPI_COMM_UNIVERSE`).
+    pub universe: String,
+    pub enclaves: Vec<CompEnclave>,
+    pub apps: Vec<CompApp>,
+}
+
+/// An enclave the composition uses: reused if it exists, else created so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompEnclave {
+    pub name: String,
+    /// Parent in the XML (the seeds' topology); our native enclaves are all
+    /// children of the host, so this is recorded, not enforced.
+    pub parent: Option<String>,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub shared: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompApp {
+    pub name: String,
+    pub enclave: String,
+    pub np: u32,
+    /// The application's communicator name (its `MPI_COMM_WORLD`).
+    pub comm: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+}
+
+impl Composition {
+    pub fn total_ranks(&self) -> u32 {
+        self.apps.iter().map(|a| a.np).sum()
+    }
+
+    /// First global rank of application `index`.
+    pub fn first_rank(&self, index: usize) -> u32 {
+        self.apps[..index].iter().map(|a| a.np).sum()
+    }
+
+    /// Checks that need no XML: counts, names, programs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.apps.is_empty() {
+            return Err("a composition needs at least one <app>".into());
+        }
+        let total = self.total_ranks();
+        if total == 0 || total > MAX_RANKS {
+            return Err(format!(
+                "{total} processes in all; 1 to {MAX_RANKS} allowed"
+            ));
+        }
+        for a in &self.apps {
+            if a.np == 0 {
+                return Err(format!("app {:?} has np=0", a.name));
+            }
+            if a.argv.is_empty() {
+                return Err(format!("app {:?} has no <exe>", a.name));
+            }
+            if !self.enclaves.iter().any(|e| e.name == a.enclave) {
+                return Err(format!(
+                    "app {:?} names enclave {:?}, which the composition does not have",
+                    a.name, a.enclave
+                ));
+            }
+        }
+        let mut names: Vec<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("two apps are named {:?}", w[0]));
+        }
+        Ok(())
+    }
+
+    /// Parse the XML form; errors name the line.
+    pub fn from_xml(text: &str) -> Result<Self, crate::spec::SpecError> {
+        use crate::spec::SpecError;
+        if text.len() > crate::spec::MAX_XML_LEN {
+            return Err(SpecError {
+                line: None,
+                message: format!(
+                    "document is {} bytes; the limit is {}",
+                    text.len(),
+                    crate::spec::MAX_XML_LEN
+                ),
+            });
+        }
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: false,
+            ..Default::default()
+        };
+        let doc = roxmltree::Document::parse_with_options(text, opts).map_err(|e| SpecError {
+            line: Some(e.pos().row),
+            message: format!("malformed XML: {e}"),
+        })?;
+        let at = |n: roxmltree::Node, m: String| SpecError {
+            line: Some(doc.text_pos_at(n.range().start).row),
+            message: m,
+        };
+        let root = doc.root_element();
+        if root.tag_name().name() != "composition" {
+            return Err(at(
+                root,
+                format!(
+                    "the root element is <{}>; expected <composition>",
+                    root.tag_name().name()
+                ),
+            ));
+        }
+        let mut comp = Composition {
+            name: root.attribute("name").unwrap_or("composition").to_string(),
+            universe: root.attribute("mpiComm").unwrap_or("universe").to_string(),
+            enclaves: vec![],
+            apps: vec![],
+        };
+        for child in root.children().filter(|n| n.is_element()) {
+            match child.tag_name().name() {
+                "enclave" => parse_enclave(&doc, child, None, &mut comp)?,
+                other => {
+                    return Err(at(
+                        child,
+                        format!("unknown element <{other}> in <composition>: expected <enclave>"),
+                    ))
+                }
+            }
+        }
+        comp.validate().map_err(|m| at(root, m))?;
+        Ok(comp)
+    }
+}
+
+fn parse_enclave(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    parent: Option<&str>,
+    comp: &mut Composition,
+) -> Result<(), crate::spec::SpecError> {
+    use crate::spec::SpecError;
+    let at = |n: roxmltree::Node, m: String| SpecError {
+        line: Some(doc.text_pos_at(n.range().start).row),
+        message: m,
+    };
+    let num = |n: roxmltree::Node, attr: &str, default: u64| -> Result<u64, SpecError> {
+        match n.attribute(attr) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| at(n, format!("{attr}=\"{v}\" is not a non-negative integer"))),
+        }
+    };
+    let name = node
+        .attribute("name")
+        .ok_or_else(|| at(node, "<enclave> needs name=\"...\"".into()))?
+        .to_string();
+    crate::spec::validate_name(&name).map_err(|m| at(node, m))?;
+    if comp.enclaves.iter().any(|e| e.name == name) {
+        return Err(at(node, format!("enclave {name:?} appears twice")));
+    }
+    for a in node.attributes() {
+        if !matches!(
+            a.name(),
+            "name" | "cores" | "memory" | "shared" | "num" | "mpiComm"
+        ) {
+            return Err(at(
+                node,
+                format!("unknown attribute {}= on <enclave>", a.name()),
+            ));
+        }
+    }
+    let shared = match node.attribute("shared") {
+        None | Some("false") | Some("no") | Some("0") => false,
+        Some("true") | Some("yes") | Some("1") => true,
+        Some(v) => return Err(at(node, format!("shared=\"{v}\" is not a boolean"))),
+    };
+    comp.enclaves.push(CompEnclave {
+        name: name.clone(),
+        parent: parent.map(str::to_string),
+        cores: num(node, "cores", 1)? as u32,
+        memory_mib: num(node, "memory", 256)?,
+        shared,
+    });
+    for child in node.children().filter(|n| n.is_element()) {
+        match child.tag_name().name() {
+            "enclave" => parse_enclave(doc, child, Some(&name), comp)?,
+            "app" => {
+                let app_name = child
+                    .attribute("name")
+                    .ok_or_else(|| at(child, "<app> needs name=\"...\"".into()))?
+                    .to_string();
+                let np = match (child.attribute("np"), child.attribute("num")) {
+                    (Some(_), _) => num(child, "np", 1)?,
+                    (None, Some(_)) => num(child, "num", 1)?,
+                    (None, None) => 1,
+                };
+                let np = u32::try_from(np)
+                    .ok()
+                    .filter(|n| *n <= MAX_RANKS)
+                    .ok_or_else(|| at(child, format!("np={np} is more than {MAX_RANKS}")))?;
+                let mut app = CompApp {
+                    comm: child.attribute("mpiComm").unwrap_or(&app_name).to_string(),
+                    name: app_name,
+                    enclave: name.clone(),
+                    np,
+                    argv: vec![],
+                    env: vec![],
+                    cwd: None,
+                };
+                for part in child.children().filter(|n| n.is_element()) {
+                    let text = || part.text().unwrap_or("").trim().to_string();
+                    match part.tag_name().name() {
+                        "exe" if app.argv.is_empty() => app.argv.push(text()),
+                        "exe" => return Err(at(part, "only one <exe> per <app>".into())),
+                        "arg" if app.argv.is_empty() => return Err(at(part, "<arg> before <exe>".into())),
+                        "arg" => app.argv.push(part.text().unwrap_or("").to_string()),
+                        "env" => {
+                            let k = part.attribute("name").ok_or_else(|| at(part, "<env> needs name=\"...\"".into()))?;
+                            if k.is_empty() || k.contains('=') {
+                                return Err(at(part, format!("bad environment variable name {k:?}")));
+                            }
+                            app.env.push((k.to_string(), part.attribute("value").unwrap_or("").to_string()));
+                        }
+                        "cwd" => app.cwd = Some(text()),
+                        // The seeds nest communicator names; they are recorded by mpiComm= here.
+                        "mpiComm" => {}
+                        other => return Err(at(part, format!("unknown element <{other}> in <app>: expected <exe>, <arg>, <env> or <cwd>"))),
+                    }
+                }
+                if app.argv.first().is_none_or(|e| e.is_empty()) {
+                    return Err(at(
+                        child,
+                        format!("app {:?} needs <exe>program</exe>", app.name),
+                    ));
+                }
+                comp.apps.push(app);
+            }
+            other => {
+                return Err(at(
+                    child,
+                    format!("unknown element <{other}> in <enclave>: expected <app> or <enclave>"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DOC: &str = r#"<composition name="insitu" mpiComm="universe">
+  <enclave name="sim" cores="1" memory="512">
+    <app name="simulation" np="2" mpiComm="simulation">
+      <exe>./sim</exe> <arg>--steps</arg> <arg>100</arg>
+      <env name="OMP_NUM_THREADS" value="1"/>
+    </app>
+    <enclave name="ana" shared="true">
+      <app name="analysis" num="3"><exe>./ana</exe></app>
+    </enclave>
+  </enclave>
+</composition>"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Composition::from_xml(DOC).unwrap();
+        assert_eq!(c.name, "insitu");
+        assert_eq!(c.enclaves.len(), 2);
+        assert_eq!(c.enclaves[1].parent.as_deref(), Some("sim"));
+        assert!(c.enclaves[1].shared);
+        assert_eq!(c.apps[0].argv, vec!["./sim", "--steps", "100"]);
+        assert_eq!(c.apps[1].np, 3);
+        assert_eq!(c.apps[1].comm, "analysis");
+        assert_eq!(c.total_ranks(), 5);
+        assert_eq!(c.first_rank(1), 2);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = DOC.replace("np=\"2\"", "np=\"two\"");
+        let e = Composition::from_xml(&bad).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let bad = DOC.replace("<exe>./ana</exe>", "");
+        let e = Composition::from_xml(&bad).unwrap_err();
+        assert!(e.to_string().contains("needs <exe>"), "{e}");
+        assert_eq!(e.line, Some(8), "the <app> line");
+        let e =
+            Composition::from_xml("<composition><enclave name=\"a\"></composition>").unwrap_err();
+        assert!(e.to_string().starts_with("line 1: malformed XML"), "{e}");
+        let e = Composition::from_xml("<composition/>").unwrap_err();
+        assert!(e.to_string().contains("at least one <app>"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in "\\PC{0,300}") {
+            let _ = Composition::from_xml(&text);
+        }
+
+        #[test]
+        fn never_panics_near_valid(np in "\\PC{0,5}", exe in "\\PC{0,8}", name in "\\PC{0,8}") {
+            let doc = format!("<composition><enclave name=\"{name}\"><app name=\"a\" np=\"{np}\"><exe>{exe}</exe></app></enclave></composition>");
+            let _ = Composition::from_xml(&doc);
+        }
+    }
+}
