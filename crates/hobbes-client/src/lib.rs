@@ -18,11 +18,12 @@ use hobbes_proto::control::{EnclaveRequest, EnclaveResponse, FILE_CHUNK};
 use hobbes_proto::fdpass;
 use hobbes_proto::frame::{self, FrameError};
 use hobbes_proto::model::{
-    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, JobRecord,
     MemBlockRecord, SegId, SegmentInfo, SegmentRecord,
 };
 use hobbes_proto::msg::{
-    EnclaveRef, ErrorCode, ErrorReply, LaunchSpec, NodeStatus, Request, Response, Stream, XememMake,
+    EnclaveRef, ErrorCode, ErrorReply, JobId, JobSpec, LaunchSpec, NodeStatus, Request, Response,
+    Stream, XememMake,
 };
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
@@ -344,6 +345,42 @@ impl Client {
     pub fn xemem_signal(&mut self, segid: SegId) -> Result<()> {
         match self.call(&Request::XememSignal { segid })? {
             Response::Ok => Ok(()),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Remora: launch one MPI job and stream its output until it ends; returns
+    /// the final record. `on_started` sees the record once every process runs.
+    pub fn remora_launch(
+        &mut self,
+        job: JobSpec,
+        mut on_started: impl FnMut(&JobRecord),
+        mut on_output: impl FnMut(&str, u32, Stream, &[u8]),
+    ) -> Result<JobRecord> {
+        match self.call(&Request::RemoraLaunch { job })? {
+            Response::Job(j) => on_started(&j),
+            other => return unexpected(&self.peer, other),
+        }
+        loop {
+            match self.read()? {
+                Response::JobOutput { app, rank, stream, data, .. } => on_output(&app, rank, stream, &data),
+                Response::JobEnded(j) => return Ok(*j),
+                other => return unexpected(&self.peer, other),
+            }
+        }
+    }
+
+    /// Send a signal to every process of a job.
+    pub fn remora_signal(&mut self, job: JobId, signal: i32) -> Result<()> {
+        match self.call(&Request::RemoraSignal { job, signal })? {
+            Response::Ok => Ok(()),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    pub fn list_jobs(&mut self) -> Result<Vec<JobRecord>> {
+        match self.call(&Request::ListJobs)? {
+            Response::Jobs { jobs } => Ok(jobs),
             other => unexpected(&self.peer, other),
         }
     }

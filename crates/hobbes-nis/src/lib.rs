@@ -62,6 +62,9 @@ struct Tables {
     segments: Database<I64<BE>, SerdeJson<SegmentRecord>>,
     /// Name index of `segments`.
     segnames: Database<Str, I64<BE>>,
+    jobs: Database<U64<BE>, SerdeJson<JobRecord>>,
+    /// Remora's PMI key/value spaces: "<kvsname> <key>" -> value.
+    pmi: Database<Str, Str>,
 }
 
 /// LMDB allows one `Env` per path per process; share it.
@@ -120,6 +123,8 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
                 procs: $open!("procs"),
                 segments: $open!("segments"),
                 segnames: $open!("segnames"),
+                jobs: $open!("jobs"),
+                pmi: $open!("pmi"),
             }
         };
     }
@@ -292,6 +297,22 @@ impl NisReader {
         collect(self.t.segments.iter(&r), &self.dir)
     }
 
+    pub fn jobs(&self) -> Result<Vec<JobRecord>> {
+        let r = self.rtxn()?;
+        collect(self.t.jobs.iter(&r), &self.dir)
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>> {
+        let r = self.rtxn()?;
+        self.t.jobs.get(&r, &id).map_err(lmdb(&self.dir))
+    }
+
+    /// A PMI value of job `kvsname`, read directly.
+    pub fn pmi_get(&self, kvsname: &str, key: &str) -> Result<Option<String>> {
+        let r = self.rtxn()?;
+        Ok(self.t.pmi.get(&r, &format!("{kvsname} {key}")).map_err(lmdb(&self.dir))?.map(str::to_string))
+    }
+
     /// All records from one consistent read transaction.
     pub fn snapshot(&self) -> Result<NisSnapshot> {
         let r = self.rtxn()?;
@@ -355,6 +376,9 @@ enum Op {
     DelProc(u32),
     Segment(SegmentRecord),
     DelSegment(SegId, Option<String>),
+    Job(JobRecord),
+    Pmi(String, String),
+    DelKvs(String),
 }
 
 /// A write batch. Records' `rev` fields are bumped by the `put_*` calls.
@@ -502,6 +526,26 @@ impl NisTxn<'_> {
         self.ops.push(op);
         Ok(())
     }
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>> {
+        self.reader.t.jobs.get(&self.wtxn, &id).map_err(self.e())
+    }
+    pub fn put_job(&mut self, job: &mut JobRecord) -> Result<()> {
+        job.rev += 1;
+        self.push(Op::Job(job.clone()))
+    }
+    /// Record a PMI key/value of job `kvsname`.
+    pub fn put_pmi(&mut self, kvsname: &str, key: &str, value: &str) -> Result<()> {
+        self.push(Op::Pmi(format!("{kvsname} {key}"), value.to_string()))
+    }
+    /// Forget a finished job's key/value space.
+    pub fn delete_kvs(&mut self, kvsname: &str) -> Result<()> {
+        self.push(Op::DelKvs(kvsname.to_string()))
+    }
+    fn push(&mut self, op: Op) -> Result<()> {
+        apply(&self.reader.t, &mut self.wtxn, &op).map_err(lmdb(&self.reader.dir))?;
+        self.ops.push(op);
+        Ok(())
+    }
     pub fn delete_proc(&mut self, global_pid: u32) -> Result<()> {
         let t = self.reader.t;
         t.procs
@@ -528,6 +572,20 @@ fn apply(t: &Tables, w: &mut RwTxn, op: &Op) -> heed::Result<()> {
                 t.segnames.put(w, name, &seg.segid)?;
             }
             t.segments.put(w, &seg.segid, seg)
+        }
+        Op::Job(j) => t.jobs.put(w, &j.id, j),
+        Op::Pmi(k, v) => t.pmi.put(w, k, v),
+        Op::DelKvs(kvsname) => {
+            let prefix = format!("{kvsname} ");
+            let keys = t
+                .pmi
+                .prefix_iter(w, &prefix)?
+                .map(|item| item.map(|(k, _)| k.to_string()))
+                .collect::<heed::Result<Vec<String>>>()?;
+            for k in keys {
+                t.pmi.delete(w, &k)?;
+            }
+            Ok(())
         }
         Op::DelSegment(segid, name) => {
             if let Some(name) = name {

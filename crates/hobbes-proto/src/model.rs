@@ -330,6 +330,59 @@ pub struct SegmentInfo {
     pub attachers: Vec<u32>,
 }
 
+/// Lifecycle of a Remora job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    /// Every process exited 0.
+    Finished,
+    /// A process called MPI_Abort; the job was killed.
+    Aborted,
+    /// A process exited non-zero or crashed; the job was killed.
+    Failed,
+    /// Killed by a signal sent to the job (Ctrl-C, remora_signal).
+    Killed,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        self != JobState::Running
+    }
+}
+
+/// One application of a job, as launched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAppRecord {
+    pub name: String,
+    pub enclave: EnclaveId,
+    pub appnum: u32,
+    pub first_rank: u32,
+    pub np: u32,
+    /// One Leviathan app per rank, in rank order.
+    pub app_ids: Vec<AppId>,
+}
+
+/// A Remora job: one PMI job spanning every application of a composition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub name: String,
+    pub owner_uid: u32,
+    pub state: JobState,
+    pub kvsname: String,
+    pub size: u32,
+    pub apps: Vec<JobAppRecord>,
+    /// The exit code of the first failure (MPI_Abort's code, a rank's exit
+    /// code, or 128 + signal), 0 when every rank succeeded.
+    pub exit_code: Option<i32>,
+    /// What happened first, in words.
+    pub failure: Option<String>,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub rev: u64,
+}
+
 /// Global process map entry: (enclave, local pid) <-> global pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcRecord {
@@ -383,6 +436,8 @@ pub struct Counters {
     pub next_segid: SegId,
     #[serde(default)]
     pub segments_made: u64,
+    #[serde(default)]
+    pub next_job_id: u64,
 }
 
 /// Unix time in milliseconds.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, JobRecord,
     MemBlockRecord, NisHeader, PageKind, SegId, SegmentInfo, SegmentRecord,
 };
 use crate::spec::{CpuRequest, EnclaveSpec, MemRequest};
@@ -136,11 +136,63 @@ pub enum Request {
     XememLookup {
         name: String,
     },
+    /// Remora: start one MPI job (an MPMD composition) and stream its output
+    /// until it ends: `job`, then `job_output` frames, then `job_ended`.
+    RemoraLaunch {
+        job: JobSpec,
+    },
+    /// Send a signal to every process of a job.
+    RemoraSignal {
+        job: JobId,
+        signal: i32,
+    },
+    ListJobs,
     XememList,
     /// Signal a segment's channel (wakes its waiters).
     XememSignal {
         segid: SegId,
     },
+}
+
+/// Node-global Remora job id.
+pub type JobId = u64;
+
+/// How MPI processes reach the PMI server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PmiMode {
+    /// `PMI_PORT=127.0.0.1:port` + `PMI_ID` (TCP on loopback).
+    #[default]
+    Tcp,
+    /// `PMI_FD`: a socketpair end inherited by the process.
+    Socketpair,
+}
+
+/// One application of a job: `np` processes of `argv` in `enclave`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobApp {
+    pub name: String,
+    pub enclave: EnclaveRef,
+    pub np: u32,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// A job to launch: applications in order (their index is their appnum,
+/// their ranks are contiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub apps: Vec<JobApp>,
+    #[serde(default)]
+    pub pmi: PmiMode,
+    /// Preload the rank-space library (MPI_COMM_WORLD per application,
+    /// MPI_COMM_UNIVERSE for all): on by default for more than one application.
+    #[serde(default)]
+    pub rank_spaces: Option<bool>,
 }
 
 /// What an owner exports.
@@ -189,6 +241,9 @@ impl Request {
             Request::XememGet { .. } => "xemem_get",
             Request::XememLookup { .. } => "xemem_lookup",
             Request::XememList => "xemem_list",
+            Request::RemoraLaunch { .. } => "remora_launch",
+            Request::RemoraSignal { .. } => "remora_signal",
+            Request::ListJobs => "list_jobs",
             Request::XememSignal { .. } => "xemem_signal",
         }
     }
@@ -293,6 +348,22 @@ pub enum Response {
     Segments {
         segments: Vec<SegmentInfo>,
     },
+    /// A job started (all its processes launched); first frame of `remora_launch`.
+    Job(Box<JobRecord>),
+    Jobs {
+        jobs: Vec<JobRecord>,
+    },
+    /// A chunk of one rank's output.
+    JobOutput {
+        job: JobId,
+        app: String,
+        rank: u32,
+        stream: Stream,
+        #[serde(with = "crate::b64")]
+        data: Vec<u8>,
+    },
+    /// The job ended; last frame of `remora_launch`.
+    JobEnded(Box<JobRecord>),
     Error(ErrorReply),
 }
 

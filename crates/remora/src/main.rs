@@ -1,0 +1,267 @@
+//! `remora`: launch a composition of MPI applications as one job.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hobbes_client::proto::composition::{CompApp, CompEnclave, Composition};
+use hobbes_client::proto::model::{EnclaveKind, JobRecord};
+use hobbes_client::proto::msg::{EnclaveRef, ErrorCode, JobApp, JobSpec, PmiMode, Stream};
+use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
+use hobbes_client::{paths, Client};
+
+#[derive(Parser)]
+#[command(name = "remora", version, about = "Compose unmodified MPI applications across Hobbes enclaves into one MPI job")]
+struct Cli {
+    /// leviathan's socket (default: $HOBBES_SOCKET, else <state dir>/leviathan.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// PMI transport: tcp (PMI_PORT) or socketpair (PMI_FD).
+    #[arg(long, global = true, value_enum, default_value = "tcp")]
+    pmi: Pmi,
+    /// Do not preload the rank-space library (one MPI_COMM_WORLD for all).
+    #[arg(long, global = true)]
+    no_rank_spaces: bool,
+    /// Keep enclaves this command created when the job ends.
+    #[arg(long, global = true)]
+    keep_enclaves: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Pmi {
+    Tcp,
+    Socketpair,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Launch a composition XML file.
+    Launch { file: PathBuf },
+    /// MPMD form: `remora run [--enclave E] -n 2 ./a args : -n 2 ./b`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        parts: Vec<String>,
+    },
+    /// List jobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    // Signals are taken by a dedicated thread (sigwait), so block them before any thread starts.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = signals.thread_block();
+    let cli = Cli::parse();
+    match run(cli, signals) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("remora: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
+    let socket = cli.socket.clone().unwrap_or_else(paths::socket);
+    let comp = match &cli.command {
+        Cmd::List { json } => return list(&socket, *json),
+        Cmd::Launch { file } => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            Composition::from_xml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        }
+        Cmd::Run { parts } => parse_run(parts)?,
+    };
+    let mut client = Client::connect(&socket)?;
+    let created = ensure_enclaves(&mut client, &comp.enclaves)?;
+    let result = launch(&mut client, &socket, &cli, &comp, signals);
+    if !cli.keep_enclaves {
+        for name in created {
+            if let Err(e) = Client::connect(&socket).and_then(|mut c| c.destroy_enclave(EnclaveRef::Name(name.clone()))) {
+                eprintln!("remora: cannot remove enclave {name}: {e}");
+            }
+        }
+    }
+    result
+}
+
+/// `-n N [--enclave E] [--env K=V]... prog args` parts separated by `:`.
+fn parse_run(parts: &[String]) -> Result<Composition> {
+    let mut comp = Composition { name: "run".into(), universe: "universe".into(), enclaves: vec![], apps: vec![] };
+    for (index, part) in parts.split(|p| p == ":").enumerate() {
+        let mut np = 1u32;
+        let mut enclave = "remora".to_string();
+        let mut env = vec![];
+        let mut it = part.iter();
+        let mut argv = vec![];
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "-n" | "-np" if argv.is_empty() => {
+                    np = it.next().context("-n needs a number")?.parse().context("-n needs a number")?;
+                }
+                "--enclave" if argv.is_empty() => enclave = it.next().context("--enclave needs a name")?.clone(),
+                "--env" if argv.is_empty() => {
+                    let kv = it.next().context("--env needs K=V")?;
+                    let (k, v) = kv.split_once('=').context("--env needs K=V")?;
+                    env.push((k.to_string(), v.to_string()));
+                }
+                _ => {
+                    argv.push(arg.clone());
+                    argv.extend(it.by_ref().cloned());
+                }
+            }
+        }
+        if argv.is_empty() {
+            bail!("part {} of the command line names no program (remora run -n 2 ./a : -n 2 ./b)", index + 1);
+        }
+        if !comp.enclaves.iter().any(|e| e.name == enclave) {
+            comp.enclaves.push(CompEnclave { name: enclave.clone(), parent: None, cores: 1, memory_mib: 256, shared: true });
+        }
+        let name = std::path::Path::new(&argv[0]).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = if comp.apps.iter().any(|a| a.name == name) { format!("{name}{index}") } else { name };
+        comp.apps.push(CompApp { comm: name.clone(), name, enclave, np, argv, env, cwd: None });
+    }
+    comp.validate().map_err(anyhow::Error::msg)?;
+    Ok(comp)
+}
+
+/// Create the enclaves that do not exist; returns the names created.
+fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<String>> {
+    let mut created = vec![];
+    for e in enclaves {
+        match client.enclave(EnclaveRef::Name(e.name.clone())) {
+            Ok(_) => continue,
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let spec = EnclaveSpec {
+            name: e.name.clone(),
+            kind: EnclaveKind::Native,
+            shared: e.shared,
+            cpus: CpuRequest { count: e.cores, ..Default::default() },
+            memory: MemRequest { size_mib: e.memory_mib, ..Default::default() },
+        };
+        let rec = client.create_enclave(spec).with_context(|| format!("cannot create enclave {}", e.name))?;
+        eprintln!("[remora] created enclave {} ({}, cores {:?})", rec.name, rec.isolation.summary, rec.cores);
+        created.push(e.name.clone());
+    }
+    Ok(created)
+}
+
+fn launch(client: &mut Client, socket: &std::path::Path, cli: &Cli, comp: &Composition, signals: nix::sys::signal::SigSet) -> Result<i32> {
+    let spec = JobSpec {
+        name: comp.name.clone(),
+        apps: comp
+            .apps
+            .iter()
+            .map(|a| JobApp {
+                name: a.name.clone(),
+                enclave: EnclaveRef::Name(a.enclave.clone()),
+                np: a.np,
+                argv: a.argv.clone(),
+                env: a.env.clone(),
+                cwd: a.cwd.clone(),
+            })
+            .collect(),
+        pmi: match cli.pmi {
+            Pmi::Tcp => PmiMode::Tcp,
+            Pmi::Socketpair => PmiMode::Socketpair,
+        },
+        rank_spaces: cli.no_rank_spaces.then_some(false),
+    };
+    let mut lines: HashMap<(String, u32, bool), Vec<u8>> = HashMap::new();
+    let socket = socket.to_path_buf();
+    let job = client.remora_launch(
+        spec,
+        |job| {
+            eprintln!("[remora] job {} ({}): {} processes, kvs {}", job.id, job.name, job.size, job.kvsname);
+            forward_signals(socket.clone(), job.id, signals);
+        },
+        |app, rank, stream, data| {
+            let key = (app.to_string(), rank, stream == Stream::Stderr);
+            let buf = lines.entry(key).or_default();
+            buf.extend_from_slice(data);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                emit(app, rank, stream, &line);
+            }
+        },
+    )?;
+    for ((app, rank, err), rest) in lines {
+        if !rest.is_empty() {
+            let mut rest = rest;
+            rest.push(b'\n');
+            emit(&app, rank, if err { Stream::Stderr } else { Stream::Stdout }, &rest);
+        }
+    }
+    report(&job);
+    Ok(job.exit_code.unwrap_or(1))
+}
+
+fn emit(app: &str, rank: u32, stream: Stream, line: &[u8]) {
+    let prefix = format!("[{app}:{rank}] ");
+    let _ = match stream {
+        Stream::Stdout => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(line))
+        }
+        Stream::Stderr => {
+            let mut o = std::io::stderr().lock();
+            o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(line))
+        }
+    };
+}
+
+fn report(job: &JobRecord) {
+    let took = job.ended_ms.unwrap_or(job.started_ms).saturating_sub(job.started_ms);
+    match &job.failure {
+        None => eprintln!("[remora] job {} {:?} in {took} ms", job.id, job.state),
+        Some(why) => eprintln!("[remora] job {} {:?} after {took} ms: {why} (exit {})", job.id, job.state, job.exit_code.unwrap_or(1)),
+    }
+}
+
+/// Ctrl-C or SIGTERM: forward SIGTERM to every process of the job; a second
+/// one sends SIGKILL.
+fn forward_signals(socket: PathBuf, job: u64, signals: nix::sys::signal::SigSet) {
+    std::thread::spawn(move || {
+        let mut count = 0;
+        while let Ok(sig) = signals.wait() {
+            count += 1;
+            let forward = if count == 1 { libc::SIGTERM } else { libc::SIGKILL };
+            eprintln!("[remora] {sig:?}: sending {} to job {job}", if forward == libc::SIGTERM { "SIGTERM" } else { "SIGKILL" });
+            if let Err(e) = Client::connect(&socket).and_then(|mut c| c.remora_signal(job, forward)) {
+                eprintln!("[remora] cannot signal job {job}: {e}");
+            }
+        }
+    });
+}
+
+fn list(socket: &std::path::Path, json: bool) -> Result<i32> {
+    let jobs = Client::connect(socket)?.list_jobs()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(0);
+    }
+    println!("{:<5} {:<16} {:<9} {:>5}  {:<6} APPS", "ID", "NAME", "STATE", "SIZE", "EXIT");
+    for j in &jobs {
+        let apps: Vec<String> = j.apps.iter().map(|a| format!("{}x{}", a.name, a.np)).collect();
+        println!(
+            "{:<5} {:<16} {:<9} {:>5}  {:<6} {}",
+            j.id,
+            j.name,
+            format!("{:?}", j.state).to_lowercase(),
+            j.size,
+            j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            apps.join(" ")
+        );
+    }
+    Ok(0)
+}
