@@ -97,8 +97,13 @@ struct Mapping {
 
 impl Mapping {
     /// A read-write shared mapping of `fd`, exactly as `hobbes_xemem::attach`
-    /// maps a read-write grant (no populate flags; `MADV_HUGEPAGE` for THP).
+    /// maps a read-write grant: no populate flags, `MADV_HUGEPAGE` for THP,
+    /// the length rounded up to whole hugetlb pages for hugetlb.
     fn shared(fd: BorrowedFd<'_>, len: usize, kind: PageKind) -> Result<Mapping> {
+        let len = match kind {
+            PageKind::Hugetlb => len.next_multiple_of(hugetlb_page_size()),
+            PageKind::Base | PageKind::Thp => len,
+        };
         let n = NonZeroUsize::new(len).context("empty mapping")?;
         // SAFETY: a new shared mapping at an address the kernel picks
         // replaces nothing; it is unmapped only by Drop.
@@ -142,9 +147,10 @@ impl Mapping {
         Ok(m)
     }
 
-    fn touch(&self) -> u8 {
-        // SAFETY: the whole range is mapped readable while `self` lives.
-        unsafe { touch_pages(self.ptr.as_ptr().cast(), self.len) }
+    /// Read one byte per page of the first `len` bytes.
+    fn touch(&self, len: usize) -> u8 {
+        // SAFETY: the range is mapped readable while `self` lives.
+        unsafe { touch_pages(self.ptr.as_ptr().cast(), len.min(self.len)) }
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -159,6 +165,18 @@ impl Drop for Mapping {
         // SAFETY: our own mapping; no reference into it outlives `self`.
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
+}
+
+/// The default hugetlb page size (`Hugepagesize:` in /proc/meminfo).
+fn hugetlb_page_size() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Hugepagesize:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        })
+        .map_or(2 * MIB, |kib| kib * KIB)
 }
 
 /// Read one byte of every base page of `[ptr, ptr+len)`, faulting it in.
@@ -208,7 +226,11 @@ pub fn owner_main(args: &[String]) -> Result<()> {
         for line in std::io::stdin().lines() {
             match line?.trim() {
                 "shm" => {
-                    let shm = ShmObject::create(size, made.len(), seg.page_kind())?;
+                    let kind = match seg.page_kind() {
+                        PageKind::Thp => PageKind::Thp,
+                        PageKind::Base | PageKind::Hugetlb => PageKind::Base,
+                    };
+                    let shm = ShmObject::create(size, made.len(), kind)?;
                     writeln!(out, "{}", shm.name.to_str()?)?;
                     out.flush()?;
                     made.push(shm);
@@ -229,7 +251,9 @@ struct ShmObject {
 }
 
 impl ShmObject {
-    /// Create and pre-fault (write every page of) a new object of `size` bytes.
+    /// Create and pre-fault (write every page of) a new object of `size`
+    /// bytes; `MADV_HUGEPAGE` when `kind` is THP (tmpfs's `huge=` mount
+    /// option decides whether that has an effect).
     fn create(size: usize, n: usize, kind: PageKind) -> Result<ShmObject> {
         let name = CString::new(format!("/hobbes-bench-{}-{n}", std::process::id()))?;
         let fd = nix::sys::mman::shm_open(
@@ -298,7 +322,7 @@ impl Owner {
     fn read_line(&mut self) -> Result<String> {
         let mut line = String::new();
         if self.stdout.read_line(&mut line)? == 0 {
-            bail!("xemem-owner exited: {:?}", self.child.try_wait()?);
+            bail!("xemem-owner closed its output (it died or failed; see its stderr above)");
         }
         Ok(line.trim().to_string())
     }
@@ -380,7 +404,7 @@ fn tta_xemem(segid: SegId, size: usize) -> Result<[f64; 3]> {
 fn tta_mmap(fd: BorrowedFd<'_>, size: usize, kind: PageKind) -> Result<f64> {
     let t = Instant::now();
     let m = Mapping::shared(fd, size, kind)?;
-    std::hint::black_box(m.touch());
+    std::hint::black_box(m.touch(size));
     Ok(elapsed_us(t))
 }
 
@@ -389,7 +413,7 @@ fn tta_shm(owner: &mut Owner, size: usize, kind: PageKind) -> Result<f64> {
     let t = Instant::now();
     let fd = ShmObject::open(&name.0)?;
     let m = Mapping::shared(fd.as_fd(), size, kind)?;
-    std::hint::black_box(m.touch());
+    std::hint::black_box(m.touch(size));
     Ok(elapsed_us(t))
 }
 
@@ -472,6 +496,10 @@ fn bench_tta(d: &BenchDaemon) -> Result<TtaResult> {
         // The memfd for the bare mmap, fetched once, outside the timing.
         let (record, memfd, _) = client.xemem_get(owner.segid, Access::ReadWrite)?;
         let kind = record.page_kind;
+        let shm_kind = match kind {
+            PageKind::Thp => PageKind::Thp,
+            PageKind::Base | PageKind::Hugetlb => PageKind::Base,
+        };
         let n = reps(size);
         let mut times: [Vec<f64>; 5] = Default::default();
         let mut parts: [Vec<f64>; 3] = Default::default();
@@ -488,7 +516,7 @@ fn bench_tta(d: &BenchDaemon) -> Result<TtaResult> {
                         p.iter().sum()
                     }
                     1 => tta_mmap(memfd.as_fd(), size, kind)?,
-                    2 => tta_shm(&mut owner, size, kind)?,
+                    2 => tta_shm(&mut owner, size, shm_kind)?,
                     3 => tta_pvm(&owner, size)?,
                     _ => tta_memcpy(size)?,
                 };
@@ -553,14 +581,13 @@ impl TtaResult {
                 micros: self.rows.iter().map(|r| r.2[i]).collect(),
             })
             .collect();
-        let kinds: Vec<String> = self.rows.iter().map(|r| r.1.to_string()).collect();
-        let mut kinds_uniq = kinds.clone();
-        kinds_uniq.dedup();
+        let mut kinds: Vec<String> = self.rows.iter().map(|r| r.1.to_string()).collect();
+        kinds.dedup();
         plot::tta_svg(
             path,
             &format!(
                 "XEMEM time to availability vs peers (pages: {})",
-                kinds_uniq.join("/")
+                kinds.join("/")
             ),
             &sizes,
             &series,
@@ -578,6 +605,8 @@ pub fn echo_main(args: &[String]) -> Result<()> {
         bail!("usage: xemem-echo SOCKET REQ REPLY");
     };
     let (req, reply): (usize, usize) = (req.parse()?, reply.parse()?);
+    // Do not outlive the bench if it dies before connecting.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
     let path = Path::new(path);
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)?;
