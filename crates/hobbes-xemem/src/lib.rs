@@ -445,7 +445,15 @@ pub fn detach(addr: *mut u8) -> Result<()> {
 /// Find a segment by name in the Node Information Service (no IPC).
 pub fn lookup(name: &str) -> Result<Option<SegId>> {
     const OP: &str = "xemem_lookup";
-    let nis = hobbes_client::nis().map_err(|e| XememError::client(OP, e))?;
+    // Opened once per process: a lookup is then one LMDB read transaction.
+    static NIS: std::sync::OnceLock<hobbes_client::NisReader> = std::sync::OnceLock::new();
+    let nis = match NIS.get() {
+        Some(nis) => nis,
+        None => {
+            let opened = hobbes_client::nis().map_err(|e| XememError::client(OP, e))?;
+            NIS.get_or_init(|| opened)
+        }
+    };
     let rec = nis
         .segment_by_name(name)
         .map_err(|e| XememError::client(OP, e.into()))?;

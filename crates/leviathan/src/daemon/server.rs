@@ -241,6 +241,9 @@ impl Daemon {
                 Response::Ok
             }
             Request::XememLookup { name } => Response::Segment(Box::new(self.xemem_lookup(&name)?)),
+            Request::RemoraLaunch { .. } | Request::RemoraSignal { .. } | Request::ListJobs => {
+                return Err(refuse(ErrorCode::Unavailable, "remora jobs are not served by this leviathan yet"))
+            }
             Request::XememList => Response::Segments {
                 segments: self.xemem_list()?,
             },
