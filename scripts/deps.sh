@@ -7,6 +7,10 @@ command -v cc >/dev/null || needed+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || needed+=(pkg-config)
 command -v unshare >/dev/null || needed+=(util-linux)
 command -v stat >/dev/null || needed+=(coreutils)
+# Remora's interposition library (crates/remora-pmpi) builds against MPICH and its tests
+# run MPICH programs, C and Fortran, under mpiexec.hydra.
+command -v mpicc.mpich >/dev/null || needed+=(mpich libmpich-dev)
+command -v gfortran >/dev/null || needed+=(gfortran)
 if ((${#needed[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hobbes: please install: ${needed[*]} (needs root)" >&2
