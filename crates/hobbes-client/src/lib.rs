@@ -363,7 +363,13 @@ impl Client {
         }
         loop {
             match self.read()? {
-                Response::JobOutput { app, rank, stream, data, .. } => on_output(&app, rank, stream, &data),
+                Response::JobOutput {
+                    app,
+                    rank,
+                    stream,
+                    data,
+                    ..
+                } => on_output(&app, rank, stream, &data),
                 Response::JobEnded(j) => return Ok(*j),
                 other => return unexpected(&self.peer, other),
             }

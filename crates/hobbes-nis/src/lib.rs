@@ -95,7 +95,7 @@ fn open_env(dir: &Path, create: bool) -> Result<(Env0, Tables)> {
         return Err(NisError::Missing(key));
     }
     let mut opts = EnvOpenOptions::new().read_txn_without_tls();
-    opts.map_size(MAP_SIZE).max_readers(MAX_READERS).max_dbs(8);
+    opts.map_size(MAP_SIZE).max_readers(MAX_READERS).max_dbs(16);
     if create {
         // The NIS lives on tmpfs and is rebuilt from what runs after a reboot:
         // no fsync. A crash of the daemon loses nothing (the page cache has it).
@@ -310,7 +310,12 @@ impl NisReader {
     /// A PMI value of job `kvsname`, read directly.
     pub fn pmi_get(&self, kvsname: &str, key: &str) -> Result<Option<String>> {
         let r = self.rtxn()?;
-        Ok(self.t.pmi.get(&r, &format!("{kvsname} {key}")).map_err(lmdb(&self.dir))?.map(str::to_string))
+        Ok(self
+            .t
+            .pmi
+            .get(&r, &format!("{kvsname} {key}"))
+            .map_err(lmdb(&self.dir))?
+            .map(str::to_string))
     }
 
     /// All records from one consistent read transaction.

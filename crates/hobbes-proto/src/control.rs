@@ -106,6 +106,10 @@ pub struct LaunchCommand {
     pub stderr_log: String,
     /// Forward output to the daemon (a client is streaming it).
     pub forward_output: bool,
+    /// The frame carries a descriptor the app inherits, named by `PMI_FD`
+    /// (Remora's socketpair PMI mode).
+    #[serde(default)]
+    pub pmi_fd: bool,
 }
 
 /// Client -> control process (on the enclave's socket).

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -235,33 +236,37 @@ fn serve_daemon(ctl: &Arc<Ctl>, mut stream: UnixStream) -> anyhow::Result<()> {
     }
     *ctl.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.try_clone()?);
     loop {
-        let msg: ControlDown = match read_frame(&mut stream) {
-            Ok(m) => m,
-            Err(FrameError::Closed) => return Ok(()),
-            Err(e) if !e.is_fatal() => continue,
-            Err(e) => return Err(e.into()),
-        };
+        // A launch may carry a descriptor for the app (Remora's PMI_FD).
+        let (msg, mut fds): (ControlDown, Vec<OwnedFd>) =
+            match hobbes_proto::fdpass::read_frame_with_fds(&stream) {
+                Ok(m) => m,
+                Err(FrameError::Closed) => return Ok(()),
+                Err(e) if !e.is_fatal() => continue,
+                Err(e) => return Err(e.into()),
+            };
         match msg {
             ControlDown::Welcome { .. } => {}
-            ControlDown::Launch(cmd) => match launch(ctl, &cmd) {
-                Ok(local_pid) => {
-                    ctl.send(&ControlUp::Started {
+            ControlDown::Launch(cmd) => {
+                match launch(ctl, &cmd, if cmd.pmi_fd { fds.pop() } else { None }) {
+                    Ok(local_pid) => {
+                        ctl.send(&ControlUp::Started {
+                            seq: cmd.seq,
+                            app: cmd.app,
+                            local_pid,
+                        });
+                        let mut apps = ctl.apps.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(a) = apps.get_mut(&cmd.app) {
+                            a.start_reported = true;
+                        }
+                        report_exit_if_done(ctl, apps, cmd.app);
+                    }
+                    Err(error) => ctl.send(&ControlUp::LaunchFailed {
                         seq: cmd.seq,
                         app: cmd.app,
-                        local_pid,
-                    });
-                    let mut apps = ctl.apps.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(a) = apps.get_mut(&cmd.app) {
-                        a.start_reported = true;
-                    }
-                    report_exit_if_done(ctl, apps, cmd.app);
+                        error,
+                    }),
                 }
-                Err(error) => ctl.send(&ControlUp::LaunchFailed {
-                    seq: cmd.seq,
-                    app: cmd.app,
-                    error,
-                }),
-            },
+            }
             ControlDown::Signal { seq, app, signal } => {
                 let pid = ctl
                     .apps
@@ -309,7 +314,7 @@ fn open_log(path: &str, uid: u32, gid: u32) -> Result<File, String> {
     Ok(f)
 }
 
-fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand) -> Result<u32, String> {
+fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Result<u32, String> {
     let program = cmd.argv.first().ok_or("empty argv")?;
     let stdout = open_log(&cmd.stdout_log, cmd.uid, cmd.gid)?;
     let stderr = open_log(&cmd.stderr_log, cmd.uid, cmd.gid)?;
@@ -325,6 +330,18 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand) -> Result<u32, String> {
         .process_group(0);
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
+    }
+    if cmd.pmi_fd {
+        let fd = inherited
+            .as_ref()
+            .ok_or("the launch names a PMI descriptor but carries none")?
+            .as_raw_fd();
+        // The descriptor arrived close-on-exec; the app keeps it at the same number.
+        command.env("PMI_FD", fd.to_string());
+        // SAFETY: between fork and exec, fcntl on a descriptor we own is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || sys::clear_cloexec(fd));
+        }
     }
     // Apps must not inherit our exemption from the OOM killer.
     // SAFETY: between fork and exec the closure only calls open/write/close,

@@ -7,5 +7,6 @@ pub mod control;
 pub mod daemon;
 pub mod inventory;
 pub mod kinds;
+pub mod pmi;
 pub mod resources;
 pub mod sys;

@@ -358,3 +358,14 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// Let `fd` survive `exec` (between fork and exec: async-signal-safe).
+pub fn clear_cloexec(fd: i32) -> io::Result<()> {
+    // SAFETY: fcntl(F_SETFD) on a plain integer descriptor; no memory involved.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -826,11 +826,11 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
         std::fs::metadata(&primary).unwrap().ino().to_string()
     );
     // Readers in both enclaves at once: their pids collide across namespaces.
-    let mut holder = launch("r1", &[LEVIATHAN, "nis-dump", "--hold-ms", "20000"]);
+    let mut holder = launch("r1", &[leviathan(), "nis-dump", "--hold-ms", "20000"]);
     holder.stream = false;
     let holder = c.launch(holder).unwrap();
     for enclave in ["r1", "r2", "r1"] {
-        let (app, out, err) = run_in(&mut c, enclave, &[LEVIATHAN, "nis-dump"]);
+        let (app, out, err) = run_in(&mut c, enclave, &[leviathan(), "nis-dump"]);
         assert_eq!(
             app.exit,
             Some(ExitStatus::Code(0)),
@@ -856,7 +856,7 @@ fn nis_is_read_directly_inside_enclave_pid_namespaces() {
         l.name = Some(format!("churn{i}"));
         run_in(&mut c, "r2", &["true"]);
     }
-    let (app, out, _) = run_in(&mut c, "r1", &[LEVIATHAN, "nis-dump"]);
+    let (app, out, _) = run_in(&mut c, "r1", &[leviathan(), "nis-dump"]);
     assert_eq!(app.exit, Some(ExitStatus::Code(0)));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(
@@ -914,7 +914,7 @@ fn unprivileged_mode_degrades_to_affinity_and_says_so() {
 fn second_daemon_on_the_same_state_dir_is_refused() {
     let t = "second_daemon_on_the_same_state_dir_is_refused";
     let d = Daemon::start(&["--unprivileged"]);
-    let out = std::process::Command::new(LEVIATHAN)
+    let out = std::process::Command::new(leviathan())
         .arg("--state-dir")
         .arg(d.state_dir())
         .arg("--unprivileged")

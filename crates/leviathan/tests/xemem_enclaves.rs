@@ -12,7 +12,7 @@ use hobbes_client::{Client, NisReader};
 
 /// `xemem-probe`, built by the workspace next to `leviathan`.
 fn probe(test: &str) -> Option<String> {
-    let path = PathBuf::from(LEVIATHAN).with_file_name("xemem-probe");
+    let path = PathBuf::from(leviathan()).with_file_name("xemem-probe");
     if !path.exists() {
         let built = std::process::Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "hobbes-xemem", "--bin", "xemem-probe"])

@@ -14,7 +14,11 @@ use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{paths, Client};
 
 #[derive(Parser)]
-#[command(name = "remora", version, about = "Compose unmodified MPI applications across Hobbes enclaves into one MPI job")]
+#[command(
+    name = "remora",
+    version,
+    about = "Compose unmodified MPI applications across Hobbes enclaves into one MPI job"
+)]
 struct Cli {
     /// leviathan's socket (default: $HOBBES_SOCKET, else <state dir>/leviathan.sock).
     #[arg(long, global = true)]
@@ -75,7 +79,8 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
     let comp = match &cli.command {
         Cmd::List { json } => return list(&socket, *json),
         Cmd::Launch { file } => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             Composition::from_xml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
         }
         Cmd::Run { parts } => parse_run(parts)?,
@@ -85,7 +90,9 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
     let result = launch(&mut client, &socket, &cli, &comp, signals);
     if !cli.keep_enclaves {
         for name in created {
-            if let Err(e) = Client::connect(&socket).and_then(|mut c| c.destroy_enclave(EnclaveRef::Name(name.clone()))) {
+            if let Err(e) = Client::connect(&socket)
+                .and_then(|mut c| c.destroy_enclave(EnclaveRef::Name(name.clone())))
+            {
                 eprintln!("remora: cannot remove enclave {name}: {e}");
             }
         }
@@ -95,7 +102,12 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
 
 /// `-n N [--enclave E] [--env K=V]... prog args` parts separated by `:`.
 fn parse_run(parts: &[String]) -> Result<Composition> {
-    let mut comp = Composition { name: "run".into(), universe: "universe".into(), enclaves: vec![], apps: vec![] };
+    let mut comp = Composition {
+        name: "run".into(),
+        universe: "universe".into(),
+        enclaves: vec![],
+        apps: vec![],
+    };
     for (index, part) in parts.split(|p| p == ":").enumerate() {
         let mut np = 1u32;
         let mut enclave = "remora".to_string();
@@ -105,9 +117,15 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "-n" | "-np" if argv.is_empty() => {
-                    np = it.next().context("-n needs a number")?.parse().context("-n needs a number")?;
+                    np = it
+                        .next()
+                        .context("-n needs a number")?
+                        .parse()
+                        .context("-n needs a number")?;
                 }
-                "--enclave" if argv.is_empty() => enclave = it.next().context("--enclave needs a name")?.clone(),
+                "--enclave" if argv.is_empty() => {
+                    enclave = it.next().context("--enclave needs a name")?.clone()
+                }
                 "--env" if argv.is_empty() => {
                     let kv = it.next().context("--env needs K=V")?;
                     let (k, v) = kv.split_once('=').context("--env needs K=V")?;
@@ -120,14 +138,38 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
             }
         }
         if argv.is_empty() {
-            bail!("part {} of the command line names no program (remora run -n 2 ./a : -n 2 ./b)", index + 1);
+            bail!(
+                "part {} of the command line names no program (remora run -n 2 ./a : -n 2 ./b)",
+                index + 1
+            );
         }
         if !comp.enclaves.iter().any(|e| e.name == enclave) {
-            comp.enclaves.push(CompEnclave { name: enclave.clone(), parent: None, cores: 1, memory_mib: 256, shared: true });
+            comp.enclaves.push(CompEnclave {
+                name: enclave.clone(),
+                parent: None,
+                cores: 1,
+                memory_mib: 256,
+                shared: true,
+            });
         }
-        let name = std::path::Path::new(&argv[0]).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = if comp.apps.iter().any(|a| a.name == name) { format!("{name}{index}") } else { name };
-        comp.apps.push(CompApp { comm: name.clone(), name, enclave, np, argv, env, cwd: None });
+        let name = std::path::Path::new(&argv[0])
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = if comp.apps.iter().any(|a| a.name == name) {
+            format!("{name}{index}")
+        } else {
+            name
+        };
+        comp.apps.push(CompApp {
+            comm: name.clone(),
+            name,
+            enclave,
+            np,
+            argv,
+            env,
+            cwd: None,
+        });
     }
     comp.validate().map_err(anyhow::Error::msg)?;
     Ok(comp)
@@ -146,17 +188,34 @@ fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<
             name: e.name.clone(),
             kind: EnclaveKind::Native,
             shared: e.shared,
-            cpus: CpuRequest { count: e.cores, ..Default::default() },
-            memory: MemRequest { size_mib: e.memory_mib, ..Default::default() },
+            cpus: CpuRequest {
+                count: e.cores,
+                ..Default::default()
+            },
+            memory: MemRequest {
+                size_mib: e.memory_mib,
+                ..Default::default()
+            },
         };
-        let rec = client.create_enclave(spec).with_context(|| format!("cannot create enclave {}", e.name))?;
-        eprintln!("[remora] created enclave {} ({}, cores {:?})", rec.name, rec.isolation.summary, rec.cores);
+        let rec = client
+            .create_enclave(spec)
+            .with_context(|| format!("cannot create enclave {}", e.name))?;
+        eprintln!(
+            "[remora] created enclave {} ({}, cores {:?})",
+            rec.name, rec.isolation.summary, rec.cores
+        );
         created.push(e.name.clone());
     }
     Ok(created)
 }
 
-fn launch(client: &mut Client, socket: &std::path::Path, cli: &Cli, comp: &Composition, signals: nix::sys::signal::SigSet) -> Result<i32> {
+fn launch(
+    client: &mut Client,
+    socket: &std::path::Path,
+    cli: &Cli,
+    comp: &Composition,
+    signals: nix::sys::signal::SigSet,
+) -> Result<i32> {
     let spec = JobSpec {
         name: comp.name.clone(),
         apps: comp
@@ -182,7 +241,10 @@ fn launch(client: &mut Client, socket: &std::path::Path, cli: &Cli, comp: &Compo
     let job = client.remora_launch(
         spec,
         |job| {
-            eprintln!("[remora] job {} ({}): {} processes, kvs {}", job.id, job.name, job.size, job.kvsname);
+            eprintln!(
+                "[remora] job {} ({}): {} processes, kvs {}",
+                job.id, job.name, job.size, job.kvsname
+            );
             forward_signals(socket.clone(), job.id, signals);
         },
         |app, rank, stream, data| {
@@ -199,7 +261,12 @@ fn launch(client: &mut Client, socket: &std::path::Path, cli: &Cli, comp: &Compo
         if !rest.is_empty() {
             let mut rest = rest;
             rest.push(b'\n');
-            emit(&app, rank, if err { Stream::Stderr } else { Stream::Stdout }, &rest);
+            emit(
+                &app,
+                rank,
+                if err { Stream::Stderr } else { Stream::Stdout },
+                &rest,
+            );
         }
     }
     report(&job);
@@ -211,20 +278,30 @@ fn emit(app: &str, rank: u32, stream: Stream, line: &[u8]) {
     let _ = match stream {
         Stream::Stdout => {
             let mut o = std::io::stdout().lock();
-            o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(line))
+            o.write_all(prefix.as_bytes())
+                .and_then(|_| o.write_all(line))
         }
         Stream::Stderr => {
             let mut o = std::io::stderr().lock();
-            o.write_all(prefix.as_bytes()).and_then(|_| o.write_all(line))
+            o.write_all(prefix.as_bytes())
+                .and_then(|_| o.write_all(line))
         }
     };
 }
 
 fn report(job: &JobRecord) {
-    let took = job.ended_ms.unwrap_or(job.started_ms).saturating_sub(job.started_ms);
+    let took = job
+        .ended_ms
+        .unwrap_or(job.started_ms)
+        .saturating_sub(job.started_ms);
     match &job.failure {
         None => eprintln!("[remora] job {} {:?} in {took} ms", job.id, job.state),
-        Some(why) => eprintln!("[remora] job {} {:?} after {took} ms: {why} (exit {})", job.id, job.state, job.exit_code.unwrap_or(1)),
+        Some(why) => eprintln!(
+            "[remora] job {} {:?} after {took} ms: {why} (exit {})",
+            job.id,
+            job.state,
+            job.exit_code.unwrap_or(1)
+        ),
     }
 }
 
@@ -235,9 +312,21 @@ fn forward_signals(socket: PathBuf, job: u64, signals: nix::sys::signal::SigSet)
         let mut count = 0;
         while let Ok(sig) = signals.wait() {
             count += 1;
-            let forward = if count == 1 { libc::SIGTERM } else { libc::SIGKILL };
-            eprintln!("[remora] {sig:?}: sending {} to job {job}", if forward == libc::SIGTERM { "SIGTERM" } else { "SIGKILL" });
-            if let Err(e) = Client::connect(&socket).and_then(|mut c| c.remora_signal(job, forward)) {
+            let forward = if count == 1 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
+            eprintln!(
+                "[remora] {sig:?}: sending {} to job {job}",
+                if forward == libc::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGKILL"
+                }
+            );
+            if let Err(e) = Client::connect(&socket).and_then(|mut c| c.remora_signal(job, forward))
+            {
                 eprintln!("[remora] cannot signal job {job}: {e}");
             }
         }
@@ -250,16 +339,25 @@ fn list(socket: &std::path::Path, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(0);
     }
-    println!("{:<5} {:<16} {:<9} {:>5}  {:<6} APPS", "ID", "NAME", "STATE", "SIZE", "EXIT");
+    println!(
+        "{:<5} {:<16} {:<9} {:>5}  {:<6} APPS",
+        "ID", "NAME", "STATE", "SIZE", "EXIT"
+    );
     for j in &jobs {
-        let apps: Vec<String> = j.apps.iter().map(|a| format!("{}x{}", a.name, a.np)).collect();
+        let apps: Vec<String> = j
+            .apps
+            .iter()
+            .map(|a| format!("{}x{}", a.name, a.np))
+            .collect();
         println!(
             "{:<5} {:<16} {:<9} {:>5}  {:<6} {}",
             j.id,
             j.name,
             format!("{:?}", j.state).to_lowercase(),
             j.size,
-            j.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            j.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
             apps.join(" ")
         );
     }

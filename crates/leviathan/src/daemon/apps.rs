@@ -78,6 +78,17 @@ impl Daemon {
         peer: &PeerCred,
         spec: &LaunchSpec,
     ) -> Result<(AppRecord, Option<Subscription>), Refusal> {
+        self.launch_app_with_fd(peer, spec, None)
+    }
+
+    /// Launch, handing the app an inherited descriptor named by `PMI_FD`
+    /// (Remora's socketpair PMI mode).
+    pub fn launch_app_with_fd(
+        &self,
+        peer: &PeerCred,
+        spec: &LaunchSpec,
+        pmi_fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(AppRecord, Option<Subscription>), Refusal> {
         let size: usize = spec.argv.iter().map(|a| a.len()).sum::<usize>()
             + spec
                 .env
@@ -195,9 +206,11 @@ impl Daemon {
                 stdout_log: rec.stdout_log.clone(),
                 stderr_log: rec.stderr_log.clone(),
                 forward_output: spec.stream,
+                pmi_fd: pmi_fd.is_some(),
             }))
         };
-        match link.call(cmd, LAUNCH_TIMEOUT) {
+        let fds: Vec<_> = pmi_fd.iter().map(std::os::fd::AsFd::as_fd).collect();
+        match link.call_with_fds(cmd, &fds, LAUNCH_TIMEOUT) {
             Ok(ControlUp::Started { local_pid, .. }) => {
                 let global = if self.privileged {
                     sys::host_pid_of_child(enclave.control_pid.unwrap_or(0), local_pid)

@@ -36,13 +36,30 @@ impl Link {
         make: impl FnOnce(Seq) -> ControlDown,
         timeout: Duration,
     ) -> Result<ControlUp, String> {
+        self.call_with_fds(make, &[], timeout)
+    }
+
+    /// Send a command carrying descriptors and wait for its reply.
+    pub fn call_with_fds(
+        &self,
+        make: impl FnOnce(Seq) -> ControlDown,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<ControlUp, String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(seq, tx);
-        let result = self.send(&make(seq)).and_then(|_| {
+        let sent = if fds.is_empty() {
+            self.send(&make(seq))
+        } else {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            hobbes_proto::fdpass::write_frame_with_fds(&w, &make(seq), fds)
+                .map_err(|e| format!("enclave {} control link: {e}", self.enclave))
+        };
+        let result = sent.and_then(|_| {
             rx.recv_timeout(timeout).map_err(|_| {
                 if self.closed.load(Ordering::SeqCst) {
                     format!("enclave {}: control process went away", self.enclave)

@@ -26,6 +26,7 @@ use crate::kinds::EnclaveDriver;
 mod apps;
 mod enclaves;
 mod link;
+pub mod remora;
 mod server;
 mod startup;
 mod xemem;
@@ -74,7 +75,7 @@ pub fn internal(e: impl std::fmt::Display) -> Refusal {
 pub struct Daemon {
     pub cfg: Config,
     pub paths: StatePaths,
-    pub nis: NisWriter,
+    pub nis: Arc<NisWriter>,
     pub privileged: bool,
     native: NativeDriver,
     /// Live links to control processes, and a condition for "a link appeared".
@@ -89,6 +90,8 @@ pub struct Daemon {
     clients: std::sync::atomic::AtomicUsize,
     /// XEMEM: the name server's references to every segment's memory.
     backings: Mutex<HashMap<hobbes_proto::model::SegId, xemem::Backing>>,
+    /// Remora jobs still running.
+    jobs: Mutex<HashMap<hobbes_proto::msg::JobId, Arc<remora::LiveJob>>>,
 }
 
 impl Daemon {

@@ -104,6 +104,12 @@ impl Daemon {
                     }
                     Err(e) => Err(e),
                 },
+                Request::RemoraLaunch { job } => {
+                    if self.remora_launch(&mut stream, &peer, &job).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Request::LaunchApp { launch } if launch.stream => {
                     if let Err(e) = self.launch_streaming(&mut stream, &peer, &launch) {
                         tracing::debug!(error = %e, "streaming client went away");
@@ -241,9 +247,19 @@ impl Daemon {
                 Response::Ok
             }
             Request::XememLookup { name } => Response::Segment(Box::new(self.xemem_lookup(&name)?)),
-            Request::RemoraLaunch { .. } | Request::RemoraSignal { .. } | Request::ListJobs => {
-                return Err(refuse(ErrorCode::Unavailable, "remora jobs are not served by this leviathan yet"))
+            Request::RemoraLaunch { .. } => {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "remora_launch streams its answer",
+                ))
             }
+            Request::RemoraSignal { job, signal } => {
+                self.remora_signal(peer, job, signal)?;
+                Response::Ok
+            }
+            Request::ListJobs => Response::Jobs {
+                jobs: self.list_jobs()?,
+            },
             Request::XememList => Response::Segments {
                 segments: self.xemem_list()?,
             },

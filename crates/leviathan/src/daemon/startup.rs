@@ -193,7 +193,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         paths: paths.clone(),
-        nis,
+        nis: Arc::new(nis),
         privileged,
         native: NativeDriver {
             cgroups: cgroups.clone(),
@@ -206,6 +206,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         shutting_down: AtomicBool::new(false),
         clients: AtomicUsize::new(0),
         backings: Mutex::new(HashMap::new()),
+        jobs: Mutex::new(HashMap::new()),
     });
     daemon.reconcile()?;
     daemon.recover_segments();

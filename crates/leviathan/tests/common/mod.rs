@@ -17,7 +17,23 @@ use hobbes_client::proto::msg::{EnclaveRef, LaunchSpec, Stream};
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::Client;
 
-pub const LEVIATHAN: &str = env!("CARGO_BIN_EXE_leviathan");
+/// The `leviathan` binary: cargo names it for this crate's tests; other
+/// crates' tests (which include this harness by path) find it in their target
+/// directory, next to their own `deps/` directory.
+pub fn leviathan() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = option_env!("CARGO_BIN_EXE_leviathan") {
+            return p.to_string();
+        }
+        let exe = std::env::current_exe().expect("test executable");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        profile_dir.join("leviathan").display().to_string()
+    })
+}
 
 static NODE: Mutex<()> = Mutex::new(());
 
@@ -131,7 +147,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("leviathan.log"))
             .expect("log");
-        let child = Command::new(LEVIATHAN)
+        let child = Command::new(leviathan())
             .arg("--state-dir")
             .arg(self.dir.path())
             .args(&self.args)
@@ -206,7 +222,7 @@ impl Drop for Daemon {
             eprintln!("--- leviathan log (exit {clean:?}) ---\n{}", self.log());
         }
         // Always: kill leftovers, remove cgroups, give the host its cores back.
-        let _ = Command::new(LEVIATHAN)
+        let _ = Command::new(leviathan())
             .arg("cleanup")
             .arg("--keep-state")
             .arg("--state-dir")
