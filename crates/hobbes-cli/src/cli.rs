@@ -148,6 +148,9 @@ pub struct CreateArgs {
     /// Pin to host cores without owning them (NOT isolated).
     #[arg(long)]
     pub shared: bool,
+    /// Keep the host's IPC namespace, so MPI jobs spanning enclaves use shared memory.
+    #[arg(long)]
+    pub host_ipc: bool,
 }
 
 #[derive(Args, Debug)]

@@ -43,6 +43,9 @@ pub struct CompEnclave {
     pub cores: u32,
     pub memory_mib: u64,
     pub shared: bool,
+    /// Created in the host's IPC namespace (the default for compositions:
+    /// MPICH's shared memory between applications needs one IPC namespace).
+    pub host_ipc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +210,16 @@ fn parse_enclave(
         cores: num(node, "cores", 1)? as u32,
         memory_mib: num(node, "memory", 256)?,
         shared,
+        host_ipc: match node.attribute("ipc") {
+            None | Some("host") => true,
+            Some("private") => false,
+            Some(v) => {
+                return Err(at(
+                    node,
+                    format!("ipc=\"{v}\": expected \"host\" or \"private\""),
+                ))
+            }
+        },
     });
     for child in node.children().filter(|n| n.is_element()) {
         match child.tag_name().name() {

@@ -138,6 +138,9 @@ pub struct EnclaveRecord {
     pub owner_gid: u32,
     /// Shared enclaves are pinned to host cores and do not own them.
     pub shared: bool,
+    /// In the host's IPC namespace rather than its own.
+    #[serde(default)]
+    pub host_ipc: bool,
     pub cores: Vec<CoreId>,
     pub mem_blocks: Vec<BlockId>,
     /// Memory limit in bytes (sum of the blocks' sizes).

@@ -67,6 +67,10 @@ pub struct EnclaveSpec {
     /// Pinned to host cores without owning them (not isolated).
     #[serde(default)]
     pub shared: bool,
+    /// Stay in the host's IPC namespace (instead of a new one), so MPI
+    /// processes in several enclaves can use shared memory with each other.
+    #[serde(default)]
+    pub host_ipc: bool,
     pub cpus: CpuRequest,
     pub memory: MemRequest,
 }
@@ -159,7 +163,7 @@ impl EnclaveSpec {
             .to_string();
         let shared = bool_attr(&doc, root, "shared")?.unwrap_or(false);
         for attr in root.attributes() {
-            if !matches!(attr.name(), "name" | "shared") {
+            if !matches!(attr.name(), "name" | "shared" | "ipc") {
                 return Err(SpecError::at(
                     &doc,
                     root,
@@ -175,6 +179,17 @@ impl EnclaveSpec {
             name,
             kind,
             shared,
+            host_ipc: match root.attribute("ipc") {
+                None | Some("private") => false,
+                Some("host") => true,
+                Some(v) => {
+                    return Err(SpecError::at(
+                        &doc,
+                        root,
+                        format!("ipc=\"{v}\": expected \"private\" or \"host\""),
+                    ))
+                }
+            },
             cpus: CpuRequest::default(),
             memory: MemRequest::default(),
         };

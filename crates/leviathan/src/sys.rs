@@ -145,23 +145,24 @@ impl ExecImage {
     }
 }
 
-/// Clone a child into new PID, mount, IPC and UTS namespaces. The child waits
+/// Clone a child into new PID, mount, UTS and (unless `new_ipc` is false) IPC namespaces. The child waits
 /// on a pipe, then resets its signal mask and execs `path` with `argv`/`env`.
 /// It is pid 1 of its PID namespace.
 pub fn spawn_in_new_namespaces(
     path: &OsStr,
     argv: &[String],
     env: &[(String, String)],
+    new_ipc: bool,
 ) -> io::Result<Held> {
     let image = ExecImage::new(path, argv, env)?;
     let (go_read, go_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let go_read_fd = go_read.as_raw_fd();
     let mut stack = vec![0u8; 256 * 1024];
-    let flags = CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS;
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    if new_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
     let child = Box::new(|| -> isize {
         // Only async-signal-safe calls from here on: read, sigprocmask, execve, _exit.
         let mut byte = 0u8;

@@ -150,6 +150,7 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
                 cores: 1,
                 memory_mib: 256,
                 shared: true,
+                host_ipc: true,
             });
         }
         let name = std::path::Path::new(&argv[0])
@@ -180,7 +181,16 @@ fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<
     let mut created = vec![];
     for e in enclaves {
         match client.enclave(EnclaveRef::Name(e.name.clone())) {
-            Ok(_) => continue,
+            Ok(existing) => {
+                if enclaves.len() > 1 && !existing.host_ipc && existing.isolation.namespaces {
+                    eprintln!(
+                        "[remora] warning: enclave {} has its own IPC namespace: MPICH's UCX netmod talks to it over TCP, \
+                         and with several processes per enclave MPI_Finalize may hang (create it with --host-ipc, or let remora create it)",
+                        e.name
+                    );
+                }
+                continue;
+            }
             Err(err) if err.code() == Some(ErrorCode::NotFound) => {}
             Err(err) => return Err(err.into()),
         }
@@ -188,6 +198,7 @@ fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<
             name: e.name.clone(),
             kind: EnclaveKind::Native,
             shared: e.shared,
+            host_ipc: e.host_ipc,
             cpus: CpuRequest {
                 count: e.cores,
                 ..Default::default()

@@ -191,6 +191,27 @@ fn hello_barrier_allreduce_at_1_2_and_4_ranks() {
             );
         }
     }
+    // The socketpair PMI transport: each rank inherits its end as PMI_FD.
+    let out = remora(
+        &d,
+        &progs,
+        &[
+            "--pmi",
+            "socketpair",
+            "run",
+            "--enclave",
+            "sim",
+            "-n",
+            "2",
+            &progs.path("hello"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "socketpair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines_of(&out, "hello rank=").len(), 2);
     // The ranks were Leviathan apps, visible in list-apps.
     let apps = Client::connect(d.socket())
         .unwrap()
@@ -205,10 +226,12 @@ fn hello_barrier_allreduce_at_1_2_and_4_ranks() {
 
 /// Run `compose` as two applications and check every line it printed.
 fn check_composition(d: &Daemon, progs: &Programs, enclaves: [&str; 2], np: [u32; 2]) {
+    // Enclaves missing from the node are created by remora (shared cores, the
+    // host's IPC namespace: a composition's default) and removed afterwards.
     let xml = format!(
         r#"<composition name="pair">
-  <enclave name="{e0}"><app name="simulation" np="{n0}"><exe>{exe}</exe></app></enclave>
-  <enclave name="{e1}"><app name="analysis" np="{n1}"><exe>{exe}</exe></app></enclave>
+  <enclave name="{e0}" shared="true"><app name="simulation" np="{n0}"><exe>{exe}</exe></app></enclave>
+  <enclave name="{e1}" shared="true"><app name="analysis" np="{n1}"><exe>{exe}</exe></app></enclave>
 </composition>"#,
         e0 = enclaves[0],
         e1 = enclaves[1],
@@ -296,10 +319,20 @@ fn check_composition(d: &Daemon, progs: &Programs, enclaves: [&str; 2], np: [u32
 fn two_applications_in_two_enclaves_see_their_worlds_and_share_the_universe() {
     let t = "two_applications_in_two_enclaves_see_their_worlds_and_share_the_universe";
     let Some((d, progs)) = setup(t) else { return };
-    // One process per enclave: MPICH 4.0.2's UCX netmod sees processes in
-    // different IPC namespaces as remote (TCP), and with several per enclave its
-    // MPI_Finalize sometimes hangs in UCX's TCP progress — as it does under
-    // mpiexec.hydra with UCX_TLS=self,tcp. See docs/remora.md.
+    // Enclaves the composition creates: own PID and mount namespaces, the host's
+    // IPC namespace, so MPICH uses shared memory between the applications.
+    check_composition(&d, &progs, ["left", "right"], [2, 2]);
+    let enclaves = Client::connect(d.socket())
+        .unwrap()
+        .list_enclaves()
+        .unwrap();
+    assert!(
+        enclaves
+            .iter()
+            .all(|e| e.name != "left" && e.name != "right"),
+        "remora removed the enclaves it created"
+    );
+    // Existing enclaves with private IPC namespaces: one process each works (UCX over TCP).
     check_composition(&d, &progs, ["sim", "ana"], [1, 1]);
 }
 

@@ -187,6 +187,7 @@ impl Demo {
             name: name.to_string(),
             kind: EnclaveKind::Native,
             shared,
+            host_ipc: false,
             cpus: CpuRequest {
                 count: 1,
                 ..Default::default()

@@ -28,6 +28,7 @@ fn spec_of(args: CreateArgs) -> Result<EnclaveSpec> {
         name,
         kind: EnclaveKind::Native,
         shared: args.shared,
+        host_ipc: args.host_ipc,
         cpus: CpuRequest {
             count: args.cores.unwrap_or(0),
             ids: args.core_ids.map(|l| l.0).unwrap_or_default(),

@@ -162,6 +162,7 @@ impl Daemon {
                 owner_uid: peer.uid,
                 owner_gid: peer.gid,
                 shared: spec.shared,
+                host_ipc: spec.host_ipc,
                 cores,
                 mem_blocks: blocks,
                 mem_bytes,

@@ -85,7 +85,11 @@ fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> Isolat
         cpuset: true,
         memory_limit: true,
         namespaces: true,
-        summary: format!("{cores} + memory limit ({cgroup_mode}); pid/mnt/ipc/uts namespaces"),
+        summary: if rec.host_ipc {
+            format!("{cores} + memory limit ({cgroup_mode}); pid/mnt/uts namespaces, host IPC namespace")
+        } else {
+            format!("{cores} + memory limit ({cgroup_mode}); pid/mnt/ipc/uts namespaces")
+        },
     }
 }
 
@@ -108,6 +112,7 @@ impl EnclaveDriver for NativeDriver {
                 self.exe.as_os_str(),
                 &argv,
                 &Self::control_env(),
+                !rec.host_ipc,
             ) {
                 Ok(h) => h,
                 Err(e) => {

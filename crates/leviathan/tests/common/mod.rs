@@ -254,6 +254,7 @@ pub fn spec(name: &str, cores: u32, mib: u64, shared: bool) -> EnclaveSpec {
         name: name.into(),
         kind: EnclaveKind::Native,
         shared,
+        host_ipc: false,
         cpus: CpuRequest {
             count: cores,
             ..Default::default()
