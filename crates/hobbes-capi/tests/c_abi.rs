@@ -319,6 +319,7 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         owner_uid: 0,
         owner_gid: 0,
         shared: false,
+        host_ipc: false,
         cores: vec![1],
         mem_blocks: vec![],
         mem_bytes: 512 << 20,
