@@ -383,6 +383,9 @@ pub struct JobRecord {
     pub failure: Option<String>,
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
+    /// PMI barriers the job has completed (its progress through MPI_Init, fences...).
+    #[serde(default)]
+    pub barriers: u64,
     pub rev: u64,
 }
 

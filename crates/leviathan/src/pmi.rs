@@ -27,10 +27,11 @@ pub struct PmiJob {
     stop: Arc<AtomicBool>,
 }
 
-/// Mirrors the job's key/values into the NIS (the seeds' RPMI database).
+/// Mirrors the job's key/values and barriers into the NIS (the seeds' RPMI database).
 struct NisMirror {
     nis: Arc<NisWriter>,
     kvsname: String,
+    job_id: u64,
 }
 
 impl JobObserver for NisMirror {
@@ -39,11 +40,23 @@ impl JobObserver for NisMirror {
             .nis
             .update(|t| -> Result<(), NisError> { t.put_pmi(&self.kvsname, key, value) });
     }
+
+    fn on_barrier(&self, generation: u64) {
+        let _ = self.nis.update(|t| -> Result<(), NisError> {
+            // The record is written once every rank is launched; until then there is none.
+            if let Some(mut job) = t.job(self.job_id)? {
+                job.barriers = job.barriers.max(generation);
+                t.put_job(&mut job)?;
+            }
+            Ok(())
+        });
+    }
 }
 
 impl PmiJob {
     pub fn start(
         nis: Arc<NisWriter>,
+        job_id: u64,
         kvsname: &str,
         app_sizes: &[u32],
         mode: PmiMode,
@@ -53,6 +66,7 @@ impl PmiJob {
         let observer = Arc::new(NisMirror {
             nis,
             kvsname: kvsname.to_string(),
+            job_id,
         });
         let job =
             Arc::new(Job::with_observer(config, observer).map_err(|e| {

@@ -212,6 +212,13 @@ fn hello_barrier_allreduce_at_1_2_and_4_ranks() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(lines_of(&out, "hello rank=").len(), 2);
+    // The job's PMI progress was recorded in the NIS.
+    let jobs = Client::connect(d.socket()).unwrap().list_jobs().unwrap();
+    assert!(
+        jobs.iter()
+            .all(|j| j.barriers >= 1 && j.exit_code == Some(0)),
+        "{jobs:?}"
+    );
     // The ranks were Leviathan apps, visible in list-apps.
     let apps = Client::connect(d.socket())
         .unwrap()

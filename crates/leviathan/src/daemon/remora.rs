@@ -136,6 +136,7 @@ impl Daemon {
         let (events_tx, events) = mpsc::channel();
         let pmi = crate::pmi::PmiJob::start(
             self.nis.clone(),
+            id,
             &kvsname,
             &app_sizes,
             spec.pmi,
@@ -155,6 +156,7 @@ impl Daemon {
             failure: None,
             started_ms: now_ms(),
             ended_ms: None,
+            barriers: 0,
             rev: 0,
         };
         // Ranks in different PID namespaces cannot use UCX's pid-based transports
