@@ -168,6 +168,8 @@ impl Daemon {
         } else {
             &[]
         };
+        // Written before any rank runs, so the PMI server can count barriers in it.
+        self.put_job(&mut record)?;
         let mut subs = Vec::new();
         let mut ranks = Vec::new();
         let mut rank = 0u32;
@@ -229,10 +231,7 @@ impl Daemon {
             }
             record.apps.push(rec);
         }
-        self.tx(|t| {
-            t.put_job(&mut record)?;
-            Ok::<_, TxError>(())
-        })?;
+        self.put_job(&mut record)?;
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Arc::new(LiveJob {
@@ -418,12 +417,24 @@ impl Daemon {
         }
         record.ended_ms = Some(now_ms());
         let kvsname = record.kvsname.clone();
+        let _ = self.put_job(record);
         let _ = self.tx(|t| {
-            t.put_job(record)?;
             t.delete_kvs(&kvsname)?;
             Ok::<_, TxError>(())
         });
         tracing::info!(job = record.id, state = ?record.state, exit = ?record.exit_code, "remora job ended");
+    }
+
+    /// Write the supervisor's view of a job, keeping what the PMI server recorded.
+    fn put_job(&self, record: &mut JobRecord) -> Result<(), Refusal> {
+        self.tx(|t| {
+            if let Some(stored) = t.job(record.id)? {
+                record.barriers = record.barriers.max(stored.barriers);
+                record.rev = stored.rev;
+            }
+            t.put_job(record)?;
+            Ok::<_, TxError>(())
+        })
     }
 
     pub fn remora_signal(&self, peer: &PeerCred, job: JobId, signal: i32) -> Result<(), Refusal> {
