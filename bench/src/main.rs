@@ -13,6 +13,7 @@ use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{Client, EnclaveConn, NisReader};
 
 mod plot;
+mod remora;
 mod xemem;
 
 fn main() -> Result<()> {
@@ -26,15 +27,17 @@ fn main() -> Result<()> {
             let out = xemem::out_dir(&args[2..])?;
             with_daemon(|d| xemem::bench(d, &out))
         }
+        Some("remora") => with_daemon(remora::bench),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
         Some("all") | None => with_daemon(|d| {
             bench_nis(d)?;
             bench_ping(d)?;
             bench_create(d)?;
-            xemem::bench(d, &xemem::out_dir(&[])?)
+            xemem::bench(d, &xemem::out_dir(&[])?)?;
+            remora::bench(d)
         }),
-        Some(other) => bail!("unknown bench {other:?}: use nis, ping, create, xemem or all"),
+        Some(other) => bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora or all"),
     }
 }
 
@@ -154,6 +157,7 @@ fn spec(name: &str, shared: bool) -> EnclaveSpec {
         name: name.into(),
         kind: EnclaveKind::Native,
         shared,
+        host_ipc: false,
         cpus: CpuRequest {
             count: 1,
             ..Default::default()
