@@ -37,7 +37,9 @@ fn main() -> Result<()> {
             xemem::bench(d, &xemem::out_dir(&[])?)?;
             remora::bench(d)
         }),
-        Some(other) => bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora or all"),
+        Some(other) => {
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora or all")
+        }
     }
 }
 
