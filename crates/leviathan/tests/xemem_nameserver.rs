@@ -221,10 +221,11 @@ fn make_get_remove_cycles_leak_no_descriptors() {
         let _grant = c.xemem_get(segid, Access::ReadWrite).unwrap();
         c.xemem_remove(segid).unwrap();
     }
-    assert_eq!(
-        fds(),
-        before,
-        "the name server holds no descriptor of a removed segment"
+    let after = fds();
+    // Unrelated descriptors (a client connection closing) may go; none may stay behind.
+    assert!(
+        after <= before,
+        "the name server holds no descriptor of a removed segment: {before} before, {after} after"
     );
     assert!(nis.segments().unwrap().is_empty(), "and no record");
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hobbes_proto::model::{Access, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE};
 use hobbes_proto::msg::{ErrorCode, XememMake};
@@ -38,23 +38,35 @@ impl Daemon {
     fn locate(&self, pid: u32) -> (EnclaveId, Option<hobbes_proto::model::AppId>) {
         let nis = self.nis.reader();
         let enclaves = nis.enclaves().unwrap_or_default();
-        let mut p = Some(pid);
-        let mut hops = 0;
-        while let Some(cur) = p.filter(|p| *p > 1) {
-            if let Ok(Some(proc_)) = nis.proc_by_global(cur) {
-                return (
-                    proc_.enclave,
-                    (cur == pid).then_some(proc_.app).or(Some(proc_.app)),
-                );
-            }
-            if let Some(e) = enclaves.iter().find(|e| e.control_pid == Some(cur)) {
-                return (e.id, None);
-            }
-            hops += 1;
-            if hops > 64 {
+        let mut cur = pid;
+        // The process just below `cur` on the way up.
+        let mut below = None;
+        for _ in 0..64 {
+            if cur <= 1 {
                 break;
             }
-            p = sys::parent_of(cur);
+            if let Ok(Some(p)) = nis.proc_by_global(cur) {
+                return (p.enclave, Some(p.app));
+            }
+            if let Some(e) = enclaves.iter().find(|e| e.control_pid == Some(cur)) {
+                // `below` is one of the enclave's apps, which runs as soon as it is
+                // spawned and may not be recorded yet: give the launch a moment.
+                if let Some(app_pid) = below {
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    while Instant::now() < deadline {
+                        if let Ok(Some(p)) = nis.proc_by_global(app_pid) {
+                            return (p.enclave, Some(p.app));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                return (e.id, None);
+            }
+            below = Some(cur);
+            match sys::parent_of(cur) {
+                Some(parent) => cur = parent,
+                None => break,
+            }
         }
         (HOST_ENCLAVE, None)
     }
