@@ -7,11 +7,14 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/hobbes-test.$$.log
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-passed=$(grep -Eo '[0-9]+ passed' /tmp/hobbes-test.$$.log | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' /tmp/hobbes-test.$$.log | awk '{s+=$1} END {print s+0}')
-skipped=$(grep -c '^SKIP ' /tmp/hobbes-test.$$.log || true)
-rm -f /tmp/hobbes-test.$$.log
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+skipped=$(grep -c '^SKIP ' "$log" || true)
 echo "$passed passed, $failed failed, $skipped skipped"
 exit "$status"
