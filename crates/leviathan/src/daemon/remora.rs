@@ -83,7 +83,6 @@ impl Daemon {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn start_job(
         &self,
         peer: &PeerCred,
