@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
 use hobbes_proto::model::{
-    AppId, AppRecord, AppState, EnclaveState, ExitStatus, ProcId, ProcRecord,
+    AppId, AppRecord, AppState, EnclaveId, EnclaveState, ExitStatus, ProcId, ProcRecord,
 };
 use hobbes_proto::msg::{ErrorCode, LaunchSpec, Stream};
 use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
@@ -148,7 +148,7 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string());
 
-        let mut rec = self.tx(|t| {
+        let rec = self.tx(|t| {
             let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
             h.counters.next_app_id = h.counters.next_app_id.max(1);
             let id = h.counters.next_app_id;
@@ -212,34 +212,14 @@ impl Daemon {
         let fds: Vec<_> = pmi_fd.iter().map(std::os::fd::AsFd::as_fd).collect();
         match link.call_with_fds(cmd, &fds, LAUNCH_TIMEOUT) {
             Ok(ControlUp::Started { local_pid, .. }) => {
-                let global = if self.privileged {
-                    sys::host_pid_of_child(enclave.control_pid.unwrap_or(0), local_pid)
-                } else {
-                    Some(local_pid)
-                };
-                rec = self.tx(|t| {
-                    let mut r = t
-                        .app(rec.id)?
-                        .ok_or_else(|| internal("app record vanished"))?;
-                    if r.state == AppState::Starting {
-                        r.state = AppState::Running;
-                    }
-                    r.procs = vec![ProcId {
-                        local: local_pid,
-                        global: global.unwrap_or(0),
-                    }];
-                    if let (Some(g), false) = (global, r.state.is_final()) {
-                        t.put_proc(&ProcRecord {
-                            global_pid: g,
-                            enclave: enclave.id,
-                            local_pid,
-                            app: r.id,
-                        })?;
-                    }
-                    t.put_app(&mut r)?;
-                    Ok::<_, TxError>(r)
-                })?;
-                tracing::info!(app = rec.id, enclave = enclave.id, local_pid, global_pid = ?global, argv = ?spec.argv, "app started");
+                // The link thread recorded the start before passing the reply on.
+                let rec = self
+                    .nis
+                    .reader()
+                    .app(rec.id)
+                    .map_err(internal)?
+                    .ok_or_else(|| internal("app record vanished"))?;
+                tracing::info!(app = rec.id, enclave = enclave.id, local_pid, procs = ?rec.procs, argv = ?spec.argv, "app started");
                 Ok((rec, sub))
             }
             Ok(ControlUp::LaunchFailed { error, .. }) => {
@@ -258,6 +238,46 @@ impl Daemon {
                 Err(refuse(ErrorCode::Unavailable, e))
             }
         }
+    }
+
+    /// Record an app's start: its pid inside the enclave and on the host. Runs
+    /// on the enclave's link thread, so it is recorded before that thread
+    /// handles the app's exit.
+    pub fn app_started(&self, enclave: EnclaveId, id: AppId, local_pid: u32) {
+        let control = self
+            .nis
+            .reader()
+            .enclave(enclave)
+            .ok()
+            .flatten()
+            .and_then(|e| e.control_pid);
+        let global = if self.privileged {
+            sys::host_pid_of_child(control.unwrap_or(0), local_pid)
+        } else {
+            Some(local_pid)
+        };
+        let _ = self.tx(|t| {
+            let Some(mut r) = t.app(id)? else {
+                return Ok(());
+            };
+            if r.state == AppState::Starting {
+                r.state = AppState::Running;
+            }
+            r.procs = vec![ProcId {
+                local: local_pid,
+                global: global.unwrap_or(0),
+            }];
+            if let (Some(g), false) = (global, r.state.is_final()) {
+                t.put_proc(&ProcRecord {
+                    global_pid: g,
+                    enclave,
+                    local_pid,
+                    app: id,
+                })?;
+            }
+            t.put_app(&mut r)?;
+            Ok::<_, TxError>(())
+        });
     }
 
     fn app_failed(&self, id: AppId, why: &str) {

@@ -402,9 +402,7 @@ impl Daemon {
         let names = self.names();
         let (before, after) = self.tx(|t| {
             let cores = pick_cores(&t.cores()?, req, rec.shared, &names)?;
-            let before = t
-                .enclave(rec.id)?
-                .ok_or_else(|| internal("enclave vanished"))?;
+            let before = current(t, rec.id)?;
             claim(t, rec.id, &cores, &[], rec.shared)?;
             let mut after = before.clone();
             after.cores.extend(&cores);
@@ -423,18 +421,8 @@ impl Daemon {
     ) -> Result<EnclaveRecord, Refusal> {
         let rec = self.modifiable(peer, r)?;
         let (before, after) = self.tx(|t| {
-            let before = t
-                .enclave(rec.id)?
-                .ok_or_else(|| internal("enclave vanished"))?;
-            for c in cores {
-                if !before.cores.contains(c) {
-                    return Err(refuse(
-                        ErrorCode::InvalidSpec,
-                        format!("core {c} is not assigned to enclave {}", before.name),
-                    )
-                    .into());
-                }
-            }
+            let before = current(t, rec.id)?;
+            held_by(&before, cores, &before.cores, "core")?;
             if cores.is_empty() || before.cores.len() <= cores.len() {
                 return Err(refuse(
                     ErrorCode::InvalidSpec,
@@ -510,9 +498,7 @@ impl Daemon {
         }
         let names = self.names();
         let (before, after) = self.tx(|t| {
-            let before = t
-                .enclave(rec.id)?
-                .ok_or_else(|| internal("enclave vanished"))?;
+            let before = current(t, rec.id)?;
             let blocks = pick_blocks(&t.blocks()?, req, &before.numa_nodes, &names)?;
             let (bytes, nodes) = claim(t, rec.id, &[], &blocks, rec.shared)?;
             let mut after = before.clone();
@@ -534,21 +520,8 @@ impl Daemon {
     ) -> Result<EnclaveRecord, Refusal> {
         let rec = self.modifiable(peer, r)?;
         let (before, after) = self.tx(|t| {
-            let before = t
-                .enclave(rec.id)?
-                .ok_or_else(|| internal("enclave vanished"))?;
-            for b in blocks {
-                if !before.mem_blocks.contains(b) {
-                    return Err(refuse(
-                        ErrorCode::InvalidSpec,
-                        format!(
-                            "memory block {b} is not assigned to enclave {}",
-                            before.name
-                        ),
-                    )
-                    .into());
-                }
-            }
+            let before = current(t, rec.id)?;
+            held_by(&before, blocks, &before.mem_blocks, "memory block")?;
             if blocks.is_empty() || before.mem_blocks.len() <= blocks.len() {
                 return Err(refuse(
                     ErrorCode::InvalidSpec,
@@ -637,6 +610,23 @@ impl Daemon {
             ));
         }
         Ok(rec)
+    }
+}
+
+/// The enclave's record as this transaction sees it.
+fn current(t: &NisTxn, id: EnclaveId) -> Result<EnclaveRecord, TxError> {
+    Ok(t.enclave(id)?.ok_or_else(|| internal("enclave vanished"))?)
+}
+
+/// Refuse unless every one of `ids` is among what the enclave holds.
+fn held_by(rec: &EnclaveRecord, ids: &[u32], held: &[u32], what: &str) -> Result<(), TxError> {
+    match ids.iter().find(|id| !held.contains(id)) {
+        Some(id) => Err(refuse(
+            ErrorCode::InvalidSpec,
+            format!("{what} {id} is not assigned to enclave {}", rec.name),
+        )
+        .into()),
+        None => Ok(()),
     }
 }
 

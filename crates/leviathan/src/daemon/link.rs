@@ -273,8 +273,15 @@ impl Daemon {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 }
-                ControlUp::Started { seq, .. }
-                | ControlUp::LaunchFailed { seq, .. }
+                ControlUp::Started {
+                    seq,
+                    app,
+                    local_pid,
+                } => {
+                    self.app_started(enclave, app, local_pid);
+                    link.answer(seq, msg)
+                }
+                ControlUp::LaunchFailed { seq, .. }
                 | ControlUp::Pong { seq }
                 | ControlUp::Done { seq, .. } => link.answer(seq, msg),
                 ControlUp::Exited { app, status, .. } => {
