@@ -1,0 +1,1 @@
+//! The seeds' in situ workloads and their coupling modes. See docs/insitu.md.

@@ -1,0 +1,2 @@
+//! XASM: consistent copy-on-write snapshots of a producer's memory, published
+//! as XEMEM segments. See docs/xasm.md.
