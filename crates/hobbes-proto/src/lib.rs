@@ -12,6 +12,7 @@ pub mod frame;
 pub mod model;
 pub mod msg;
 pub mod spec;
+pub mod xemem_table;
 
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 

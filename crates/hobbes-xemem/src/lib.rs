@@ -30,6 +30,7 @@
 
 #[doc(hidden)]
 pub mod cabi;
+pub mod composite;
 mod error;
 mod hugepages;
 mod maps;
@@ -234,6 +235,31 @@ fn export(
         },
     );
     Ok(record.segid)
+}
+
+/// Export a composite (read-only, versioned) segment of `size` bytes:
+/// `table` is a memfd written with [`composite::write_table`] (its header's
+/// size must equal `size`), `pool` the memfd its extents point into (at
+/// least the table's pool size long). The name server keeps both; this
+/// process keeps its descriptors until [`remove`] (a restarted name server
+/// takes them back from here). Attachers get the extents mapped read-only
+/// into one contiguous range; read-write gets are refused. See
+/// docs/xemem.md, "Composite segments".
+///
+/// Errors: `InvalidArgument` for a bad table (naming the problem), a size
+/// mismatch, a descriptor that is not a memfd or a pool too short;
+/// `Exists`, `NoDaemon` as for [`make`].
+pub fn make_composite(
+    table: &OwnedFd,
+    pool: &OwnedFd,
+    size: u64,
+    opts: &MakeOptions,
+) -> Result<SegId> {
+    let _ = (table, pool, size, opts);
+    Err(XememError::Other {
+        op: "xemem_make_composite",
+        reason: "not implemented yet".into(),
+    })
 }
 
 /// Allocate `len` bytes of shared memory (rounded up to the page size used)
