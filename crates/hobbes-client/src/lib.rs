@@ -32,6 +32,19 @@ pub use hobbes_proto as proto;
 
 pub mod paths;
 
+/// What `xemem_get_grant` hands out.
+#[derive(Debug)]
+pub struct SegmentGrant {
+    pub record: SegmentRecord,
+    /// The segment's memfd (read-only reopening for read-only access); a
+    /// composite segment's extent table.
+    pub memfd: OwnedFd,
+    /// A composite segment's pool memfd.
+    pub pool: Option<OwnedFd>,
+    /// The signal channel of a signalled segment.
+    pub eventfd: Option<OwnedFd>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to leviathan at {path}: {source}{hint}", hint = connect_hint(source))]
@@ -284,7 +297,29 @@ impl Client {
     ) -> Result<SegmentRecord> {
         let mut fds = vec![memfd];
         fds.extend(eventfd);
-        fdpass::write_frame_with_fds(&self.stream, &Request::XememMake(Box::new(make)), &fds)
+        self.xemem_make_with(make, &fds)
+    }
+
+    /// XEMEM: register a composite segment (`make.composite` set): its
+    /// extent table memfd, the pool memfd, and the eventfd when signalled.
+    pub fn xemem_make_composite(
+        &mut self,
+        make: XememMake,
+        table: BorrowedFd<'_>,
+        pool: BorrowedFd<'_>,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<SegmentRecord> {
+        let mut fds = vec![table, pool];
+        fds.extend(eventfd);
+        self.xemem_make_with(make, &fds)
+    }
+
+    fn xemem_make_with(
+        &mut self,
+        make: XememMake,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<SegmentRecord> {
+        fdpass::write_frame_with_fds(&self.stream, &Request::XememMake(Box::new(make)), fds)
             .map_err(self.frame_err())?;
         match self.read()? {
             Response::Segment(s) => Ok(*s),
@@ -293,24 +328,51 @@ impl Client {
     }
 
     /// XEMEM: access to a segment: its record, a descriptor of its memory
-    /// (read-only when asked), and its eventfd when it is signalled.
+    /// (read-only when asked), and its eventfd when it is signalled. A
+    /// composite segment's grant has two memory descriptors: use
+    /// [`Client::xemem_get_grant`] for those.
     pub fn xemem_get(
         &mut self,
         segid: SegId,
         access: Access,
     ) -> Result<(SegmentRecord, OwnedFd, Option<OwnedFd>)> {
+        let g = self.xemem_get_grant(segid, access)?;
+        if g.pool.is_some() {
+            return Err(ClientError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!(
+                    "segment {segid} is composite (a table and a pool); get it with xemem_get_grant"
+                ),
+            });
+        }
+        Ok((g.record, g.memfd, g.eventfd))
+    }
+
+    /// XEMEM: access to any segment, composite ones included.
+    pub fn xemem_get_grant(&mut self, segid: SegId, access: Access) -> Result<SegmentGrant> {
         frame::write_frame(&mut self.stream, &Request::XememGet { segid, access })
             .map_err(self.frame_err())?;
         let (reply, fds): (Response, Vec<OwnedFd>) =
             fdpass::read_frame_with_fds(&self.stream).map_err(self.frame_err())?;
         match reply {
             Response::Segment(s) => {
-                let mut fds = fds.into_iter();
-                let memfd = fds.next().ok_or_else(|| ClientError::Unexpected {
+                let missing = |what: &str| ClientError::Unexpected {
                     peer: self.peer.clone(),
-                    got: "a segment grant without its descriptor".into(),
-                })?;
-                Ok((*s, memfd, fds.next()))
+                    got: format!("a grant of segment {segid} without its {what}"),
+                };
+                let mut fds = fds.into_iter();
+                let memfd = fds.next().ok_or_else(|| missing("descriptor"))?;
+                let pool = match s.composite {
+                    Some(_) => Some(fds.next().ok_or_else(|| missing("pool descriptor"))?),
+                    None => None,
+                };
+                let eventfd = fds.next();
+                Ok(SegmentGrant {
+                    record: *s,
+                    memfd,
+                    pool,
+                    eventfd,
+                })
             }
             other => unexpected(&self.peer, other),
         }

@@ -825,6 +825,7 @@ mod tests {
             signalled: false,
             created_ms: 0,
             rev: 0,
+            composite: None,
         };
         w.update(|t| -> Result<()> { t.put_segment(&mut seg) })
             .unwrap();

@@ -320,6 +320,22 @@ pub struct SegmentRecord {
     pub signalled: bool,
     pub created_ms: u64,
     pub rev: u64,
+    /// A composite (read-only, versioned) segment: the backing memfd is its
+    /// extent table and this names the pool memfd the extents point into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<CompositeInfo>,
+}
+
+/// The pool of a composite segment (docs/xemem.md, "Composite segments").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompositeInfo {
+    /// The owner's descriptor number of the pool memfd (recovery after a
+    /// restart, `pidfd_getfd`).
+    pub pool_owner_fd: i32,
+    /// Inode of the pool memfd (checked on recovery).
+    pub pool_inode: u64,
+    /// Extents in the table when the segment was made.
+    pub extents: u64,
 }
 
 /// A segment with its live attachment count, as `list_segments` shows it.
@@ -327,9 +343,11 @@ pub struct SegmentRecord {
 pub struct SegmentInfo {
     #[serde(flatten)]
     pub record: SegmentRecord,
-    /// Mappings of the segment in processes other than the owner.
+    /// Mappings of the segment in processes other than the owner; for a
+    /// composite segment, holds on it instead (one per read-only get, kept
+    /// by the grant and its attachments; docs/xemem.md).
     pub attachments: u32,
-    /// Processes that hold a mapping (global pids).
+    /// Processes that hold a mapping (global pids), or a hold.
     pub attachers: Vec<u32>,
 }
 
@@ -452,4 +470,30 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_records_without_composite_still_decode() {
+        // A record as an older leviathan wrote it into the NIS.
+        let old = r#"{"segid":3,"name":"grid","size":4096,"page_kind":"base","mode":384,
+            "owner_uid":0,"owner_gid":0,"owner_enclave":0,"owner_app":null,"owner_pid":9,
+            "owner_start_time":null,"owner_fd":5,"owner_event_fd":null,"owner_addr":0,
+            "backing_inode":7,"signalled":false,"created_ms":1,"rev":1}"#;
+        let rec: SegmentRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.composite, None);
+        assert!(!serde_json::to_string(&rec).unwrap().contains("composite"));
+        let mut comp = rec.clone();
+        comp.composite = Some(CompositeInfo {
+            pool_owner_fd: 6,
+            pool_inode: 8,
+            extents: 2,
+        });
+        let back: SegmentRecord =
+            serde_json::from_str(&serde_json::to_string(&comp).unwrap()).unwrap();
+        assert_eq!(back, comp);
+    }
 }

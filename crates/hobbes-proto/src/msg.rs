@@ -212,6 +212,18 @@ pub struct XememMake {
     #[serde(default)]
     pub owner_event_fd: Option<i32>,
     pub owner_addr: u64,
+    /// A composite segment: the first descriptor is its extent table, the
+    /// second the pool memfd (then the eventfd, when signalled); `size` must
+    /// equal the table header's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<XememComposite>,
+}
+
+/// What a composite make adds (docs/xemem.md, "Composite segments").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XememComposite {
+    /// The owner's descriptor number of the pool memfd.
+    pub pool_owner_fd: i32,
 }
 
 impl Request {

@@ -41,7 +41,7 @@ mod wrappers;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use hobbes_proto::msg::XememMake;
+use hobbes_proto::msg::{XememComposite, XememMake};
 
 pub use error::{Result, XememError};
 pub use hobbes_proto::model::{Access, PageKind, SegId, SegmentInfo, SegmentRecord};
@@ -218,6 +218,7 @@ fn export(
         owner_fd: memfd.as_raw_fd(),
         owner_event_fd: eventfd.as_ref().map(|e| e.as_raw_fd()),
         owner_addr: addr as u64,
+        composite: None,
     };
     let record = st.call(MAKE, Retry::Once, |c| {
         c.xemem_make(
@@ -230,6 +231,7 @@ fn export(
         record.segid,
         OwnSegment {
             memfd,
+            pool: None,
             eventfd,
             inode,
         },
@@ -255,11 +257,114 @@ pub fn make_composite(
     size: u64,
     opts: &MakeOptions,
 ) -> Result<SegId> {
-    let _ = (table, pool, size, opts);
-    Err(XememError::Other {
-        op: "xemem_make_composite",
-        reason: "not implemented yet".into(),
-    })
+    const OP: &str = "xemem_make_composite";
+    if opts.mode & !0o777 != 0 {
+        return Err(XememError::invalid(
+            OP,
+            format!("mode {:o} has bits beyond 0777", opts.mode),
+        ));
+    }
+    // Check here first: the caller gets the same message the name server
+    // would give, without a round trip.
+    let (header, _) = composite::read_table(table.as_fd()).map_err(retag(OP))?;
+    check_composite(OP, &header, size, pool.as_fd())?;
+    if header.retired {
+        return Err(XememError::invalid(OP, "the table is marked retired"));
+    }
+    // Our own descriptors, kept until remove: the caller may close its own,
+    // and a restarted name server takes these back by number.
+    let table = table.try_clone().map_err(io_err(OP))?;
+    let pool = pool.try_clone().map_err(io_err(OP))?;
+    let eventfd = match opts.signalled {
+        true => Some(sys::eventfd().map_err(XememError::sys(OP, "eventfd"))?),
+        false => None,
+    };
+    let inode = sys::inode(table.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
+    let req = XememMake {
+        size,
+        name: opts.name.clone(),
+        segid: opts.segid,
+        mode: if opts.mode == 0 {
+            DEFAULT_MODE
+        } else {
+            opts.mode
+        },
+        page_kind: PageKind::Base,
+        signalled: opts.signalled,
+        owner_fd: table.as_raw_fd(),
+        owner_event_fd: eventfd.as_ref().map(|e| e.as_raw_fd()),
+        owner_addr: 0,
+        composite: Some(XememComposite {
+            pool_owner_fd: pool.as_raw_fd(),
+        }),
+    };
+    let mut st = state::lock();
+    let record = st.call(OP, Retry::Once, |c| {
+        c.xemem_make_composite(
+            req.clone(),
+            table.as_fd(),
+            pool.as_fd(),
+            eventfd.as_ref().map(|e| e.as_fd()),
+        )
+    })?;
+    st.own.insert(
+        record.segid,
+        OwnSegment {
+            memfd: table,
+            pool: Some(pool),
+            eventfd,
+            inode,
+        },
+    );
+    Ok(record.segid)
+}
+
+/// A composite table fits a segment of `size` bytes and a pool descriptor.
+fn check_composite(
+    op: &'static str,
+    header: &composite::TableHeader,
+    size: u64,
+    pool: std::os::fd::BorrowedFd<'_>,
+) -> Result<()> {
+    if header.size != size {
+        return Err(XememError::invalid(
+            op,
+            format!(
+                "segment size {size} differs from its table's size {}",
+                header.size
+            ),
+        ));
+    }
+    let page = sys::page_size() as u64;
+    if !u64::from(header.page_size).is_multiple_of(page) {
+        return Err(XememError::invalid(
+            op,
+            format!(
+                "the table's page size {} is not a multiple of this node's page size {page}",
+                header.page_size
+            ),
+        ));
+    }
+    let pool_len = sys::file_len(pool).map_err(XememError::sys(op, "fstat"))?;
+    if pool_len < header.pool_size {
+        return Err(XememError::invalid(
+            op,
+            format!(
+                "the pool is {pool_len} bytes; the table's extents need {}",
+                header.pool_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Report a table error under `op` (the caller's operation).
+fn retag(op: &'static str) -> impl Fn(XememError) -> XememError {
+    move |e| match e {
+        XememError::InvalidArgument { reason, .. } => XememError::InvalidArgument { op, reason },
+        XememError::Sys { call, errno, .. } => XememError::Sys { op, call, errno },
+        other => other,
+    }
 }
 
 /// Allocate `len` bytes of shared memory (rounded up to the page size used)
@@ -370,15 +475,50 @@ pub fn get(segid: SegId, access: Access) -> Result<ApId> {
         ));
     }
     let mut st = state::lock();
-    let (record, memfd, eventfd) =
-        st.call(OP, Retry::Idempotent, |c| c.xemem_get(segid, access))?;
+    let g = st.call(OP, Retry::Idempotent, |c| c.xemem_get_grant(segid, access))?;
+    let composite = match g.pool {
+        Some(pool) => Some(take_hold(OP, &g.record, &g.memfd, pool)?),
+        None => None,
+    };
     Ok(st.add_grant(state::Grant {
         segid,
         access,
-        record,
-        memfd,
-        eventfd,
+        record: g.record,
+        memfd: g.memfd,
+        eventfd: g.eventfd,
+        composite,
     }))
+}
+
+/// Take the hold on a composite segment (a shared flock on our own open
+/// file description of its table) and read its table. A producer that is
+/// reclaiming the version holds the exclusive lock or has marked the table
+/// retired: the version is gone (NotFound).
+fn take_hold(
+    op: &'static str,
+    record: &SegmentRecord,
+    table: &OwnedFd,
+    pool: OwnedFd,
+) -> Result<state::CompositeGrant> {
+    let what = || match &record.name {
+        Some(n) => format!("version {n} (segment {})", record.segid),
+        None => format!("composite segment {}", record.segid),
+    };
+    if !sys::flock_shared_nb(table.as_fd()).map_err(XememError::sys(op, "flock"))? {
+        return Err(XememError::not_found(
+            op,
+            format!("{} was reclaimed (its producer is removing it)", what()),
+        ));
+    }
+    if composite::is_retired(table.as_fd()).map_err(retag(op))? {
+        return Err(XememError::not_found(
+            op,
+            format!("{} was reclaimed", what()),
+        ));
+    }
+    let (header, extents) = composite::read_table(table.as_fd()).map_err(retag(op))?;
+    check_composite(op, &header, record.size, pool.as_fd())?;
+    Ok(state::CompositeGrant { pool, extents })
 }
 
 /// Give up a permit. Attachments made with it stay valid until detached.
@@ -433,15 +573,25 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
             ))
         }
     };
-    let prot = match grant.access {
-        Access::ReadOnly => sys::Prot::Read,
-        Access::ReadWrite => sys::Prot::ReadWrite,
+    let (base, hold) = match &grant.composite {
+        Some(c) => {
+            let hold = grant.memfd.try_clone().map_err(io_err(OP))?;
+            let base = map_composite(base_at, map_offset, map_len, c)?;
+            (base, Some(hold))
+        }
+        None => {
+            let prot = match grant.access {
+                Access::ReadOnly => sys::Prot::Read,
+                Access::ReadWrite => sys::Prot::ReadWrite,
+            };
+            let base = sys::mmap_shared(base_at, map_len, prot, grant.memfd.as_fd(), map_offset)
+                .map_err(XememError::sys(OP, "mmap"))?;
+            if grant.record.page_kind == PageKind::Thp {
+                let _ = sys::advise_hugepage(base, map_len);
+            }
+            (base, None)
+        }
     };
-    let base = sys::mmap_shared(base_at, map_len, prot, grant.memfd.as_fd(), map_offset)
-        .map_err(XememError::sys(OP, "mmap"))?;
-    if grant.record.page_kind == PageKind::Thp {
-        let _ = sys::advise_hugepage(base, map_len);
-    }
     // A fixed mapping may have replaced (part of) an earlier attachment.
     let stale: Vec<usize> = st
         .attachments
@@ -452,18 +602,61 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
     for k in stale {
         st.attachments.remove(&k);
     }
-    st.attachments.insert(base, Mapped { base, len: map_len });
+    st.attachments.insert(
+        base,
+        Mapped {
+            base,
+            len: map_len,
+            hold,
+        },
+    );
     Ok((base + delta) as *mut u8)
+}
+
+/// Map `[offset, offset+len)` of a composite segment (page-aligned) into
+/// one range: reserve it (at `at`, or where the kernel picks), then map the
+/// part of each extent that falls inside read-only from the pool, in place.
+fn map_composite(
+    at: Option<usize>,
+    offset: u64,
+    len: usize,
+    c: &state::CompositeGrant,
+) -> Result<usize> {
+    const OP: &str = "xemem_attach";
+    let base = sys::reserve_at(at, len).map_err(XememError::sys(OP, "mmap"))?;
+    let end = offset + len as u64;
+    // Extents are sorted and contiguous: start at the one holding `offset`.
+    let first = c
+        .extents
+        .partition_point(|e| e.seg_offset + e.len <= offset);
+    for e in c.extents[first..].iter().take_while(|e| e.seg_offset < end) {
+        let from = e.seg_offset.max(offset);
+        let to = (e.seg_offset + e.len).min(end);
+        let at = base + (from - offset) as usize;
+        let pool_offset = e.pool_offset + (from - e.seg_offset);
+        if let Err(errno) = sys::mmap_shared(
+            Some(at),
+            (to - from) as usize,
+            sys::Prot::Read,
+            c.pool.as_fd(),
+            pool_offset,
+        ) {
+            let _ = sys::munmap(base, len);
+            return Err(XememError::sys(OP, "mmap")(errno));
+        }
+    }
+    Ok(base)
 }
 
 /// Unmap the attachment that contains `addr`.
 pub fn detach(addr: *mut u8) -> Result<()> {
     const OP: &str = "xemem_detach";
     let mut st = state::lock();
-    let (key, m) = st
+    let (key, base, len) = st
         .attachment_at(addr as usize)
         .ok_or_else(|| XememError::invalid(OP, format!("no attachment at {:#x}", addr as usize)))?;
-    sys::munmap(m.base, m.len).map_err(XememError::sys(OP, "munmap"))?;
+    sys::munmap(base, len).map_err(XememError::sys(OP, "munmap"))?;
+    // Drops a composite attachment's hold.
     st.attachments.remove(&key);
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use hobbes_client::{Client, ClientError};
 
+use crate::composite::Extent;
 use crate::error::{connection_broke, Result, XememError};
 use crate::{Access, ApId, PageKind, SegId, SegmentRecord};
 
@@ -28,6 +29,9 @@ pub struct OwnSegment {
     /// Held, never read: the name server may take it back (`pidfd_getfd`).
     #[allow(dead_code)]
     pub memfd: OwnedFd,
+    /// A composite segment's pool (held likewise).
+    #[allow(dead_code)]
+    pub pool: Option<OwnedFd>,
     pub eventfd: Option<OwnedFd>,
     pub inode: u64,
 }
@@ -37,15 +41,28 @@ pub struct Grant {
     pub segid: SegId,
     pub access: Access,
     pub record: SegmentRecord,
+    /// The segment's memfd; a composite segment's table, our own open file
+    /// description of it, on which the hold (a shared flock) is taken.
     pub memfd: OwnedFd,
     pub eventfd: Option<OwnedFd>,
+    pub composite: Option<CompositeGrant>,
+}
+
+/// What a composite segment's permit adds: its pool and validated table.
+pub struct CompositeGrant {
+    pub pool: OwnedFd,
+    pub extents: Vec<Extent>,
 }
 
 /// A mapping made by `attach`: `[base, base+len)`, handed out as `base + delta`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Mapped {
     pub base: usize,
     pub len: usize,
+    /// A composite segment's table descriptor (a dup of the grant's): keeps
+    /// the hold while mapped, also after the permit is released.
+    #[allow(dead_code)]
+    pub hold: Option<OwnedFd>,
 }
 
 pub struct State {
@@ -135,12 +152,12 @@ impl State {
         apid
     }
 
-    /// The attachment containing `addr`, by its key.
-    pub fn attachment_at(&self, addr: usize) -> Option<(usize, Mapped)> {
+    /// The attachment containing `addr`: its key, base and length.
+    pub fn attachment_at(&self, addr: usize) -> Option<(usize, usize, usize)> {
         self.attachments
             .range(..=addr)
             .next_back()
-            .map(|(k, m)| (*k, *m))
-            .filter(|(_, m)| addr >= m.base && addr < m.base + m.len)
+            .map(|(k, m)| (*k, m.base, m.len))
+            .filter(|(_, base, len)| addr >= *base && addr < base + len)
     }
 }

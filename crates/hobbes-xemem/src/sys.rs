@@ -99,6 +99,54 @@ pub fn reserve(len: usize) -> Result<usize, Errno> {
     Ok(p as usize)
 }
 
+/// Reserve `len` bytes of address space (PROT_NONE, no memory) at `at`
+/// (`MAP_FIXED`: the caller owns that range) or where the kernel picks; a
+/// composite attachment maps its extents over it.
+pub fn reserve_at(at: Option<usize>, len: usize) -> Result<usize, Errno> {
+    let Some(at) = at else {
+        return reserve(len);
+    };
+    // SAFETY: an anonymous PROT_NONE mapping; with MAP_FIXED it replaces
+    // [at, at+len), which the caller owns (documented on `attach`).
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(p as usize)
+}
+
+/// `flock(fd, LOCK_SH | LOCK_NB)`: true when taken, false when an exclusive
+/// lock is held on the file (EWOULDBLOCK). The lock belongs to the open file
+/// description: it lasts until every descriptor of it is closed.
+pub fn flock_shared_nb(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    loop {
+        // SAFETY: flock on a descriptor we hold; no memory is involved.
+        let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EWOULDBLOCK => return Ok(false),
+            e => return Err(e),
+        }
+    }
+}
+
+/// Length of the file behind a descriptor.
+pub fn file_len(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    nix::sys::stat::fstat(fd).map(|st| u64::try_from(st.st_size).unwrap_or(0))
+}
+
 /// `munmap(addr, len)`. The caller owns the range and nothing refers to it
 /// any more.
 pub fn munmap(addr: usize, len: usize) -> Result<(), Errno> {

@@ -37,6 +37,7 @@ fn make(c: &mut Client, fd: &OwnedFd, name: &str, mode: u32, event: Option<&Owne
         owner_fd: fd.as_raw_fd(),
         owner_event_fd: event.map(|e| e.as_raw_fd()),
         owner_addr: 0,
+        composite: None,
     };
     c.xemem_make(req, fd.as_fd(), event.map(|e| e.as_fd()))
         .unwrap()
@@ -138,6 +139,7 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
         owner_fd: other.as_raw_fd(),
         owner_event_fd: None,
         owner_addr: 0,
+        composite: None,
     };
     assert_eq!(
         c.xemem_make(dup.clone(), other.as_fd(), None)

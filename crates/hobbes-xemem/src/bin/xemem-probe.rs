@@ -24,8 +24,26 @@ enum Cmd {
     Make(MakeArgs),
     /// Look a segment up, get it, attach, check/write, signal, detach, release.
     Attach(AttachArgs),
+    /// Publish a composite segment (read-only, versioned): a pool of
+    /// `--pages` pages, pool page i filled with `fill + i`, mapped in reverse
+    /// (segment page i is pool page pages-1-i); print `SEGID <id>`, hold, remove.
+    Composite(CompositeArgs),
     /// Print the node's segments as JSON.
     List,
+}
+
+#[derive(Args)]
+struct CompositeArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 4)]
+    pages: u64,
+    #[arg(long, default_value_t = 1)]
+    fill: u8,
+    #[arg(long, value_parser = parse_octal)]
+    mode: Option<u32>,
+    #[arg(long)]
+    hold_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -114,6 +132,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Make(a) => make(a),
         Cmd::Attach(a) => attach(a),
+        Cmd::Composite(a) => composite(a),
         Cmd::List => list(),
     };
     match result {
@@ -179,6 +198,46 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
     // Dropping the allocator's segment removes it and unmaps the memory.
     drop(unnamed);
     outcome
+}
+
+fn composite(a: CompositeArgs) -> Result<(), Failure> {
+    use hobbes_xemem::composite::{write_table, Extent};
+    use std::os::fd::AsFd;
+    let page = bytes::page() as u64;
+    let memfd = |name: &std::ffi::CStr| {
+        nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| fail(format!("memfd_create: {e}")))
+    };
+    let (pool, table) = (memfd(c"xemem-probe-pool")?, memfd(c"xemem-probe-table")?);
+    let size = a.pages * page;
+    nix::unistd::ftruncate(&pool, size as i64).map_err(|e| fail(format!("ftruncate: {e}")))?;
+    for i in 0..a.pages {
+        let content = vec![a.fill.wrapping_add(i as u8); page as usize];
+        nix::sys::uio::pwrite(&pool, &content, (i * page) as i64)
+            .map_err(|e| fail(format!("pwrite: {e}")))?;
+    }
+    let extents: Vec<Extent> = (0..a.pages)
+        .map(|i| Extent {
+            seg_offset: i * page,
+            pool_offset: (a.pages - 1 - i) * page,
+            len: page,
+        })
+        .collect();
+    write_table(table.as_fd(), page as u32, size, &extents)?;
+    let opts = MakeOptions {
+        name: Some(a.name),
+        mode: a.mode.unwrap_or(0),
+        ..Default::default()
+    };
+    let segid = hobbes_xemem::make_composite(&table, &pool, size, &opts)?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "SEGID {segid}");
+    let _ = out.flush();
+    if let Some(ms) = a.hold_ms {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    hobbes_xemem::remove(segid)?;
+    Ok(())
 }
 
 fn attach(a: AttachArgs) -> Result<(), Failure> {

@@ -10,12 +10,15 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hobbes_proto::model::{Access, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE};
-use hobbes_proto::msg::{ErrorCode, XememMake};
+use hobbes_proto::model::{
+    Access, CompositeInfo, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE,
+};
+use hobbes_proto::msg::{ErrorCode, XememComposite, XememMake};
+use hobbes_proto::xemem_table;
 
 use super::enclaves::TxError;
 use super::{internal, now_ms, refuse, Daemon, Refusal};
@@ -26,7 +29,10 @@ const MAX_SEGMENT_NAME: usize = 128;
 
 /// The name server's references to one segment.
 pub struct Backing {
+    /// The segment's memfd; a composite segment's extent table.
     memfd: OwnedFd,
+    /// A composite segment's pool memfd.
+    pool: Option<OwnedFd>,
     eventfd: Option<OwnedFd>,
     /// Readable when the owner exits.
     owner: Option<OwnedFd>,
@@ -77,13 +83,19 @@ impl Daemon {
         make: &XememMake,
         fds: Vec<OwnedFd>,
     ) -> Result<SegmentRecord, Refusal> {
-        let want = 1 + usize::from(make.signalled);
+        let composite = make.composite.is_some();
+        let want = 1 + usize::from(composite) + usize::from(make.signalled);
         if fds.len() != want {
             return Err(refuse(
                 ErrorCode::BadRequest,
                 format!(
-                    "xemem_make carries {} descriptors; expected {want} (the memfd{})",
+                    "xemem_make carries {} descriptors; expected {want} (the {}{})",
                     fds.len(),
+                    if composite {
+                        "table memfd, the pool memfd"
+                    } else {
+                        "memfd"
+                    },
                     if make.signalled {
                         " and the eventfd"
                     } else {
@@ -94,26 +106,39 @@ impl Daemon {
         }
         let mut fds = fds.into_iter();
         let memfd = fds.next().ok_or_else(|| internal("descriptor vanished"))?;
+        let pool = match composite {
+            true => Some(fds.next().ok_or_else(|| internal("descriptor vanished"))?),
+            false => None,
+        };
         let eventfd = fds.next();
         if !sys::is_memfd(memfd.as_fd()) {
             return Err(refuse(
                 ErrorCode::InvalidSpec,
-                "the segment's descriptor is not a memfd",
+                match composite {
+                    true => "the composite segment's table descriptor is not a memfd",
+                    false => "the segment's descriptor is not a memfd",
+                },
             ));
         }
         let meta = std::fs::File::from(memfd.try_clone().map_err(internal)?)
             .metadata()
             .map_err(internal)?;
-        if make.size == 0 || make.size > meta.len() {
-            return Err(refuse(
-                ErrorCode::InvalidSpec,
-                format!(
-                    "segment size {} is zero or larger than its memfd ({} bytes)",
-                    make.size,
-                    meta.len()
-                ),
-            ));
-        }
+        let composite_info = match (&pool, make.composite) {
+            (Some(pool), Some(c)) => Some(check_composite(make.size, &memfd, pool, c)?),
+            _ => {
+                if make.size == 0 || make.size > meta.len() {
+                    return Err(refuse(
+                        ErrorCode::InvalidSpec,
+                        format!(
+                            "segment size {} is zero or larger than its memfd ({} bytes)",
+                            make.size,
+                            meta.len()
+                        ),
+                    ));
+                }
+                None
+            }
+        };
         if let Some(name) = &make.name {
             if name.is_empty()
                 || name.len() > MAX_SEGMENT_NAME
@@ -186,6 +211,7 @@ impl Daemon {
                 signalled: make.signalled,
                 created_ms: now_ms(),
                 rev: 0,
+                composite: composite_info,
             };
             t.put_segment(&mut rec)?;
             Ok::<_, TxError>(rec)
@@ -197,11 +223,12 @@ impl Daemon {
                 record.segid,
                 Backing {
                     memfd,
+                    pool,
                     eventfd,
                     owner: owner_pidfd,
                 },
             );
-        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, "segment made");
+        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
         Ok(record)
     }
 
@@ -251,6 +278,15 @@ impl Daemon {
         access: Access,
     ) -> Result<(SegmentRecord, Vec<OwnedFd>), Refusal> {
         let rec = self.segment(segid)?;
+        if rec.composite.is_some() && access == Access::ReadWrite {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "permission denied: segment {segid}{} is a composite (read-only, versioned) segment; get it read-only",
+                    rec.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+                ),
+            ));
+        }
         let need = match access {
             Access::ReadOnly => 0o4,
             Access::ReadWrite => 0o6,
@@ -288,13 +324,14 @@ impl Daemon {
         let mem = match access {
             Access::ReadWrite => b.memfd.try_clone().map_err(internal)?,
             // A new open file description, read-only: mmap(PROT_WRITE, MAP_SHARED) of it fails.
-            Access::ReadOnly => {
-                std::fs::File::open(format!("/proc/self/fd/{}", b.memfd.as_raw_fd()))
-                    .map_err(internal)?
-                    .into()
-            }
+            // For a composite segment it is also the grantee's own description of the
+            // table, which its hold (flock) is taken on.
+            Access::ReadOnly => reopen_read_only(&b.memfd)?,
         };
         let mut fds = vec![mem];
+        if let Some(pool) = &b.pool {
+            fds.push(reopen_read_only(pool)?);
+        }
         if let Some(e) = &b.eventfd {
             fds.push(e.try_clone().map_err(internal)?);
         }
@@ -365,6 +402,25 @@ impl Daemon {
                             Some((_, n)) => *n += 1,
                             None => list.push((pid, 1)),
                         }
+                    }
+                }
+            }
+        }
+        // A composite segment's attachments map its pool, which versions share:
+        // count its holders instead, the shared flocks on its table.
+        if segments.iter().any(|s| s.composite.is_some()) {
+            let tables: Vec<u64> = segments
+                .iter()
+                .filter(|s| s.composite.is_some())
+                .map(|s| s.backing_inode)
+                .collect();
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            for (pid, inode) in shared_flocks(&locks) {
+                if tables.contains(&inode) {
+                    let list = attachers.entry(inode).or_default();
+                    match list.iter_mut().find(|(p, _)| *p == pid) {
+                        Some((_, n)) => *n += 1,
+                        None => list.push((pid, 1)),
                     }
                 }
             }
@@ -466,14 +522,124 @@ impl Daemon {
                 rec.owner_fd, rec.owner_pid
             ));
         }
+        let pool = match rec.composite {
+            Some(c) => {
+                let pool = take(c.pool_owner_fd, pidfd.as_fd())?;
+                let ino = std::fs::File::from(pool.try_clone().map_err(|e| e.to_string())?)
+                    .metadata()
+                    .map_err(|e| e.to_string())?
+                    .ino();
+                if ino != c.pool_inode {
+                    return Err(format!(
+                        "descriptor {} of pid {} is no longer the segment's pool memfd",
+                        c.pool_owner_fd, rec.owner_pid
+                    ));
+                }
+                Some(pool)
+            }
+            None => None,
+        };
         let eventfd = rec
             .owner_event_fd
             .map(|fd| take(fd, pidfd.as_fd()))
             .transpose()?;
         Ok(Backing {
             memfd,
+            pool,
             eventfd,
             owner: Some(pidfd),
         })
+    }
+}
+
+/// `(pid, inode)` of each granted shared flock in /proc/locks, whose lines
+/// read `1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF` (waiters have `->`).
+fn shared_flocks(text: &str) -> impl Iterator<Item = (u32, u64)> + '_ {
+    text.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" || f[3] != "READ" {
+            return None;
+        }
+        let pid = f[4].parse().ok()?;
+        let inode = f[5].rsplit(':').next()?.parse().ok()?;
+        Some((pid, inode))
+    })
+}
+
+/// A new read-only open file description of `fd` (via /proc/self/fd).
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, Refusal> {
+    Ok(
+        std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(internal)?
+            .into(),
+    )
+}
+
+/// Check a composite make: both descriptors memfds, the table valid (read
+/// whole, bounded by `MAX_EXTENTS`), its size equal to `size`, not retired,
+/// and the pool long enough for every extent.
+fn check_composite(
+    size: u64,
+    table: &OwnedFd,
+    pool: &OwnedFd,
+    c: XememComposite,
+) -> Result<CompositeInfo, Refusal> {
+    let bad = |why: String| refuse(ErrorCode::InvalidSpec, why);
+    if !sys::is_memfd(pool.as_fd()) {
+        return Err(bad(
+            "the composite segment's pool descriptor is not a memfd".into(),
+        ));
+    }
+    let table = std::fs::File::from(table.try_clone().map_err(internal)?);
+    let len = table.metadata().map_err(internal)?.len();
+    let max = xemem_table::HEADER_SIZE as u64
+        + xemem_table::MAX_EXTENTS * xemem_table::EXTENT_SIZE as u64;
+    if len > max {
+        return Err(bad(format!(
+            "composite segment table is {len} bytes, more than {max} ({} extents)",
+            xemem_table::MAX_EXTENTS
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    table.read_exact_at(&mut bytes, 0).map_err(internal)?;
+    let (header, extents) = xemem_table::parse_table(&bytes).map_err(|e| bad(e.to_string()))?;
+    if header.size != size {
+        return Err(bad(format!(
+            "composite segment size {size} differs from its table's size {}",
+            header.size
+        )));
+    }
+    if header.retired {
+        return Err(bad("composite segment table is marked retired".into()));
+    }
+    let pool_file = std::fs::File::from(pool.try_clone().map_err(internal)?);
+    let pool_meta = pool_file.metadata().map_err(internal)?;
+    if pool_meta.len() < header.pool_size {
+        return Err(bad(format!(
+            "composite segment pool is {} bytes; its table needs {}",
+            pool_meta.len(),
+            header.pool_size
+        )));
+    }
+    Ok(CompositeInfo {
+        pool_owner_fd: c.pool_owner_fd,
+        pool_inode: pool_meta.ino(),
+        extents: extents.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_flocks_are_parsed_from_proc_locks() {
+        let text = "1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 99 00:01:5678 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 42 00:01:77 0 EOF\n\
+                    3: POSIX  ADVISORY  READ  7 fd:00:123 0 EOF\n\
+                    4: FLOCK  ADVISORY  READ  8 00:1a:90 0 EOF\n";
+        let got: Vec<(u32, u64)> = shared_flocks(text).collect();
+        assert_eq!(got, vec![(1234, 5678), (8, 90)]);
     }
 }
