@@ -1,0 +1,233 @@
+//! The extent table of the latest version: which pool slots hold each page
+//! of the region, as coalesced runs (adjacent pages in adjacent slots are
+//! one extent). Version N's table is version N-1's with the pages written
+//! in between redirected to their new slots.
+
+use std::collections::BTreeMap;
+
+use hobbes_xemem::composite::Extent;
+
+/// Region pages per compaction chunk: 2 MiB of 4 KiB pages.
+pub(crate) const CHUNK_BYTES: u64 = 2 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ExtentMap {
+    /// First page -> (first slot, pages).
+    map: BTreeMap<u64, (u64, u64)>,
+}
+
+impl ExtentMap {
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Pages `[page, page+n)` now live in slots `[slot, slot+n)`. The slot
+    /// runs they were in before are appended to `replaced`.
+    pub fn redirect(&mut self, page: u64, n: u64, slot: u64, replaced: &mut Vec<(u64, u64)>) {
+        if n == 0 {
+            return;
+        }
+        let end = page + n;
+        self.split_at(page);
+        self.split_at(end);
+        let inner: Vec<u64> = self.map.range(page..end).map(|(k, _)| *k).collect();
+        for k in inner {
+            if let Some(old) = self.map.remove(&k) {
+                replaced.push(old);
+            }
+        }
+        let (mut start, mut run) = (page, (slot, n));
+        if let Some(&(rs, rn)) = self.map.get(&end) {
+            if rs == slot + n {
+                self.map.remove(&end);
+                run.1 += rn;
+            }
+        }
+        if let Some((&ls, &(lslot, ln))) = self.map.range(..page).next_back() {
+            if ls + ln == page && lslot + ln == slot {
+                start = ls;
+                run = (lslot, ln + run.1);
+            }
+        }
+        self.map.insert(start, run);
+    }
+
+    /// Make `page` the first page of an extent (if inside one).
+    fn split_at(&mut self, page: u64) {
+        if let Some((&s, &(slot, n))) = self.map.range(..page).next_back() {
+            if s + n > page {
+                let head = page - s;
+                self.map.insert(s, (slot, head));
+                self.map.insert(page, (slot + head, n - head));
+            }
+        }
+    }
+
+    /// The slot holding `page`.
+    #[cfg(test)]
+    pub fn slot_of(&self, page: u64) -> Option<u64> {
+        let (&s, &(slot, n)) = self.map.range(..=page).next_back()?;
+        (page < s + n).then_some(slot + (page - s))
+    }
+
+    /// The table as byte extents for `page_size` pages, clipped to the
+    /// first `pages` pages.
+    pub fn table(&self, page_size: u64, pages: u64) -> Vec<Extent> {
+        self.map
+            .range(..pages)
+            .map(|(&s, &(slot, n))| Extent {
+                seg_offset: s * page_size,
+                pool_offset: slot * page_size,
+                len: n.min(pages - s) * page_size,
+            })
+            .collect()
+    }
+
+    /// Chunks of `chunk` pages ordered by how many extents touch them, the
+    /// most fragmented first; only chunks with two or more.
+    pub fn fragmented_chunks(&self, chunk: u64) -> Vec<(u64, usize)> {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for (&s, &(_, n)) in &self.map {
+            for c in s / chunk..=(s + n - 1) / chunk {
+                *counts.entry(c).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(u64, usize)> = counts.into_iter().filter(|(_, k)| *k > 1).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Which chunks to rewrite so that about `target` extents remain:
+    /// the most fragmented first (each saves about its count minus one).
+    pub fn compaction_plan(&self, chunk: u64, target: usize) -> Vec<u64> {
+        let mut left = self.len();
+        let mut plan = Vec::new();
+        for (c, k) in self.fragmented_chunks(chunk) {
+            if left <= target {
+                break;
+            }
+            plan.push(c);
+            left = left.saturating_sub(k - 1);
+        }
+        plan.sort_unstable();
+        plan
+    }
+
+    /// Check the map covers `[0, pages)` exactly (tests).
+    #[cfg(test)]
+    pub fn covers(&self, pages: u64) -> bool {
+        let mut at = 0;
+        for (&s, &(_, n)) in &self.map {
+            if s != at || n == 0 {
+                return false;
+            }
+            at += n;
+        }
+        at == pages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn redirect_splits_and_coalesces() {
+        let mut m = ExtentMap::default();
+        let mut old = Vec::new();
+        m.redirect(0, 10, 100, &mut old);
+        assert!(old.is_empty());
+        assert_eq!(m.len(), 1);
+        m.redirect(3, 2, 500, &mut old);
+        assert_eq!(old, vec![(103, 2)]);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.slot_of(3), Some(500));
+        assert_eq!(m.slot_of(5), Some(105));
+        // Pages 5.. into slots 502..: joins page 3-4's run on the left.
+        old.clear();
+        m.redirect(5, 5, 502, &mut old);
+        assert_eq!(old, vec![(105, 5)]);
+        assert_eq!(m.len(), 2);
+        assert!(m.covers(10));
+        // Back into the original slots: coalesces on both sides.
+        m.redirect(3, 7, 103, &mut old);
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m.table(4096, 10),
+            vec![Extent {
+                seg_offset: 0,
+                pool_offset: 100 * 4096,
+                len: 10 * 4096
+            }]
+        );
+        assert_eq!(
+            m.table(4096, 4),
+            vec![Extent {
+                seg_offset: 0,
+                pool_offset: 100 * 4096,
+                len: 4 * 4096
+            }]
+        );
+    }
+
+    #[test]
+    fn compaction_picks_the_most_fragmented_chunks() {
+        let mut m = ExtentMap::default();
+        let mut old = Vec::new();
+        m.redirect(0, 64, 0, &mut old);
+        // Chunk 1 (pages 16..32 for chunk = 16) gets 8 single pages.
+        for (i, p) in (16..32).step_by(2).enumerate() {
+            m.redirect(p, 1, 1000 + 2 * i as u64, &mut old);
+        }
+        // Chunk 3 gets 2.
+        m.redirect(50, 1, 2000, &mut old);
+        let frag = m.fragmented_chunks(16);
+        assert_eq!(frag[0].0, 1);
+        assert_eq!(m.compaction_plan(16, 3), vec![1, 3]);
+        assert_eq!(m.compaction_plan(16, 10), vec![1]);
+    }
+
+    proptest! {
+        /// After any sequence of redirects the map covers the region, is
+        /// coalesced, and maps every page to the slot of its latest write.
+        #[test]
+        fn every_page_maps_to_its_latest_slot(
+            pages in 1u64..200,
+            writes in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..20), 0..60),
+        ) {
+            let mut m = ExtentMap::default();
+            let mut want: Vec<u64> = (0..pages).collect();
+            let mut old = Vec::new();
+            m.redirect(0, pages, 0, &mut old);
+            let mut next_slot = pages;
+            for (at, n) in writes {
+                let p = at.index(pages as usize) as u64;
+                let n = n.min(pages - p);
+                old.clear();
+                m.redirect(p, n, next_slot, &mut old);
+                // The replaced slots are exactly the ones those pages had.
+                let mut replaced: Vec<u64> = old.iter().flat_map(|(s, l)| *s..s + l).collect();
+                replaced.sort_unstable();
+                let mut had: Vec<u64> = want[p as usize..(p + n) as usize].to_vec();
+                had.sort_unstable();
+                prop_assert_eq!(replaced, had);
+                for i in 0..n {
+                    want[(p + i) as usize] = next_slot + i;
+                }
+                // Sometimes leave a gap so slots are not always adjacent.
+                next_slot += n + (n % 3);
+                prop_assert!(m.covers(pages));
+                for (page, slot) in want.iter().enumerate() {
+                    prop_assert_eq!(m.slot_of(page as u64), Some(*slot));
+                }
+                // Coalesced: no two neighbouring extents continue each other.
+                let t = m.table(1, pages);
+                for w in t.windows(2) {
+                    prop_assert!(w[0].pool_offset + w[0].len != w[1].pool_offset);
+                }
+            }
+        }
+    }
+}

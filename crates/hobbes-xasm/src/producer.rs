@@ -1,0 +1,762 @@
+//! The producer: a region of working memory, its dirty tracker, its pool,
+//! its published versions and its channel.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use hobbes_xemem::composite::{self, Extent};
+use hobbes_xemem::{MakeOptions, SegId};
+
+use crate::channel::ChannelWriter;
+use crate::error::{Result, XasmError};
+use crate::extents::{ExtentMap, CHUNK_BYTES};
+use crate::ledger::Ledger;
+use crate::pool::Pool;
+use crate::sys;
+use crate::track::{self, Dirty, Mechanism, Tracker};
+
+/// Default number of newest versions kept (K).
+pub const DEFAULT_KEEP: usize = 2;
+/// Default bound on a version's extents (and so on an attachment's mappings).
+pub const DEFAULT_MAX_EXTENTS: usize = 4096;
+/// Longest region name (versions are named `<name>@<N>`).
+pub const MAX_NAME_LEN: usize = 100;
+/// Default permission bits of a region's segments.
+const DEFAULT_MODE: u32 = 0o600;
+
+/// How to create a region.
+#[derive(Debug, Clone)]
+pub struct RegionOptions {
+    /// Node-wide unique name: the channel segment is `name`, version N is
+    /// the segment `name@N`. 1-100 characters, no spaces, no `@`.
+    pub name: String,
+    /// Permission bits of the channel and version segments, like a file's
+    /// (0 means 0o600; consumers only ever need `r`).
+    pub mode: u32,
+    /// Versions kept (K >= 1): older ones are reclaimed when no consumer
+    /// holds them.
+    pub keep: usize,
+    /// Force a mechanism; `None` takes [`crate::best_mechanism`] (the
+    /// environment's `HOBBES_XASM_MECHANISM`, else the probe).
+    pub mechanism: Option<Mechanism>,
+    /// Most extents a version may have before the snapshot compacts it
+    /// (2..=65536).
+    pub max_extents: usize,
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions {
+            name: String::new(),
+            mode: 0,
+            keep: DEFAULT_KEEP,
+            mechanism: None,
+            max_extents: DEFAULT_MAX_EXTENTS,
+        }
+    }
+}
+
+impl RegionOptions {
+    /// Defaults with a name.
+    pub fn named(name: impl Into<String>) -> Self {
+        RegionOptions {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What one snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The version published (`<region>@<version>`).
+    pub version: u64,
+    /// Pages written since the previous snapshot (all of them for the first).
+    pub dirty_pages: u64,
+    /// Pages copied into the pool (dirty pages, or all when a full copy was
+    /// needed).
+    pub copied_pages: u64,
+    /// Extra pages copied to bring the extent count back under budget.
+    pub compacted_pages: u64,
+    /// Extents of this version (mappings of an attachment).
+    pub extents: u64,
+    /// Older versions reclaimed by this snapshot.
+    pub reclaimed_versions: u64,
+    /// Time the call took.
+    pub elapsed: Duration,
+}
+
+/// A producer's bookkeeping, for monitoring and leak checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProducerStats {
+    pub latest_version: u64,
+    /// Versions published and not reclaimed.
+    pub live_versions: usize,
+    /// Live versions beyond the newest K (held by consumers or aliases).
+    pub held_versions: usize,
+    /// Extents of the latest version.
+    pub latest_extents: u64,
+    /// Pool memfd size (its address range; holes cost nothing).
+    pub pool_size_bytes: u64,
+    /// Pool memory actually used.
+    pub pool_resident_bytes: u64,
+    /// Pool slots allocated, in bytes.
+    pub pool_allocated_bytes: u64,
+}
+
+/// A published segment of a version.
+struct Published {
+    segid: SegId,
+    /// The table memfd: its exclusive flock is the reclaim check.
+    table: OwnedFd,
+    /// An extra name (the Kitten-style `xemem_make` of a copy): pins the
+    /// version until removed.
+    alias: bool,
+    removed: bool,
+}
+
+struct VersionRec {
+    tables: Vec<Published>,
+}
+
+/// A region whose contents are published as consistent versions.
+///
+/// `Send` but not `Sync`: [`Producer::snapshot`] takes `&mut self`. Other
+/// threads may write the region between snapshots (through
+/// [`Producer::as_ptr`]) but not during one: treat `snapshot` like a
+/// barrier.
+pub struct Producer {
+    name: String,
+    addr: usize,
+    len: usize,
+    page: usize,
+    /// Memory this crate mapped (unmapped on drop).
+    owned: bool,
+    mode: u32,
+    keep: usize,
+    max_extents: usize,
+    mechanism: Mechanism,
+    tracker: Option<Tracker>,
+    pool: Pool,
+    extents: ExtentMap,
+    ledger: Ledger,
+    versions: BTreeMap<u64, VersionRec>,
+    last_version: u64,
+    /// Dirty information was lost (a failed snapshot): copy all next time.
+    copy_all_next: bool,
+    channel: Option<ChannelWriter>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+fn check_options(op: &'static str, len: usize, opts: &RegionOptions) -> Result<Mechanism> {
+    let page = sys::page_size();
+    let name = &opts.name;
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name
+            .chars()
+            .any(|c| c == '@' || c.is_whitespace() || c.is_control())
+    {
+        return Err(XasmError::invalid(
+            op,
+            format!("region name {name:?} must be 1-{MAX_NAME_LEN} characters, no spaces, no '@'"),
+        ));
+    }
+    if len == 0 || len % page != 0 {
+        return Err(XasmError::invalid(
+            op,
+            format!("region {name:?}: length {len} must be a non-zero multiple of the page size ({page})"),
+        ));
+    }
+    if opts.mode & !0o777 != 0 {
+        return Err(XasmError::invalid(
+            op,
+            format!("region {name:?}: mode {:o} has bits beyond 0777", opts.mode),
+        ));
+    }
+    if opts.keep == 0 {
+        return Err(XasmError::invalid(
+            op,
+            format!("region {name:?}: keep must be at least 1"),
+        ));
+    }
+    let max = composite::MAX_EXTENTS as usize;
+    if !(2..=max).contains(&opts.max_extents) {
+        return Err(XasmError::invalid(
+            op,
+            format!(
+                "region {name:?}: max_extents {} is not in 2..={max}",
+                opts.max_extents
+            ),
+        ));
+    }
+    let m = match opts.mechanism {
+        Some(m) => m,
+        None => match track::env_mechanism() {
+            Ok(Some(m)) => m,
+            Ok(None) => track::best_mechanism(),
+            Err(e) => return Err(XasmError::invalid(op, format!("region {name:?}: {e}"))),
+        },
+    };
+    if !track::mechanism_available(m) {
+        return Err(XasmError::Unsupported {
+            op,
+            reason: format!(
+                "region {name:?}: mechanism {m} is not available here: {}",
+                track::scan_unavailable_reason().unwrap_or_default()
+            ),
+        });
+    }
+    Ok(m)
+}
+
+impl Producer {
+    /// A new region of `len` bytes (a multiple of the page size) of zeroed
+    /// private memory, tracked from now on. Nothing is published until the
+    /// first [`snapshot`](Self::snapshot); the channel `opts.name` exists at
+    /// once (EEXIST when the name is taken).
+    pub fn create(len: usize, opts: &RegionOptions) -> Result<Producer> {
+        const OP: &str = "xasm_region_create";
+        let m = check_options(OP, len, opts)?;
+        let addr = sys::mmap_anon(len, None).map_err(XasmError::sys(
+            OP,
+            format!("region {:?}", opts.name),
+            "mmap",
+        ))?;
+        Self::start(OP, addr, len, true, m, opts).inspect_err(|_| {
+            let _ = sys::munmap(addr, len);
+        })
+    }
+
+    /// As [`create`](Self::create), at exactly `addr` (which must be free:
+    /// EEXIST otherwise). For the Kitten-style `arena_map_backed_region`.
+    pub fn create_at(addr: usize, len: usize, opts: &RegionOptions) -> Result<Producer> {
+        const OP: &str = "arena_map_backed_region";
+        let m = check_options(OP, len, opts)?;
+        if addr == 0 || addr % sys::page_size() != 0 {
+            return Err(XasmError::invalid(
+                OP,
+                format!(
+                    "region {:?}: address {addr:#x} is not a non-null page boundary",
+                    opts.name
+                ),
+            ));
+        }
+        let got = sys::mmap_anon(len, Some(addr)).map_err(XasmError::sys(
+            OP,
+            format!("region {:?} at {addr:#x}", opts.name),
+            "mmap(MAP_FIXED_NOREPLACE)",
+        ))?;
+        Self::start(OP, got, len, true, m, opts).inspect_err(|_| {
+            let _ = sys::munmap(got, len);
+        })
+    }
+
+    /// Track an existing page-aligned range of this process's private
+    /// anonymous memory in place (no copy, no remap). The memory stays the
+    /// caller's: it is not unmapped when the producer is dropped.
+    ///
+    /// # Safety
+    /// `[addr, addr+len)` must be mapped, read-write, private memory of
+    /// this process that stays mapped until the producer is dropped. With
+    /// the `mprotect` mechanism the range is made read-only between writes:
+    /// system calls that write into it (`read(2)` into a buffer there) fail
+    /// with EFAULT instead of faulting; write it from user code.
+    pub unsafe fn register(addr: *mut u8, len: usize, opts: &RegionOptions) -> Result<Producer> {
+        const OP: &str = "xasm_region_register";
+        let m = check_options(OP, len, opts)?;
+        let addr = addr as usize;
+        if addr == 0 || addr % sys::page_size() != 0 {
+            return Err(XasmError::invalid(
+                OP,
+                format!(
+                    "region {:?}: address {addr:#x} is not a non-null page boundary",
+                    opts.name
+                ),
+            ));
+        }
+        Self::start(OP, addr, len, false, m, opts)
+    }
+
+    fn start(
+        op: &'static str,
+        addr: usize,
+        len: usize,
+        owned: bool,
+        m: Mechanism,
+        opts: &RegionOptions,
+    ) -> Result<Producer> {
+        let name = opts.name.clone();
+        let what = || format!("region {name:?}");
+        // Tracking is per base page: keep transparent huge pages out.
+        let _ = sys::no_huge_pages(addr, len);
+        let tracker = Tracker::new(m, addr, len).map_err(|(call, e)| {
+            if e == nix::errno::Errno::ENOSPC && call == "mprotect tracking slot" {
+                XasmError::NoSpace {
+                    op,
+                    reason: format!(
+                        "{}: the mprotect mechanism tracks at most {} regions per process",
+                        what(),
+                        track::MPROTECT_MAX_REGIONS
+                    ),
+                }
+            } else {
+                XasmError::sys(op, what(), call)(e)
+            }
+        })?;
+        let pool = Pool::new(&name).map_err(|(call, e)| XasmError::sys(op, what(), call)(e))?;
+        let mode = if opts.mode == 0 {
+            DEFAULT_MODE
+        } else {
+            opts.mode
+        };
+        let keep = u32::try_from(opts.keep).unwrap_or(u32::MAX);
+        let channel = ChannelWriter::create(&name, mode, len as u64, keep, m)?;
+        Ok(Producer {
+            name,
+            addr,
+            len,
+            page: sys::page_size(),
+            owned,
+            mode,
+            keep: opts.keep,
+            max_extents: opts.max_extents,
+            mechanism: m,
+            tracker: Some(tracker),
+            pool,
+            extents: ExtentMap::default(),
+            ledger: Ledger::default(),
+            versions: BTreeMap::new(),
+            last_version: 0,
+            copy_all_next: false,
+            channel: Some(channel),
+            _not_sync: PhantomData,
+        })
+    }
+
+    /// The region's first byte. Writes through it (from any thread, between
+    /// snapshots) are tracked.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.addr as *mut u8
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: regions are never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The region as a slice (the working memory).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // The region is ours for self's lifetime; &mut self excludes other
+        // references made through this method.
+        sys::slice_mut(self.addr, self.len)
+    }
+
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The latest published version (0 = none yet).
+    pub fn latest(&self) -> u64 {
+        self.versions.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn what(&self) -> String {
+        format!("region {:?}", self.name)
+    }
+
+    /// Publish the region's current contents as the next version
+    /// `<name>@<N>` (N = 1, 2, ...), announce it on the channel, and
+    /// reclaim old versions no consumer holds beyond the newest K.
+    ///
+    /// Costs: finding the written pages (a page-table walk, or the bitmap
+    /// of the mprotect mechanism), copying them into the pool, writing the
+    /// extent table and one request to the name server. The first snapshot
+    /// copies the whole region. No thread may write the region during the
+    /// call. On failure nothing is published and the next snapshot copies
+    /// the whole region again (its version number is then skipped).
+    pub fn snapshot(&mut self) -> Result<SnapshotInfo> {
+        const OP: &str = "xasm_snapshot";
+        let t0 = Instant::now();
+        let version = self.last_version + 1;
+        let pages = (self.len / self.page) as u64;
+        let tracker = self
+            .tracker
+            .as_mut()
+            .expect("a live producer has a tracker");
+        let dirty = match tracker.collect() {
+            Ok(d) => d,
+            Err((call, e)) => {
+                self.copy_all_next = true;
+                return Err(XasmError::sys(OP, self.what(), call)(e));
+            }
+        };
+        self.last_version = version;
+        let (dirty_pages, runs) = match dirty {
+            _ if version == 1 || self.copy_all_next => (pages, vec![(0, pages)]),
+            Dirty::All => (pages, vec![(0, pages)]),
+            Dirty::Runs(r) => (r.iter().map(|(_, n)| n).sum(), r),
+        };
+        // From here the tracker is re-armed: a failure must not lose writes.
+        self.copy_all_next = true;
+        let copied = self.copy_runs(OP, version, &runs)?;
+        let compacted = self.compact(OP, version)?;
+        self.copy_all_next = false;
+        let vname = format!("{}@{version}", self.name);
+        let published = match self.publish_table(OP, &vname, pages) {
+            Ok(p) => p,
+            Err(e) => {
+                // Never visible: free what only it used.
+                self.free_unused();
+                return Err(e);
+            }
+        };
+        self.ledger.add_live(version);
+        self.versions.insert(
+            version,
+            VersionRec {
+                tables: vec![published],
+            },
+        );
+        if let Some(ch) = &self.channel {
+            ch.publish(version);
+        }
+        let reclaimed = self.reclaim_old();
+        Ok(SnapshotInfo {
+            version,
+            dirty_pages,
+            copied_pages: copied,
+            compacted_pages: compacted,
+            extents: self.extents.len() as u64,
+            reclaimed_versions: reclaimed as u64,
+            elapsed: t0.elapsed(),
+        })
+    }
+
+    /// Copy region pages `runs` into fresh pool slots and redirect the
+    /// latest table to them. Returns the pages copied.
+    fn copy_runs(&mut self, op: &'static str, version: u64, runs: &[(u64, u64)]) -> Result<u64> {
+        let total: u64 = runs.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let pieces = self
+            .pool
+            .alloc(total)
+            .map_err(|(call, e)| XasmError::sys(op, self.what(), call)(e))?;
+        // Lay the runs over the pieces in order: (page, pages, slot).
+        let mut moves: Vec<Vec<(u64, u64, u64)>> = Vec::with_capacity(pieces.len());
+        let mut run_iter = runs.iter().copied();
+        let mut cur = run_iter.next();
+        for &(slot, len) in &pieces {
+            let mut left = len;
+            let mut at = slot;
+            let mut group = Vec::new();
+            while left > 0 {
+                let Some((p, n)) = cur else { break };
+                let k = n.min(left);
+                group.push((p, k, at));
+                at += k;
+                left -= k;
+                cur = if k == n {
+                    run_iter.next()
+                } else {
+                    Some((p + k, n - k))
+                };
+            }
+            moves.push(group);
+        }
+        let page = self.page as u64;
+        let mut replaced = Vec::new();
+        for (i, group) in moves.iter().enumerate() {
+            let parts: Vec<(usize, usize)> = group
+                .iter()
+                .map(|&(p, n, _)| (self.addr + (p * page) as usize, (n * page) as usize))
+                .collect();
+            // The region is quiescent during a snapshot (the caller's contract).
+            if let Err((call, e)) = self.pool.write(pieces[i].0, &parts) {
+                for &(s, l) in &pieces[i..] {
+                    let _ = self.pool.free(s, l);
+                }
+                return Err(XasmError::sys(op, self.what(), call)(e));
+            }
+            for &(p, n, slot) in group {
+                replaced.clear();
+                self.extents.redirect(p, n, slot, &mut replaced);
+                for &(s, l) in &replaced {
+                    self.ledger.replaced(s, l, version);
+                }
+                self.ledger.born(slot, n, version);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Over budget: rewrite the most fragmented 2 MiB chunks contiguously
+    /// until the table has at most half the budget. Returns pages copied.
+    fn compact(&mut self, op: &'static str, version: u64) -> Result<u64> {
+        if self.extents.len() <= self.max_extents {
+            return Ok(0);
+        }
+        let pages = (self.len / self.page) as u64;
+        let chunk = (CHUNK_BYTES / self.page as u64).max(1);
+        let target = self.max_extents / 2;
+        let mut copied = 0;
+        for _round in 0..4 {
+            let plan = self.extents.compaction_plan(chunk, target);
+            if plan.is_empty() {
+                break;
+            }
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for c in plan {
+                let (p, n) = (c * chunk, chunk.min(pages - c * chunk));
+                match runs.last_mut() {
+                    Some(last) if last.0 + last.1 == p => last.1 += n,
+                    _ => runs.push((p, n)),
+                }
+            }
+            copied += self.copy_runs(op, version, &runs)?;
+            if self.extents.len() <= target {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Write the latest table (its first `pages` pages) into a new table
+    /// memfd and export it as the composite segment `name`.
+    fn publish_table(&self, op: &'static str, name: &str, pages: u64) -> Result<Published> {
+        let extents = self.extents.table(self.page as u64, pages);
+        self.export(op, name, pages * self.page as u64, &extents, false)
+    }
+
+    fn export(
+        &self,
+        op: &'static str,
+        name: &str,
+        size: u64,
+        extents: &[Extent],
+        alias: bool,
+    ) -> Result<Published> {
+        let what = || format!("version {name}");
+        let cname = CString::new(format!("xasm-table:{name}"))
+            .map_err(|_| XasmError::invalid(op, format!("{} has a NUL byte", what())))?;
+        let table =
+            sys::memfd_create(&cname).map_err(XasmError::sys(op, what(), "memfd_create"))?;
+        composite::write_table(table.as_fd(), self.page as u32, size, extents)
+            .map_err(XasmError::xemem(op, what()))?;
+        let opts = MakeOptions {
+            name: Some(name.to_string()),
+            mode: self.mode,
+            ..Default::default()
+        };
+        let segid = hobbes_xemem::make_composite(&table, self.pool.fd(), size, &opts)
+            .map_err(XasmError::xemem(op, what()))?;
+        Ok(Published {
+            segid,
+            table,
+            alias,
+            removed: false,
+        })
+    }
+
+    /// Free pool slots no live version uses.
+    fn free_unused(&mut self) {
+        for (s, l) in self.ledger.sweep() {
+            let _ = self.pool.free(s, l);
+        }
+    }
+
+    /// Reclaim versions beyond the newest K that nobody holds.
+    fn reclaim_old(&mut self) -> usize {
+        let old: Vec<u64> = self
+            .versions
+            .keys()
+            .rev()
+            .skip(self.keep)
+            .copied()
+            .collect();
+        let mut n = 0;
+        for v in old {
+            if self.try_reclaim(v) {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.free_unused();
+        }
+        n
+    }
+
+    /// Retire and remove version `v` if no consumer holds any of its
+    /// tables (`flock(LOCK_EX|LOCK_NB)` on our own descriptions succeeds)
+    /// and no alias pins it.
+    fn try_reclaim(&mut self, v: u64) -> bool {
+        let Some(rec) = self.versions.get(&v) else {
+            return false;
+        };
+        if rec.tables.iter().any(|t| t.alias && !t.removed) {
+            return false;
+        }
+        let mut locked = Vec::new();
+        for t in &rec.tables {
+            match sys::try_lock_exclusive(t.table.as_fd()) {
+                Ok(true) => locked.push(t),
+                _ => {
+                    for l in locked {
+                        let _ = sys::unlock(l.table.as_fd());
+                    }
+                    return false;
+                }
+            }
+        }
+        // Holding the locks: a consumer's get now fails its shared lock or
+        // reads `retired`.
+        for t in &rec.tables {
+            let _ = composite::mark_retired(t.table.as_fd());
+            if !t.removed {
+                let _ = hobbes_xemem::remove(t.segid);
+            }
+        }
+        self.versions.remove(&v);
+        self.ledger.remove_live(v);
+        true
+    }
+
+    /// Retry reclaiming old versions that were held at their time (the
+    /// snapshot does this too). Returns how many were reclaimed.
+    pub fn reclaim(&mut self) -> Result<usize> {
+        Ok(self.reclaim_old())
+    }
+
+    /// Counters: versions, extents, pool memory.
+    pub fn stats(&self) -> ProducerStats {
+        let (size, resident, allocated) = self.pool.usage();
+        ProducerStats {
+            latest_version: self.latest(),
+            live_versions: self.versions.len(),
+            held_versions: self.versions.len().saturating_sub(self.keep),
+            latest_extents: self.extents.len() as u64,
+            pool_size_bytes: size,
+            pool_resident_bytes: resident,
+            pool_allocated_bytes: allocated,
+        }
+    }
+
+    /// Publish live version `version` (its first `size` bytes) under one
+    /// more name, as a composite segment sharing the version's pool pages:
+    /// the Kitten-style `xemem_make` of a copy. The alias pins the version
+    /// (it is not reclaimed) until [`Producer::alias_removed`] says the
+    /// alias segment was removed.
+    pub fn publish_alias(&mut self, version: u64, name: &str, size: u64) -> Result<SegId> {
+        const OP: &str = "xemem_make";
+        let page = self.page as u64;
+        if size == 0 || size % page != 0 || size > self.len as u64 {
+            return Err(XasmError::invalid(
+                OP,
+                format!(
+                    "{}: size {size} must be a non-zero multiple of the page size up to the region's {} bytes",
+                    self.what(),
+                    self.len
+                ),
+            ));
+        }
+        let rec = self.versions.get(&version).ok_or_else(|| {
+            XasmError::not_found(OP, format!("version {}@{version} is not live", self.name))
+        })?;
+        let primary = &rec.tables[0];
+        let (_, extents) = composite::read_table(primary.table.as_fd()).map_err(
+            XasmError::xemem(OP, format!("version {}@{version}", self.name)),
+        )?;
+        let clipped: Vec<Extent> = extents
+            .into_iter()
+            .filter(|e| e.seg_offset < size)
+            .map(|e| Extent {
+                len: e.len.min(size - e.seg_offset),
+                ..e
+            })
+            .collect();
+        let published = self.export(OP, name, size, &clipped, true)?;
+        let segid = published.segid;
+        self.versions
+            .get_mut(&version)
+            .expect("checked above")
+            .tables
+            .push(published);
+        Ok(segid)
+    }
+
+    /// The alias segment `segid` was removed (by `xemem_remove`): it no
+    /// longer pins its version, which is reclaimed once nobody holds it.
+    /// Returns whether `segid` was an alias of this region.
+    pub fn alias_removed(&mut self, segid: SegId) -> bool {
+        for rec in self.versions.values_mut() {
+            for t in rec.tables.iter_mut() {
+                if t.alias && t.segid == segid {
+                    t.removed = true;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Remove an alias made by [`publish_alias`](Self::publish_alias).
+    pub fn remove_alias(&mut self, segid: SegId) -> Result<()> {
+        const OP: &str = "xasm_remove_alias";
+        if !self.versions.values().any(|r| {
+            r.tables
+                .iter()
+                .any(|t| t.alias && t.segid == segid && !t.removed)
+        }) {
+            return Err(XasmError::not_found(
+                OP,
+                format!("{}: segment {segid} is not a live alias", self.what()),
+            ));
+        }
+        hobbes_xemem::remove(segid).map_err(XasmError::xemem(OP, self.what()))?;
+        self.alias_removed(segid);
+        Ok(())
+    }
+
+    /// Numbers of the live (published, not reclaimed) versions.
+    pub fn live_versions(&self) -> Vec<u64> {
+        self.versions.keys().copied().collect()
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // Wake waiters first: they see the close, then the names vanish.
+        if let Some(ch) = &self.channel {
+            ch.close();
+        }
+        // Pool pages stay: consumers' attachments keep them (the kernel
+        // frees them with the last mapping), so nothing is punched here.
+        for rec in self.versions.values() {
+            for t in &rec.tables {
+                if !t.removed {
+                    let _ = hobbes_xemem::remove(t.segid);
+                }
+            }
+        }
+        self.versions.clear();
+        drop(self.channel.take());
+        drop(self.tracker.take());
+        if self.owned {
+            let _ = sys::munmap(self.addr, self.len);
+        }
+    }
+}
