@@ -466,6 +466,12 @@ pub fn remove(segid: SegId) -> Result<()> {
 /// Ask for access to a segment. The name server checks the segment's mode
 /// against this process's uid/gid (`r` for read-only, `rw` for read-write).
 /// Returns a process-local access permit id for [`attach`].
+///
+/// A composite segment ([`make_composite`]) is read-only: read-write is
+/// refused (`PermissionDenied`). A read-only get takes a hold on it (a shared
+/// flock on the permit's own table descriptor, kept by the permit and by
+/// each of its attachments) and validates its table; a version its producer
+/// is reclaiming or has retired is `NotFound` ("... was reclaimed").
 pub fn get(segid: SegId, access: Access) -> Result<ApId> {
     const OP: &str = "xemem_get";
     if segid <= 0 {
@@ -537,6 +543,10 @@ pub fn release(apid: ApId) -> Result<()> {
 ///
 /// With `at`, the mapping replaces whatever is mapped there (`MAP_FIXED`):
 /// the caller must own that range.
+///
+/// A composite segment's range is reserved, then the part of each extent
+/// inside it is mapped read-only from the pool (one mapping per part); the
+/// attachment keeps the hold until it is detached.
 pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Result<*mut u8> {
     const OP: &str = "xemem_attach";
     let mut st = state::lock();

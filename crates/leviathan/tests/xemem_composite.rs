@@ -265,6 +265,13 @@ fn versions_read_right(v1: SegId, v2: SegId, pool: &OwnedFd) {
     assert_eq!(inner as usize % p, 5);
     assert_eq!(read(inner, 10), [0xa3; 10]);
     hobbes_xemem::detach(inner).unwrap();
+    // At a fixed address: the range is replaced (here another attachment's).
+    let over = hobbes_xemem::attach(g2.apid(), 0, 3 * p, None).unwrap();
+    let fixed = hobbes_xemem::attach(g1.apid(), 0, 3 * p, Some(over)).unwrap();
+    assert_eq!(fixed, over);
+    assert_eq!(pages_of(fixed, 3 * p), [0xa0, 0xa1, 0xa2]);
+    hobbes_xemem::detach(fixed).unwrap();
+    assert!(hobbes_xemem::detach(over).is_err(), "one attachment there");
     let e = g2.attach(2 * p as u64, 2 * p).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
     // Read-write access is refused, with the reason.

@@ -88,22 +88,39 @@ pub fn list_segments(ctx: &Ctx, client: &mut Client) -> Result<i32> {
             None => format!("{} pid {}", names.of(r.owner_enclave), r.owner_pid),
         };
         let attachers: Vec<String> = s.attachers.iter().map(|p| p.to_string()).collect();
+        // A composite segment's attachments map a pool its versions share:
+        // the daemon counts holds on the version instead (docs/xemem.md).
+        let (pages, unit) = match &r.composite {
+            Some(c) => (
+                format!("composite, {} extent{}", c.extents, plural(c.extents)),
+                format!(" hold{}", plural(u64::from(s.attachments))),
+            ),
+            None => (r.page_kind.to_string(), String::new()),
+        };
         t.row(vec![
             r.segid.to_string(),
             r.name.clone().unwrap_or_else(|| "-".into()),
             human::bytes(r.size),
-            r.page_kind.to_string(),
+            pages,
             format!("{:o}", r.mode),
             owner,
             if attachers.is_empty() {
-                "0".into()
+                format!("0{unit}")
             } else {
-                format!("{} (pids {})", s.attachments, attachers.join(","))
+                format!("{}{unit} (pids {})", s.attachments, attachers.join(","))
             },
         ]);
     }
     t.print_or("no segments");
     Ok(0)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 pub fn list_cpus(ctx: &Ctx, client: &mut Client) -> Result<i32> {
