@@ -149,7 +149,9 @@ impl Spectrum {
     }
 
     pub fn analyse(&mut self, view: &View) -> SpectrumSummary {
-        let rows: Vec<RowSpectrum> = (0..view.layout.rows).map(|g| self.row(view.row(g))).collect();
+        let rows: Vec<RowSpectrum> = (0..view.layout.rows)
+            .map(|g| self.row(view.row(g)))
+            .collect();
         SpectrumSummary {
             total_energy: rows.iter().map(|r| r.energy).sum(),
             rows,
@@ -178,7 +180,9 @@ mod tests {
         let direct: f64 = n as f64 * x.iter().map(|v| v * v).sum::<f64>();
         assert!((r.energy - direct).abs() < 1e-9 * direct);
         // Odd lengths and a second plan size work too.
-        let y: Vec<f64> = (0..45).map(|i| (2.0 * std::f64::consts::PI * (4 * i) as f64 / 45.0).cos()).collect();
+        let y: Vec<f64> = (0..45)
+            .map(|i| (2.0 * std::f64::consts::PI * (4 * i) as f64 / 45.0).cos())
+            .collect();
         assert_eq!(s.row(&y).peak_bin, 4);
         assert_eq!(s.row(&x).peak_bin, k0);
     }
@@ -188,8 +192,8 @@ mod tests {
         let a: Vec<f64> = (0..1000).map(|i| i as f64).collect();
         let mut s = Stream::default();
         let r = s.run(&a);
-        for i in 0..a.len() {
-            let (ai, b) = (a[i], STREAM_SCALAR * a[i]);
+        for (i, &ai) in a.iter().enumerate() {
+            let b = STREAM_SCALAR * ai;
             assert_eq!(s.b[i], b);
             assert_eq!(s.c[i], ai + b);
             assert_eq!(s.t[i], b + STREAM_SCALAR * (ai + b));

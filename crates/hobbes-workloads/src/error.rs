@@ -59,7 +59,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(op: &'static str, object: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        object: impl Into<String>,
+        reason: impl std::fmt::Display,
+    ) -> Self {
         Error::Io {
             op,
             object: object.into(),

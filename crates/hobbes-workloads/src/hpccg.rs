@@ -164,7 +164,11 @@ mod tests {
 
     #[test]
     fn matrix_is_hpccg_27_point() {
-        let p = HpccgParams { nx: 3, ny: 4, nz: 5 };
+        let p = HpccgParams {
+            nx: 3,
+            ny: 4,
+            nz: 5,
+        };
         let ones = vec![1.0; p.rows()];
         let mut y = vec![0.0; p.rows()];
         apply(&p, &ones, &mut y);
@@ -186,7 +190,11 @@ mod tests {
 
     #[test]
     fn cg_converges_to_ones() {
-        let p = HpccgParams { nx: 12, ny: 10, nz: 8 };
+        let p = HpccgParams {
+            nx: 12,
+            ny: 10,
+            nz: 8,
+        };
         let mut cg = Hpccg::new(p);
         let mut m = AnonMap::new(p.layout().bytes()).unwrap();
         state::init(m.as_mut_slice(), &p.layout()).unwrap();

@@ -47,12 +47,14 @@ impl Row {
 }
 
 type Key = (Workload, Mode, Option<Exec>, usize, u64);
+/// Sort order of a key: workload, mode, execution, size, steps.
+type Order = (u8, u8, u8, usize, u64);
 
 /// Aggregate runs (any order, repetitions included) into rows, sorted by
 /// workload, mode, execution and size; overheads against the mode-none
 /// rows of the same workload, size and steps.
 pub fn rows(runs: &[PairReport]) -> Vec<Row> {
-    let mut groups: BTreeMap<(u8, u8, u8, usize, u64), (Key, Vec<&PairReport>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Order, (Key, Vec<&PairReport>)> = BTreeMap::new();
     for r in runs {
         let s = &r.sim;
         let exec = (s.mode != Mode::None).then_some(s.exec);
@@ -64,7 +66,11 @@ pub fn rows(runs: &[PairReport]) -> Vec<Row> {
             s.size,
             s.steps,
         );
-        groups.entry(order).or_insert_with(|| (key, Vec::new())).1.push(r);
+        groups
+            .entry(order)
+            .or_insert_with(|| (key, Vec::new()))
+            .1
+            .push(r);
     }
     let mut out: Vec<Row> = groups
         .into_values()
@@ -315,7 +321,10 @@ mod tests {
         assert_eq!(none.total_s, 1.1);
         assert_eq!(none.overhead, Some(0.0));
         let xasm = &rows[1];
-        assert_eq!((xasm.mode, xasm.runs, xasm.published, xasm.consumed), (Mode::Xasm, 3, 10, 9));
+        assert_eq!(
+            (xasm.mode, xasm.runs, xasm.published, xasm.consumed),
+            (Mode::Xasm, 3, 10, 9)
+        );
         assert!((xasm.overhead.unwrap() - 0.05).abs() < 1e-9);
         // Shares 0.0095, 0.0173, 0.015: the median share, not the share of the median run.
         assert!((xasm.share - 0.015).abs() < 1e-12);
@@ -342,7 +351,9 @@ mod tests {
         let path = dir.path().join("share.svg");
         plot_share(&rows(&runs), &path, "in situ share").unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("xasm sync") && svg.contains("spinlock sync"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("xasm sync") && svg.contains("spinlock sync")
+        );
         assert!(!svg.contains(">none<"));
         assert!(plot_share(&rows(&runs[..1]), &path, "t").is_err());
     }

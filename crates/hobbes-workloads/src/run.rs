@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::analytics::{SpectrumSummary, Spectrum, Stream, StreamRates};
+use crate::analytics::{Spectrum, SpectrumSummary, Stream, StreamRates};
 use crate::coupling::{self, CouplingOptions, Exec, Mode, Next, PublishStats};
 use crate::error::{Error, Result};
 use crate::hpccg::{Hpccg, HpccgParams};
@@ -74,7 +74,14 @@ pub struct Run {
 
 impl Run {
     /// A SNAP run with the default group/angle/iteration counts.
-    pub fn new(workload: Workload, size: usize, steps: u64, mode: Mode, exec: Exec, region: &str) -> Run {
+    pub fn new(
+        workload: Workload,
+        size: usize,
+        steps: u64,
+        mode: Mode,
+        exec: Exec,
+        region: &str,
+    ) -> Run {
         let d = SnapParams::new(size);
         Run {
             workload,
@@ -252,7 +259,13 @@ pub fn run_sim(run: &Run, progress: &mut dyn FnMut(&SimProgress)) -> Result<SimR
         Workload::Hpccg => Sim::Hpccg(Box::new(Hpccg::new(HpccgParams::cube(run.size)))),
     };
     let layout = sim.layout();
-    let mut publisher = coupling::publisher(run.mode, run.exec, &run.region, layout.bytes(), &run.coupling)?;
+    let mut publisher = coupling::publisher(
+        run.mode,
+        run.exec,
+        &run.region,
+        layout.bytes(),
+        &run.coupling,
+    )?;
     state::init(publisher.state(), &layout)?;
     sim.init(publisher.state());
     let setup_s = setup.elapsed().as_secs_f64();
@@ -538,12 +551,8 @@ pub fn run_pair(exe: &Path, run: &Run, analyze: &Analyze, quiet: bool) -> Result
         });
     }
     let mut ana = spawn(exe, &analyze.args(), "analytics", quiet)?;
-    let sim_report = sim.wait_json();
-    // A failed simulation cannot be analysed further: stop the analytics.
-    let sim_report = match sim_report {
-        Ok(r) => r,
-        Err(e) => return Err(e),
-    };
+    // A failed simulation cannot be analysed further: `ana` is killed on return.
+    let sim_report = sim.wait_json()?;
     let ana_report = ana.wait_json()?;
     Ok(PairReport {
         sim: sim_report,

@@ -97,7 +97,8 @@ impl Snap {
             let t = (i as f64 + 0.5) / a as f64;
             mu[i] = 0.15 + 0.7 * t;
             let rest = (1.0 - mu[i] * mu[i]).sqrt();
-            let phi = std::f64::consts::FRAC_PI_2 * (0.2 + 0.6 * ((i * 5 + 3) % a.max(1)) as f64 / a.max(1) as f64);
+            let phi = std::f64::consts::FRAC_PI_2
+                * (0.2 + 0.6 * ((i * 5 + 3) % a.max(1)) as f64 / a.max(1) as f64);
             eta[i] = rest * phi.cos();
             xi[i] = rest * phi.sin();
         }
@@ -304,7 +305,10 @@ mod tests {
                 let err = (b.source - b.removal - b.leakage).abs() / b.source;
                 // Diamond difference without fixup may leak a negative
                 // amount through thick boundary cells; the balance holds anyway.
-                assert!(b.source > 0.0 && b.removal > 0.0 && b.leakage != 0.0, "{b:?}");
+                assert!(
+                    b.source > 0.0 && b.removal > 0.0 && b.leakage != 0.0,
+                    "{b:?}"
+                );
                 assert!(err < 1e-12, "n={n} group {g}: {b:?}, relative error {err}");
             }
         }
@@ -319,7 +323,10 @@ mod tests {
         };
         let (_, m1, a) = run(p, 3);
         let (_, m2, b) = run(p, 3);
-        assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         // Steps change the flux (time dependence), and the state says so.
         assert!(a[0] != a[2]);
         let v1 = View::parse(m1.as_slice(), "t").unwrap();
@@ -343,7 +350,10 @@ mod tests {
             let (s, _, _) = run(SnapParams { inners, ..p }, 1);
             changes.push(s.last_change());
         }
-        assert!(changes[0] > changes[1] && changes[1] > changes[2], "{changes:?}");
+        assert!(
+            changes[0] > changes[1] && changes[1] > changes[2],
+            "{changes:?}"
+        );
         assert!(changes[2] < 1e-3, "{changes:?}");
     }
 }

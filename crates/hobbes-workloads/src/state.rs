@@ -212,7 +212,10 @@ mod tests {
     fn bad_headers_are_errors() {
         let mut m = AnonMap::new(2 * PAGE).unwrap();
         let s = m.as_mut_slice();
-        assert!(View::parse(s, "t").unwrap_err().to_string().contains("magic"));
+        assert!(View::parse(s, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         let layout = Layout {
             workload: 1,
             rows: 1,
@@ -223,7 +226,10 @@ mod tests {
         init(s, &layout).unwrap();
         let words = sys::u64s_mut(&mut s[..PAGE]).unwrap();
         words[W_ROWS] = u64::MAX;
-        assert!(View::parse(s, "t").unwrap_err().to_string().contains("do not fit"));
+        assert!(View::parse(s, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("do not fit"));
         assert!(View::parse(&s[..100], "t").is_err());
     }
 }

@@ -82,7 +82,7 @@ impl<K> Shared<K> {
     /// `[ptr, ptr+len)` must be mapped read-write (or read-only if only
     /// `bytes` is used), page aligned, and stay mapped while `owner` lives.
     pub unsafe fn new(ptr: *mut u8, len: usize, owner: K) -> Shared<K> {
-        assert!(ptr as usize % PAGE == 0 && len >= PAGE);
+        assert!((ptr as usize).is_multiple_of(PAGE) && len >= PAGE);
         Shared {
             ptr,
             len,
@@ -92,7 +92,7 @@ impl<K> Shared<K> {
 
     /// The 32-bit atomic at byte `off` of page 0 (4-byte aligned).
     pub fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= PAGE);
+        assert!(off.is_multiple_of(4) && off + 4 <= PAGE);
         // SAFETY: inside page 0, aligned, mapped while `self` lives; page 0
         // is only ever accessed through atomics.
         unsafe { AtomicU32::from_ptr(self.ptr.add(off).cast()) }
@@ -100,7 +100,7 @@ impl<K> Shared<K> {
 
     /// The 64-bit atomic at byte `off` of page 0 (8-byte aligned).
     pub fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= PAGE);
+        assert!(off.is_multiple_of(8) && off + 8 <= PAGE);
         // SAFETY: as for u32_at.
         unsafe { AtomicU64::from_ptr(self.ptr.add(off).cast()) }
     }

@@ -36,6 +36,9 @@ enum Keep {
 pub struct Control {
     shm: Shared<Keep>,
     name: String,
+    /// This side created the segment.
+    producer: bool,
+    /// This side registered as the consumer.
     consumer: bool,
 }
 
@@ -90,6 +93,7 @@ impl Control {
         Ok(Control {
             shm,
             name,
+            producer: true,
             consumer: false,
         })
     }
@@ -126,12 +130,21 @@ impl Control {
                 "not initialized by its producer (not a hobbes-insitu control segment?)",
             ));
         }
-        shm.u32_at(O_CONSUMER).store(CONSUMER_ATTACHED, Release);
         Ok(Control {
             shm,
             name,
-            consumer: true,
+            producer: false,
+            consumer: false,
         })
+    }
+
+    /// The analytics' side, once it checked the mode: from now on its exit
+    /// (this value's drop) tells a waiting producer to stop waiting.
+    pub fn register_consumer(&mut self) {
+        self.shm
+            .u32_at(O_CONSUMER)
+            .store(CONSUMER_ATTACHED, Release);
+        self.consumer = true;
     }
 
     pub fn name(&self) -> &str {
@@ -215,7 +228,7 @@ impl Drop for Control {
             // Wake a producer waiting for an acknowledgement that never comes.
             self.shm.u32_at(O_CONSUMER).store(CONSUMER_GONE, Release);
             futex_wake(self.shm.u32_at(O_ACK));
-        } else if self.finished().is_none() {
+        } else if self.producer && self.finished().is_none() {
             // A producer that failed: let the analytics stop waiting.
             self.finish(0);
         }

@@ -20,7 +20,6 @@
 
 mod control;
 mod spinlock;
-#[cfg(feature = "xasm")]
 mod xasm;
 
 use std::time::Duration;
@@ -188,7 +187,9 @@ pub fn publisher(
         Mode::Spinlock => Ok(Box::new(spinlock::SpinPublisher::create(
             region, exec, len, opts,
         )?)),
-        Mode::Xasm => xasm_publisher(region, exec, len, opts),
+        Mode::Xasm => Ok(Box::new(xasm::XasmPublisher::create(
+            region, exec, len, opts,
+        )?)),
     }
 }
 
@@ -203,39 +204,14 @@ pub fn subscriber(mode: Mode, region: &str, opts: &CouplingOptions) -> Result<Bo
         )),
         Mode::Stub => Ok(Box::new(StubSubscriber)),
         Mode::Spinlock => Ok(Box::new(spinlock::SpinSubscriber::open(region, opts)?)),
-        Mode::Xasm => xasm_subscriber(region, opts),
+        Mode::Xasm => Ok(Box::new(xasm::XasmSubscriber::open(region, opts)?)),
     }
-}
-
-#[cfg(feature = "xasm")]
-fn xasm_publisher(
-    region: &str,
-    exec: Exec,
-    len: usize,
-    opts: &CouplingOptions,
-) -> Result<Box<dyn Publisher>> {
-    Ok(Box::new(xasm::XasmPublisher::create(region, exec, len, opts)?))
-}
-
-#[cfg(feature = "xasm")]
-fn xasm_subscriber(region: &str, opts: &CouplingOptions) -> Result<Box<dyn Subscriber>> {
-    Ok(Box::new(xasm::XasmSubscriber::open(region, opts)?))
-}
-
-#[cfg(not(feature = "xasm"))]
-fn xasm_publisher(region: &str, _: Exec, _: usize, _: &CouplingOptions) -> Result<Box<dyn Publisher>> {
-    Err(Error::coupling("xasm publish", region, "built without XASM support"))
-}
-
-#[cfg(not(feature = "xasm"))]
-fn xasm_subscriber(region: &str, _: &CouplingOptions) -> Result<Box<dyn Subscriber>> {
-    Err(Error::coupling("xasm attach", region, "built without XASM support"))
 }
 
 /// Region names become XEMEM segment names (`R`, `R@N`, `R.ctl`).
 fn check_region(region: &str) -> Result<()> {
     let ok = !region.is_empty()
-        && region.len() <= 200
+        && region.len() <= 90
         && region
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -244,7 +220,7 @@ fn check_region(region: &str) -> Result<()> {
     } else {
         Err(Error::invalid(
             "region",
-            format!("{region:?}: use 1-200 characters of A-Z a-z 0-9 - _ ."),
+            format!("{region:?}: use 1-90 characters of A-Z a-z 0-9 - _ ."),
         ))
     }
 }

@@ -39,7 +39,7 @@ fn lock<K>(
     while serving.load(Acquire) != ticket {
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % 4096 == 0 {
+        if spins.is_multiple_of(4096) {
             if other_gone() {
                 serving.store(ticket, Release);
                 break;
@@ -160,7 +160,7 @@ pub struct SpinSubscriber {
 
 impl SpinSubscriber {
     pub fn open(region: &str, opts: &CouplingOptions) -> Result<Self> {
-        let ctl = Control::open(region, opts)?;
+        let mut ctl = Control::open(region, opts)?;
         if ctl.mode() != Some(Mode::Spinlock) {
             return Err(Error::coupling(
                 "analyze",
@@ -171,6 +171,7 @@ impl SpinSubscriber {
                 ),
             ));
         }
+        ctl.register_consumer();
         let len = ctl.state_len();
         let segid = hobbes_xemem::lookup(region)
             .map_err(|e| Error::coupling("look up", region, e))?
@@ -199,7 +200,9 @@ impl Subscriber for SpinSubscriber {
         loop {
             let ctl = &self.ctl;
             // Once the producer finished it never takes the lock again.
-            lock(&self.data, ctl.name(), self.timeout, || ctl.finished().is_some())?;
+            lock(&self.data, ctl.name(), self.timeout, || {
+                ctl.finished().is_some()
+            })?;
             let bytes = &self.data.bytes()[..self.len];
             let step = match View::parse(bytes, self.ctl.name()) {
                 Ok(v) => v.step,

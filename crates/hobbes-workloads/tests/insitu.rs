@@ -1,0 +1,270 @@
+//! `hobbes-insitu run` end to end against a real leviathan (the name server
+//! XEMEM and XASM need): every coupling mode, both executions, checking the
+//! counts and consistency each side reports, and that nothing is left
+//! exported afterwards.
+
+#[path = "../../leviathan/tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+use hobbes_workloads::{Mode, PairReport};
+
+const INSITU: &str = env!("CARGO_BIN_EXE_hobbes-insitu");
+const STEPS: u64 = 12;
+
+/// The leviathan binary of this target directory, built if missing.
+fn have_leviathan(test: &str) -> bool {
+    let path = PathBuf::from(leviathan());
+    if !path.exists() {
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "leviathan"])
+            .status();
+        if !built.is_ok_and(|s| s.success()) || !path.exists() {
+            skip(test, "leviathan is not built (cargo build -p leviathan)");
+            return false;
+        }
+    }
+    true
+}
+
+/// An unprivileged daemon: XEMEM needs only its name server, and this
+/// leaves the node's cores and cgroups to other tests.
+fn daemon(test: &str) -> Option<Daemon> {
+    have_leviathan(test).then(|| Daemon::start(&["--unprivileged", "--host-cores", "0-1"]))
+}
+
+fn insitu(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(INSITU)
+        .args(args)
+        .env("HOBBES_STATE_DIR", d.state_dir())
+        .env_remove("HOBBES_SOCKET")
+        .env_remove("HOBBES_NIS")
+        .output()
+        .expect("run hobbes-insitu")
+}
+
+fn run(d: &Daemon, mode: &str, exec: &str, kind: &str, region: &str) -> PairReport {
+    let steps = STEPS.to_string();
+    let out = insitu(
+        d,
+        &[
+            "run",
+            "--workload",
+            "snap",
+            "--size",
+            "6",
+            "--groups",
+            "3",
+            "--angles",
+            "2",
+            "--steps",
+            &steps,
+            "--mode",
+            mode,
+            "--exec",
+            exec,
+            "--kind",
+            kind,
+            "--region",
+            region,
+            "--timeout",
+            "30",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{mode} {exec}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+fn exported(d: &Daemon, region: &str) -> Vec<String> {
+    d.client()
+        .xemem_list()
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.record.name)
+        .filter(|n| n.starts_with(region))
+        .collect()
+}
+
+#[test]
+fn every_mode_reports_its_counts_and_agrees_on_the_result() {
+    let t = "every_mode_reports_its_counts_and_agrees_on_the_result";
+    let Some(d) = daemon(t) else { return };
+
+    let none = run(&d, "none", "async", "spectrum", "wl-none");
+    assert!(none.analytics.is_none());
+    assert_eq!((none.sim.steps, none.sim.publish.published), (STEPS, 0));
+    let reference = none.sim.checksum;
+
+    let stub = run(&d, "stub", "sync", "spectrum", "wl-stub");
+    let a = stub.analytics.as_ref().unwrap();
+    assert_eq!((stub.sim.publish.published, a.consumed), (0, 0));
+
+    for (mode, kind) in [("spinlock", "spectrum"), ("xasm", "stream")] {
+        for exec in ["sync", "async"] {
+            let region = format!("wl-{mode}-{exec}");
+            let r = run(&d, mode, exec, kind, &region);
+            let a = r.analytics.as_ref().unwrap();
+            let what = format!("{mode} {exec}: {r:?}");
+            // The coupling never changes what the simulation computes.
+            assert_eq!(r.sim.checksum.to_bits(), reference.to_bits(), "{what}");
+            assert_eq!(r.sim.publish.published, STEPS, "{what}");
+            assert_eq!(a.torn, 0, "{what}");
+            assert!(r.sim.insitu_s > 0.0 && r.sim.share < 1.0, "{what}");
+            if exec == "sync" {
+                // Every step, in order.
+                assert_eq!(
+                    (a.consumed, a.first_step, a.last_step, a.skipped),
+                    (STEPS, 1, STEPS, 0),
+                    "{what}"
+                );
+            } else {
+                assert!(a.consumed >= 1 && a.consumed <= STEPS, "{what}");
+                assert_eq!(
+                    a.consumed + a.skipped + a.first_step - 1,
+                    a.last_step,
+                    "{what}"
+                );
+            }
+            if mode == "spinlock" {
+                // The lock hands the final state over too.
+                assert_eq!(a.last_step, STEPS, "{what}");
+            }
+            if mode == "xasm" {
+                assert!(r.sim.publish.mechanism.is_some(), "{what}");
+                let s = a.stream.unwrap();
+                assert!(s.copy > 0.0 && s.triad > 0.0, "{what}");
+            } else {
+                let s = a.spectrum.as_ref().unwrap();
+                assert_eq!(s.rows.len(), 3, "{what}");
+                assert!(s.total_energy > 0.0, "{what}");
+            }
+            assert!(
+                exported(&d, &region).is_empty(),
+                "{region} left exported: {:?}",
+                exported(&d, &region)
+            );
+        }
+    }
+}
+
+#[test]
+fn analytics_without_a_simulation_time_out_and_say_why() {
+    let t = "analytics_without_a_simulation_time_out_and_say_why";
+    let Some(d) = daemon(t) else { return };
+    let out = insitu(
+        &d,
+        &[
+            "analyze",
+            "--mode",
+            "xasm",
+            "--region",
+            "wl-nobody",
+            "--timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wl-nobody.ctl") && err.contains("no simulation published"),
+        "{err}"
+    );
+
+    let out = insitu(
+        &d,
+        &[
+            "sim", "--mode", "xasm", "--region", "bad name", "--size", "4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"bad name\""));
+}
+
+#[test]
+fn analytics_of_the_wrong_mode_are_refused() {
+    let t = "analytics_of_the_wrong_mode_are_refused";
+    let Some(d) = daemon(t) else { return };
+    // A simulation that waits for analytics (sync).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut sim = Kill(
+        Command::new(INSITU)
+            .args([
+                "sim",
+                "--mode",
+                "spinlock",
+                "--exec",
+                "sync",
+                "--region",
+                "wl-wrong",
+                "--size",
+                "4",
+                "--steps",
+                "3",
+                "--timeout",
+                "20",
+                "--quiet",
+            ])
+            .env("HOBBES_STATE_DIR", d.state_dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = insitu(
+        &d,
+        &[
+            "analyze",
+            "--mode",
+            "xasm",
+            "--region",
+            "wl-wrong",
+            "--timeout",
+            "10",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("published in mode spinlock, not xasm"),
+        "{err}"
+    );
+    // The right mode then consumes all three steps, and the simulation ends.
+    let out = insitu(
+        &d,
+        &[
+            "analyze",
+            "--mode",
+            "spinlock",
+            "--region",
+            "wl-wrong",
+            "--json",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: hobbes_workloads::AnalyticsReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (rep.consumed, rep.last_step, rep.mode),
+        (3, 3, Mode::Spinlock)
+    );
+    assert!(sim.0.wait().unwrap().success());
+}
