@@ -230,7 +230,12 @@ fn composite_segments() {
     assert_eq!(read_table(t2.as_fd()).unwrap().1.len(), 3);
     let size = 3 * page();
     let v1 = hobbes_xemem::make_composite(&t1, &pool, size, &opts("field@1")).unwrap();
-    let v2 = hobbes_xemem::make_composite(&t2, &pool, size, &opts("field@2")).unwrap();
+    // Version 2 also has a signal channel (a third descriptor).
+    let signalled = MakeOptions {
+        signalled: true,
+        ..opts("field@2")
+    };
+    let v2 = hobbes_xemem::make_composite(&t2, &pool, size, &signalled).unwrap();
     assert_eq!((lookup("field@1"), lookup("field@2")), (Some(v1), Some(v2)));
 
     versions_read_right(v1, v2, &pool);
@@ -281,7 +286,7 @@ fn versions_read_right(v1: SegId, v2: SegId, pool: &OwnedFd) {
     // The raw client sees both descriptors; its two-descriptor get refuses.
     let mut c = hobbes_client::Client::connect_default().unwrap();
     let g = c.xemem_get_grant(v2, Access::ReadOnly).unwrap();
-    assert!(g.pool.is_some() && g.eventfd.is_none());
+    assert!(g.pool.is_some() && g.eventfd.is_some());
     assert_eq!(g.record.composite.unwrap().extents, 3);
     assert!(c.xemem_get(v2, Access::ReadOnly).is_err());
     assert_eq!(
@@ -528,6 +533,10 @@ fn restart(d: &mut Daemon, v2: SegId, t2: &OwnedFd) {
     drop((a, g, before));
     released(t2, "the hold to go");
     assert!(d.log().contains("segment recovered from its owner"));
+    // The eventfd came back too: the name server signals it.
+    let mut c = hobbes_client::Client::connect_default().unwrap();
+    c.xemem_signal(v2).unwrap();
+    assert!(hobbes_xemem::wait(v2, Some(LIMIT)).unwrap());
     hobbes_xemem::remove(v2).unwrap();
     assert_eq!(lookup("field@2"), None);
 }
