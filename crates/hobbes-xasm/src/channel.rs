@@ -163,7 +163,7 @@ impl ChannelReader {
             Mechanism::from_code(h.mechanism),
             h.producer_pid,
         );
-        if r.region_len == 0 || r.region_len % page as u64 != 0 {
+        if r.region_len == 0 || !r.region_len.is_multiple_of(page as u64) {
             return Err(XasmError::invalid(
                 OP,
                 format!(

@@ -166,7 +166,7 @@ fn check_options(op: &'static str, len: usize, opts: &RegionOptions) -> Result<M
             format!("region name {name:?} must be 1-{MAX_NAME_LEN} characters, no spaces, no '@'"),
         ));
     }
-    if len == 0 || len % page != 0 {
+    if len == 0 || !len.is_multiple_of(page) {
         return Err(XasmError::invalid(
             op,
             format!("region {name:?}: length {len} must be a non-zero multiple of the page size ({page})"),
@@ -237,7 +237,7 @@ impl Producer {
     pub fn create_at(addr: usize, len: usize, opts: &RegionOptions) -> Result<Producer> {
         const OP: &str = "arena_map_backed_region";
         let m = check_options(OP, len, opts)?;
-        if addr == 0 || addr % sys::page_size() != 0 {
+        if addr == 0 || !addr.is_multiple_of(sys::page_size()) {
             return Err(XasmError::invalid(
                 OP,
                 format!(
@@ -270,7 +270,7 @@ impl Producer {
         const OP: &str = "xasm_region_register";
         let m = check_options(OP, len, opts)?;
         let addr = addr as usize;
-        if addr == 0 || addr % sys::page_size() != 0 {
+        if addr == 0 || !addr.is_multiple_of(sys::page_size()) {
             return Err(XasmError::invalid(
                 OP,
                 format!(
@@ -663,7 +663,7 @@ impl Producer {
     pub fn publish_alias(&mut self, version: u64, name: &str, size: u64) -> Result<SegId> {
         const OP: &str = "xemem_make";
         let page = self.page as u64;
-        if size == 0 || size % page != 0 || size > self.len as u64 {
+        if size == 0 || !size.is_multiple_of(page) || size > self.len as u64 {
             return Err(XasmError::invalid(
                 OP,
                 format!(

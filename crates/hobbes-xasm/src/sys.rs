@@ -121,6 +121,18 @@ pub fn slice_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }
 
+/// Write the byte at `addr` back unchanged (a write fault: it gives a
+/// never-written anonymous mapping its reverse-map structure before the
+/// mprotect mechanism splits it, so the pieces can merge back). The caller
+/// owns the byte and no other thread writes it now.
+pub fn rewrite_byte(addr: usize) {
+    // SAFETY: per the caller's guarantee above; volatile so the store is kept.
+    unsafe {
+        let p = addr as *mut u8;
+        p.write_volatile(p.read_volatile());
+    }
+}
+
 /// A `&T` at `addr`: the caller guarantees a properly aligned, initialized
 /// `T` lives there (mapped) for `'a`. Used for the channel page header.
 pub fn at<'a, T>(addr: usize) -> &'a T {

@@ -392,6 +392,11 @@ impl MprotectTracker {
             bitmap,
             bitmap_len,
         };
+        // Pages split off by the handler must be able to merge back at the
+        // next snapshot: the kernel merges neighbouring mappings only when
+        // they share their anon_vma, which a never-written mapping does not
+        // have yet (each piece would get its own at its first write).
+        sys::rewrite_byte(addr);
         sys::mprotect(addr, len, Prot::Read).map_err(|e| ("mprotect(PROT_READ)", e))?;
         Ok(t)
     }
@@ -449,6 +454,21 @@ mod tests {
         }
     }
 
+    /// Mappings of /proc/self/maps inside `[addr, addr+len)`.
+    fn mappings_in(addr: usize, len: usize) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().next()?.split_once('-'))
+            .filter_map(|(a, b)| {
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .filter(|(s, e)| *s < addr + len && addr < *e)
+            .count()
+    }
+
     fn runs_of(pages: &[u64]) -> Vec<(u64, u64)> {
         let mut sorted = pages.to_vec();
         sorted.sort_unstable();
@@ -482,6 +502,8 @@ mod tests {
                 Dirty::Runs(runs_of(&set)),
                 "{m}: {set:?}"
             );
+            // Between snapshots the region is one mapping again.
+            assert_eq!(mappings_in(addr, pages * page), 1, "{m}: after {set:?}");
         }
         drop(t);
         // Writable and untracked afterwards.
