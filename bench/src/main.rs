@@ -12,6 +12,7 @@ use hobbes_client::proto::msg::{EnclaveRef, LaunchSpec};
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{Client, EnclaveConn, NisReader};
 
+mod insitu;
 mod plot;
 mod remora;
 mod xemem;
@@ -28,6 +29,7 @@ fn main() -> Result<()> {
             with_daemon(|d| xemem::bench(d, &out))
         }
         Some("remora") => with_daemon(remora::bench),
+        Some("insitu") => insitu::main(&args[2..]),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
         Some("all") | None => with_daemon(|d| {
@@ -38,7 +40,7 @@ fn main() -> Result<()> {
             remora::bench(d)
         }),
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora or all")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, insitu or all")
         }
     }
 }

@@ -237,8 +237,25 @@ impl Sim {
     }
 }
 
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
 /// Pin this process (all its threads from now on) to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let allowed = allowed_cpus();
+    if !allowed.contains(&cpu) {
+        return Err(Error::invalid(
+            "pin",
+            format!("cpu {cpu} is not among this process's allowed cpus {allowed:?}"),
+        ));
+    }
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)
         .map_err(|e| Error::invalid("pin", format!("cpu {cpu}: {e}")))?;
