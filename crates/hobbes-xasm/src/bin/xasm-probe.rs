@@ -38,6 +38,8 @@ enum Cmd {
     /// Attach one version and keep it until stdin says "check" (re-check)
     /// or closes; then wait for a newer version (expecting the producer gone).
     Hold(HoldArgs),
+    /// Print which mechanisms work here: `MECHANISM scan yes|no <why>`.
+    Mechanisms,
 }
 
 #[derive(Args, Clone)]
@@ -69,9 +71,10 @@ struct ProduceArgs {
     /// Fail (exit 3) when the pool's resident memory exceeds this.
     #[arg(long)]
     max_pool_mib: Option<u64>,
-    /// Wait this long for N consumers' "ready" files before starting.
-    #[arg(long)]
-    wait_for: Option<String>,
+    /// Before the first step, wait (up to 60 s) until this many consumers
+    /// have the region's channel open (the name server counts them).
+    #[arg(long, default_value_t = 0)]
+    wait_consumers: u32,
     /// Keep the region this long after the last step.
     #[arg(long, default_value_t = 0)]
     linger_ms: u64,
@@ -89,17 +92,16 @@ struct ConsumeArgs {
     /// How long to retry opening the region.
     #[arg(long, default_value_t = 20_000)]
     open_ms: u64,
-    /// Create this file once the region is open.
-    #[arg(long)]
-    ready_file: Option<String>,
 }
 
 #[derive(Args)]
 struct HoldArgs {
     #[arg(long)]
     name: String,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// The producer's seed (a `produce` run): also check that every page
+    /// the version's own step wrote carries its stamp.
+    #[arg(long)]
+    seed: Option<u64>,
     /// The version (default: the latest).
     #[arg(long)]
     version: Option<u64>,
@@ -136,6 +138,20 @@ fn main() -> ExitCode {
         Cmd::Interactive(a) => interactive(a),
         Cmd::Consume(a) => consume(a),
         Cmd::Hold(a) => hold(a),
+        Cmd::Mechanisms => {
+            for m in [Mechanism::Scan, Mechanism::Mprotect] {
+                let why = match m {
+                    Mechanism::Scan => hobbes_xasm::scan_unavailable_reason().unwrap_or_default(),
+                    Mechanism::Mprotect => String::new(),
+                };
+                let ok = hobbes_xasm::mechanism_available(m);
+                say(format!(
+                    "MECHANISM {m} {} {why}",
+                    if ok { "yes" } else { "no" }
+                ));
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -265,7 +281,7 @@ fn write_step(mem: &mut [u8], layout: &Layout, step: u64, pages: &[u64]) {
 }
 
 /// Check a whole version; returns how many data pages carried stamp `v`.
-fn check_version(snap: &Snapshot, seed: u64) -> Result<u64, Failure> {
+fn check_version(snap: &Snapshot, seed: Option<u64>) -> Result<u64, Failure> {
     let bytes = snap.as_slice();
     let v = snap.version();
     let layout = Layout::from_header(bytes)?;
@@ -302,7 +318,7 @@ fn check_version(snap: &Snapshot, seed: u64) -> Result<u64, Failure> {
         }
         fresh += u64::from(s == v);
     }
-    for p in subset(seed, v, layout.pages) {
+    for p in seed.map_or(Vec::new(), |seed| subset(seed, v, layout.pages)) {
         let s = word(bytes, layout.table_word(p));
         if s != v {
             return Err(check_failed(format!(
@@ -334,19 +350,8 @@ fn produce(a: ProduceArgs) -> Result<(), Failure> {
         p.len(),
         p.mechanism()
     ));
-    if let Some(spec) = &a.wait_for {
-        // "N:dir": wait for N files in dir (consumers that opened the region).
-        let (n, dir) = spec.split_once(':').unwrap_or(("0", "."));
-        let n: usize = n.parse().unwrap_or(0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) < n {
-            if Instant::now() > deadline {
-                return Err(check_failed(format!(
-                    "consumers did not get ready in {dir}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    if a.wait_consumers > 0 {
+        wait_consumers(p.name(), a.wait_consumers)?;
     }
     let base_fds = diag::open_fds();
     let (mut max_resident, mut max_size, mut max_fds, mut max_extents, mut max_live) =
@@ -393,6 +398,28 @@ fn produce(a: ProduceArgs) -> Result<(), Failure> {
     drop(p);
     say("CLOSED".into());
     Ok(())
+}
+
+/// Poll the name server until `n` processes map the channel `name`.
+fn wait_consumers(name: &str, n: u32) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = hobbes_xemem::list().map_err(|e| check_failed(format!("list: {e}")))?;
+        let have = list
+            .iter()
+            .find(|s| s.record.name.as_deref() == Some(name))
+            .map_or(0, |s| s.attachments);
+        if have >= n {
+            say(format!("CONSUMERS {have}"));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(check_failed(format!(
+                "only {have} of {n} consumers opened region {name} in 60 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn stats_line(p: &Producer) -> String {
@@ -496,9 +523,7 @@ fn open(name: &str, open_ms: u64) -> Result<Consumer, Failure> {
 
 fn consume(a: ConsumeArgs) -> Result<(), Failure> {
     let c = open(&a.name, a.open_ms)?;
-    if let Some(f) = &a.ready_file {
-        std::fs::write(f, b"ready").map_err(|e| check_failed(format!("{f}: {e}")))?;
-    }
+    say(format!("OPEN {}", a.name));
     let (base_maps, base_fds) = (diag::mappings(), diag::open_fds());
     let (mut max_maps, mut max_fds) = (base_maps, base_fds);
     let (mut checked, mut missed, mut fresh_pages) = (0u64, 0u64, 0u64);
@@ -515,7 +540,7 @@ fn consume(a: ConsumeArgs) -> Result<(), Failure> {
             Ok(snap) => {
                 max_maps = max_maps.max(diag::mappings());
                 max_fds = max_fds.max(diag::open_fds());
-                fresh_pages += check_version(&snap, a.seed)?;
+                fresh_pages += check_version(&snap, Some(a.seed))?;
                 checked += 1;
             }
             // Reclaimed before we got to it (we lag): fine, take the next.
