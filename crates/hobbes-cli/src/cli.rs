@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use hobbes_proto::model::AppId;
+use hobbes_workloads::{AnalyticsKind, Mode, Workload};
 
 use crate::args::{parse_env, parse_mode, parse_signal, parse_size_mib, IdList};
 
@@ -118,8 +119,55 @@ pub enum Command {
         mode: u32,
     },
     /// Show Hobbes at work: start a daemon if none runs, create an enclave,
-    /// run a program in it, clean up.
-    Demo,
+    /// run a program in it, clean up. `demo insitu`: the composed in situ
+    /// workflow (simulation + analytics in two enclaves, coupled through XASM).
+    Demo {
+        #[command(subcommand)]
+        what: Option<DemoKind>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DemoKind {
+    /// A simulation in one enclave publishing its state every step, analytics
+    /// in another reading it; every problem size in every coupling mode; a
+    /// report and a plot of the in situ share against problem size.
+    Insitu(InsituArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InsituArgs {
+    /// The simulation.
+    #[arg(long, value_enum, default_value_t = Workload::Snap)]
+    pub workload: Workload,
+    /// The analytics.
+    #[arg(long, value_enum, default_value_t = AnalyticsKind::Spectrum)]
+    pub kind: AnalyticsKind,
+    /// Problem sizes (cells or grid points per dimension), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [12, 16, 24, 32])]
+    pub sizes: Vec<usize>,
+    /// Time steps per run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Coupling modes, comma-separated; the isolated run (none) is always included.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::None, Mode::Stub, Mode::Xasm, Mode::Spinlock])]
+    pub modes: Vec<Mode>,
+    /// Execution: async (the simulation never waits), sync (it waits for the
+    /// analytics every step) or both.
+    #[arg(long, default_value = "async")]
+    pub exec: String,
+    /// Runs of each configuration (the report shows medians).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Memory of the simulation's enclave, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub sim_memory: u64,
+    /// Memory of the analytics' enclave, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub analytics_memory: u64,
+    /// Where the plot (insitu-share.svg) and the runs (insitu-runs.json) go.
+    #[arg(long, default_value = "insitu-report")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

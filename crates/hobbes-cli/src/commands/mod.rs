@@ -4,13 +4,15 @@
 mod app;
 mod demo;
 mod direct;
+mod embedded;
 mod enclave;
+mod insitu;
 mod node;
 
 use anyhow::Result;
 use hobbes_proto::msg::EnclaveRef;
 
-use crate::cli::Command;
+use crate::cli::{Command, DemoKind};
 use crate::Ctx;
 
 pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
@@ -44,6 +46,9 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
             from,
             mode,
         } => direct::write(ctx, &enclave, &path, from.as_deref(), mode),
-        Command::Demo => demo::run(ctx),
+        Command::Demo { what: None } => demo::run(ctx),
+        Command::Demo {
+            what: Some(DemoKind::Insitu(args)),
+        } => insitu::run(ctx, args),
     }
 }
