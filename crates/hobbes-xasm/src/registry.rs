@@ -115,6 +115,15 @@ pub fn aspace_copy(aspace: u64) -> Result<u64> {
     Ok(latest)
 }
 
+/// The name of the XASM region `[addr, addr+len)` overlaps, if any.
+pub fn region_at(addr: usize, len: usize) -> Option<String> {
+    let end = addr.checked_add(len)?;
+    regions()
+        .values()
+        .find(|r| r.addr < end && addr < r.addr + r.len)
+        .map(|r| r.name.clone())
+}
+
 /// The `xemem_make` hook. `None` when `[addr, addr+len)` touches no XASM
 /// region (make it as usual). Otherwise the range must start at a region
 /// whose copy exists (`aspace_copy` or `xasm_snapshot`): its latest version

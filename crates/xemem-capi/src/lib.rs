@@ -1,5 +1,6 @@
 //! `libxemem`: the seeds' XEMEM C API (`include/xemem.h`) on
-//! [`hobbes_xemem`]. Every export returns -1 / `XEMEM_INVALID_SEGID` / NULL
+//! [`hobbes_xemem`], and XASM's (`include/xasm.h`, [`xasm`]) on
+//! [`hobbes_xasm`]. Every export returns -1 / `XEMEM_INVALID_SEGID` / NULL
 //! (`(void *)-1` for `xemem_attach`, like XPMEM) on failure, sets errno and
 //! keeps a message for `xemem_last_error()`, and never unwinds into C.
 //!
@@ -13,6 +14,7 @@ use hobbes_xemem::cabi::guard;
 use hobbes_xemem::{Access, MakeOptions, SegId, XememError};
 
 mod ffi;
+pub mod xasm;
 
 pub type XememSegid = i64;
 pub type XememApid = i64;
@@ -55,6 +57,26 @@ fn make(
 ) -> hobbes_xemem::Result<SegId> {
     // SAFETY: the C contract: name is NULL or a NUL-terminated string.
     let name = unsafe { ffi::opt_str(op, name) }?;
+    // An XASM region (the Kitten-style flow, the paper's Figure 3): publish
+    // its copy under `name` instead of converting the range.
+    if let Some(region) = hobbes_xasm::registry::region_at(vaddr as usize, size) {
+        if signalled || segid.is_some() {
+            return Err(XememError::InvalidArgument {
+                op,
+                reason: format!(
+                    "range overlaps XASM region {region:?}: its copy is published with plain xemem_make"
+                ),
+            });
+        }
+        return hobbes_xasm::registry::publish_copy(vaddr as usize, size, name)
+            .unwrap_or_else(|| {
+                Err(hobbes_xasm::XasmError::NotFound {
+                    op,
+                    what: format!("XASM region {region:?} went away"),
+                })
+            })
+            .map_err(xasm::as_xemem);
+    }
     let opts = MakeOptions {
         name: name.map(str::to_owned),
         segid,
@@ -117,7 +139,10 @@ pub extern "C" fn xemem_make_segid(
 #[no_mangle]
 pub extern "C" fn xemem_remove(segid: XememSegid) -> c_int {
     guard("xemem_remove", -1, || {
-        hobbes_xemem::remove(segid).map(|_| 0)
+        hobbes_xemem::remove(segid)?;
+        // A published XASM copy no longer pins its version.
+        hobbes_xasm::registry::segment_removed(segid);
+        Ok(0)
     })
 }
 
