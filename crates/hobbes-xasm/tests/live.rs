@@ -80,6 +80,7 @@ fn xasm_in_process() {
         basics(m);
         retention_and_holds(m);
         max_extents_bound_mapping_count(m);
+        random_writes_over_a_large_region(m);
         two_regions_snapshot_concurrently(m);
         producer_exit_with_attachments(m);
         register_in_place(m);
@@ -349,6 +350,39 @@ fn max_extents_bound_mapping_count(m: Mechanism) {
 /// Two regions snapshotting at the same time in two threads (a second
 /// snapshot of the *same* Producer cannot start: it needs `&mut`), each with
 /// a consumer thread checking every version it gets.
+/// 64 MiB written in random order with the default budget (4096 extents):
+/// every version stays under it, far from vm.max_map_count.
+fn random_writes_over_a_large_region(m: Mechanism) {
+    let name = format!("t-large-{m}");
+    let n = 16384usize;
+    let mut p = Producer::create(n * PAGE, &opts(&name, m, 2)).unwrap();
+    let c = Consumer::open(&name).unwrap();
+    let mut model = Model::new(n);
+    p.snapshot().unwrap();
+    let mut x = 987654321u64;
+    let (mut compacted, mut peak) = (0, 0);
+    for step in 0..8 {
+        for _ in 0..3000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            model.write(&mut p, (x >> 33) as usize % n, step as u8 + 1);
+        }
+        let info = p.snapshot().unwrap();
+        assert!(info.extents <= 4096, "step {step}: {info:?}");
+        compacted += info.compacted_pages;
+        peak = peak.max(info.extents);
+    }
+    assert!(compacted > 0);
+    let maps0 = diag::mappings();
+    let s = c.attach_latest().unwrap().unwrap();
+    assert!(diag::mappings() <= maps0 + 4096 + 4);
+    model.check(s.as_slice(), "large region");
+    println!(
+        "{m}: 64 MiB, 8 x 3000 random pages: peak {peak} extents, {compacted} pages compacted"
+    );
+}
+
 fn two_regions_snapshot_concurrently(m: Mechanism) {
     let mut handles = Vec::new();
     for r in 0..2 {
