@@ -523,13 +523,15 @@ impl Job {
     pub fn cancel(&self) {
         self.lock().cancelled = true;
         self.barrier_cv.notify_all();
+        self.event_cv.notify_all();
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.lock().cancelled
     }
 
-    /// The next event, waiting up to `timeout` for one.
+    /// The next event, waiting up to `timeout` for one. `None` when none came in time, or
+    /// at once when the job is cancelled and every event has been taken.
     pub fn next_event(&self, timeout: Duration) -> Option<JobEvent> {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
@@ -538,7 +540,7 @@ impl Job {
                 return Some(ev);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || st.cancelled {
                 return None;
             }
             st = self
@@ -770,6 +772,36 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Action::Cancelled);
         assert_eq!(second.join().unwrap(), Action::Cancelled);
         assert_eq!(j.handle(2, Command::BarrierIn), Action::Cancelled);
+    }
+
+    #[test]
+    fn cancel_wakes_an_event_waiter_after_the_queued_events() {
+        let j = job(2);
+        j.abort(0, 3);
+        let waiter = {
+            let j = j.clone();
+            thread::spawn(move || {
+                let first = j.next_event(Duration::from_secs(60));
+                let started = Instant::now();
+                (
+                    first,
+                    j.next_event(Duration::from_secs(60)),
+                    started.elapsed(),
+                )
+            })
+        };
+        // Cancelled while the waiter waits (or before): either way it returns at once.
+        j.cancel();
+        let (first, second, waited) = waiter.join().unwrap();
+        assert_eq!(
+            first,
+            Some(JobEvent::Abort {
+                rank: 0,
+                exitcode: 3
+            })
+        );
+        assert_eq!(second, None);
+        assert!(waited < Duration::from_secs(30), "waited {waited:?}");
     }
 
     #[test]
