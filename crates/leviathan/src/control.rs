@@ -325,9 +325,15 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .uid(cmd.uid)
-        .gid(cmd.gid)
-        // Own process group: signals meant for the control process never reach apps.
-        .process_group(0);
+        .gid(cmd.gid);
+    // Own session (so own process group: signals meant for the control process
+    // never reach apps), as mpiexec.hydra gives each rank: the scheduler then
+    // shares the CPU between apps as between sessions (autogroups), instead of
+    // squeezing every app of the node into the daemon's session's one share.
+    // SAFETY: between fork and exec the closure only calls setsid, a syscall.
+    unsafe {
+        command.pre_exec(sys::new_session);
+    }
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }

@@ -4,9 +4,8 @@
 //! supervisor.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hobbes_nis::{NisError, NisWriter};
@@ -14,6 +13,9 @@ use hobbes_pmi::{Job, JobConfig, JobObserver, PmiTransport, SocketpairServer, Tc
 use hobbes_proto::msg::PmiMode;
 
 use crate::daemon::remora::JobEvent;
+
+/// How long the supervisor waits for the mirror to catch up at the job's end.
+const MIRROR_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Transport {
     Tcp(TcpServer),
@@ -24,32 +26,81 @@ enum Transport {
 pub struct PmiJob {
     job: Arc<Job>,
     transport: Transport,
-    stop: Arc<AtomicBool>,
+    mirror: Mutex<Option<Sender<MirrorOp>>>,
 }
 
-/// Mirrors the job's key/values and barriers into the NIS (the seeds' RPMI database).
+/// What the PMI server tells the mirror thread.
+enum MirrorOp {
+    Put(String, String),
+    Barrier(u64),
+    /// Apply everything before this, answer, and stop mirroring.
+    Close(Sender<()>),
+}
+
+/// Mirrors the job's key/values and barriers into the NIS (the seeds' RPMI
+/// database). The PMI server calls it with the job's lock held, on the ranks'
+/// critical path (the last rank into a barrier releases the others only after
+/// `on_barrier` returns), so it only queues: one thread applies the queue in
+/// order, everything pending in one NIS transaction.
 struct NisMirror {
-    nis: Arc<NisWriter>,
-    kvsname: String,
-    job_id: u64,
+    ops: Mutex<Sender<MirrorOp>>,
+}
+
+impl NisMirror {
+    fn send(&self, op: MirrorOp) {
+        // Fails only once the job is closed: nothing is recorded after its end.
+        let _ = self.ops.lock().unwrap_or_else(|p| p.into_inner()).send(op);
+    }
 }
 
 impl JobObserver for NisMirror {
     fn on_put(&self, key: &str, value: &str) {
-        let _ = self
-            .nis
-            .update(|t| -> Result<(), NisError> { t.put_pmi(&self.kvsname, key, value) });
+        self.send(MirrorOp::Put(key.to_string(), value.to_string()));
     }
 
     fn on_barrier(&self, generation: u64) {
-        let _ = self.nis.update(|t| -> Result<(), NisError> {
-            // The record is written once every rank is launched; until then there is none.
-            if let Some(mut job) = t.job(self.job_id)? {
-                job.barriers = job.barriers.max(generation);
-                t.put_job(&mut job)?;
+        self.send(MirrorOp::Barrier(generation));
+    }
+}
+
+/// The mirror thread: apply what is queued, a batch per NIS transaction.
+fn mirror(nis: &NisWriter, kvsname: &str, job_id: u64, ops: &Receiver<MirrorOp>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        batch.extend(ops.try_iter());
+        let close = batch.iter().position(|op| matches!(op, MirrorOp::Close(_)));
+        let applied = close.map_or(&batch[..], |i| &batch[..i]);
+        if !applied.is_empty() {
+            let written = nis.update(|t| -> Result<(), NisError> {
+                let mut barriers = 0;
+                for op in applied {
+                    match op {
+                        MirrorOp::Put(k, v) => t.put_pmi(kvsname, k, v)?,
+                        MirrorOp::Barrier(g) => barriers = barriers.max(*g),
+                        MirrorOp::Close(_) => {}
+                    }
+                }
+                // The record is written before any rank runs; keep the highest count.
+                if barriers > 0 {
+                    if let Some(mut job) = t.job(job_id)? {
+                        if barriers > job.barriers {
+                            job.barriers = barriers;
+                            t.put_job(&mut job)?;
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                tracing::warn!(job = job_id, error = %e, "cannot mirror PMI state in the NIS");
             }
-            Ok(())
-        });
+        }
+        if let Some(i) = close {
+            if let MirrorOp::Close(ack) = &batch[i] {
+                let _ = ack.send(());
+            }
+            return;
+        }
     }
 }
 
@@ -63,10 +114,15 @@ impl PmiJob {
         events: Sender<JobEvent>,
     ) -> std::io::Result<PmiJob> {
         let config = JobConfig::mpmd(kvsname, app_sizes);
+        let (ops_tx, ops_rx) = mpsc::channel();
+        {
+            let kvsname = kvsname.to_string();
+            std::thread::Builder::new()
+                .name("pmi-mirror".into())
+                .spawn(move || mirror(&nis, &kvsname, job_id, &ops_rx))?;
+        }
         let observer = Arc::new(NisMirror {
-            nis,
-            kvsname: kvsname.to_string(),
-            job_id,
+            ops: Mutex::new(ops_tx.clone()),
         });
         let job =
             Arc::new(Job::with_observer(config, observer).map_err(|e| {
@@ -76,17 +132,16 @@ impl PmiJob {
             PmiMode::Tcp => Transport::Tcp(TcpServer::start(job.clone())?),
             PmiMode::Socketpair => Transport::Socketpair(SocketpairServer::start(job.clone())?),
         };
-        let stop = Arc::new(AtomicBool::new(false));
         {
-            let (job, stop) = (job.clone(), stop.clone());
+            let job = job.clone();
             std::thread::Builder::new()
                 .name("pmi-events".into())
-                .spawn(move || forward_events(&job, &stop, &events))?;
+                .spawn(move || forward_events(&job, &events))?;
         }
         Ok(PmiJob {
             job,
             transport,
-            stop,
+            mirror: Mutex::new(Some(ops_tx)),
         })
     }
 
@@ -122,18 +177,37 @@ impl PmiJob {
             s.spawned(rank);
         }
     }
+
+    /// The job has ended: wait (bounded) until the NIS holds everything the
+    /// ranks put and every barrier, then stop mirroring, so nothing lands in
+    /// the NIS after the supervisor's final record and the KVS's removal.
+    pub fn close_mirror(&self) {
+        let Some(ops) = self.mirror.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if ops.send(MirrorOp::Close(ack_tx)).is_ok()
+            && ack_rx.recv_timeout(MIRROR_FLUSH_TIMEOUT).is_err()
+        {
+            tracing::warn!("the PMI mirror did not catch up within {MIRROR_FLUSH_TIMEOUT:?}");
+        }
+    }
 }
 
 impl Drop for PmiJob {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
         self.job.cancel();
     }
 }
 
-fn forward_events(job: &Job, stop: &AtomicBool, events: &Sender<JobEvent>) {
-    while !stop.load(Ordering::SeqCst) {
-        let Some(ev) = job.next_event(Duration::from_millis(100)) else {
+/// Feed the PMI server's events to the supervisor until it stops listening.
+fn forward_events(job: &Job, events: &Sender<JobEvent>) {
+    loop {
+        // Wakes on an event, or at once when the job is cancelled (its end).
+        let Some(ev) = job.next_event(Duration::from_secs(3600)) else {
+            if job.is_cancelled() {
+                return;
+            }
             continue;
         };
         let sent = match ev {

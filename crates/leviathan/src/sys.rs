@@ -360,6 +360,12 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Start a new session (and process group) led by the calling process
+/// (between fork and exec: async-signal-safe).
+pub fn new_session() -> io::Result<()> {
+    nix::unistd::setsid().map(drop).map_err(io::Error::from)
+}
+
 /// Let `fd` survive `exec` (between fork and exec: async-signal-safe).
 pub fn clear_cloexec(fd: i32) -> io::Result<()> {
     // SAFETY: fcntl(F_SETFD) on a plain integer descriptor; no memory involved.

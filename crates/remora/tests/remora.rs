@@ -495,3 +495,79 @@ fn ctrl_c_reaches_every_process() {
         .filter(|a| a.name.starts_with("spin."))
         .all(|a| a.state.is_final()));
 }
+
+/// Every rank loads the topology the daemon exported instead of discovering
+/// the machine, and sees exactly what its own discovery would show (its
+/// enclave's cores: a free core, and the host's shared one).
+#[test]
+fn ranks_see_their_own_discovery_through_the_shared_topology() {
+    let t = "ranks_see_their_own_discovery_through_the_shared_topology";
+    if Command::new("lstopo-no-graphics")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip(
+            t,
+            "lstopo-no-graphics not installed (apt-get install hwloc-nox)",
+        );
+        return;
+    }
+    let Some((d, progs)) = setup(t) else { return };
+    // hwloc's XML, without what differs between two loads of one machine.
+    let script = progs.dir.path().join("topology.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+norm() { sed -e 's/ gp_index="[0-9]*"//' -e '/hwlocVersion\|ProcessName/d'; }
+[ -n "$HWLOC_XMLFILE" ] || { echo "TOPOLOGY none"; exit 0; }
+shared=$(lstopo-no-graphics --of xml | norm)
+own=$(env -u HWLOC_XMLFILE -u HWLOC_THISSYSTEM -u HWLOC_THISSYSTEM_ALLOWED_RESOURCES -u HWLOC_PLUGINS_BLACKLIST lstopo-no-graphics --of xml | norm)
+pus=$(lstopo-no-graphics --only pu | tr '\n' ' ')
+if [ "$shared" = "$own" ]; then echo "TOPOLOGY same pus=$pus"; else
+  echo "$shared" > "$1.$$.shared"; echo "$own" > "$1.$$.own"
+  echo "TOPOLOGY differ: $(diff "$1.$$.shared" "$1.$$.own" | tr '\n' ' ')"; fi
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (script, diff) = (
+        script.display().to_string(),
+        progs.dir.path().join("diff").display().to_string(),
+    );
+    let out = remora(
+        &d,
+        &progs,
+        &[
+            "--no-rank-spaces",
+            "run",
+            "--enclave",
+            "sim",
+            "-n",
+            "1",
+            &script,
+            &diff,
+            ":",
+            "--enclave",
+            "ana",
+            "-n",
+            "1",
+            &script,
+            &diff,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = lines_of(&out, "TOPOLOGY");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert!(
+            l.contains("TOPOLOGY same pus=PU L#0 "),
+            "one core each, as discovered (< shared topology, > discovery): {l}"
+        );
+    }
+}

@@ -7,10 +7,14 @@
 //! does), and answers with the job's final record.
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hobbes_proto::frame::{write_frame, FrameError};
 use hobbes_proto::model::{AppRecord, EnclaveState, ExitStatus, JobAppRecord, JobRecord, JobState};
@@ -30,6 +34,9 @@ const AS_DAEMON: PeerCred = PeerCred {
 
 /// Most processes in one job.
 const MAX_JOB_RANKS: u32 = 4096;
+/// Ranks launched at once: their launch commands are in flight together, so
+/// the control process starts one while the daemon records the previous one.
+const PARALLEL_LAUNCHES: usize = 8;
 
 /// What the supervisor hears.
 pub enum JobEvent {
@@ -51,7 +58,101 @@ pub struct LiveJob {
     ranks: Vec<u64>,
     /// A signal sent to the job (Ctrl-C...): its end is then "killed".
     signalled: Mutex<Option<i32>>,
-    _pmi: crate::pmi::PmiJob,
+    pmi: crate::pmi::PmiJob,
+}
+
+/// The node's hardware topology as hwloc XML, exported once per daemon
+/// (`lstopo`), for every MPI rank to load instead of discovering it again.
+/// Discovery is the largest part of an MPICH process's start-up here: hwloc
+/// reads sysfs and the PCI configuration space of every device, and dlopens
+/// its GL/OpenCL/libxml2 plugins (X11, ICU, libstdc++), about 10 of the
+/// 26 ms of CPU a hello world takes. Newer hydras share one topology with
+/// their ranks the same way.
+static TOPOLOGY: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Export the topology for MPI ranks, at start-up: before the daemon confines
+/// itself to the host's cores, so hwloc reads every core's own details.
+pub fn init_topology(state_dir: &Path) {
+    TOPOLOGY.get_or_init(|| export_topology(&state_dir.join("hwloc-topology.xml")));
+}
+
+/// Export the topology to `path`; `None` (ranks then discover it themselves)
+/// when lstopo is missing or fails.
+fn export_topology(path: &Path) -> Option<PathBuf> {
+    let mut cmd = Command::new("lstopo-no-graphics");
+    // The whole machine, whatever cpuset the daemon started in; each rank
+    // restricts it to its own cgroup when it loads it
+    // (HWLOC_THISSYSTEM_ALLOWED_RESOURCES), as its discovery would.
+    cmd.args(["--whole-system", "--whole-io", "--of", "xml", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HWLOC_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "lstopo-no-graphics unavailable (apt-get install hwloc-nox): MPI ranks discover the topology themselves");
+            return None;
+        }
+    };
+    let mut xml = String::new();
+    let read = child
+        .stdout
+        .take()
+        .map(|mut out| out.read_to_string(&mut xml));
+    // Its output is what counts (a reaper may have collected it).
+    let _ = child.wait();
+    if !matches!(read, Some(Ok(_))) || !xml.trim_end().ends_with("</topology>") {
+        tracing::warn!("lstopo-no-graphics gave no topology: MPI ranks discover it themselves");
+        return None;
+    }
+    let tmp = path.with_extension("xml.tmp");
+    let written = std::fs::write(&tmp, &xml).and_then(|_| {
+        use std::os::unix::fs::PermissionsExt;
+        // Ranks run as their owner, in the enclave's view of the state directory.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&tmp, path)
+    });
+    match written {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "hwloc topology exported for MPI ranks");
+            Some(path.to_path_buf())
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the hwloc topology");
+            let _ = std::fs::remove_file(&tmp);
+            None
+        }
+    }
+}
+
+/// The environment that makes a rank's hwloc load `xml` instead of
+/// discovering the machine: the same topology (restricted to the rank's own
+/// cpuset, as discovery would), minus the plugins only discovery uses.
+fn topology_env(xml: &Path) -> [(String, String); 4] {
+    [
+        ("HWLOC_XMLFILE".into(), xml.display().to_string()),
+        ("HWLOC_THISSYSTEM".into(), "1".into()),
+        ("HWLOC_THISSYSTEM_ALLOWED_RESOURCES".into(), "1".into()),
+        (
+            "HWLOC_PLUGINS_BLACKLIST".into(),
+            "hwloc_gl,hwloc_opencl,hwloc_pci,hwloc_xml_libxml".into(),
+        ),
+    ]
+}
+
+/// One rank to start.
+struct RankLaunch {
+    rank: u32,
+    /// Index of its application in the job.
+    app: usize,
+    spec: LaunchSpec,
+    /// Socketpair mode: its end of the PMI connection, taken by the launch.
+    fd: Mutex<Option<OwnedFd>>,
 }
 
 /// The rank-space library: `HOBBES_REMORA_LIB`, else next to `leviathan`, else installed.
@@ -167,68 +268,117 @@ impl Daemon {
         } else {
             &[]
         };
+        let topology = TOPOLOGY.get().cloned().flatten();
         // Written before any rank runs, so the PMI server can count barriers in it.
         self.put_job(&mut record)?;
-        let mut subs = Vec::new();
-        let mut ranks = Vec::new();
+
+        // Every rank's launch, in rank order.
+        let mut launches = Vec::with_capacity(size as usize);
         let mut rank = 0u32;
         for (appnum, (app, enclave)) in spec.apps.iter().zip(&enclaves).enumerate() {
-            let mut rec = JobAppRecord {
+            record.apps.push(JobAppRecord {
                 name: app.name.clone(),
                 enclave: enclave.id,
                 appnum: appnum as u32,
                 first_rank: rank,
                 np: app.np,
                 app_ids: vec![],
-            };
+            });
+            // The program's own hwloc settings win over the shared topology.
+            let own_hwloc = app.env.iter().any(|(k, _)| k.starts_with("HWLOC_"));
+            let defaults: Vec<(String, String)> = ucx_defaults
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain(
+                    topology
+                        .as_deref()
+                        .filter(|_| !own_hwloc)
+                        .map(topology_env)
+                        .into_iter()
+                        .flatten(),
+                )
+                .filter(|(k, _)| !app.env.iter().any(|(ak, _)| ak == k))
+                .collect();
+            let first_rank = rank;
             for _ in 0..app.np {
-                let mut env: Vec<(String, String)> = ucx_defaults
-                    .iter()
-                    .filter(|(k, _)| !app.env.iter().any(|(ak, _)| ak == k))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+                let mut env = defaults.clone();
                 env.extend(app.env.iter().cloned());
                 env.extend(pmi.env_for_rank(rank));
                 env.push(("REMORA_JOB".into(), id.to_string()));
                 env.push(("REMORA_APP".into(), app.name.clone()));
+                // The application's place in the job, so libremora builds its
+                // world from the group alone (no split of the whole job).
+                env.push(("REMORA_APP_FIRST_RANK".into(), first_rank.to_string()));
+                env.push(("REMORA_APP_SIZE".into(), app.np.to_string()));
                 if let Some(lib) = &preload {
                     env.push(("LD_PRELOAD".into(), lib.display().to_string()));
                 }
-                let launch = LaunchSpec {
-                    enclave: hobbes_proto::msg::EnclaveRef::Id(enclave.id),
-                    name: Some(format!("{}.{rank}", app.name)),
-                    argv: app.argv.clone(),
-                    env,
-                    cwd: app.cwd.clone(),
-                    stream: true,
-                };
                 let child_end = pmi
                     .child_end(rank)
                     .map_err(|e| internal(format!("PMI socketpair of rank {rank}: {e}")))?;
-                let launched = self.launch_app_with_fd(peer, &launch, child_end);
-                pmi.spawned(rank);
-                match launched {
-                    Ok((a, Some(sub))) => {
-                        rec.app_ids.push(a.id);
-                        ranks.push(a.id);
-                        subs.push(sub);
-                    }
-                    Ok((_, None)) => {
-                        return Err(internal("streamed launch without a subscription"))
-                    }
-                    Err(e) => {
-                        for app in &ranks {
-                            let _ = self.kill_app(&AS_DAEMON, *app, libc::SIGKILL);
-                        }
-                        return Err(refuse(
-                            e.code,
-                            format!("rank {rank} of {}: {}", app.name, e.message),
-                        ));
-                    }
-                }
+                launches.push(RankLaunch {
+                    rank,
+                    app: appnum,
+                    spec: LaunchSpec {
+                        enclave: hobbes_proto::msg::EnclaveRef::Id(enclave.id),
+                        name: Some(format!("{}.{rank}", app.name)),
+                        argv: app.argv.clone(),
+                        env,
+                        cwd: app.cwd.clone(),
+                        stream: true,
+                    },
+                    fd: Mutex::new(child_end),
+                });
                 rank += 1;
             }
-            record.apps.push(rec);
+        }
+
+        let results = self.launch_ranks(peer, &pmi, &launches);
+        let mut subs = Vec::with_capacity(launches.len());
+        let mut ranks = Vec::with_capacity(launches.len());
+        let mut failure = None;
+        for (launch, result) in launches.iter().zip(results) {
+            match result {
+                Some(Ok((a, Some(sub)))) => {
+                    record.apps[launch.app].app_ids.push(a.id);
+                    ranks.push(a.id);
+                    subs.push(sub);
+                }
+                Some(Ok((a, None))) => {
+                    ranks.push(a.id);
+                    failure
+                        .get_or_insert_with(|| internal("streamed launch without a subscription"));
+                }
+                Some(Err(e)) => {
+                    failure.get_or_insert_with(|| {
+                        refuse(
+                            e.code,
+                            format!(
+                                "rank {} of {}: {}",
+                                launch.rank, spec.apps[launch.app].name, e.message
+                            ),
+                        )
+                    });
+                }
+                // Not launched: an earlier rank failed.
+                None => {}
+            }
+        }
+        if let Some(refusal) = failure {
+            for app in &ranks {
+                let _ = self.kill_app(&AS_DAEMON, *app, libc::SIGKILL);
+            }
+            pmi.close_mirror();
+            record.state = JobState::Failed;
+            record.failure = Some(refusal.message.clone());
+            record.exit_code = Some(1);
+            record.ended_ms = Some(now_ms());
+            let _ = self.put_job(&mut record);
+            let _ = self.tx(|t| {
+                t.delete_kvs(&kvsname)?;
+                Ok::<_, TxError>(())
+            });
+            return Err(refusal);
         }
         self.put_job(&mut record)?;
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -237,7 +387,7 @@ impl Daemon {
                 owner_uid: peer.uid,
                 ranks,
                 signalled: Mutex::new(None),
-                _pmi: pmi,
+                pmi,
             }),
         );
         tracing::info!(job = id, size, apps = spec.apps.len(), "remora job started");
@@ -249,6 +399,44 @@ impl Daemon {
                 rx: events,
             },
         ))
+    }
+
+    /// Launch every rank, [`PARALLEL_LAUNCHES`] at a time; after a failure
+    /// no further rank starts. Answers in rank order (`None`: not launched).
+    #[allow(clippy::type_complexity)]
+    fn launch_ranks(
+        &self,
+        peer: &PeerCred,
+        pmi: &crate::pmi::PmiJob,
+        launches: &[RankLaunch],
+    ) -> Vec<Option<Result<(AppRecord, Option<Subscription>), Refusal>>> {
+        let results: Vec<Mutex<Option<_>>> = launches.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..launches.len().min(PARALLEL_LAUNCHES) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(launch) = launches.get(i) else {
+                        return;
+                    };
+                    if failed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let fd = launch.fd.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let result = self.launch_app_with_fd(peer, &launch.spec, fd);
+                    pmi.spawned(launch.rank);
+                    if !matches!(result, Ok((_, Some(_)))) {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .collect()
     }
 
     fn supervise(
@@ -398,6 +586,10 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&record.id);
+        // Everything the ranks put and every barrier is in the NIS before the final record.
+        if let Some(live) = &live {
+            live.pmi.close_mirror();
+        }
         if let Some(sig) = live
             .as_ref()
             .and_then(|j| *j.signalled.lock().unwrap_or_else(|p| p.into_inner()))

@@ -179,6 +179,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let mut nodes: Vec<u32> = nis.reader().memory()?.iter().map(|b| b.numa_node).collect();
     nodes.sort_unstable();
     nodes.dedup();
+    super::remora::init_topology(&paths.root);
     let moved = cgroups
         .setup(&all_cores, &host_cores, &mems_of(&nodes))
         .map_err(|e| anyhow::anyhow!("cgroup setup: {e}"))?;
