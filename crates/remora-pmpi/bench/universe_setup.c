@@ -3,11 +3,17 @@
  * Run WITHOUT libremora, as a composed MPMD job, e.g.
  *   mpicc.mpich -O2 -o universe_setup universe_setup.c
  *   mpiexec.hydra -n 2 ./universe_setup : -n 2 ./universe_setup
- * It repeats what libremora does inside MPI_Init -- split the world by
- * appnum, dup the world as the universe -- and, as the baseline, a single
- * MPI_Comm_dup of the world; each ITERS times (argv[1], default 200), timed
+ * or as a Remora job of two applications (--no-rank-spaces). It repeats
+ * what libremora does inside MPI_Init -- the application's world, then a
+ * dup of the world as the universe -- both ways libremora builds the
+ * application's world: from the group of the application's ranks
+ * (MPI_Comm_create_group, what it does under Remora, whose launcher tells
+ * each process its application's ranks) and by a split of the world by
+ * appnum (under another launcher); and, as the baseline, a single
+ * MPI_Comm_dup of the world. Each ITERS times (argv[1], default 200), timed
  * by rank 0 between barriers. Prints, from world rank 0, one line per case:
  *   remora_setup_us median=<us> min=<us> ranks=<n> apps=<k>
+ *   split_setup_us median=<us> min=<us> ranks=<n> apps=<k>
  *   comm_dup_us median=<us> min=<us> ranks=<n> apps=<k>
  */
 #include <stdio.h>
@@ -42,16 +48,42 @@ int main(int argc, char **argv)
     apps += 1;
     if (iters < 1)
         iters = 1;
-    double *setup = malloc(sizeof(double) * iters), *dup = malloc(sizeof(double) * iters);
 
+    /* The application's ranks (libremora gets them from the launcher; found
+     * here once, untimed). Applications are contiguous in the world. */
+    int *appnums = malloc(sizeof(int) * size), first = -1, np = 0;
+    MPI_Allgather(&app, 1, MPI_INT, appnums, 1, MPI_INT, MPI_COMM_WORLD);
+    for (int i = 0; i < size; i++)
+        if (appnums[i] == app) {
+            if (first < 0)
+                first = i;
+            np++;
+        }
+    free(appnums);
+    MPI_Group world_group, app_group;
+    int range[1][3] = {{first, first + np - 1, 1}};
+    MPI_Comm_group(MPI_COMM_WORLD, &world_group);
+    MPI_Group_range_incl(world_group, 1, range, &app_group);
+
+    double *setup = malloc(sizeof(double) * iters), *split = malloc(sizeof(double) * iters),
+           *dup = malloc(sizeof(double) * iters);
     for (int i = 0; i < iters; i++) {
         MPI_Comm app_world, universe;
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
-        MPI_Comm_split(MPI_COMM_WORLD, app, 0, &app_world);
+        MPI_Comm_create_group(MPI_COMM_WORLD, app_group, 0x52454d, &app_world);
         MPI_Comm_dup(MPI_COMM_WORLD, &universe);
         MPI_Barrier(MPI_COMM_WORLD);
         setup[i] = MPI_Wtime() - t0;
+        MPI_Comm_free(&app_world);
+        MPI_Comm_free(&universe);
+
+        MPI_Barrier(MPI_COMM_WORLD);
+        t0 = MPI_Wtime();
+        MPI_Comm_split(MPI_COMM_WORLD, app, 0, &app_world);
+        MPI_Comm_dup(MPI_COMM_WORLD, &universe);
+        MPI_Barrier(MPI_COMM_WORLD);
+        split[i] = MPI_Wtime() - t0;
         MPI_Comm_free(&app_world);
         MPI_Comm_free(&universe);
 
@@ -65,9 +97,13 @@ int main(int argc, char **argv)
     }
     if (rank == 0) {
         report("remora_setup_us", setup, iters, size, apps);
+        report("split_setup_us", split, iters, size, apps);
         report("comm_dup_us", dup, iters, size, apps);
     }
+    MPI_Group_free(&app_group);
+    MPI_Group_free(&world_group);
     free(setup);
+    free(split);
     free(dup);
     MPI_Finalize();
     return 0;

@@ -11,6 +11,11 @@
 
 MPI_Comm remora_app_world = MPI_COMM_NULL;
 
+/* Tag of MPI_Comm_create_group at set-up (its own collective context: it
+ * never meets the program's messages). */
+#define REMORA_SETUP_TAG 0x52454d
+
+
 /* The union of the applications: a dup of the real world (its own context,
  * so traffic on it never matches the program's traffic on other
  * communicators). */
@@ -38,6 +43,40 @@ static int appnum_of_process(void)
     return 0;
 }
 
+/* A non-negative integer environment variable; -1 when absent or not one. */
+static long env_count(const char *name)
+{
+    const char *env = getenv(name);
+    if (env == NULL || *env == '\0')
+        return -1;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(env, &end, 10);
+    if (errno != 0 || *end != '\0' || n < 0 || n > 1L << 30)
+        return -1;
+    return n;
+}
+
+/* The application's ranks in the real world, as Remora's launcher tells
+ * every process (REMORA_APP_FIRST_RANK, REMORA_APP_SIZE): 1 when given and
+ * consistent with this process, 0 otherwise (another launcher: split). */
+static int app_range_of_process(int world_rank, int world_size, int *first, int *np)
+{
+    long f = env_count("REMORA_APP_FIRST_RANK"), n = env_count("REMORA_APP_SIZE");
+    if (f < 0 && n < 0)
+        return 0;
+    if (f < 0 || n < 1 || f + n > world_size || world_rank < f || world_rank >= f + n) {
+        fprintf(stderr,
+                "remora: ignoring REMORA_APP_FIRST_RANK/REMORA_APP_SIZE (not a range of %d "
+                "ranks holding rank %d)\n",
+                world_size, world_rank);
+        return 0;
+    }
+    *first = (int)f;
+    *np = (int)n;
+    return 1;
+}
+
 /* Delete callback of an attribute cached on MPI_COMM_SELF at set-up.
  * MPI_Finalize first deletes MPI_COMM_SELF's attributes, in the reverse order
  * of their setting, while MPI is still fully usable: ours was set first, so
@@ -59,22 +98,44 @@ static int release_at_finalize(MPI_Comm comm, int keyval, void *attribute_val, v
     return MPI_SUCCESS;
 }
 
-/* After the real MPI_Init: split the real world by appnum (key 0 keeps the
- * world's rank order), keep a dup of the whole as the universe. A job of one
- * application stays transparent: MPI_COMM_WORLD is left alone, and the split
- * -- congruent with the world, with its own context -- serves as the
- * universe, which saves the dup. Every process of the job takes the same
- * branch, since the app sizes are the same everywhere. */
+/* After the real MPI_Init: the application's world is its ranks of the real
+ * world, in the world's order; the universe is a dup of the whole.
+ * Under Remora every process knows its application's ranks (from the
+ * launcher), so the world comes from MPI_Comm_create_group, collective over
+ * the application only; elsewhere a split by appnum (an allgather over the
+ * whole job) finds them. A job of one application stays transparent:
+ * MPI_COMM_WORLD is left alone, and one communicator congruent with the
+ * world, with its own context, serves as the universe. Every process of the
+ * job takes the same branch, since the app sizes are the same everywhere. */
 static int remora_setup(void)
 {
-    int rc, world_size, app_size, keyval;
-    MPI_Comm split;
+    int rc, world_rank, world_size, app_size, keyval, first = 0, np = 0;
+    MPI_Comm split = MPI_COMM_NULL;
 
     app_number = appnum_of_process();
-    rc = PMPI_Comm_split(MPI_COMM_WORLD, app_number, 0, &split);
+    PMPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    PMPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    if (app_range_of_process(world_rank, world_size, &first, &np)) {
+        if (np == world_size) {
+            rc = PMPI_Comm_dup(MPI_COMM_WORLD, &split);
+        } else {
+            MPI_Group world_group, app_group;
+            int range[1][3] = {{first, first + np - 1, 1}};
+            rc = PMPI_Comm_group(MPI_COMM_WORLD, &world_group);
+            if (rc != MPI_SUCCESS)
+                return rc;
+            rc = PMPI_Group_range_incl(world_group, 1, range, &app_group);
+            PMPI_Group_free(&world_group);
+            if (rc != MPI_SUCCESS)
+                return rc;
+            rc = PMPI_Comm_create_group(MPI_COMM_WORLD, app_group, REMORA_SETUP_TAG, &split);
+            PMPI_Group_free(&app_group);
+        }
+    } else {
+        rc = PMPI_Comm_split(MPI_COMM_WORLD, app_number, 0, &split);
+    }
     if (rc != MPI_SUCCESS)
         return rc;
-    PMPI_Comm_size(MPI_COMM_WORLD, &world_size);
     PMPI_Comm_size(split, &app_size);
     if (app_size == world_size) {
         universe = split;

@@ -161,16 +161,31 @@ impl Env {
 
     /// `mpiexec.hydra [-genv LD_PRELOAD=libremora] -n N1 exe args : -n N2 ...`
     fn mpiexec(&self, preload: bool, apps: &[(usize, &Path, &[&str])]) -> Outcome {
+        let apps: Vec<_> = apps.iter().map(|&(n, e, a)| (n, e, a, vec![])).collect();
+        self.mpiexec_env(preload, &apps)
+    }
+
+    /// The same, with environment variables for each application (`-env K V`).
+    #[allow(clippy::type_complexity)]
+    fn mpiexec_env(
+        &self,
+        preload: bool,
+        apps: &[(usize, &Path, &[&str], Vec<(String, String)>)],
+    ) -> Outcome {
         let mut cmd = Command::new("mpiexec.hydra");
         if preload {
             cmd.arg("-genv")
                 .arg(format!("LD_PRELOAD={}", self.lib.display()));
         }
-        for (i, (n, exe, args)) in apps.iter().enumerate() {
+        for (i, (n, exe, args, env)) in apps.iter().enumerate() {
             if i > 0 {
                 cmd.arg(":");
             }
-            cmd.arg("-n").arg(n.to_string()).arg(exe).args(*args);
+            cmd.arg("-n").arg(n.to_string());
+            for (k, v) in env {
+                cmd.arg("-env").arg(k).arg(v);
+            }
+            cmd.arg(exe).args(*args);
         }
         cmd.current_dir(self.dir.path());
         run(cmd, "mpiexec.hydra")
@@ -188,9 +203,25 @@ fn lines(out: &str, prefix: &str) -> Vec<String> {
     v
 }
 
+/// How each application learns its ranks in the world.
+#[derive(Clone, Copy, PartialEq)]
+enum Ranges {
+    /// As under another launcher: nothing (libremora splits the world by appnum).
+    None,
+    /// As under Remora: REMORA_APP_FIRST_RANK/REMORA_APP_SIZE (libremora builds
+    /// each world from its group).
+    Given,
+    /// A launcher's nonsense (a size beyond the world): ignored, with a warning.
+    Bad,
+}
+
 /// Run compose.c as every application of `sizes` and check each process's
 /// world, universe and the rest (the program checks, we read its verdicts).
 fn compose(test: &str, sizes: &[usize]) {
+    compose_with(test, sizes, Ranges::None)
+}
+
+fn compose_with(test: &str, sizes: &[usize], ranges: Ranges) {
     let Some(env) = setup(test) else { return };
     let exe = env.compile("mpicc.mpich", "c/compose.c", true);
     let spec = sizes
@@ -199,12 +230,33 @@ fn compose(test: &str, sizes: &[usize]) {
         .collect::<Vec<_>>()
         .join(",");
     let args = [spec.as_str()];
-    let apps: Vec<(usize, &Path, &[&str])> = sizes
-        .iter()
-        .map(|&n| (n, exe.as_path(), &args[..]))
-        .collect();
-    let o = env.mpiexec(true, &apps);
     let total: usize = sizes.iter().sum();
+    let mut first = 0;
+    let apps: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let vars = match ranges {
+                Ranges::None => vec![],
+                Ranges::Given => vec![
+                    ("REMORA_APP_FIRST_RANK".to_string(), first.to_string()),
+                    ("REMORA_APP_SIZE".to_string(), n.to_string()),
+                ],
+                Ranges::Bad => vec![
+                    ("REMORA_APP_FIRST_RANK".to_string(), first.to_string()),
+                    ("REMORA_APP_SIZE".to_string(), (total + 1).to_string()),
+                ],
+            };
+            first += n;
+            (n, exe.as_path(), &args[..], vars)
+        })
+        .collect();
+    let o = env.mpiexec_env(true, &apps);
+    assert_eq!(
+        o.stderr.contains("ignoring REMORA_APP_FIRST_RANK"),
+        ranges == Ranges::Bad,
+        "stderr:\n{}",
+        o.stderr
+    );
     assert!(
         o.code == Some(0) && lines(&o.stdout, "FAIL").is_empty(),
         "composed job failed ({:?}):\n{}{}",
@@ -232,6 +284,24 @@ fn two_applications_each_see_their_own_world_and_share_the_universe() {
     compose(
         "two_applications_each_see_their_own_world_and_share_the_universe",
         &[2, 2],
+    );
+}
+
+#[test]
+fn worlds_built_from_the_ranges_remora_gives() {
+    compose_with(
+        "worlds_built_from_the_ranges_remora_gives",
+        &[2, 1, 3],
+        Ranges::Given,
+    );
+}
+
+#[test]
+fn nonsense_ranges_fall_back_to_the_split() {
+    compose_with(
+        "nonsense_ranges_fall_back_to_the_split",
+        &[2, 2],
+        Ranges::Bad,
     );
 }
 
