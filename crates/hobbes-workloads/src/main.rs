@@ -75,14 +75,14 @@ struct SimArgs {
     /// Name of the published region (XEMEM names R, R@N, R.ctl).
     #[arg(long)]
     region: String,
-    /// snap: energy groups.
-    #[arg(long, default_value_t = 8)]
-    groups: usize,
-    /// snap: angles per octant.
+    /// snap: energy groups (SNAP's sample input: 4).
     #[arg(long, default_value_t = 4)]
+    groups: usize,
+    /// snap: angles per octant (SNAP's sample input: 10).
+    #[arg(long, default_value_t = 10)]
     angles: usize,
-    /// snap: source iterations per time step.
-    #[arg(long, default_value_t = 2)]
+    /// snap: source iterations per time step (SNAP's sample input: 5).
+    #[arg(long, default_value_t = 5)]
     inners: usize,
     #[command(flatten)]
     common: Common,
@@ -118,11 +118,11 @@ struct RunArgs {
     region: Option<String>,
     #[arg(long, value_enum, default_value_t = AnalyticsKind::Spectrum)]
     kind: AnalyticsKind,
-    #[arg(long, default_value_t = 8)]
-    groups: usize,
     #[arg(long, default_value_t = 4)]
+    groups: usize,
+    #[arg(long, default_value_t = 10)]
     angles: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 5)]
     inners: usize,
     /// Pin the simulation to this CPU.
     #[arg(long)]

@@ -28,12 +28,14 @@ pub struct SnapParams {
 }
 
 impl SnapParams {
+    /// SNAP's sample input (4 groups, 10 angles per octant, 5 inner
+    /// iterations) on an n^3 grid.
     pub fn new(n: usize) -> SnapParams {
         SnapParams {
             n,
-            groups: 8,
-            angles: 4,
-            inners: 2,
+            groups: 4,
+            angles: 10,
+            inners: 5,
             dt: 0.05,
         }
     }
@@ -299,7 +301,7 @@ mod tests {
 
     #[test]
     fn sweeps_conserve_particles_per_group() {
-        for n in [4, 7, 16] {
+        for n in [4, 7, 12] {
             let (s, _, _) = run(SnapParams::new(n), 2);
             for (g, b) in s.balance().iter().enumerate() {
                 let err = (b.source - b.removal - b.leakage).abs() / b.source;
