@@ -66,10 +66,12 @@ struct SimArgs {
     /// Cells (snap) or grid points (hpccg) per dimension.
     #[arg(long, default_value_t = 16)]
     size: usize,
+    /// Time steps (snap) or CG iterations (hpccg); one publication each.
     #[arg(long, default_value_t = 20)]
     steps: u64,
     #[arg(long, value_enum)]
     mode: Mode,
+    /// sync: wait until the analytics consumed each step; async: never wait.
     #[arg(long, value_enum, default_value_t = Exec::Async)]
     exec: Exec,
     /// Name of the published region (XEMEM names R, R@N, R.ctl).
@@ -113,7 +115,7 @@ struct RunArgs {
     mode: Mode,
     #[arg(long, value_enum, default_value_t = Exec::Async)]
     exec: Exec,
-    /// Default: insitu-<pid>.
+    /// Default: `insitu-<pid>`.
     #[arg(long)]
     region: Option<String>,
     #[arg(long, value_enum, default_value_t = AnalyticsKind::Spectrum)]

@@ -117,6 +117,16 @@ impl Run {
         if self.steps == 0 || self.steps > u32::MAX as u64 {
             return bad(format!("--steps {} is outside 1..=2^32-1", self.steps));
         }
+        if self.workload == Workload::Hpccg {
+            // x, r (published), b, p, Ap (private): 5 vectors of n^3 f64.
+            let bytes = 40.0 * (self.size as f64).powi(3);
+            if bytes > 8e9 {
+                return bad(format!(
+                    "the CG vectors would take {:.1} GB: lower --size",
+                    bytes / 1e9
+                ));
+            }
+        }
         if self.workload == Workload::Snap {
             if !(1..=256).contains(&self.groups) || !(1..=64).contains(&self.angles) {
                 return bad(format!(

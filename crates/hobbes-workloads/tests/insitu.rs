@@ -31,9 +31,10 @@ fn have_leviathan(test: &str) -> bool {
 }
 
 /// An unprivileged daemon: XEMEM needs only its name server, and this
-/// leaves the node's cores and cgroups to other tests.
+/// leaves the node's cores and cgroups to other tests (unprivileged, its
+/// host cores confine nothing).
 fn daemon(test: &str) -> Option<Daemon> {
-    have_leviathan(test).then(|| Daemon::start(&["--unprivileged", "--host-cores", "0-1"]))
+    have_leviathan(test).then(|| Daemon::start(&["--unprivileged"]))
 }
 
 fn insitu(d: &Daemon, args: &[&str]) -> std::process::Output {
