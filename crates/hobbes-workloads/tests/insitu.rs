@@ -269,3 +269,106 @@ fn analytics_of_the_wrong_mode_are_refused() {
     );
     assert!(sim.0.wait().unwrap().success());
 }
+
+#[test]
+fn hpccg_publishes_every_iteration_and_converges() {
+    let t = "hpccg_publishes_every_iteration_and_converges";
+    let Some(d) = daemon(t) else { return };
+    let out = insitu(
+        &d,
+        &[
+            "run",
+            "--workload",
+            "hpccg",
+            "--size",
+            "10",
+            "--steps",
+            "40",
+            "--mode",
+            "spinlock",
+            "--exec",
+            "sync",
+            "--kind",
+            "stream",
+            "--region",
+            "wl-cg",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: PairReport = serde_json::from_slice(&out.stdout).unwrap();
+    let a = r.analytics.unwrap();
+    assert_eq!((r.sim.publish.published, a.consumed, a.torn), (40, 40, 0));
+    assert!(r.sim.residual.unwrap() < 1e-8, "{:?}", r.sim.residual);
+    // x -> 1 everywhere: the checksum of x approaches the number of points.
+    assert!((r.sim.checksum - 1000.0).abs() < 1e-5, "{}", r.sim.checksum);
+}
+
+#[test]
+fn report_aggregates_run_outputs_into_a_table_and_a_plot() {
+    // Stub and none need no daemon.
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs.jsonl");
+    let mut all = Vec::new();
+    for (mode, size) in [
+        ("none", "4"),
+        ("stub", "4"),
+        ("none", "6"),
+        ("stub", "6"),
+        ("stub", "6"),
+    ] {
+        let out = Command::new(INSITU)
+            .args([
+                "run", "--mode", mode, "--size", size, "--steps", "3", "--json", "--quiet",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.extend_from_slice(&out.stdout);
+    }
+    std::fs::write(&runs, all).unwrap();
+    let svg = dir.path().join("share.svg");
+    let out = Command::new(INSITU)
+        .arg("report")
+        .arg(&runs)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let stub6: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("stub async") && l.split_whitespace().nth(3) == Some("6"))
+        .collect();
+    assert_eq!(stub6.len(), 1, "{table}");
+    assert!(
+        table.lines().filter(|l| l.contains(" none ")).count() == 2,
+        "{table}"
+    );
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("stub async"));
+    // Garbage is refused with the file named.
+    std::fs::write(&runs, "{not json").unwrap();
+    let out = Command::new(INSITU)
+        .arg("report")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs.jsonl"));
+}
