@@ -372,3 +372,65 @@ fn report_aggregates_run_outputs_into_a_table_and_a_plot() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs.jsonl"));
 }
+
+#[test]
+fn a_sync_simulation_whose_analytics_are_killed_stops_with_an_error() {
+    let t = "a_sync_simulation_whose_analytics_are_killed_stops_with_an_error";
+    let Some(d) = daemon(t) else { return };
+    /// Killed and reaped on drop unless taken.
+    struct Kill(Option<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let spawn = |args: &[&str]| {
+        Kill(Some(
+            Command::new(INSITU)
+                .args(args)
+                .env("HOBBES_STATE_DIR", d.state_dir())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let mut sim = spawn(&[
+        "sim",
+        "--mode",
+        "xasm",
+        "--exec",
+        "sync",
+        "--region",
+        "wl-kill",
+        "--size",
+        "4",
+        "--steps",
+        "100000",
+        "--timeout",
+        "2",
+        "--quiet",
+    ]);
+    let ana = spawn(&[
+        "analyze", "--mode", "xasm", "--region", "wl-kill", "--quiet",
+    ]);
+    // Version 3 exists only once the analytics acknowledged step 2.
+    let nis = hobbes_client::NisReader::open(d.nis_dir()).unwrap();
+    wait_for(
+        "version wl-kill@3",
+        std::time::Duration::from_secs(20),
+        || nis.segment_by_name("wl-kill@3").unwrap(),
+    );
+    // SIGKILL: the analytics cannot say they are gone; the timeout tells.
+    drop(ana);
+    let out = sim.0.take().unwrap().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("wait for analytics wl-kill.ctl: timed out"),
+        "{err}"
+    );
+}
