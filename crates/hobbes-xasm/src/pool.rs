@@ -136,6 +136,43 @@ impl SlotAlloc {
         Some(start)
     }
 
+    /// The free parts of `[start, start+len)`.
+    pub fn free_parts(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = start + len;
+        let first = self
+            .by_start
+            .range(..=start)
+            .next_back()
+            .map(|(s, _)| *s)
+            .unwrap_or(start);
+        self.by_start
+            .range(first..end)
+            .filter_map(|(&s, &l)| {
+                let (a, b) = (s.max(start), (s + l).min(end));
+                (a < b).then_some((a, b - a))
+            })
+            .collect()
+    }
+
+    /// Allocate exactly `[start, start+len)`, which must be free.
+    pub fn take_range(&mut self, start: u64, len: u64) -> bool {
+        let Some((&s, &l)) = self.by_start.range(..=start).next_back() else {
+            return false;
+        };
+        if len == 0 || s + l < start + len {
+            return false;
+        }
+        self.take(s, l);
+        if start > s {
+            self.put(s, start - s);
+        }
+        if s + l > start + len {
+            self.put(start + len, s + l - start - len);
+        }
+        self.used += len;
+        true
+    }
+
     /// Free runs, for tests.
     #[cfg(test)]
     pub fn free_runs(&self) -> Vec<(u64, u64)> {
@@ -143,13 +180,37 @@ impl SlotAlloc {
     }
 }
 
-/// A region's pool memfd and its allocator.
+/// Slots handed out by [`Pool::alloc`]: `[slot, slot+len)`, and whether
+/// their memory is still there from an earlier use (kept, not punched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub slot: u64,
+    pub len: u64,
+    pub resident: bool,
+}
+
+/// A region's pool memfd, its allocator, and the producer's read-write
+/// window on it.
+///
+/// Freed slots are not punched at once: they are *kept* until the end of
+/// the next snapshot, which reuses them first (copying into pages that
+/// exist and are mapped costs a memcpy; a punched page must be allocated
+/// and zeroed again, several times more here). Whatever that snapshot did
+/// not reuse is punched then. So the pool holds the live slots plus at most
+/// the slots freed by the latest reclaim.
 pub(crate) struct Pool {
     fd: OwnedFd,
     slots: SlotAlloc,
     page: u64,
     /// Bytes the memfd is truncated to.
     size: u64,
+    /// Free slots kept for reuse by the current snapshot.
+    kept: BTreeMap<u64, u64>,
+    /// Slots freed since: kept for the next one.
+    kept_next: Vec<(u64, u64)>,
+    /// `MAP_SHARED` read-write mapping of the pool from offset 0.
+    window: usize,
+    window_len: usize,
 }
 
 impl Pool {
@@ -162,6 +223,10 @@ impl Pool {
             slots: SlotAlloc::default(),
             page: sys::page_size() as u64,
             size: 0,
+            kept: BTreeMap::new(),
+            kept_next: Vec::new(),
+            window: 0,
+            window_len: 0,
         })
     }
 
@@ -169,50 +234,139 @@ impl Pool {
         &self.fd
     }
 
-    /// Allocate `n` slots, growing the file when needed.
-    pub fn alloc(&mut self, n: u64) -> Result<Vec<(u64, u64)>, (&'static str, Errno)> {
-        let runs = self.slots.alloc(n);
+    /// Allocate `n` slots: kept slots first, then the allocator's; grows
+    /// the file (and the window) when needed.
+    pub fn alloc(&mut self, n: u64) -> Result<Vec<Piece>, (&'static str, Errno)> {
+        let mut out = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let Some((&s, &l)) = self.kept.iter().next() else {
+                break;
+            };
+            self.kept.remove(&s);
+            for (fs, fl) in self.slots.free_parts(s, l) {
+                let k = fl.min(left);
+                if k > 0 && self.slots.take_range(fs, k) {
+                    out.push(Piece {
+                        slot: fs,
+                        len: k,
+                        resident: true,
+                    });
+                    left -= k;
+                }
+                if fl > k {
+                    self.kept.insert(fs + k, fl - k);
+                }
+            }
+        }
+        out.extend(self.slots.alloc(left).into_iter().map(|(slot, len)| Piece {
+            slot,
+            len,
+            resident: false,
+        }));
+        if let Err(e) = self.fit() {
+            for p in &out {
+                self.slots.free(p.slot, p.len);
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Grow the file and the window to the allocator's end.
+    fn fit(&mut self) -> Result<(), (&'static str, Errno)> {
         let need = self.slots.end() * self.page;
         if need > self.size {
-            if let Err(e) = sys::ftruncate(self.fd.as_fd(), need) {
-                for (s, l) in &runs {
-                    self.slots.free(*s, *l);
-                }
-                self.slots.trim();
-                return Err(("ftruncate", e));
-            }
+            sys::ftruncate(self.fd.as_fd(), need).map_err(|e| ("ftruncate", e))?;
             self.size = need;
         }
-        Ok(runs)
+        if need as usize > self.window_len {
+            let len = (need as usize * 2).max(16 << 20);
+            let w = sys::mmap_shared_rw(self.fd.as_fd(), len).map_err(|e| ("mmap(pool)", e))?;
+            let _ = sys::munmap(self.window, self.window_len);
+            (self.window, self.window_len) = (w, len);
+        }
+        Ok(())
     }
 
-    /// Copy memory parts `(address, bytes)`, back to back, into the slots
-    /// from `slot` on. The caller guarantees the parts are readable and
-    /// quiescent.
-    pub fn write(&self, slot: u64, parts: &[(usize, usize)]) -> Result<(), (&'static str, Errno)> {
-        sys::pwritev_mem(self.fd.as_fd(), slot * self.page, parts).map_err(|e| ("pwritev", e))
+    /// Copy memory parts `(address, bytes)`, back to back, into `piece`'s
+    /// slots. The caller guarantees the parts are readable and quiescent.
+    pub fn write(
+        &self,
+        piece: &Piece,
+        parts: &[(usize, usize)],
+    ) -> Result<(), (&'static str, Errno)> {
+        let at = piece.slot * self.page;
+        if piece.resident {
+            // Existing pages: a plain copy through the window.
+            let mut dst = self.window + at as usize;
+            for &(src, len) in parts {
+                sys::copy(src, dst, len);
+                dst += len;
+            }
+            return Ok(());
+        }
+        // New pages: pwritev allocates them without a fault each.
+        sys::pwritev_mem(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
     }
 
-    /// Free slots: punch their memory, cut a free tail off the file.
+    /// Free slots (kept for reuse until the snapshot after next).
     pub fn free(&mut self, start: u64, len: u64) -> Result<(), (&'static str, Errno)> {
         if !self.slots.free(start, len) {
             return Err(("free slots", Errno::EINVAL));
         }
-        sys::punch_hole(self.fd.as_fd(), start * self.page, len * self.page)
-            .map_err(|e| ("fallocate(PUNCH_HOLE)", e))?;
+        self.kept_next.push((start, len));
+        Ok(())
+    }
+
+    /// End of a snapshot: punch the kept slots it did not reuse, keep the
+    /// ones freed meanwhile for the next, cut a free tail off the file.
+    pub fn rotate(&mut self) -> Result<(), (&'static str, Errno)> {
+        let old = std::mem::take(&mut self.kept);
+        let mut result = Ok(());
+        for (s, l) in old {
+            for (fs, fl) in self.slots.free_parts(s, l) {
+                if let Err(e) = sys::punch_hole(self.fd.as_fd(), fs * self.page, fl * self.page) {
+                    result = Err(("fallocate(PUNCH_HOLE)", e));
+                }
+            }
+        }
         if let Some(end) = self.slots.trim() {
             // Best effort: a longer file only costs address space.
             if sys::ftruncate(self.fd.as_fd(), end * self.page).is_ok() {
                 self.size = end * self.page;
             }
         }
-        Ok(())
+        let end = self.slots.end();
+        for (s, l) in std::mem::take(&mut self.kept_next) {
+            if s < end {
+                self.kept.insert(s, l.min(end - s));
+            }
+        }
+        result
     }
 
-    /// (file size, resident bytes, allocated bytes).
-    pub fn usage(&self) -> (u64, u64, u64) {
+    /// (file size, resident bytes, allocated bytes, kept bytes).
+    pub fn usage(&self) -> (u64, u64, u64, u64) {
         let (size, resident) = sys::file_usage(self.fd.as_fd()).unwrap_or((self.size, 0));
-        (size, resident, self.slots.used() * self.page)
+        let kept: u64 = self
+            .kept
+            .values()
+            .copied()
+            .chain(self.kept_next.iter().map(|(_, l)| *l))
+            .sum();
+        (
+            size,
+            resident,
+            self.slots.used() * self.page,
+            kept * self.page,
+        )
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = sys::munmap(self.window, self.window_len);
     }
 }
 
@@ -318,23 +472,69 @@ mod tests {
     }
 
     #[test]
-    fn pool_punches_and_trims() {
+    fn take_range_and_free_parts() {
+        let mut a = SlotAlloc::default();
+        a.alloc(10);
+        assert!(a.free(2, 6));
+        assert_eq!(a.free_parts(0, 10), vec![(2, 6)]);
+        assert_eq!(a.free_parts(3, 2), vec![(3, 2)]);
+        assert!(a.take_range(4, 2));
+        assert_eq!(a.free_runs(), vec![(2, 2), (6, 2)]);
+        assert!(!a.take_range(3, 2), "slot 4 is taken");
+        check(&a, &[(0, 2), (4, 2), (8, 2)]);
+    }
+
+    #[test]
+    fn pool_keeps_freed_slots_for_one_snapshot_then_punches() {
         let mut p = Pool::new("unit").unwrap();
         let page = p.page;
         let runs = p.alloc(8).unwrap();
-        assert_eq!(runs, vec![(0, 8)]);
+        assert_eq!(
+            runs,
+            vec![Piece {
+                slot: 0,
+                len: 8,
+                resident: false
+            }]
+        );
         let data = vec![7u8; (8 * page) as usize];
-        p.write(0, &[(data.as_ptr() as usize, data.len())]).unwrap();
-        let (size, resident, allocated) = p.usage();
-        assert_eq!((size, allocated), (8 * page, 8 * page));
+        p.write(&runs[0], &[(data.as_ptr() as usize, data.len())])
+            .unwrap();
+        let (size, resident, allocated, kept) = p.usage();
+        assert_eq!((size, allocated, kept), (8 * page, 8 * page, 0));
         assert!(resident >= 8 * page);
+        // Freed: kept (resident) through the next rotation...
         p.free(2, 2).unwrap();
-        let (_, resident, _) = p.usage();
-        assert!(resident <= 6 * page + page, "punched: {resident}");
+        p.rotate().unwrap();
+        let (_, resident, allocated, kept) = p.usage();
+        assert_eq!((allocated, kept), (6 * page, 2 * page));
+        assert!(resident >= 8 * page);
+        // ...reused first, and written through the window.
+        let again = p.alloc(1).unwrap();
+        assert_eq!(
+            again,
+            vec![Piece {
+                slot: 2,
+                len: 1,
+                resident: true
+            }]
+        );
+        let one = vec![9u8; page as usize];
+        p.write(&again[0], &[(one.as_ptr() as usize, one.len())])
+            .unwrap();
+        let mut back = vec![0u8; page as usize];
+        nix::sys::uio::pread(p.fd.as_fd(), &mut back, (2 * page) as i64).unwrap();
+        assert_eq!(back, one);
+        // The rest is punched at the next rotation.
+        p.rotate().unwrap();
+        let (_, resident, allocated, kept) = p.usage();
+        assert_eq!((allocated, kept), (7 * page, 0));
+        assert!(resident <= 7 * page, "slot 3 punched: {resident}");
+        // A free tail (slots 3..8) is cut off the file.
         p.free(4, 4).unwrap();
-        // Slots 2..8 are free: the file is cut to 2 slots.
-        let (size, resident, allocated) = p.usage();
-        assert_eq!((size, allocated), (2 * page, 2 * page));
+        p.rotate().unwrap();
+        let (size, resident, allocated, _) = p.usage();
+        assert_eq!((size, allocated), (3 * page, 3 * page));
         assert!(resident <= 3 * page);
         assert!(p.free(4, 1).is_err());
     }

@@ -106,6 +106,9 @@ pub struct ProducerStats {
     pub pool_resident_bytes: u64,
     /// Pool slots allocated, in bytes.
     pub pool_allocated_bytes: u64,
+    /// Free slots whose memory is kept for the next snapshot to reuse (at
+    /// most what the latest reclaim freed), in bytes.
+    pub pool_kept_bytes: u64,
 }
 
 /// A published segment of a version.
@@ -420,6 +423,7 @@ impl Producer {
             Err(e) => {
                 // Never visible: free what only it used.
                 self.free_unused();
+                let _ = self.pool.rotate();
                 return Err(e);
             }
         };
@@ -434,6 +438,7 @@ impl Producer {
             ch.publish(version);
         }
         let reclaimed = self.reclaim_old();
+        let _ = self.pool.rotate();
         Ok(SnapshotInfo {
             version,
             dirty_pages,
@@ -460,9 +465,9 @@ impl Producer {
         let mut moves: Vec<Vec<(u64, u64, u64)>> = Vec::with_capacity(pieces.len());
         let mut run_iter = runs.iter().copied();
         let mut cur = run_iter.next();
-        for &(slot, len) in &pieces {
-            let mut left = len;
-            let mut at = slot;
+        for piece in &pieces {
+            let mut left = piece.len;
+            let mut at = piece.slot;
             let mut group = Vec::new();
             while left > 0 {
                 let Some((p, n)) = cur else { break };
@@ -486,9 +491,9 @@ impl Producer {
                 .map(|&(p, n, _)| (self.addr + (p * page) as usize, (n * page) as usize))
                 .collect();
             // The region is quiescent during a snapshot (the caller's contract).
-            if let Err((call, e)) = self.pool.write(pieces[i].0, &parts) {
-                for &(s, l) in &pieces[i..] {
-                    let _ = self.pool.free(s, l);
+            if let Err((call, e)) = self.pool.write(&pieces[i], &parts) {
+                for p in &pieces[i..] {
+                    let _ = self.pool.free(p.slot, p.len);
                 }
                 return Err(XasmError::sys(op, self.what(), call)(e));
             }
@@ -638,12 +643,14 @@ impl Producer {
     /// Retry reclaiming old versions that were held at their time (the
     /// snapshot does this too). Returns how many were reclaimed.
     pub fn reclaim(&mut self) -> Result<usize> {
-        Ok(self.reclaim_old())
+        let n = self.reclaim_old();
+        let _ = self.pool.rotate();
+        Ok(n)
     }
 
     /// Counters: versions, extents, pool memory.
     pub fn stats(&self) -> ProducerStats {
-        let (size, resident, allocated) = self.pool.usage();
+        let (size, resident, allocated, kept) = self.pool.usage();
         ProducerStats {
             latest_version: self.latest(),
             live_versions: self.versions.len(),
@@ -652,6 +659,7 @@ impl Producer {
             pool_size_bytes: size,
             pool_resident_bytes: resident,
             pool_allocated_bytes: allocated,
+            pool_kept_bytes: kept,
         }
     }
 

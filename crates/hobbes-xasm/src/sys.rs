@@ -65,6 +65,36 @@ pub fn mmap_anon(len: usize, at: Option<usize>) -> Result<usize, Errno> {
     Ok(p as usize)
 }
 
+/// A `MAP_SHARED` read-write mapping of `len` bytes of `fd` from offset 0
+/// (the producer's window on its pool; pages past the end of the file are
+/// never touched).
+pub fn mmap_shared_rw(fd: BorrowedFd<'_>, len: usize) -> Result<usize, Errno> {
+    // SAFETY: a new shared mapping of a descriptor we hold, at an address
+    // the kernel picks; it replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    Ok(p as usize)
+}
+
+/// Copy `len` bytes from `src` to `dst`. The caller guarantees both ranges
+/// are mapped (`src` readable, `dst` writable), do not overlap, and nobody
+/// writes `src` meanwhile.
+pub fn copy(src: usize, dst: usize, len: usize) {
+    // SAFETY: per the caller's guarantee above.
+    unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+}
+
 /// `munmap(addr, len)`. The caller owns the range and nothing refers to it
 /// any more.
 pub fn munmap(addr: usize, len: usize) -> Result<(), Errno> {

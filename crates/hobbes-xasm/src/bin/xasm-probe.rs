@@ -308,13 +308,19 @@ fn check_version(snap: &Snapshot, seed: Option<u64>) -> Result<u64, Failure> {
         }
         let want = if s == 0 { 0 } else { stamp(s, p) };
         let at = layout.data(p);
-        for (i, w) in bytes[at..at + PAGE].chunks_exact(8).enumerate() {
-            let got = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-            if got != want {
-                return Err(check_failed(format!(
-                    "TORN version {v}: page {p} word {i} is {got:#x}, expected {want:#x} (step {s})"
-                )));
-            }
+        let page = &bytes[at..at + PAGE];
+        // Every word equals the first (the page shifted by one word is the
+        // same bytes: one memcmp), and the first is the stamp.
+        if word(page, 0) != want || page[8..] != page[..PAGE - 8] {
+            let (i, got) = page
+                .chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                .enumerate()
+                .find(|(_, w)| *w != want)
+                .unwrap_or((0, want));
+            return Err(check_failed(format!(
+                "TORN version {v}: page {p} word {i} is {got:#x}, expected {want:#x} (step {s})"
+            )));
         }
         fresh += u64::from(s == v);
     }
@@ -425,7 +431,7 @@ fn wait_consumers(name: &str, n: u32) -> Result<(), Failure> {
 fn stats_line(p: &Producer) -> String {
     let st = p.stats();
     format!(
-        "latest={} live={} held={} extents={} resident={} size={} allocated={} versions={:?}",
+        "latest={} live={} held={} extents={} resident={} size={} allocated={} kept={} versions={:?}",
         st.latest_version,
         st.live_versions,
         st.held_versions,
@@ -433,6 +439,7 @@ fn stats_line(p: &Producer) -> String {
         st.pool_resident_bytes,
         st.pool_size_bytes,
         st.pool_allocated_bytes,
+        st.pool_kept_bytes,
         p.live_versions()
     )
 }
