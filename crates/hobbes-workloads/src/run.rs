@@ -322,6 +322,8 @@ pub fn run_sim(run: &Run, progress: &mut dyn FnMut(&SimProgress)) -> Result<SimR
     insitu += t.elapsed();
     let total = start.elapsed();
     let stats = publisher.stats();
+    // Outside the timed loop: the analytics may still be reading the last state.
+    publisher.drain(run.steps)?;
     drop(publisher);
     let n = run.steps as f64;
     Ok(SimReport {

@@ -144,6 +144,7 @@ impl Control {
         self.shm
             .u32_at(O_CONSUMER)
             .store(CONSUMER_ATTACHED, Release);
+        futex_wake(self.shm.u32_at(O_CONSUMER));
         self.consumer = true;
     }
 
@@ -201,6 +202,37 @@ impl Control {
             // Bounded so that a consumer that died without saying so (killed)
             // is noticed through the timeout, and one that said so at once.
             futex_wait(word, now, left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// Producer: wait until analytics registered (or registered and left).
+    pub fn wait_consumer(&self, timeout: Duration) -> Result<()> {
+        let word = self.shm.u32_at(O_CONSUMER);
+        let start = Instant::now();
+        loop {
+            let now = word.load(Acquire);
+            if now != 0 {
+                return Ok(());
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    op: "wait for analytics",
+                    object: self.name.clone(),
+                    secs: timeout.as_secs_f64(),
+                    reason: "no analytics opened this region (start `hobbes-insitu analyze` with the same --region and --mode)".into(),
+                });
+            }
+            futex_wait(word, now, left);
+        }
+    }
+
+    /// Producer, after its last step: wait until the analytics consumed
+    /// `last_step` or left. Their leaving is not an error here.
+    pub fn wait_consumed(&self, last_step: u64, timeout: Duration) -> Result<()> {
+        match self.wait_ack(last_step, timeout) {
+            Err(_) if self.consumer_gone() => Ok(()),
+            other => other,
         }
     }
 

@@ -152,6 +152,12 @@ pub trait Publisher: Send {
     fn publish(&mut self, step: u64) -> Result<()>;
     /// No more steps come: tell the analytics.
     fn finish(&mut self, last_step: u64) -> Result<()>;
+    /// After the timed loop: wait (bounded) until the analytics consumed the
+    /// last state or left, so the state outlives the producer's exit as long
+    /// as it is needed (async analytics would otherwise miss the last one).
+    fn drain(&mut self, _last_step: u64) -> Result<()> {
+        Ok(())
+    }
     fn stats(&self) -> PublishStats;
 }
 

@@ -87,6 +87,9 @@ impl SpinPublisher {
         // seg.len() >= PAGE + len bytes; the Segment (kept inside) unmaps it.
         let data = unsafe { Shared::new(seg.as_ptr(), seg_len, seg) };
         let ctl = Control::create(region, Mode::Spinlock, exec, len, opts)?;
+        // Analytics started after the first steps would miss them (or, in a
+        // short run, everything): start once they are there.
+        ctl.wait_consumer(opts.timeout)?;
         Ok(SpinPublisher {
             data,
             len,
@@ -134,6 +137,10 @@ impl Publisher for SpinPublisher {
         }
         self.ctl.finish(last_step);
         Ok(())
+    }
+
+    fn drain(&mut self, last_step: u64) -> Result<()> {
+        self.ctl.wait_consumed(last_step, self.timeout)
     }
 
     fn stats(&self) -> PublishStats {
@@ -216,9 +223,8 @@ impl Subscriber for SpinSubscriber {
                 unlock(&self.data);
                 r?;
                 self.last = step;
-                if self.ctl.exec() == Exec::Sync {
-                    self.ctl.ack(step);
-                }
+                // Async too: the producer's drain waits for the last step.
+                self.ctl.ack(step);
                 return Ok(Next::Consumed { step });
             }
             unlock(&self.data);

@@ -34,6 +34,9 @@ impl XasmPublisher {
         )
         .map_err(|e| Error::coupling("create xasm region", region, e))?;
         let ctl = Control::create(region, Mode::Xasm, exec, len, opts)?;
+        // Analytics started after the first steps would miss them (or, in a
+        // short run, everything): start once they are there.
+        ctl.wait_consumer(opts.timeout)?;
         let stats = PublishStats {
             mechanism: Some(producer.mechanism().to_string()),
             ..Default::default()
@@ -79,6 +82,10 @@ impl Publisher for XasmPublisher {
     fn finish(&mut self, last_step: u64) -> Result<()> {
         self.ctl.finish(last_step);
         Ok(())
+    }
+
+    fn drain(&mut self, last_step: u64) -> Result<()> {
+        self.ctl.wait_consumed(last_step, self.timeout)
     }
 
     fn stats(&self) -> PublishStats {
@@ -135,9 +142,8 @@ impl Subscriber for XasmSubscriber {
                         f(bytes)?;
                         drop(snap);
                         self.last_version = v;
-                        if self.ctl.exec() == Exec::Sync {
-                            self.ctl.ack(step);
-                        }
+                        // Async too: the producer's drain waits for the last step.
+                        self.ctl.ack(step);
                         return Ok(Next::Consumed { step });
                     }
                     // Async: reclaimed meanwhile (a newer one exists), or
