@@ -15,6 +15,7 @@ use hobbes_client::{Client, EnclaveConn, NisReader};
 mod insitu;
 mod plot;
 mod remora;
+mod xasm;
 mod xemem;
 
 fn main() -> Result<()> {
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
             with_daemon(|d| xemem::bench(d, &out))
         }
         Some("remora") => with_daemon(remora::bench),
+        Some("xasm") => with_daemon(xasm::bench),
         Some("insitu") => insitu::main(&args[2..]),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
@@ -40,7 +42,7 @@ fn main() -> Result<()> {
             remora::bench(d)
         }),
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, insitu or all")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, insitu or all")
         }
     }
 }
