@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build libhobbes, libxemem and libxpmem and install their headers
-# (hobbes.h, xemem.h, xpmem.h), libraries (libhobbes.{so,a},
+# (hobbes.h, xemem.h, xasm.h, xpmem.h), libraries (libhobbes.{so,a},
 # libxemem.{so,a}, libxpmem.so) and pkg-config files (hobbes.pc, xemem.pc,
 # xpmem.pc: one per library, so `pkg-config --libs xpmem` gives an XPMEM
 # program exactly -lxpmem).
@@ -53,6 +53,7 @@ install -m 644 "$here/include/hobbes.h" "$DESTDIR$INCLUDEDIR/hobbes.h"
 install -m 755 "$out/libhobbes.so" "$DESTDIR$LIBDIR/libhobbes.so"
 install -m 644 "$out/libhobbes.a" "$DESTDIR$LIBDIR/libhobbes.a"
 install -m 644 "$root/crates/xemem-capi/include/xemem.h" "$DESTDIR$INCLUDEDIR/xemem.h"
+install -m 644 "$root/crates/xemem-capi/include/xasm.h" "$DESTDIR$INCLUDEDIR/xasm.h"
 install -m 755 "$out/libxemem.so" "$DESTDIR$LIBDIR/libxemem.so"
 install -m 644 "$out/libxemem.a" "$DESTDIR$LIBDIR/libxemem.a"
 install -m 644 "$root/crates/xpmem-compat/include/xpmem.h" "$DESTDIR$INCLUDEDIR/xpmem.h"
