@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build, and run the Hobbes demo:
-# start leviathan (embedded, in a temporary state directory, unless one runs),
-# create an enclave, run a program in it, show the node's status, clean up.
+# The main job: install what is needed, build, and run the composed in situ
+# workflow (`hobbes demo insitu`): start leviathan (embedded, in a temporary
+# state directory, unless one runs), create two native enclaves, run a
+# SNAP-style simulation in one and spectrum analytics in the other, coupled in
+# every mode (isolated, stub, XASM snapshots, spinlock over XEMEM), print the
+# report, write the plot to ./insitu-report/, clean up. Arguments go to
+# `hobbes demo insitu` (see --help); `hobbes demo` alone is the short tour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --release --workspace --bins
-exec target/release/hobbes demo "$@"
+exec target/release/hobbes demo insitu "$@"
