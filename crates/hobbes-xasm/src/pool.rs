@@ -266,7 +266,7 @@ impl Pool {
         }));
         if let Err(e) = self.fit() {
             for p in &out {
-                self.slots.free(p.slot, p.len);
+                let _ = self.free(p.slot, p.len);
             }
             return Err(e);
         }

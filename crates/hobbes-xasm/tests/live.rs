@@ -115,6 +115,14 @@ fn options_are_checked() {
         PAGE
     )
     .contains("mode"));
+    // A bad HOBBES_XASM_MECHANISM is reported, not ignored.
+    std::env::set_var(hobbes_xasm::MECHANISM_ENV, "redirect");
+    assert!(bad(o("ok"), PAGE).contains("HOBBES_XASM_MECHANISM"));
+    std::env::set_var(hobbes_xasm::MECHANISM_ENV, "mprotect");
+    let p = Producer::create(PAGE, &o("t-env")).unwrap();
+    assert_eq!(p.mechanism(), Mechanism::Mprotect);
+    drop(p);
+    std::env::remove_var(hobbes_xasm::MECHANISM_ENV);
     // A taken name: EEXIST from the name server.
     let p = Producer::create(PAGE, &o("t-dup")).unwrap();
     let e = Producer::create(PAGE, &o("t-dup")).err().unwrap();
