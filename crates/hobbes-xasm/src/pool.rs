@@ -126,14 +126,25 @@ impl SlotAlloc {
     }
 
     /// Cut a free run touching the end; returns the new end if it moved.
+    #[cfg(test)]
     pub fn trim(&mut self) -> Option<u64> {
+        self.trim_to(0)
+    }
+
+    /// Cut a free run touching the end, but not below `floor`; returns the
+    /// new end if it moved.
+    pub fn trim_to(&mut self, floor: u64) -> Option<u64> {
         let (&start, &len) = self.by_start.iter().next_back()?;
-        if start + len != self.end {
+        let cut = start.max(floor);
+        if start + len != self.end || cut >= self.end {
             return None;
         }
         self.take(start, len);
-        self.end = start;
-        Some(start)
+        if cut > start {
+            self.put(start, cut - start);
+        }
+        self.end = cut;
+        Some(cut)
     }
 
     /// The free parts of `[start, start+len)`.
@@ -331,7 +342,9 @@ impl Pool {
                 }
             }
         }
-        if let Some(end) = self.slots.trim() {
+        // Keep the slots freed meanwhile: the next snapshot reuses them.
+        let floor = self.kept_next.iter().map(|(s, l)| s + l).max().unwrap_or(0);
+        if let Some(end) = self.slots.trim_to(floor) {
             // Best effort: a longer file only costs address space.
             if sys::ftruncate(self.fd.as_fd(), end * self.page).is_ok() {
                 self.size = end * self.page;
@@ -530,8 +543,11 @@ mod tests {
         let (_, resident, allocated, kept) = p.usage();
         assert_eq!((allocated, kept), (7 * page, 0));
         assert!(resident <= 7 * page, "slot 3 punched: {resident}");
-        // A free tail (slots 3..8) is cut off the file.
+        // A free tail (slots 3..8) is cut off the file, once its kept
+        // slots (4..8) were not reused.
         p.free(4, 4).unwrap();
+        p.rotate().unwrap();
+        assert_eq!(p.usage().0, 8 * page);
         p.rotate().unwrap();
         let (size, resident, allocated, _) = p.usage();
         assert_eq!((size, allocated), (3 * page, 3 * page));
