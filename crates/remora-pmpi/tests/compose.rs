@@ -59,6 +59,9 @@ fn setup(test: &str) -> Option<Env> {
     })
 }
 
+/// One application of an MPMD job: process count, program, arguments, environment.
+type AppRun<'a> = (usize, &'a Path, &'a [&'a str], Vec<(String, String)>);
+
 /// What a finished child left.
 struct Outcome {
     code: Option<i32>,
@@ -166,12 +169,7 @@ impl Env {
     }
 
     /// The same, with environment variables for each application (`-env K V`).
-    #[allow(clippy::type_complexity)]
-    fn mpiexec_env(
-        &self,
-        preload: bool,
-        apps: &[(usize, &Path, &[&str], Vec<(String, String)>)],
-    ) -> Outcome {
+    fn mpiexec_env(&self, preload: bool, apps: &[AppRun]) -> Outcome {
         let mut cmd = Command::new("mpiexec.hydra");
         if preload {
             cmd.arg("-genv")

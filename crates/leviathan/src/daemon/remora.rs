@@ -65,7 +65,7 @@ pub struct LiveJob {
 /// (`lstopo`), for every MPI rank to load instead of discovering it again.
 /// Discovery is the largest part of an MPICH process's start-up here: hwloc
 /// reads sysfs and the PCI configuration space of every device, and dlopens
-/// its GL/OpenCL/libxml2 plugins (X11, ICU, libstdc++), about 10 of the
+/// its GL/OpenCL/libxml2 plugins (X11, ICU, libstdc++), about 12 of the
 /// 26 ms of CPU a hello world takes. Newer hydras share one topology with
 /// their ranks the same way.
 static TOPOLOGY: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -144,6 +144,9 @@ fn topology_env(xml: &Path) -> [(String, String); 4] {
         ),
     ]
 }
+
+/// How one rank's launch went.
+type Launched = Result<(AppRecord, Option<Subscription>), Refusal>;
 
 /// One rank to start.
 struct RankLaunch {
@@ -403,13 +406,12 @@ impl Daemon {
 
     /// Launch every rank, [`PARALLEL_LAUNCHES`] at a time; after a failure
     /// no further rank starts. Answers in rank order (`None`: not launched).
-    #[allow(clippy::type_complexity)]
     fn launch_ranks(
         &self,
         peer: &PeerCred,
         pmi: &crate::pmi::PmiJob,
         launches: &[RankLaunch],
-    ) -> Vec<Option<Result<(AppRecord, Option<Subscription>), Refusal>>> {
+    ) -> Vec<Option<Launched>> {
         let results: Vec<Mutex<Option<_>>> = launches.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
