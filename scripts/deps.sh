@@ -11,6 +11,9 @@ command -v stat >/dev/null || needed+=(coreutils)
 # run MPICH programs, C and Fortran, under mpiexec.hydra.
 command -v mpicc.mpich >/dev/null || needed+=(mpich libmpich-dev)
 command -v gfortran >/dev/null || needed+=(gfortran)
+# leviathan exports the node's topology once (lstopo) for every MPI rank to load
+# instead of each rank discovering it again (most of an MPICH rank's start-up).
+command -v lstopo-no-graphics >/dev/null || needed+=(hwloc-nox)
 if ((${#needed[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hobbes: please install: ${needed[*]} (needs root)" >&2
