@@ -34,13 +34,18 @@ fn main() -> Result<()> {
         Some("insitu") => insitu::main(&args[2..]),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
-        Some("all") | None => with_daemon(|d| {
-            bench_nis(d)?;
-            bench_ping(d)?;
-            bench_create(d)?;
-            xemem::bench(d, &xemem::out_dir(&[])?)?;
-            remora::bench(d)
-        }),
+        Some("all") | None => {
+            with_daemon(|d| {
+                bench_nis(d)?;
+                bench_ping(d)?;
+                bench_create(d)?;
+                xemem::bench(d, &xemem::out_dir(&[])?)?;
+                xasm::bench(d)?;
+                remora::bench(d)
+            })?;
+            // Starts its own (unprivileged) daemon once the one above is gone.
+            insitu::main(&[])
+        }
         Some(other) => {
             bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, insitu or all")
         }
