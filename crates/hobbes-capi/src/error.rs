@@ -2,12 +2,9 @@
 //! kept per thread for `hobbes_last_error()`, and the panic guard every
 //! export runs in.
 
-use std::cell::RefCell;
-use std::ffi::CString;
 use std::fmt::Display;
 use std::io;
-use std::os::raw::{c_char, c_int};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::os::raw::c_int;
 
 use hobbes_client::{ClientError, NisError};
 use hobbes_proto::frame::FrameError;
@@ -105,54 +102,24 @@ impl From<NisError> for Error {
     }
 }
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+impl cabi_support::CError for Error {
+    fn errno(&self) -> c_int {
+        self.errno
+    }
 }
 
-fn set_errno(value: c_int) {
-    // SAFETY: __errno_location returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() = value };
+impl Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
-/// Record a failure: errno for C, the message for `hobbes_last_error()`.
-fn record(e: Error) {
-    // Messages come from paths and peers; a stray NUL must not lose the message.
-    let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
-    set_errno(e.errno);
-}
-
-/// The message of this thread's last failure, or an empty string.
-/// The pointer stays valid until the next failing call on this thread.
-pub fn last_error() -> *const c_char {
-    LAST_ERROR.with(|slot| match &*slot.borrow() {
-        Some(msg) => msg.as_ptr(),
-        None => c"".as_ptr(),
-    })
-}
+pub use cabi_support::last_error;
 
 /// Run an export's body: on error (or panic, which must never unwind into C)
 /// record it and return `on_error`.
 pub fn guard<T>(name: &str, on_error: T, body: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(e)) => {
-            record(e);
-            on_error
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            record(Error::new(
-                libc::EIO,
-                format!("{name}: internal error: {what}"),
-            ));
-            on_error
-        }
-    }
+    cabi_support::guard(name, on_error, body)
 }
 
 #[cfg(test)]

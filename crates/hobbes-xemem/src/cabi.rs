@@ -2,35 +2,20 @@
 //! plus a per-thread message for every failure, and the panic guard each
 //! export runs in. Not part of the Rust API.
 
-use std::cell::RefCell;
-use std::ffi::{c_char, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use crate::{sys, ApId, Result, SegId, XememError};
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+pub use cabi_support::last_error;
+
+/// Run an export's body: on error, or a panic (which must never unwind into
+/// C), record it and return `on_error`. Successes leave errno alone.
+pub fn guard<T>(name: &str, on_error: T, body: impl FnOnce() -> Result<T>) -> T {
+    cabi_support::guard(name, on_error, body)
 }
 
-/// Record a failure: errno for C, the message for `*_last_error()`.
-pub fn record(e: &XememError) {
-    record_raw(e.errno(), &e.to_string());
-}
-
-fn record_raw(errno: i32, message: &str) {
-    // Messages include names from C; a stray NUL must not lose the message.
-    let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
-    sys::set_errno(errno);
-}
-
-/// This thread's last failure message, or "". Valid until the next failure
-/// on this thread.
-pub fn last_error() -> *const c_char {
-    LAST_ERROR.with(|slot| match &*slot.borrow() {
-        Some(msg) => msg.as_ptr(),
-        None => c"".as_ptr(),
-    })
+impl cabi_support::CError for XememError {
+    fn errno(&self) -> i32 {
+        XememError::errno(self)
+    }
 }
 
 /// Consume one signal from an eventfd (`xemem_ack`): blocks until one is there.
@@ -47,27 +32,6 @@ pub fn grant_segid(apid: ApId) -> Result<SegId> {
         .get(&apid)
         .map(|g| g.segid)
         .ok_or_else(|| XememError::not_found("xemem_signal", format!("no access permit {apid}")))
-}
-
-/// Run an export's body: on error, or a panic (which must never unwind into
-/// C), record it and return `on_error`. Successes leave errno alone.
-pub fn guard<T>(name: &str, on_error: T, body: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => value,
-        Ok(Err(e)) => {
-            record(&e);
-            on_error
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            record_raw(libc::EIO, &format!("{name}: internal error: {what}"));
-            on_error
-        }
-    }
 }
 
 #[cfg(test)]

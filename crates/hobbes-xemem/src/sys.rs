@@ -260,12 +260,6 @@ pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     nix::sys::stat::fstat(fd).map(|st| st.st_ino)
 }
 
-/// Set this thread's errno (for the C ABIs).
-pub fn set_errno(value: i32) {
-    // SAFETY: __errno_location returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() = value };
-}
-
 /// Test helpers: private anonymous memory and byte access to it.
 #[cfg(test)]
 pub mod testing {

@@ -65,9 +65,3 @@ pub fn malloc_array<T: Copy>(op: &'static str, items: &[T]) -> Result<*mut T> {
 pub fn count(n: usize) -> c_int {
     c_int::try_from(n).unwrap_or(c_int::MAX)
 }
-
-/// Set this thread's errno.
-pub fn set_errno(value: c_int) {
-    // SAFETY: __errno_location returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() = value };
-}

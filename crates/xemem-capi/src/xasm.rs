@@ -6,10 +6,8 @@
 //! crash. Every export returns -1 / NULL on failure, sets errno, keeps a
 //! message for `xasm_last_error()` and never unwinds into C.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_int, c_void, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -41,33 +39,25 @@ pub struct XasmSnapshot {
     _private: [u8; 0],
 }
 
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
-}
-
-fn record(errno: c_int, message: &str) {
-    let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
-    ffi::set_errno(errno);
-}
-
 /// Run an export's body; on error or panic record it and return `on_error`.
+/// The message goes to the library's one per-thread slot, which
+/// `xasm_last_error()` and `xemem_last_error()` both read.
 fn guard<T>(name: &str, on_error: T, body: impl FnOnce() -> Result<T, XasmError>) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            record(e.errno(), &e.to_string());
-            on_error
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            record(libc::EIO, &format!("{name}: internal error: {what}"));
-            on_error
-        }
+    cabi_support::guard(name, on_error, || body().map_err(CXasmError))
+}
+
+/// [`XasmError`] as the C ABI reports it.
+struct CXasmError(XasmError);
+
+impl std::fmt::Display for CXasmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl cabi_support::CError for CXasmError {
+    fn errno(&self) -> c_int {
+        self.0.errno()
     }
 }
 
@@ -432,10 +422,7 @@ pub extern "C" fn xasm_consumer_close(c: *mut XasmConsumer) -> c_int {
 
 #[no_mangle]
 pub extern "C" fn xasm_last_error() -> *const c_char {
-    LAST_ERROR.with(|slot| match &*slot.borrow() {
-        Some(msg) => msg.as_ptr(),
-        None => c"".as_ptr(),
-    })
+    cabi_support::last_error()
 }
 
 // ------------------------------------------------------------ Kitten-style
