@@ -154,7 +154,7 @@ pub struct InsituArgs {
     pub modes: Vec<Mode>,
     /// Execution: async (the simulation never waits), sync (it waits for the
     /// analytics every step) or both.
-    #[arg(long, default_value = "async")]
+    #[arg(long, default_value = "both")]
     pub exec: String,
     /// Runs of each configuration (the report shows medians).
     #[arg(long, default_value_t = 1)]
