@@ -217,7 +217,16 @@ pub struct XememMake {
     /// equal the table header's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composite: Option<XememComposite>,
+    /// Segments of the caller to remove in the same step (at most
+    /// [`MAX_RETIRE`]): an XASM version replacing the ones it retires, one
+    /// request instead of one per segment. All or nothing: an unknown or
+    /// foreign segid refuses the whole make.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retire: Vec<SegId>,
 }
+
+/// Most segments one make may retire.
+pub const MAX_RETIRE: usize = 64;
 
 /// What a composite make adds (docs/xemem.md, "Composite segments").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

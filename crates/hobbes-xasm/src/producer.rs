@@ -418,7 +418,14 @@ impl Producer {
         let compacted = self.compact(OP, version)?;
         self.copy_all_next = false;
         let vname = format!("{}@{version}", self.name);
-        let published = match self.publish_table(OP, &vname, pages) {
+        // Versions this one pushes out of the newest K, retired now so that
+        // one request makes it and removes them (the latest stays gettable).
+        let retiring = self.retire_replaced();
+        let retire_ids = self.segids_of(&retiring);
+        let published = self.publish_table(OP, &vname, pages, &retire_ids);
+        // Retired either way: on failure remove them one by one.
+        self.finish_retired(&retiring, published.is_ok());
+        let published = match published {
             Ok(p) => p,
             Err(e) => {
                 // Never visible: free what only it used.
@@ -437,7 +444,7 @@ impl Producer {
         if let Some(ch) = &self.channel {
             ch.publish(version);
         }
-        let reclaimed = self.reclaim_old();
+        let reclaimed = retiring.len() + self.reclaim_old();
         let _ = self.pool.rotate();
         Ok(SnapshotInfo {
             version,
@@ -541,10 +548,17 @@ impl Producer {
     }
 
     /// Write the latest table (its first `pages` pages) into a new table
-    /// memfd and export it as the composite segment `name`.
-    fn publish_table(&self, op: &'static str, name: &str, pages: u64) -> Result<Published> {
+    /// memfd and export it as the composite segment `name`, removing the
+    /// segments `retire` in the same request.
+    fn publish_table(
+        &self,
+        op: &'static str,
+        name: &str,
+        pages: u64,
+        retire: &[SegId],
+    ) -> Result<Published> {
         let extents = self.extents.table(self.page as u64, pages);
-        self.export(op, name, pages * self.page as u64, &extents, false)
+        self.export(op, name, pages * self.page as u64, &extents, false, retire)
     }
 
     fn export(
@@ -554,6 +568,7 @@ impl Producer {
         size: u64,
         extents: &[Extent],
         alias: bool,
+        retire: &[SegId],
     ) -> Result<Published> {
         let what = || format!("version {name}");
         let cname = CString::new(format!("xasm-table:{name}"))
@@ -567,8 +582,9 @@ impl Producer {
             mode: self.mode,
             ..Default::default()
         };
-        let segid = hobbes_xemem::make_composite(&table, self.pool.fd(), size, &opts)
-            .map_err(XasmError::xemem(op, what()))?;
+        let segid =
+            hobbes_xemem::make_composite_retiring(&table, self.pool.fd(), size, &opts, retire)
+                .map_err(XasmError::xemem(op, what()))?;
         Ok(Published {
             segid,
             table,
@@ -609,6 +625,17 @@ impl Producer {
     /// tables (`flock(LOCK_EX|LOCK_NB)` on our own descriptions succeeds)
     /// and no alias pins it.
     fn try_reclaim(&mut self, v: u64) -> bool {
+        if !self.try_retire(v) {
+            return false;
+        }
+        self.finish_retired(&[v], false);
+        true
+    }
+
+    /// Take exclusive locks on all of version `v`'s tables (no consumer
+    /// holds it) and mark them retired: from then on no get succeeds. The
+    /// locks stay (our descriptions) until the tables are dropped.
+    fn try_retire(&mut self, v: u64) -> bool {
         let Some(rec) = self.versions.get(&v) else {
             return false;
         };
@@ -631,13 +658,58 @@ impl Producer {
         // reads `retired`.
         for t in &rec.tables {
             let _ = composite::mark_retired(t.table.as_fd());
-            if !t.removed {
-                let _ = hobbes_xemem::remove(t.segid);
-            }
         }
-        self.versions.remove(&v);
-        self.ledger.remove_live(v);
         true
+    }
+
+    /// Retire the versions the next one pushes out of the newest K (never
+    /// the latest: with K = 1 it goes after the next is published).
+    fn retire_replaced(&mut self) -> Vec<u64> {
+        let candidates: Vec<u64> = self
+            .versions
+            .keys()
+            .rev()
+            .skip(self.keep.saturating_sub(1).max(1))
+            .copied()
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|&v| self.try_retire(v))
+            .collect()
+    }
+
+    /// The name server ids of retired versions' tables, for one make to
+    /// remove; none (each removed by itself afterwards) past the limit.
+    fn segids_of(&self, versions: &[u64]) -> Vec<SegId> {
+        let ids: Vec<SegId> = versions
+            .iter()
+            .filter_map(|v| self.versions.get(v))
+            .flat_map(|r| r.tables.iter().filter(|t| !t.removed).map(|t| t.segid))
+            .collect();
+        if ids.len() > hobbes_proto::msg::MAX_RETIRE {
+            Vec::new()
+        } else {
+            ids
+        }
+    }
+
+    /// Forget retired versions: their segments were removed by the make
+    /// that replaced them (`removed_by_make`), else remove them now.
+    fn finish_retired(&mut self, versions: &[u64], removed_by_make: bool) {
+        let batched = removed_by_make && !self.segids_of(versions).is_empty();
+        for v in versions {
+            if let Some(rec) = self.versions.remove(v) {
+                if !batched {
+                    for t in rec.tables.iter().filter(|t| !t.removed) {
+                        let _ = hobbes_xemem::remove(t.segid);
+                    }
+                }
+            }
+            self.ledger.remove_live(*v);
+        }
+        if !versions.is_empty() {
+            self.free_unused();
+        }
     }
 
     /// Retry reclaiming old versions that were held at their time (the
@@ -696,7 +768,7 @@ impl Producer {
                 ..e
             })
             .collect();
-        let published = self.export(OP, name, size, &clipped, true)?;
+        let published = self.export(OP, name, size, &clipped, true, &[])?;
         let segid = published.segid;
         self.versions
             .get_mut(&version)

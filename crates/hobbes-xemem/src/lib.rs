@@ -219,6 +219,7 @@ fn export(
         owner_event_fd: eventfd.as_ref().map(|e| e.as_raw_fd()),
         owner_addr: addr as u64,
         composite: None,
+        retire: Vec::new(),
     };
     let record = st.call(MAKE, Retry::Once, |c| {
         c.xemem_make(
@@ -256,6 +257,20 @@ pub fn make_composite(
     pool: &OwnedFd,
     size: u64,
     opts: &MakeOptions,
+) -> Result<SegId> {
+    make_composite_retiring(table, pool, size, opts, &[])
+}
+
+/// [`make_composite`], removing this process's segments `retire` in the same
+/// request (at most [`hobbes_proto::msg::MAX_RETIRE`]): how an XASM version
+/// replaces the versions it retires with one round trip. All or nothing: if
+/// any of them cannot be removed, nothing is made and nothing removed.
+pub fn make_composite_retiring(
+    table: &OwnedFd,
+    pool: &OwnedFd,
+    size: u64,
+    opts: &MakeOptions,
+    retire: &[SegId],
 ) -> Result<SegId> {
     const OP: &str = "xemem_make_composite";
     if opts.mode & !0o777 != 0 {
@@ -297,6 +312,7 @@ pub fn make_composite(
         composite: Some(XememComposite {
             pool_owner_fd: pool.as_raw_fd(),
         }),
+        retire: retire.to_vec(),
     };
     let mut st = state::lock();
     let record = st.call(OP, Retry::Once, |c| {
@@ -307,6 +323,9 @@ pub fn make_composite(
             eventfd.as_ref().map(|e| e.as_fd()),
         )
     })?;
+    for segid in retire {
+        st.own.remove(segid);
+    }
     st.own.insert(
         record.segid,
         OwnSegment {
@@ -316,6 +335,19 @@ pub fn make_composite(
             inode,
         },
     );
+    drop(st);
+    // A name server older than `retire` ignores it: check (NIS, no IPC) and
+    // remove what is left one by one. Segids are never reused, so what is
+    // left is still ours.
+    if !retire.is_empty() {
+        if let Ok(nis) = nis(OP) {
+            for &segid in retire {
+                if matches!(nis.segment(segid), Ok(Some(_))) {
+                    let _ = state::lock().call(OP, Retry::Idempotent, |c| c.xemem_remove(segid));
+                }
+            }
+        }
+    }
     Ok(record.segid)
 }
 
@@ -674,19 +706,23 @@ pub fn detach(addr: *mut u8) -> Result<()> {
 /// Find a segment by name in the Node Information Service (no IPC).
 pub fn lookup(name: &str) -> Result<Option<SegId>> {
     const OP: &str = "xemem_lookup";
-    // Opened once per process: a lookup is then one LMDB read transaction.
-    static NIS: std::sync::OnceLock<hobbes_client::NisReader> = std::sync::OnceLock::new();
-    let nis = match NIS.get() {
-        Some(nis) => nis,
-        None => {
-            let opened = hobbes_client::nis().map_err(|e| XememError::client(OP, e))?;
-            NIS.get_or_init(|| opened)
-        }
-    };
-    let rec = nis
+    let rec = nis(OP)?
         .segment_by_name(name)
         .map_err(|e| XememError::client(OP, e.into()))?;
     Ok(rec.map(|r| r.segid))
+}
+
+/// The NIS, opened once per process: a read is then one LMDB read
+/// transaction.
+fn nis(op: &'static str) -> Result<&'static hobbes_client::NisReader> {
+    static NIS: std::sync::OnceLock<hobbes_client::NisReader> = std::sync::OnceLock::new();
+    match NIS.get() {
+        Some(nis) => Ok(nis),
+        None => {
+            let opened = hobbes_client::nis().map_err(|e| XememError::client(op, e))?;
+            Ok(NIS.get_or_init(|| opened))
+        }
+    }
 }
 
 /// Find a segment by name through the name server.

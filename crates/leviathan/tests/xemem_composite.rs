@@ -394,6 +394,7 @@ fn malformed_tables_are_refused(pool: &OwnedFd) {
             owner_event_fd: None,
             owner_addr: 0,
             composite: Some(XememComposite { pool_owner_fd: 0 }),
+            retire: Vec::new(),
         };
         let e = c
             .xemem_make_composite(make, t.as_fd(), pool.as_fd(), None)
@@ -419,6 +420,7 @@ fn malformed_tables_are_refused(pool: &OwnedFd) {
         owner_event_fd: None,
         owner_addr: 0,
         composite: Some(XememComposite { pool_owner_fd: 0 }),
+        retire: Vec::new(),
     };
     let good = table(&[0, 1]);
     let e = c

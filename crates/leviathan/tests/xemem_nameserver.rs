@@ -38,6 +38,7 @@ fn make(c: &mut Client, fd: &OwnedFd, name: &str, mode: u32, event: Option<&Owne
         owner_event_fd: event.map(|e| e.as_raw_fd()),
         owner_addr: 0,
         composite: None,
+        retire: Vec::new(),
     };
     c.xemem_make(req, fd.as_fd(), event.map(|e| e.as_fd()))
         .unwrap()
@@ -140,6 +141,7 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
         owner_event_fd: None,
         owner_addr: 0,
         composite: None,
+        retire: Vec::new(),
     };
     assert_eq!(
         c.xemem_make(dup.clone(), other.as_fd(), None)
@@ -390,5 +392,63 @@ fn owner_exit_removes_its_segments_and_restart_recovers_live_ones() {
         first_byte(&fd),
         0x6b,
         "the recovered grant is the owner's memory"
+    );
+}
+
+#[test]
+fn a_make_retires_segments_all_or_nothing() {
+    let t = "a_make_retires_segments_all_or_nothing";
+    if !require_root(t) {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let (fa, fb, fc) = (memfd_with(1), memfd_with(2), memfd_with(3));
+    let a = make(&mut c, &fa, "v@1", 0o600, None);
+    let b = make(&mut c, &fb, "v@2", 0o600, None);
+    let req = |fd: &OwnedFd, name: &str, retire: Vec<SegId>| XememMake {
+        size: LEN as u64,
+        name: Some(name.into()),
+        segid: None,
+        mode: 0o600,
+        page_kind: PageKind::Base,
+        signalled: false,
+        owner_fd: fd.as_raw_fd(),
+        owner_event_fd: None,
+        owner_addr: 0,
+        composite: None,
+        retire,
+    };
+    // An unknown segid in the list refuses the whole make: nothing removed.
+    let e = c
+        .xemem_make(req(&fc, "v@3", vec![a, 999_999]), fc.as_fd(), None)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(e.to_string().contains("999999"), "{e}");
+    let too_many = (1..=65).collect::<Vec<SegId>>();
+    let e = c
+        .xemem_make(req(&fc, "v@3", too_many), fc.as_fd(), None)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidSpec), "{e}");
+    assert_eq!(c.xemem_list().unwrap().len(), 2);
+    // Retiring one: made and removed in one request; a retired name is free.
+    let v3 = c
+        .xemem_make(req(&fc, "v@1", vec![a]), fc.as_fd(), None)
+        .unwrap()
+        .segid;
+    let names: Vec<(SegId, Option<String>)> = c
+        .xemem_list()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.record.segid, s.record.name))
+        .collect();
+    assert_eq!(
+        names,
+        vec![(b, Some("v@2".into())), (v3, Some("v@1".into()))]
+    );
+    assert_eq!(
+        c.xemem_get(a, Access::ReadOnly).unwrap_err().code(),
+        Some(ErrorCode::NotFound)
     );
 }

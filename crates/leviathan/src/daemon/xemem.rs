@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hobbes_proto::model::{
     Access, CompositeInfo, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE,
 };
-use hobbes_proto::msg::{ErrorCode, XememComposite, XememMake};
+use hobbes_proto::msg::{ErrorCode, XememComposite, XememMake, MAX_RETIRE};
 use hobbes_proto::xemem_table;
 
 use super::enclaves::TxError;
@@ -158,6 +158,7 @@ impl Daemon {
                 "a requested segid must be positive",
             ));
         }
+        self.check_retire(peer, &make.retire)?;
         let owner_pidfd = sys::pidfd_open(peer.pid).ok();
         let (owner_enclave, owner_app) = self.locate(peer.pid);
         let mode = if make.mode == 0 {
@@ -166,6 +167,17 @@ impl Daemon {
             make.mode & 0o777
         };
         let record = self.tx(|t| {
+            // First, so the new segment may take a retired one's name.
+            for &r in &make.retire {
+                if t.segment(r)?.is_none() {
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("cannot retire segment {r}: no such segment"),
+                    )
+                    .into());
+                }
+                t.delete_segment(r)?;
+            }
             if let Some(name) = &make.name {
                 if let Some(other) = t.segment_by_name(name)? {
                     return Err(refuse(
@@ -229,7 +241,46 @@ impl Daemon {
                 },
             );
         tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
+        if !make.retire.is_empty() {
+            let mut backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+            for r in &make.retire {
+                backings.remove(r);
+                tracing::info!(segid = r, by = record.segid, "segment gone: retired");
+            }
+        }
         Ok(record)
+    }
+
+    /// A make may retire at most MAX_RETIRE segments, each of which the
+    /// caller could remove itself.
+    fn check_retire(&self, peer: &PeerCred, retire: &[SegId]) -> Result<(), Refusal> {
+        if retire.len() > MAX_RETIRE {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "a make may retire at most {MAX_RETIRE} segments, not {}",
+                    retire.len()
+                ),
+            ));
+        }
+        for &r in retire {
+            let rec = self.segment(r).map_err(|e| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("cannot retire segment {r}: {}", e.message),
+                )
+            })?;
+            if peer.uid != 0 && peer.uid != rec.owner_uid {
+                return Err(refuse(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "permission denied: cannot retire segment {r}: it belongs to uid {}",
+                        rec.owner_uid
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn segment(&self, segid: SegId) -> Result<SegmentRecord, Refusal> {
