@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use hobbes_client::proto::model::{AppRecord, ExitStatus};
+use hobbes_client::proto::model::AppRecord;
 use hobbes_client::Client;
 
 /// `xasm-probe`, built by the workspace next to `leviathan`.
@@ -158,20 +158,6 @@ fn start_in(c: &mut Client, enclave: &str, argv: &[&str], env: &[(&str, &str)]) 
     c.launch(l).unwrap()
 }
 
-/// Wait for an enclave app; returns its stdout, asserting exit code 0.
-fn wait_ok(c: &mut Client, app: &AppRecord) -> String {
-    let rec = c.wait_app(app.id).unwrap();
-    let out = std::fs::read_to_string(&rec.stdout_log).unwrap_or_default();
-    let err = std::fs::read_to_string(&rec.stderr_log).unwrap_or_default();
-    assert_eq!(
-        rec.exit,
-        Some(ExitStatus::Code(0)),
-        "{} failed:\n{out}{err}",
-        rec.argv.join(" ")
-    );
-    out
-}
-
 /// Thousands of snapshots while the producer keeps writing the same pages;
 /// consumers in two host processes and in another enclave check every
 /// version they attach (every word of every page against the stamp table
@@ -216,7 +202,7 @@ fn consistency_across_processes_and_enclaves() {
             ],
             &[("HOBBES_XASM_MECHANISM", m)],
         );
-        let out = wait_ok(&mut c, &producer);
+        let (_, out) = wait_ok(&mut c, &producer);
         let done = fields(&out, "DONE");
         assert_eq!(done["mechanism"], m, "{out}");
         assert_eq!(num(&done, "steps"), steps.parse::<u64>().unwrap());
@@ -235,7 +221,7 @@ fn consistency_across_processes_and_enclaves() {
             out.lines().find(|l| l.starts_with("DONE")).unwrap_or("")
         );
 
-        let mut reports = vec![wait_ok(&mut c, &remote)];
+        let mut reports = vec![wait_ok(&mut c, &remote).1];
         for (child, rx) in hosts {
             let (code, text) = finish(child, rx, Duration::from_secs(60));
             assert_eq!(code, Some(0), "host consumer:\n{text}");

@@ -60,19 +60,6 @@ fn wait_segment(nis: &NisReader, name: &str) {
     });
 }
 
-fn wait_ok(c: &mut Client, app: &AppRecord) -> AppRecord {
-    let rec = c.wait_app(app.id).unwrap();
-    let out = std::fs::read_to_string(&rec.stdout_log).unwrap_or_default();
-    let err = std::fs::read_to_string(&rec.stderr_log).unwrap_or_default();
-    assert_eq!(
-        rec.exit,
-        Some(ExitStatus::Code(0)),
-        "{} failed: {out}{err}",
-        rec.argv.join(" ")
-    );
-    rec
-}
-
 #[test]
 fn share_across_enclaves_both_ways_without_copies() {
     let t = "share_across_enclaves_both_ways_without_copies";
@@ -119,7 +106,7 @@ fn share_across_enclaves_both_ways_without_copies() {
             ],
         );
         assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
-        let o = wait_ok(&mut c, &o);
+        let (o, _) = wait_ok(&mut c, &o);
         let out = std::fs::read_to_string(&o.stdout_log).unwrap();
         assert!(
             out.contains("CHECK OK"),
@@ -403,7 +390,7 @@ fn daemon_restart_keeps_live_attachments_and_segments() {
         ],
     );
     assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
-    let owner = wait_ok(&mut c, &owner);
+    let (owner, _) = wait_ok(&mut c, &owner);
     assert!(std::fs::read_to_string(&owner.stdout_log)
         .unwrap()
         .contains("CHECK OK"));

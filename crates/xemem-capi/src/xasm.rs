@@ -155,6 +155,21 @@ fn region(op: &'static str, r: *mut XasmRegion) -> Result<Arc<Region>, XasmError
 
 // ---------------------------------------------------------------- producer
 
+/// Register a new region and write its handle to `out_region`.
+///
+/// # Safety
+/// `out_region` is non-NULL and writable.
+unsafe fn hand_out(
+    op: &'static str,
+    p: Producer,
+    out_region: *mut *mut XasmRegion,
+) -> Result<c_int, XasmError> {
+    let r = registry::insert(p, None);
+    // SAFETY: per this function's contract.
+    unsafe { out(op, out_region, r.id() as usize as *mut XasmRegion) }?;
+    Ok(0)
+}
+
 #[no_mangle]
 /// # Safety
 /// `name` is a NUL-terminated string; `out_region` is writable.
@@ -173,10 +188,8 @@ pub unsafe extern "C" fn xasm_region_create(
         // SAFETY: per the contract above.
         let name = unsafe { required_str(OP, "name", name) }?;
         let p = Producer::create(len, &options(OP, name, keep, flags)?)?;
-        let r = registry::insert(p, None);
         // SAFETY: checked non-NULL; writable per the contract above.
-        unsafe { out(OP, out_region, r.id() as usize as *mut XasmRegion) }?;
-        Ok(0)
+        unsafe { hand_out(OP, p, out_region) }
     })
 }
 
@@ -203,10 +216,8 @@ pub unsafe extern "C" fn xasm_region_register(
         let opts = options(OP, name, keep, flags)?;
         // SAFETY: the caller owns the range until destroy (contract above).
         let p = unsafe { Producer::register(addr.cast(), len, &opts) }?;
-        let r = registry::insert(p, None);
         // SAFETY: checked non-NULL; writable per the contract above.
-        unsafe { out(OP, out_region, r.id() as usize as *mut XasmRegion) }?;
-        Ok(0)
+        unsafe { hand_out(OP, p, out_region) }
     })
 }
 

@@ -9,16 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use support::cbuild::get;
 use support::daemon::{run_with_timeout, Daemon};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
-
-fn get<'a>(text: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
-}
 
 #[test]
 fn make_attach_signal_ack() {

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::cbuild::get;
 use support::daemon::{run_with_timeout, Daemon};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -52,13 +53,6 @@ fn run(daemon: Option<&Daemon>, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
-}
-
-fn get<'a>(text: &'a str, key: &str) -> &'a str {
-    let prefix = format!("{key}=");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
 }
 
 #[test]

@@ -61,3 +61,11 @@ pub fn compile(src: &Path, include: &Path, lib_dir: &Path, lib: &str) -> PathBuf
     );
     out
 }
+
+/// The value of the `key=value` line the C test printed.
+pub fn get<'a>(text: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
+}

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hobbes_client::proto::model::{AppRecord, EnclaveKind};
+use hobbes_client::proto::model::{AppRecord, EnclaveKind, ExitStatus};
 use hobbes_client::proto::msg::{EnclaveRef, LaunchSpec, Stream};
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::Client;
@@ -275,6 +275,21 @@ pub fn launch(enclave: &str, argv: &[&str]) -> LaunchSpec {
         cwd: None,
         stream: true,
     }
+}
+
+/// Wait for an app launched without streaming and assert it exited 0 (its
+/// logs in the message otherwise): (final record, its stdout).
+pub fn wait_ok(c: &mut Client, app: &AppRecord) -> (AppRecord, String) {
+    let rec = c.wait_app(app.id).unwrap();
+    let out = std::fs::read_to_string(&rec.stdout_log).unwrap_or_default();
+    let err = std::fs::read_to_string(&rec.stderr_log).unwrap_or_default();
+    assert_eq!(
+        rec.exit,
+        Some(ExitStatus::Code(0)),
+        "{} failed:\n{out}{err}",
+        rec.argv.join(" ")
+    );
+    (rec, out)
 }
 
 /// Launch, stream, wait: (final record, stdout, stderr).
