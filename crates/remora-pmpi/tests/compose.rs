@@ -322,7 +322,13 @@ fn abort_on_the_world_ends_the_whole_composed_job_with_its_code() {
         o.stdout,
         o.stderr
     );
-    assert_eq!(lines(&o.stdout, "aborting"), ["aborting app=1 rank=0"]);
+    // hydra may kill the job before it forwarded the aborting rank's last
+    // line; if it came, it came from the right process, once.
+    let aborting = lines(&o.stdout, "aborting");
+    assert!(
+        aborting.is_empty() || aborting == ["aborting app=1 rank=0"],
+        "{aborting:?}"
+    );
     assert!(lines(&o.stdout, "FAIL").is_empty(), "{}", o.stdout);
 }
 
