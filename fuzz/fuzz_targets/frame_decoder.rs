@@ -69,7 +69,27 @@ fuzz_target!(|data: &[u8]| {
     let whole = frame::read_payload(&mut &data[..]);
     let trickled = frame::read_payload(&mut Trickle { data, reads: 0 });
     assert_eq!(whole.as_ref().ok(), trickled.as_ref().ok());
+    // The daemon's socket reader (descriptors, deadlines) agrees too.
+    let socketed = through_socket(data);
+    assert_eq!(whole.as_ref().ok(), socketed.as_ref().ok());
     if let Ok(payload) = whole {
         let _ = frame::decode_payload::<Request>(&payload);
     }
 });
+
+/// `data` read by `fdpass::read_payload_with_fds_limited` from a socket pair
+/// whose writer sent it all and hung up.
+fn through_socket(data: &[u8]) -> Result<Vec<u8>, frame::FrameError> {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    a.write_all(data).expect("fits the socket buffer");
+    drop(a);
+    let limits = hobbes_proto::fdpass::ReadLimits {
+        idle: Some(std::time::Duration::from_secs(1)),
+        frame: Some(std::time::Duration::from_secs(1)),
+    };
+    let (payload, fds) = hobbes_proto::fdpass::read_payload_with_fds_limited(&b, limits)?;
+    assert!(fds.is_empty());
+    Ok(payload)
+}

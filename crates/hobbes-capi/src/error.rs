@@ -80,6 +80,8 @@ fn frame_errno(e: &FrameError) -> c_int {
             libc::EPROTO
         }
         FrameError::TooLarge { .. } => libc::EMSGSIZE,
+        FrameError::TooManyFds { .. } => libc::ETOOMANYREFS,
+        FrameError::Idle(_) | FrameError::Stalled(_) => libc::ETIMEDOUT,
     }
 }
 

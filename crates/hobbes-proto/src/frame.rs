@@ -39,6 +39,12 @@ pub enum FrameError {
     TooLarge { len: u32 },
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("{got} descriptors attached to one frame; a frame carries at most {max}")]
+    TooManyFds { got: usize, max: usize },
+    #[error("no request within {0:?}: idle connection closed")]
+    Idle(std::time::Duration),
+    #[error("frame not completed within {0:?} of its first byte")]
+    Stalled(std::time::Duration),
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
 }
