@@ -85,6 +85,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// A connection to `leviathan`.
 pub struct Client {
     stream: UnixStream,
+    /// The socket, to reconnect when the daemon closed an idle connection.
+    path: PathBuf,
     peer: String,
 }
 
@@ -107,6 +109,7 @@ impl Client {
         })?;
         Ok(Client {
             stream,
+            path: path.to_path_buf(),
             peer: path.display().to_string(),
         })
     }
@@ -125,8 +128,53 @@ impl Client {
 
     /// Send one request and read one response, errors included as `Response::Error`.
     pub fn request(&mut self, req: &Request) -> Result<Response> {
-        frame::write_frame(&mut self.stream, req).map_err(self.frame_err())?;
-        self.read()
+        match self.send(req, &[]) {
+            Ok(()) => self.read(),
+            Err(ClientError::Refused(e)) => Ok(Response::Error(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send one request (with descriptors for `xemem_make`).
+    ///
+    /// The daemon closes connections that stay idle (see leviathan's
+    /// `client_idle_timeout_s`): a connection found closed before anything was
+    /// sent on it is opened again, so no request is ever lost or sent twice.
+    /// A daemon that refused the connection (too many from this user) left its
+    /// reason in the socket: that reason is the error, on every request.
+    fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        match pending(&self.stream) {
+            Pending::Nothing => {}
+            Pending::Closed => self.reconnect()?,
+            Pending::Data => return Err(self.refusal()),
+        }
+        match fdpass::write_frame_with_fds(&self.stream, req, fds) {
+            Ok(()) => Ok(()),
+            Err(e) => match frame::read_frame::<_, Response>(&mut self.stream) {
+                Ok(Response::Error(reason)) => Err(ClientError::Refused(reason)),
+                _ => Err(self.frame_err()(e)),
+            },
+        }
+    }
+
+    /// What the daemon said before we asked anything: a refusal, or garbage.
+    fn refusal(&mut self) -> ClientError {
+        match frame::read_frame::<_, Response>(&mut self.stream) {
+            Ok(Response::Error(reason)) => ClientError::Refused(reason),
+            Ok(other) => ClientError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!("{other:?} before any request"),
+            },
+            Err(e) => self.frame_err()(e),
+        }
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        self.stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(())
     }
 
     fn read(&mut self) -> Result<Response> {
@@ -319,8 +367,7 @@ impl Client {
         make: XememMake,
         fds: &[BorrowedFd<'_>],
     ) -> Result<SegmentRecord> {
-        fdpass::write_frame_with_fds(&self.stream, &Request::XememMake(Box::new(make)), fds)
-            .map_err(self.frame_err())?;
+        self.send(&Request::XememMake(Box::new(make)), fds)?;
         match self.read()? {
             Response::Segment(s) => Ok(*s),
             other => unexpected(&self.peer, other),
@@ -350,8 +397,7 @@ impl Client {
 
     /// XEMEM: access to any segment, composite ones included.
     pub fn xemem_get_grant(&mut self, segid: SegId, access: Access) -> Result<SegmentGrant> {
-        frame::write_frame(&mut self.stream, &Request::XememGet { segid, access })
-            .map_err(self.frame_err())?;
+        self.send(&Request::XememGet { segid, access }, &[])?;
         let (reply, fds): (Response, Vec<OwnedFd>) =
             fdpass::read_frame_with_fds(&self.stream).map_err(self.frame_err())?;
         match reply {
@@ -459,6 +505,41 @@ impl Client {
             Response::Pong { rtt_us, .. } => Ok(Duration::from_micros(rtt_us)),
             other => unexpected(&self.peer, other),
         }
+    }
+}
+
+/// What waits on a connection before we send a request.
+enum Pending {
+    /// Nothing: the connection is open and quiet, as it should be.
+    Nothing,
+    /// The daemon closed it (idle timeout) and said nothing.
+    Closed,
+    /// Bytes nobody asked for: the daemon's refusal of the connection.
+    Data,
+}
+
+fn pending(stream: &UnixStream) -> Pending {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => {
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            let mut byte = [0u8; 1];
+            // A readable socket at end of stream peeks 0 bytes.
+            let peeked = nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(stream),
+                &mut byte,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+            match peeked {
+                Ok(n) if n > 0 => Pending::Data,
+                Ok(_) => Pending::Closed,
+                Err(_) if revents.contains(PollFlags::POLLHUP) => Pending::Closed,
+                Err(_) => Pending::Nothing,
+            }
+        }
+        _ => Pending::Nothing,
     }
 }
 
