@@ -200,9 +200,14 @@ fn parse_enclave(
         }
     }
     let shared = match node.attribute("shared") {
-        None | Some("false") | Some("no") | Some("0") => false,
-        Some("true") | Some("yes") | Some("1") => true,
-        Some(v) => return Err(at(node, format!("shared=\"{v}\" is not a boolean"))),
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(at(
+                node,
+                format!("shared=\"{v}\" is not a boolean (true/false)"),
+            ))
+        }
     };
     comp.enclaves.push(CompEnclave {
         name: name.clone(),

@@ -231,6 +231,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "enclave name {name:?} may only contain letters, digits, '-', '_' and '.'"
         ));
     }
+    // "-rf" would read as an option in the shell, "." and ".." as directories.
+    if name.starts_with(['-', '.']) {
+        return Err(format!(
+            "enclave name {name:?} may not start with '-' or '.' (the shell would read it as an option or a path)"
+        ));
+    }
     if name.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
             "enclave name {name:?} is all digits and would be mistaken for an id"
@@ -246,8 +252,9 @@ fn bool_attr(
 ) -> Result<Option<bool>, SpecError> {
     match node.attribute(name) {
         None => Ok(None),
-        Some("true" | "yes" | "1") => Ok(Some(true)),
-        Some("false" | "no" | "0") => Ok(Some(false)),
+        // The schema's words only: "1" or "yes" would be guesses.
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
         Some(v) => Err(SpecError::at(
             doc,
             node,
@@ -455,6 +462,24 @@ mod tests {
             "<native name=\"12\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
         )
         .is_err());
+    }
+
+    #[test]
+    fn refuses_option_like_names_and_loose_booleans() {
+        for bad in ["-rf", ".", "..", ".hidden", "-"] {
+            let err = EnclaveSpec::from_xml(&format!(
+                "<native name=\"{bad}\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("may not start"), "{bad}: {err}");
+        }
+        for bad in ["1", "yes", "no", "0", "True"] {
+            let err = EnclaveSpec::from_xml(&format!(
+                "<native name=\"a\" shared=\"{bad}\"><cpus><cores>1</cores></cpus><memory size=\"1\"/></native>"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("is not a boolean"), "{bad}: {err}");
+        }
     }
 
     #[test]
