@@ -29,6 +29,21 @@ pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
     })
 }
 
+/// Has the peer of `stream` closed its end (process gone, or shut down)?
+/// Does not consume anything the peer sent.
+pub fn peer_hung_up(stream: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // A closed peer (the usual case: its process died) shows as POLLHUP.
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
+    }
+}
+
 /// Start time of a process (clock ticks after boot, field 22 of
 /// /proc/PID/stat): with the pid, it identifies a process across pid reuse.
 pub fn proc_start_time(pid: u32) -> Option<u64> {
@@ -148,6 +163,20 @@ impl ExecImage {
 /// Clone a child into new PID, mount, UTS and (unless `new_ipc` is false) IPC namespaces. The child waits
 /// on a pipe, then resets its signal mask and execs `path` with `argv`/`env`.
 /// It is pid 1 of its PID namespace.
+///
+/// The child never outlives the daemon before its `exec`: it is a fork of a
+/// multi-threaded daemon and inherits every descriptor (the state directory's
+/// lock, the node lock socket, other children's go pipes), so a child stranded
+/// by a `kill -9` of the daemon would hold the node. Therefore, before waiting,
+/// the child
+/// - asks for `SIGKILL` when the thread that cloned it dies (`PR_SET_PDEATHSIG`),
+/// - closes every descriptor but stdio, its go pipe's read end and a pidfd of
+///   the daemon (so it holds no lock and no pipe's write end, its own included),
+/// - waits for either the go byte or the daemon's exit (the pidfd), which also
+///   covers a daemon that died before `PR_SET_PDEATHSIG` took effect.
+///
+/// Once released it clears the death signal: the control process must outlive
+/// the client thread that created its enclave.
 pub fn spawn_in_new_namespaces(
     path: &OsStr,
     argv: &[String],
@@ -157,22 +186,26 @@ pub fn spawn_in_new_namespaces(
     let image = ExecImage::new(path, argv, env)?;
     let (go_read, go_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    let go_read_fd = go_read.as_raw_fd();
+    let daemon = pidfd_open(std::process::id())?;
+    let keep = KeptFds::new(go_read.as_raw_fd(), daemon.as_raw_fd());
     let mut stack = vec![0u8; 256 * 1024];
     let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
     if new_ipc {
         flags |= CloneFlags::CLONE_NEWIPC;
     }
     let child = Box::new(|| -> isize {
-        // Only async-signal-safe calls from here on: read, sigprocmask, execve, _exit.
-        let mut byte = 0u8;
-        // SAFETY: reading one byte into a valid stack buffer from an fd we own.
-        let n = unsafe { libc::read(go_read_fd, (&mut byte as *mut u8).cast(), 1) };
-        if n != 1 {
-            // The daemon gave up on us (closed the pipe): do not run.
+        // Only async-signal-safe calls from here on: prctl, close_range, poll,
+        // read, sigprocmask, execve, _exit.
+        // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        keep.close_all_others();
+        if !keep.wait_for_go() {
+            // The daemon gave up on us (closed the pipe) or died: do not run.
             // SAFETY: _exit is always safe to call.
             unsafe { libc::_exit(120) };
         }
+        // SAFETY: as above; 0 clears the death signal.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
         // SAFETY: an empty, zero-initialised sigset is valid for SIG_SETMASK; the
         // daemon blocks signals it handles on a thread, and the child must not inherit that.
         unsafe {
@@ -193,10 +226,79 @@ pub fn spawn_in_new_namespaces(
     let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
         .map_err(io::Error::from)?;
     drop(go_read);
+    drop(daemon);
     Ok(Held {
         pid: pid.as_raw() as u32,
         go: go_write,
     })
+}
+
+/// The two descriptors a held child keeps: its go pipe and the daemon's pidfd.
+#[derive(Clone, Copy)]
+struct KeptFds {
+    go: i32,
+    daemon: i32,
+}
+
+impl KeptFds {
+    fn new(go: i32, daemon: i32) -> Self {
+        KeptFds { go, daemon }
+    }
+
+    /// Close every descriptor above stdio except the two kept (async-signal-safe).
+    fn close_all_others(self) {
+        let (lo, hi) = (
+            self.go.min(self.daemon) as u32,
+            self.go.max(self.daemon) as u32,
+        );
+        for (first, last) in [
+            (3, lo.wrapping_sub(1)),
+            (lo + 1, hi - 1),
+            (hi + 1, u32::MAX),
+        ] {
+            if first <= last && first >= 3 {
+                // SAFETY: close_range takes two integers and flags; it only closes
+                // descriptors of this (child) process, none of which Rust code owns
+                // after the clone.
+                unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+            }
+        }
+    }
+
+    /// Block until the daemon says go (true), or hangs up or dies (false).
+    fn wait_for_go(self) -> bool {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.go,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.daemon,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: poll reads and writes the two-element array on our stack.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return false;
+            }
+            if fds[1].revents != 0 {
+                return false; // the daemon exited
+            }
+            if fds[0].revents != 0 {
+                let mut byte = 0u8;
+                // SAFETY: reading one byte into a valid stack buffer from an fd we own.
+                let r = unsafe { libc::read(self.go, (&mut byte as *mut u8).cast(), 1) };
+                return r == 1;
+            }
+        }
+    }
 }
 
 /// Pin the calling thread (and what it execs) to `cores`.
