@@ -359,6 +359,77 @@ impl Cgroups {
     }
 }
 
+/// Enclave ids of the `enclave-N` directories in `dir`.
+fn enclave_ids_in(dir: &Path) -> Vec<EnclaveId> {
+    let mut ids: Vec<EnclaveId> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("enclave-")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+impl Cgroups {
+    /// Every enclave cgroup on the node, whichever daemon made it: (id, shared, cgroup).
+    pub fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, EnclaveCgroup)> {
+        match self {
+            Cgroups::V1 { cpuset, memory, .. } => {
+                let mut ids = enclave_ids_in(cpuset);
+                ids.extend(enclave_ids_in(memory));
+                ids.sort_unstable();
+                ids.dedup();
+                ids.into_iter()
+                    .map(|id| {
+                        let name = enclave_dir_name(id);
+                        let exclusive = read(&cpuset.join(&name).join("cpuset.cpu_exclusive"))
+                            .is_ok_and(|v| v == "1");
+                        let cg = EnclaveCgroup {
+                            v2: false,
+                            cpuset: cpuset.join(&name),
+                            memory: memory.join(&name),
+                            exclusive,
+                        };
+                        (id, !exclusive, cg)
+                    })
+                    .collect()
+            }
+            Cgroups::V2 {
+                exclusive, shared, ..
+            } => {
+                let mut out = Vec::new();
+                for (dir, is_shared) in [(exclusive, false), (shared, true)] {
+                    for id in enclave_ids_in(dir) {
+                        let path = dir.join(enclave_dir_name(id));
+                        out.push((
+                            id,
+                            is_shared,
+                            EnclaveCgroup {
+                                v2: true,
+                                cpuset: path.clone(),
+                                memory: path,
+                                exclusive: !is_shared,
+                            },
+                        ));
+                    }
+                }
+                out
+            }
+            Cgroups::None => Vec::new(),
+        }
+    }
+}
+
 /// Move every task of `from` into `to`; returns how many moved. Kernel
 /// threads bound to a CPU refuse (EINVAL) and stay; tasks forked while we move
 /// are caught by the next pass.
@@ -409,7 +480,7 @@ pub struct EnclaveCgroup {
 
 impl EnclaveCgroup {
     pub fn exists(&self) -> bool {
-        self.cpuset.exists()
+        self.cpuset.exists() || self.memory.exists()
     }
 
     /// Create with its cores, memory nodes and limit.
@@ -477,6 +548,17 @@ impl EnclaveCgroup {
         procs(&self.cpuset)
     }
 
+    /// Processes in any of the enclave's cgroups (v1 has two).
+    pub fn all_procs(&self) -> Vec<u32> {
+        let mut p = procs(&self.cpuset);
+        if !self.v2 {
+            p.extend(procs(&self.memory));
+        }
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
     /// SIGKILL everything in the enclave's cgroups and wait until they are empty.
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         if !self.exists() {
@@ -487,15 +569,7 @@ impl EnclaveCgroup {
         }
         let start = Instant::now();
         loop {
-            let left: Vec<u32> = {
-                let mut p = procs(&self.cpuset);
-                if !self.v2 {
-                    p.extend(procs(&self.memory));
-                }
-                p.sort_unstable();
-                p.dedup();
-                p
-            };
+            let left = self.all_procs();
             if left.is_empty() {
                 return Ok(());
             }

@@ -9,6 +9,9 @@
 //! unprivileged = false        # force the degraded mode even as root
 //! keep_enclaves_on_exit = false
 //! shmem_thp = false          # shmem THP "advise" while running (XEMEM huge pages)
+//! client_idle_timeout_s = 300 # a client connection with no request this long is closed
+//! request_timeout_ms = 10000  # a request frame must arrive whole this soon after its first byte
+//! max_clients_per_uid = 64    # connections one user may hold (root has its own allowance)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +41,9 @@ pub struct FileConfig {
     pub unprivileged: Option<bool>,
     pub keep_enclaves_on_exit: Option<bool>,
     pub shmem_thp: Option<bool>,
+    pub client_idle_timeout_s: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_clients_per_uid: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -54,7 +60,20 @@ pub struct Config {
     /// Put shmem transparent huge pages in `advise` mode while running, so
     /// XEMEM's allocator gets huge pages (restored at a clean exit).
     pub shmem_thp: bool,
+    /// A client connection that sends no request for this long is closed
+    /// (clients reconnect transparently).
+    pub client_idle_timeout_s: u64,
+    /// Once a request frame's first byte arrived, the rest must follow within this.
+    pub request_timeout_ms: u64,
+    /// Connections one uid may hold at once; root is counted apart, so no
+    /// user can lock root (or another user) out.
+    pub max_clients_per_uid: usize,
 }
+
+/// Defaults for the client limits.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_S: u64 = 300;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 64;
 
 impl Config {
     pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -74,6 +93,20 @@ impl Config {
             "heartbeat timeout ({} ms) must be at least twice the interval ({} ms)",
             self.heartbeat_timeout_ms,
             self.heartbeat_interval_ms
+        );
+        anyhow::ensure!(
+            self.client_idle_timeout_s >= 1,
+            "client idle timeout must be at least 1 s"
+        );
+        anyhow::ensure!(
+            self.request_timeout_ms >= 10,
+            "request timeout {} ms is below the 10 ms minimum",
+            self.request_timeout_ms
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.max_clients_per_uid),
+            "max clients per uid must be 1 to 4096, got {}",
+            self.max_clients_per_uid
         );
         Ok(())
     }

@@ -44,6 +44,16 @@ struct Cli {
     /// pages); the previous setting is restored at a clean exit.
     #[arg(long)]
     shmem_thp: bool,
+    /// Close a client connection that sends no request for this many seconds
+    /// (default 300; clients reconnect transparently).
+    #[arg(long)]
+    client_idle_timeout_s: Option<u64>,
+    /// A request frame must arrive whole this many ms after its first byte (default 10000).
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Connections one user may hold at once (default 64); root has its own allowance.
+    #[arg(long)]
+    max_clients_per_uid: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,6 +65,10 @@ enum Command {
         /// Keep the state directory (NIS, logs).
         #[arg(long)]
         keep_state: bool,
+        /// Also kill and remove every other enclave cgroup on the node (enclaves
+        /// whose daemon and state directory are gone). Refused while a daemon runs.
+        #[arg(long)]
+        orphans: bool,
     },
     /// Print the Node Information Service as JSON, read directly (no daemon needed).
     NisDump {
@@ -94,9 +108,12 @@ fn main() {
     init_logging();
     let result = match cli.command {
         Some(Command::EnclaveInit(args)) => leviathan::control::run(args),
-        Some(Command::Cleanup { keep_state }) => {
+        Some(Command::Cleanup {
+            keep_state,
+            orphans,
+        }) => {
             let dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-            leviathan::daemon::cleanup(&dir, keep_state)
+            leviathan::daemon::cleanup(&dir, keep_state, orphans)
         }
         Some(Command::NisDump { nis, hold_ms }) => {
             let dir = nis
@@ -167,5 +184,17 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         unprivileged: cli.unprivileged || file.unprivileged.unwrap_or(false),
         keep_enclaves_on_exit: cli.keep_enclaves || file.keep_enclaves_on_exit.unwrap_or(false),
         shmem_thp: cli.shmem_thp || file.shmem_thp.unwrap_or(false),
+        client_idle_timeout_s: cli
+            .client_idle_timeout_s
+            .or(file.client_idle_timeout_s)
+            .unwrap_or(leviathan::config::DEFAULT_CLIENT_IDLE_TIMEOUT_S),
+        request_timeout_ms: cli
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(leviathan::config::DEFAULT_REQUEST_TIMEOUT_MS),
+        max_clients_per_uid: cli
+            .max_clients_per_uid
+            .or(file.max_clients_per_uid)
+            .unwrap_or(leviathan::config::DEFAULT_MAX_CLIENTS_PER_UID),
     })
 }

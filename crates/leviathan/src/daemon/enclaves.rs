@@ -188,12 +188,35 @@ impl Daemon {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 tracing::warn!(enclave = rec.id, error = %e.message, "enclave failed to start; rolling back");
-                if let Err(undo) = self.remove_enclave(&rec, "enclave failed to start") {
-                    tracing::error!(enclave = rec.id, error = %undo.message, "cannot roll back");
-                }
+                self.roll_back_creation(&rec);
                 Err(e)
             }
         }
+    }
+
+    /// Undo a creation that failed half-way. The failure may be exhaustion
+    /// (descriptors, memory): the roll-back runs with the daemon's reserved
+    /// descriptors given back, so it can open the cgroup and `/proc` files it
+    /// needs. If the enclave still cannot be stopped, its record stays, marked
+    /// crashed with the reason, holding its resources, so that nothing is
+    /// reported free that is not (`hobbes destroy-enclave` retries).
+    fn roll_back_creation(&self, rec: &EnclaveRecord) {
+        let mut outcome = Ok(());
+        self.fd_reserve
+            .with_all_released(|| outcome = self.remove_enclave(rec, "enclave failed to start"));
+        let Err(undo) = outcome else { return };
+        tracing::error!(enclave = rec.id, error = %undo.message, "cannot roll back a failed creation; marking it crashed");
+        let _ = self.tx(|t| {
+            if let Some(mut r) = t.enclave(rec.id)? {
+                r.state = EnclaveState::Crashed;
+                r.crash_reason = Some(format!(
+                    "failed to start, and could not be rolled back: {}; hobbes destroy-enclave retries",
+                    undo.message
+                ));
+                t.put_enclave(&mut r)?;
+            }
+            Ok(())
+        });
     }
 
     fn start_enclave(
@@ -290,6 +313,7 @@ impl Daemon {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rec.id);
         if let Some(driver) = self.driver(rec.kind) {
+            // Not stopped: keep its directory (the replica it may still read) for a retry.
             driver
                 .stop(rec)
                 .map_err(|e| internal(format!("cannot stop enclave {}: {e}", rec.name)))?;

@@ -23,9 +23,11 @@ use crate::config::Config;
 use crate::kinds::native::NativeDriver;
 use crate::kinds::EnclaveDriver;
 
+mod admission;
 mod apps;
 mod enclaves;
 mod link;
+mod locks;
 pub mod remora;
 mod server;
 mod startup;
@@ -86,8 +88,12 @@ pub struct Daemon {
     /// Enclaves found alive at start, waiting for their control process to reattach.
     reattach_deadline: Mutex<HashMap<EnclaveId, Instant>>,
     shutting_down: AtomicBool,
-    /// Counts connected clients, to refuse floods.
-    clients: std::sync::atomic::AtomicUsize,
+    /// Client connections per uid, to refuse floods without locking anyone out.
+    admission: std::sync::Arc<admission::Admission>,
+    /// Bounds log lines about one user's refused connections and requests.
+    log_limiter: admission::LogLimiter,
+    /// Descriptors held back for answering clients at `EMFILE` and for shutdown.
+    fd_reserve: admission::FdReserve,
     /// XEMEM: the name server's references to every segment's memory.
     backings: Mutex<HashMap<hobbes_proto::model::SegId, xemem::Backing>>,
     /// Remora jobs still running.

@@ -1,12 +1,11 @@
 //! Client connections on `leviathan.sock`: decode, authorize, dispatch, answer.
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hobbes_proto::control::ControlUp;
-use hobbes_proto::fdpass::{read_payload_with_fds, write_frame_with_fds};
+use hobbes_proto::fdpass::{read_payload_with_fds_limited, write_frame_with_fds, ReadLimits};
 use hobbes_proto::frame::{decode_payload, write_frame, FrameError};
 use hobbes_proto::model::{AppState, Ownership};
 use hobbes_proto::msg::{ErrorCode, NodeStatus, Request, Response};
@@ -17,56 +16,111 @@ use super::apps::AppEvent;
 use super::{internal, refuse, Daemon, Refusal};
 use crate::sys::{self, PeerCred};
 
-/// Concurrent client connections beyond which new ones are refused.
-const MAX_CLIENTS: usize = 256;
-
 impl Daemon {
     pub fn serve_clients(self: &Arc<Self>, listener: UnixListener) {
-        for stream in listener.incoming().flatten() {
-            if self.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                self.clients.fetch_sub(1, Ordering::SeqCst);
-                let mut s = stream;
-                let _ = write_frame(
-                    &mut s,
-                    &Response::error(
-                        ErrorCode::Unavailable,
-                        format!("too many clients (limit {MAX_CLIENTS}); retry later"),
-                    ),
-                );
-                continue;
-            }
-            let d = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("client".into())
-                .spawn(move || {
-                    d.client_connection(stream);
-                    d.clients.fetch_sub(1, Ordering::SeqCst);
-                });
-            if spawned.is_err() {
-                self.clients.fetch_sub(1, Ordering::SeqCst);
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => self.admit_client(stream),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.refuse_out_of_fds(&listener, &e)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => tracing::warn!(error = %e, "cannot accept a client"),
             }
         }
     }
 
-    fn client_connection(&self, mut stream: UnixStream) {
+    /// Give a new connection its thread, if its user may hold one more.
+    fn admit_client(self: &Arc<Self>, mut stream: UnixStream) {
         let Ok(peer) = sys::peer_cred(&stream) else {
             return;
         };
+        let ticket = match self.admission.admit(peer.uid) {
+            Ok(t) => t,
+            Err(why) => {
+                if self.log_limiter.allow(peer.uid) {
+                    tracing::info!(uid = peer.uid, pid = peer.pid, "{why}");
+                }
+                // The client reads this answer even when it already wrote its request.
+                let _ = write_frame(&mut stream, &Response::error(ErrorCode::Unavailable, why));
+                return;
+            }
+        };
+        let d = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                d.client_connection(stream, peer);
+                drop(ticket);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a client thread");
+        }
+    }
+
+    /// `accept` failed for want of descriptors: take the waiting connection
+    /// with a reserved descriptor and tell it so, rather than spin on `EMFILE`.
+    fn refuse_out_of_fds(&self, listener: &UnixListener, e: &std::io::Error) {
+        tracing::warn!(error = %e, "out of file descriptors: refusing a client");
+        let answered = self.fd_reserve.with_one_released(|| {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = write_frame(
+                    &mut stream,
+                    &Response::error(
+                        ErrorCode::Unavailable,
+                        format!("leviathan is out of file descriptors ({e}); retry later"),
+                    ),
+                );
+            }
+        });
+        if !answered {
+            // No reserve left (shutting down): let the backlog wait instead of spinning.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            idle: Some(Duration::from_secs(self.cfg.client_idle_timeout_s)),
+            frame: Some(Duration::from_millis(self.cfg.request_timeout_ms)),
+        }
+    }
+
+    fn client_connection(&self, mut stream: UnixStream, peer: PeerCred) {
+        let limits = self.read_limits();
         loop {
             // Descriptors ride along only with xemem_make; any others are closed when dropped.
-            let (payload, fds) = match read_payload_with_fds(&stream) {
+            let (payload, fds) = match read_payload_with_fds_limited(&stream, limits) {
                 Ok(p) => p,
                 Err(FrameError::Closed) => return,
+                Err(FrameError::Idle(after)) => {
+                    // Clients notice the hang-up before their next request and reconnect.
+                    tracing::debug!(
+                        pid = peer.pid,
+                        uid = peer.uid,
+                        ?after,
+                        "idle client connection closed"
+                    );
+                    return;
+                }
                 Err(e) => {
-                    // Not our protocol, a wrong version or an oversized frame: say
-                    // why and hang up; the stream can no longer be trusted.
-                    tracing::warn!(pid = peer.pid, uid = peer.uid, error = %e, "bad frame from client");
-                    let code = if matches!(e, FrameError::TooLarge { .. }) {
-                        ErrorCode::TooLarge
-                    } else {
-                        ErrorCode::BadRequest
+                    // Not our protocol, a wrong version, an oversized or stalled
+                    // frame, too many descriptors: say why and hang up; the
+                    // stream can no longer be trusted.
+                    if self.log_limiter.allow(peer.uid) {
+                        tracing::warn!(pid = peer.pid, uid = peer.uid, error = %e, "bad frame from client");
+                    }
+                    let reply = match &e {
+                        FrameError::TooLarge { .. } => Response::error(ErrorCode::TooLarge, e.to_string()),
+                        FrameError::Io(io) if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                            Response::error(
+                                ErrorCode::Unavailable,
+                                "leviathan is out of file descriptors: the descriptors sent with the request were lost; retry later",
+                            )
+                        }
+                        _ => Response::error(ErrorCode::BadRequest, e.to_string()),
                     };
-                    let _ = write_frame(&mut stream, &Response::error(code, e.to_string()));
+                    let _ = write_frame(&mut stream, &reply);
                     return;
                 }
             };
@@ -117,16 +171,43 @@ impl Daemon {
                     }
                     continue;
                 }
+                Request::CreateEnclave { spec } => self
+                    .create_enclave_for(&stream, &peer, spec)
+                    .map(|r| Response::Enclave(Box::new(r))),
                 req => self.handle(&peer, req),
             };
             let reply = result.unwrap_or_else(Response::Error);
             if let Response::Error(e) = &reply {
-                tracing::info!(uid = peer.uid, code = ?e.code, message = %e.message, "request refused");
+                if self.log_limiter.allow(peer.uid) {
+                    tracing::info!(uid = peer.uid, code = ?e.code, message = %e.message, "request refused");
+                }
             }
             if write_frame(&mut stream, &reply).is_err() {
                 return;
             }
         }
+    }
+
+    /// Create an enclave for a client that waits for the answer. If the client
+    /// hung up meanwhile (killed, interrupted), nobody will learn the outcome:
+    /// undo it, so that what the client last saw (no answer: not created) is
+    /// true and a retry does not find the name taken.
+    fn create_enclave_for(
+        &self,
+        stream: &UnixStream,
+        peer: &PeerCred,
+        spec: hobbes_proto::spec::EnclaveSpec,
+    ) -> Result<hobbes_proto::model::EnclaveRecord, super::Refusal> {
+        let rec = self.create_enclave(peer, spec)?;
+        if sys::peer_hung_up(stream) {
+            tracing::warn!(enclave = rec.id, name = %rec.name, pid = peer.pid, "the client went away before the enclave was created: undoing it");
+            self.remove_enclave(&rec, "its creator went away before the answer")?;
+            return Err(refuse(
+                ErrorCode::Unavailable,
+                "client went away; creation undone",
+            ));
+        }
+        Ok(rec)
     }
 
     fn launch_streaming(

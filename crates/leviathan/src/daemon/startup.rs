@@ -1,17 +1,13 @@
 //! Daemon start (fresh or after a restart), the main loop, and shutdown.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{SocketAddr, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 
 use hobbes_nis::{NisError, NisWriter};
@@ -19,48 +15,12 @@ use hobbes_proto::model::{CoreId, Counters, EnclaveState, NisHeader, Ownership, 
 
 use super::enclaves::mems_of;
 use super::link::reap_children;
+use super::locks::{lock_state_dir, take_node_lock, try_node_lock, NodeRecord};
 use super::{now_ms, remove_tree, Daemon, StatePaths};
 use crate::cgroup::Cgroups;
 use crate::config::{format_cpu_list, Config};
 use crate::kinds::native::NativeDriver;
 use crate::{inventory, resources, sys};
-
-/// Abstract socket that marks "a privileged leviathan manages this node's
-/// cgroups": exclusive per node, released by the kernel when the holder dies,
-/// and leaves no file behind.
-const NODE_LOCK: &[u8] = b"hobbes-leviathan-node-lock";
-
-fn take_node_lock() -> std::io::Result<UnixListener> {
-    UnixListener::bind_addr(&SocketAddr::from_abstract_name(NODE_LOCK)?)
-}
-
-/// Hold the state directory: one daemon per directory.
-fn lock_state_dir(paths: &StatePaths) -> anyhow::Result<Flock<File>> {
-    let path = paths.pid_file();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            writeln!(lock, "{}", std::process::id())?;
-            Ok(lock)
-        }
-        Err((mut file, _)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            anyhow::bail!(
-                "another leviathan (pid {}) already uses the state directory {}; stop it first, or use another --state-dir",
-                pid.trim(),
-                paths.root.display()
-            )
-        }
-    }
-}
 
 fn block_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -87,14 +47,28 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         )
     })?;
     std::fs::set_permissions(&paths.root, std::fs::Permissions::from_mode(0o755))?;
-    let _state_lock = lock_state_dir(&paths)?;
+    let mut recovered = Vec::new();
+    let _state_lock = lock_state_dir(&paths, &mut recovered)?;
+    let cgroups = Cgroups::detect(privileged);
+    let nis = NisWriter::open(paths.nis())?;
     let _node_lock = if privileged {
-        Some(take_node_lock().map_err(|e| {
-            anyhow::anyhow!("another privileged leviathan already manages this node's cores ({e}); stop it first, or start this one with --unprivileged")
-        })?)
+        let lock = take_node_lock(&paths.root, &mut recovered)?;
+        // Before anything on the node changes: whose cgroups are these?
+        let ours = nis.reader().enclaves()?;
+        check_leftovers(
+            &cgroups,
+            &paths,
+            &ours,
+            lock.previous.as_ref(),
+            &mut recovered,
+        )?;
+        Some(lock)
     } else {
         None
     };
+    for note in &recovered {
+        tracing::warn!("recovered at start: {note}");
+    }
 
     let mut inv = inventory::scan()?;
     if !privileged {
@@ -103,8 +77,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let allowed = sys::affinity()?;
         inv.cores.retain(|c| allowed.contains(&c.id));
     }
-    let nis = NisWriter::open(paths.nis())?;
-    let cgroups = Cgroups::detect(privileged);
     let existing = nis.reader().header().ok();
     let generation = existing.as_ref().map(|h| h.generation + 1).unwrap_or(1);
     let counters = existing
@@ -205,7 +177,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         subs: Mutex::new(HashMap::new()),
         reattach_deadline: Mutex::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
-        clients: AtomicUsize::new(0),
+        admission: super::admission::Admission::new(cfg.max_clients_per_uid),
+        fd_reserve: super::admission::FdReserve::new(),
+        log_limiter: super::admission::LogLimiter::new(),
         backings: Mutex::new(HashMap::new()),
         jobs: Mutex::new(HashMap::new()),
     });
@@ -334,6 +308,9 @@ impl Daemon {
 
     fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        // Whatever clients did to our descriptor table, tearing down must be able
+        // to open cgroup and /proc files.
+        self.fd_reserve.release_all();
         if !self.cfg.keep_enclaves_on_exit {
             for rec in self.nis.reader().enclaves().unwrap_or_default() {
                 tracing::info!(enclave = rec.id, name = %rec.name, "destroying enclave at shutdown");
@@ -343,6 +320,10 @@ impl Daemon {
             }
             if let Err(e) = self.native.cgroups.teardown() {
                 tracing::error!(error = %e, "cannot restore the host's cpuset");
+            }
+            if self.privileged && self.nis.reader().enclaves().unwrap_or_default().is_empty() {
+                // Nothing of ours is left on the node for a later daemon to find.
+                NodeRecord::remove_if_ours();
             }
         } else {
             tracing::info!("keeping enclaves running (keep_enclaves_on_exit)");
@@ -354,44 +335,153 @@ impl Daemon {
     }
 }
 
+/// Enclave records of the state directory's NIS (none on a fresh one), read
+/// without creating anything. (Not for the daemon itself: a process caches one
+/// environment per directory, and this one is read-only.)
+fn recorded_enclaves(
+    paths: &StatePaths,
+) -> anyhow::Result<Vec<hobbes_proto::model::EnclaveRecord>> {
+    if !paths.nis().join("data.mdb").exists() {
+        return Ok(Vec::new());
+    }
+    Ok(hobbes_nis::NisReader::open(paths.nis())?.enclaves()?)
+}
+
+/// A starting daemon looks at every enclave cgroup on the node. Its own
+/// (recorded in its NIS) are adopted by `reconcile`; empty ones of any other
+/// daemon are removed; live ones of another daemon make it refuse to start,
+/// with the command that resolves it: their cores are not free.
+fn check_leftovers(
+    cgroups: &Cgroups,
+    paths: &StatePaths,
+    ours: &[hobbes_proto::model::EnclaveRecord],
+    previous: Option<&NodeRecord>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mut busy = Vec::new();
+    for (id, _, cg) in cgroups.existing_enclaves() {
+        if ours.iter().any(|r| r.id == id) {
+            continue;
+        }
+        let procs = cg.all_procs();
+        if procs.is_empty() {
+            cg.remove()
+                .map_err(|e| anyhow::anyhow!("cannot remove a leftover enclave cgroup: {e}"))?;
+            notes.push(format!(
+                "removed the empty cgroup {} left by an earlier leviathan",
+                cg.cpuset.display()
+            ));
+        } else {
+            busy.push(format!("{} (pids {procs:?})", cg.cpuset.display()));
+        }
+    }
+    if busy.is_empty() {
+        return Ok(());
+    }
+    let elsewhere = previous
+        .map(|r| r.state_dir.clone())
+        .filter(|d| *d != paths.root && d.join("nis").join("data.mdb").exists());
+    let hint = match elsewhere {
+        Some(dir) => format!(
+            "they belong to the leviathan that last ran on state directory {dir}: start leviathan there to adopt them, or run `leviathan cleanup --state-dir {dir}` to destroy them",
+            dir = dir.display()
+        ),
+        None => "their daemon's state directory is unknown or gone: run `leviathan cleanup --orphans` to kill them and remove their cgroups".into(),
+    };
+    anyhow::bail!(
+        "enclaves of another leviathan still run on this node and hold cores: {}; {hint}",
+        busy.join(", ")
+    )
+}
+
 /// `leviathan cleanup`: after a daemon was killed for good, kill its enclaves,
-/// remove their cgroups, give the host its cores back and remove the state directory.
-pub fn cleanup(state_dir: &Path, keep_state: bool) -> anyhow::Result<()> {
+/// remove their cgroups, give the host its cores back and remove the state
+/// directory. With `orphans`, also every other enclave cgroup on the node
+/// (enclaves no daemon runs: their state directory gone).
+pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Result<()> {
     let paths = StatePaths {
         root: state_dir.to_path_buf(),
     };
-    if paths.pid_file().exists() {
-        let _lock = lock_state_dir(&paths)?;
-    }
+    let mut recovered = Vec::new();
+    let _lock = if paths.pid_file().exists() {
+        Some(lock_state_dir(&paths, &mut recovered)?)
+    } else {
+        None
+    };
     let privileged = sys::geteuid() == 0;
     let cgroups = Cgroups::detect(privileged);
-    if paths.nis().join("data.mdb").exists() {
-        let nis = hobbes_nis::NisReader::open(paths.nis())?;
-        for rec in nis.enclaves()? {
-            if let Some(pid) = rec
-                .control_pid
-                .filter(|p| sys::same_process_alive(*p, rec.control_start_time))
-            {
-                let _ = sys::kill(pid, libc::SIGKILL);
-            }
-            for shared in [false, true] {
-                if let Some(cg) = cgroups.enclave(rec.id, shared) {
-                    if cg.exists() {
-                        cg.kill_all(Duration::from_secs(5))?;
-                        cg.remove()?;
-                    }
+    // No daemon may run while we take the node's cgroups apart: hold the node lock.
+    let node_lock = match try_node_lock() {
+        Ok(l) => Some(l),
+        Err(_) if privileged => {
+            let holder =
+                NodeRecord::read().filter(|r| sys::same_process_alive(r.pid, r.start_time));
+            match holder {
+                Some(r) if r.state_dir == paths.root => anyhow::bail!(
+                    "leviathan (pid {}) runs on {}: stop it first",
+                    r.pid,
+                    paths.root.display()
+                ),
+                Some(r) => println!(
+                    "leviathan (pid {}) manages this node from {}: its enclaves and the host's cpuset are left as they are",
+                    r.pid,
+                    r.state_dir.display()
+                ),
+                None => {
+                    // Only strays of a dead daemon can hold it: recover it.
+                    let taken = super::locks::take_node_lock(&paths.root, &mut recovered)?;
+                    drop(taken);
                 }
             }
-            println!("removed enclave {} ({})", rec.id, rec.name);
+            try_node_lock().ok()
+        }
+        Err(_) => None,
+    };
+    for note in &recovered {
+        println!("{note}");
+    }
+    for rec in recorded_enclaves(&paths)? {
+        if let Some(pid) = rec
+            .control_pid
+            .filter(|p| sys::same_process_alive(*p, rec.control_start_time))
+        {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        for shared in [false, true] {
+            if let Some(cg) = cgroups.enclave(rec.id, shared) {
+                // With another daemon running, enclave-N may be its own: leave
+                // cgroups alone (killing pid 1 ended the enclave's namespace).
+                if cg.exists() && node_lock.is_some() {
+                    cg.kill_all(Duration::from_secs(5))?;
+                    cg.remove()?;
+                }
+            }
+        }
+        println!("removed enclave {} ({})", rec.id, rec.name);
+    }
+    if orphans {
+        anyhow::ensure!(
+            node_lock.is_some() || !privileged,
+            "a leviathan runs on this node: its enclaves are not orphans (stop it first)"
+        );
+        for (id, _, cg) in cgroups.existing_enclaves() {
+            let pids = cg.all_procs();
+            cg.kill_all(Duration::from_secs(5))?;
+            cg.remove()?;
+            println!(
+                "removed orphan enclave cgroup {} (enclave {id}, {} processes killed)",
+                cg.cpuset.display(),
+                pids.len()
+            );
         }
     }
-    // Another privileged daemon may be managing the node: then leave the host's cpuset alone.
-    match take_node_lock() {
-        Ok(_lock) => cgroups.teardown()?,
-        Err(_) if privileged => {
-            println!("another leviathan manages this node: host cpuset left as it is")
+    if node_lock.is_some() {
+        cgroups.teardown()?;
+        // The node record names a daemon that is gone; forget it when its
+        // enclaves are gone too.
+        if NodeRecord::read().is_some_and(|r| r.state_dir == paths.root || orphans) {
+            let _ = std::fs::remove_file(super::locks::NODE_RECORD);
         }
-        Err(_) => {}
     }
     if !keep_state {
         remove_tree(state_dir);
