@@ -90,31 +90,51 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Hold the node for this test (one daemon at a time per node).
+pub fn lock_node() -> MutexGuard<'static, ()> {
+    NODE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fresh state directory for a daemon.
+pub fn state_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hobbes-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// The daemon's flags in tests, with `extra` (a flag given there replaces its default).
+pub fn daemon_args(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--host-cores".into(),
+        "0".into(),
+        "--host-memory".into(),
+        "2048".into(),
+        "--heartbeat-interval-ms".into(),
+        "50".into(),
+        "--heartbeat-timeout-ms".into(),
+        "400".into(),
+    ];
+    // A flag given in `extra` replaces its default.
+    for flag in extra.iter().filter(|a| a.starts_with("--")) {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args.drain(i..i + 2);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 impl Daemon {
     /// Start a daemon: the host keeps core 0; fast heartbeats for tests.
     pub fn start(extra: &[&str]) -> Daemon {
-        let node = NODE.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::Builder::new()
-            .prefix("hobbes-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut args: Vec<String> = vec![
-            "--host-cores".into(),
-            "0".into(),
-            "--host-memory".into(),
-            "2048".into(),
-            "--heartbeat-interval-ms".into(),
-            "50".into(),
-            "--heartbeat-timeout-ms".into(),
-            "400".into(),
-        ];
-        // A flag given in `extra` replaces its default.
-        for flag in extra.iter().filter(|a| a.starts_with("--")) {
-            if let Some(i) = args.iter().position(|a| a == flag) {
-                args.drain(i..i + 2);
-            }
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        Daemon::start_locked(lock_node(), extra)
+    }
+
+    /// Start a daemon for a test that already holds the node ([`lock_node`]).
+    pub fn start_locked(node: MutexGuard<'static, ()>, extra: &[&str]) -> Daemon {
+        let dir = state_tempdir();
+        let args = daemon_args(extra);
         let mut d = Daemon {
             dir,
             child: None,
@@ -234,7 +254,7 @@ impl Drop for Daemon {
 
 /// One privileged leviathan per node: if another one (a benchmark, another
 /// test binary) holds the node, wait for it to stop rather than fail.
-fn wait_for_node_lock() {
+pub fn wait_for_node_lock() {
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"hobbes-leviathan-node-lock")
         .expect("abstract name");
