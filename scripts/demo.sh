@@ -6,6 +6,8 @@
 # every mode (isolated, stub, XASM snapshots, spinlock over XEMEM), print the
 # report, write the plot to ./insitu-report/, clean up. Arguments go to
 # `hobbes demo insitu` (see --help); `hobbes demo` alone is the short tour.
+# `hobbes demo insitu` runs `hobbes-insitu demo` (crates/hobbes-workloads),
+# found next to hobbes: the build below makes both, and leviathan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh

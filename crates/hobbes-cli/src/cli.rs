@@ -2,11 +2,11 @@
 //! original `shell/hobbes.c`. The original underscore names are accepted as
 //! aliases so old scripts keep working.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use hobbes_proto::model::AppId;
-use hobbes_workloads::{AnalyticsKind, Mode, Workload};
 
 use crate::args::{parse_env, parse_mode, parse_signal, parse_size_mib, IdList};
 
@@ -132,42 +132,21 @@ pub enum DemoKind {
     /// A simulation in one enclave publishing its state every step, analytics
     /// in another reading it; every problem size in every coupling mode; a
     /// report and a plot of the in situ share against problem size.
-    Insitu(InsituArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct InsituArgs {
-    /// The simulation.
-    #[arg(long, value_enum, default_value_t = Workload::Snap)]
-    pub workload: Workload,
-    /// The analytics.
-    #[arg(long, value_enum, default_value_t = AnalyticsKind::Spectrum)]
-    pub kind: AnalyticsKind,
-    /// Problem sizes (cells or grid points per dimension), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [12, 16, 24, 32])]
-    pub sizes: Vec<usize>,
-    /// Time steps per run.
-    #[arg(long, default_value_t = 20)]
-    pub steps: u64,
-    /// Coupling modes, comma-separated; the isolated run (none) is always included.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::None, Mode::Stub, Mode::Xasm, Mode::Spinlock])]
-    pub modes: Vec<Mode>,
-    /// Execution: async (the simulation never waits), sync (it waits for the
-    /// analytics every step) or both.
-    #[arg(long, default_value = "both")]
-    pub exec: String,
-    /// Runs of each configuration (the report shows medians).
-    #[arg(long, default_value_t = 1)]
-    pub repeat: usize,
-    /// Memory of the simulation's enclave, MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub sim_memory: u64,
-    /// Memory of the analytics' enclave, MiB.
-    #[arg(long, default_value_t = 512)]
-    pub analytics_memory: u64,
-    /// Where the plot (insitu-share.svg) and the runs (insitu-runs.json) go.
-    #[arg(long, default_value = "insitu-report")]
-    pub out: PathBuf,
+    ///
+    /// Runs `hobbes-insitu demo` (next to hobbes, else in PATH; built by
+    /// `cargo build -p hobbes-workloads`) with these flags;
+    /// `hobbes demo insitu --help` lists them.
+    #[command(disable_help_flag = true)]
+    Insitu {
+        /// Flags passed unchanged to `hobbes-insitu demo` (--sizes, --steps,
+        /// --modes, --exec, --repeat, --out, ...; --help lists them).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "FLAGS"
+        )]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Args, Debug)]

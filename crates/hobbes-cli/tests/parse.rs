@@ -162,3 +162,26 @@ fn global_flags_anywhere() {
         "at least one ping"
     );
 }
+
+#[test]
+fn demo_insitu_takes_its_flags_as_given() {
+    use hobbes_cli::cli::DemoKind;
+    let insitu = |args: &[&str]| match command(args) {
+        Command::Demo {
+            what: Some(DemoKind::Insitu { args }),
+        } => args
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect::<Vec<_>>(),
+        other => panic!("{args:?}: {other:?}"),
+    };
+    assert!(insitu(&["demo", "insitu"]).is_empty());
+    // Checked by hobbes-insitu demo, not here: passed on unchanged, --help included.
+    assert_eq!(
+        insitu(&["demo", "insitu", "--sizes", "8,16", "--exec", "async", "--help"]),
+        ["--sizes", "8,16", "--exec", "async", "--help"]
+    );
+    assert_eq!(insitu(&["demo", "insitu", "-h"]), ["-h"]);
+    assert_eq!(insitu(&["demo", "insitu", "--bogus"]), ["--bogus"]);
+    assert!(matches!(command(&["demo"]), Command::Demo { what: None }));
+}

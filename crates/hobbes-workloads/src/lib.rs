@@ -8,6 +8,8 @@
 //! - [`coupling`]: none, stub, xasm and spinlock modes; sync and async.
 //! - [`run`]: the simulation and analytics loops with their timing, and both
 //!   as two processes; [`report`]: the table and the share-vs-size plot.
+//! - [`demo`]: `hobbes-insitu demo` (what `hobbes demo insitu` runs): both
+//!   sides in two enclaves of a leviathan, every size and mode, the report.
 //!
 //! ```no_run
 //! use hobbes_workloads::{run_sim, Exec, Mode, Run, Workload};
@@ -19,6 +21,7 @@
 
 pub mod analytics;
 pub mod coupling;
+pub mod demo;
 mod error;
 pub mod hpccg;
 pub mod report;

@@ -5,6 +5,7 @@
 //! hobbes-insitu analyze --kind spectrum --region R --mode xasm
 //! hobbes-insitu run --workload snap --size 16 --steps 20 --mode xasm --exec async --kind spectrum
 //! hobbes-insitu report runs.json... [--svg share.svg]
+//! hobbes-insitu demo [--sizes 12,16 --modes xasm --exec async ...]   # = hobbes demo insitu
 //! ```
 
 use std::io::Write;
@@ -12,7 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use hobbes_workloads::demo::{self, DemoArgs};
 use hobbes_workloads::report;
 use hobbes_workloads::{
     run_analytics, run_pair, run_sim, AnalyticsKind, Analyze, CouplingOptions, Exec, Mode,
@@ -41,6 +43,14 @@ enum Cmd {
     /// Aggregate `--json` outputs of `run` (files, or - for stdin) into the
     /// table, and optionally the share-vs-size plot.
     Report(ReportArgs),
+    /// The in situ workflow across two enclaves of leviathan (`hobbes demo
+    /// insitu` runs this): a simulation in one enclave publishing its state
+    /// every step, analytics in another reading it; every problem size in
+    /// every coupling mode; a report and a plot of the in situ share against
+    /// problem size. Starts an embedded leviathan if none answers.
+    // A flag given twice (`hobbes --json demo insitu --json`) is not an error.
+    #[command(args_override_self = true)]
+    Demo(DemoArgs),
 }
 
 #[derive(Args, Clone)]
@@ -165,18 +175,55 @@ fn coupling(secs: f64) -> Result<CouplingOptions> {
 }
 
 fn main() {
-    if let Err(e) = real_main() {
+    // `demo` behaves as `hobbes demo insitu` always did: usage errors exit 1,
+    // errors are one `error: ...` line, `| head` ends quietly.
+    let is_demo = std::env::args_os().nth(1).is_some_and(|a| a == "demo");
+    if is_demo {
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let mut command = Cli::command();
+    // Run by `hobbes demo insitu`: usage lines show that command line.
+    if let Some(shown) = std::env::var_os(demo::SHOWN_AS_ENV) {
+        std::env::remove_var(demo::SHOWN_AS_ENV);
+        let shown = shown.to_string_lossy().into_owned();
+        command =
+            command.mut_subcommand("demo", |c| c.override_usage(format!("{shown} [OPTIONS]")));
+    }
+    let cli = match command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) if is_demo => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+        Err(e) => e.exit(),
+    };
+    if let Cmd::Demo(a) = cli.cmd {
+        match demo::run(a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: {}", demo::message(&e));
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Err(e) = real_main(cli.cmd) {
         eprintln!("hobbes-insitu: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn real_main() -> Result<()> {
-    match Cli::parse().cmd {
+fn real_main(cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Sim(a) => sim(a),
         Cmd::Analyze(a) => analyze(a),
         Cmd::Run(a) => run(a),
         Cmd::Report(a) => report_cmd(a),
+        Cmd::Demo(_) => unreachable!("handled in main"),
     }
 }
 

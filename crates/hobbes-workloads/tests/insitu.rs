@@ -434,3 +434,103 @@ fn a_sync_simulation_whose_analytics_are_killed_stops_with_an_error() {
         "{err}"
     );
 }
+
+/// `hobbes-insitu demo` (what `hobbes demo insitu` runs) against a running
+/// daemon: two enclaves, every configuration, the report, the plot, the JSON;
+/// nothing left behind.
+#[test]
+fn the_demo_runs_both_sides_in_two_enclaves_and_cleans_up() {
+    let t = "the_demo_runs_both_sides_in_two_enclaves_and_cleans_up";
+    let Some(d) = daemon(t) else { return };
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(INSITU)
+        .args(["demo", "--json", "--socket"])
+        .arg(d.socket())
+        .args([
+            "--sizes",
+            "4,6",
+            "--steps",
+            "3",
+            "--modes",
+            "spinlock,stub",
+            "--exec",
+            "async",
+            "--sim-memory",
+            "256",
+            "--analytics-memory",
+            "256",
+            "--out",
+        ])
+        .arg(out_dir.path())
+        .env("HOBBES_STATE_DIR", d.state_dir())
+        .env_remove("HOBBES_SOCKET")
+        .env_remove("HOBBES_NIS")
+        .output()
+        .expect("run hobbes-insitu demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "[1/5] using the running leviathan",
+        "[2/5]",
+        "[4/5]",
+        "[5/5]",
+    ] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
+    assert_eq!(stdout.matches("destroyed enclave").count(), 2, "{stdout}");
+    // The JSON object comes last: the rows and the runs (none, stub, spinlock per size).
+    let json = &stdout[stdout.find("\n{").expect("JSON at the end") + 1..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let runs: Vec<PairReport> = serde_json::from_value(v["runs"].clone()).unwrap();
+    assert_eq!(runs.len(), 6, "{stdout}");
+    assert!(runs.iter().all(|r| r.sim.steps == 3));
+    let spin: Vec<_> = runs
+        .iter()
+        .filter(|r| r.sim.mode == Mode::Spinlock)
+        .collect();
+    assert_eq!(spin.len(), 2);
+    assert!(spin
+        .iter()
+        .all(|r| r.analytics.as_ref().is_some_and(|a| a.torn == 0)));
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(6), "{stdout}");
+    assert!(out_dir.path().join("insitu-share.svg").exists());
+    assert!(out_dir.path().join("insitu-runs.json").exists());
+    // Both enclaves are gone.
+    let enclaves = d.client().list_enclaves().unwrap();
+    assert!(enclaves.is_empty(), "{enclaves:?}");
+}
+
+#[test]
+fn the_demo_refuses_bad_flags_before_connecting() {
+    let out = Command::new(INSITU)
+        .args(["demo", "--socket", "/nonexistent/leviathan.sock"])
+        .args(["--exec", "later"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --exec \"later\": expected async, sync or both\n"
+    );
+    assert!(out.stdout.is_empty());
+    // Usage errors exit 1 too (as `hobbes` does); help exits 0, showing the
+    // command line `hobbes demo insitu` passes on.
+    let out = Command::new(INSITU)
+        .args(["demo", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(INSITU)
+        .args(["demo", "--help"])
+        .env("HOBBES_INSITU_DEMO_AS", "hobbes demo insitu")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("hobbes demo insitu [OPTIONS]"), "{help}");
+    assert!(help.contains("--sizes"), "{help}");
+}

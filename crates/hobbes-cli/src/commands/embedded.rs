@@ -1,6 +1,7 @@
 //! A `leviathan` started by a demo when none answers: its state in a
-//! temporary directory, stopped (and cleaned up after) when dropped. Shared by
-//! `hobbes demo` and `hobbes demo insitu`.
+//! temporary directory, stopped (and cleaned up after) when dropped, for
+//! `hobbes demo`. (`hobbes demo insitu` runs `hobbes-insitu demo`, which has
+//! its own copy: crates/hobbes-workloads/src/demo/embedded.rs.)
 
 use std::fs::File;
 use std::io;
@@ -213,10 +214,11 @@ fn find_leviathan() -> Result<PathBuf> {
     })
 }
 
-/// The executable `name` next to this one (cargo builds every binary into
-/// target/<profile>/), else the first in PATH.
+/// The executable `name` in the directory of this one (/proc/self/exe: cargo
+/// builds every binary into target/<profile>/), else the first in PATH.
 pub(super) fn find_beside_or_in_path(name: &str) -> Option<PathBuf> {
-    let beside = std::env::current_exe()
+    let beside = std::fs::read_link("/proc/self/exe")
+        .or_else(|_| std::env::current_exe())
         .ok()
         .map(|exe| exe.with_file_name(name));
     let in_path = std::env::var_os("PATH")

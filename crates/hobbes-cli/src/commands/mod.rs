@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         } => direct::write(ctx, &enclave, &path, from.as_deref(), mode),
         Command::Demo { what: None } => demo::run(ctx),
         Command::Demo {
-            what: Some(DemoKind::Insitu(args)),
+            what: Some(DemoKind::Insitu { args }),
         } => insitu::run(ctx, args),
     }
 }

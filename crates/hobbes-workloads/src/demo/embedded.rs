@@ -1,6 +1,7 @@
-//! A `leviathan` started by a demo when none answers: its state in a
-//! temporary directory, stopped (and cleaned up after) when dropped. Shared by
-//! `hobbes demo` and `hobbes demo insitu`.
+//! A `leviathan` started by the demo when none answers: its state in a
+//! temporary directory, stopped (and cleaned up after) when dropped. The same
+//! as `hobbes demo`'s (crates/hobbes-cli/src/commands/embedded.rs), which the
+//! node shell keeps for its tour.
 
 use std::fs::File;
 use std::io;
@@ -13,31 +14,29 @@ use anyhow::{anyhow, bail, Context, Result};
 use hobbes_client::Client;
 use tempfile::TempDir;
 
-use crate::Ctx;
-
 /// How long an embedded daemon may take to answer, and to exit on SIGTERM.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of those condition waits.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A client of the daemon that answers at `ctx.socket`, or of a new embedded
+/// A client of the daemon that answers at `socket`, or of a new embedded
 /// one (returned too, so the caller stops it). `announce` prints the step.
 pub(super) fn connect_or_start(
-    ctx: &Ctx,
+    socket: &Path,
     announce: impl Fn(&str),
 ) -> Result<(Client, Option<Embedded>, PathBuf)> {
-    match Client::connect(&ctx.socket).and_then(|mut c| {
+    match Client::connect(socket).and_then(|mut c| {
         let st = c.status()?;
         Ok((c, st))
     }) {
         Ok((client, st)) => {
             announce(&format!(
                 "using the running leviathan at {} (pid {})",
-                ctx.socket.display(),
+                socket.display(),
                 st.header.daemon_pid
             ));
-            Ok((client, None, ctx.socket.clone()))
+            Ok((client, None, socket.to_path_buf()))
         }
         Err(_) => {
             announce("starting leviathan (embedded, in a temporary state directory)");
@@ -78,7 +77,7 @@ impl Embedded {
             .stdout(log.try_clone()?)
             .stderr(log);
         // SAFETY: prctl is async-signal-safe, as required between fork and exec.
-        // If hobbes dies without cleaning up (SIGKILL), the daemon gets SIGTERM.
+        // If hobbes-insitu dies without cleaning up (SIGKILL), the daemon gets SIGTERM.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
@@ -203,19 +202,19 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// `leviathan` next to this executable, else in PATH.
+/// `leviathan` next to this executable (hobbes-insitu), else in PATH.
 fn find_leviathan() -> Result<PathBuf> {
     find_beside_or_in_path("leviathan").ok_or_else(|| {
         anyhow!(
-            "no leviathan daemon answers and the leviathan binary is neither next to hobbes \
-             nor in PATH: build it (`cargo build --release -p leviathan`) or start it yourself"
+            "no leviathan daemon answers and the leviathan binary is neither next to \
+             hobbes-insitu nor in PATH: build it (`cargo build --release -p leviathan`) or start it yourself"
         )
     })
 }
 
 /// The executable `name` next to this one (cargo builds every binary into
 /// target/<profile>/), else the first in PATH.
-pub(super) fn find_beside_or_in_path(name: &str) -> Option<PathBuf> {
+fn find_beside_or_in_path(name: &str) -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name(name));

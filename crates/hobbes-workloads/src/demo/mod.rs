@@ -1,33 +1,82 @@
-//! `hobbes demo insitu`: the composed in situ workflow end to end. A
-//! simulation (SNAP- or HPCCG-style) runs in one native enclave and publishes
-//! its state every time step; analytics (spectrum or STREAM) run in another
-//! enclave and read it. Each problem size runs in every coupling mode (none =
-//! isolated, stub, XASM snapshots, spinlock over XEMEM); the end is a report
-//! (steps, versions published/consumed, in situ time per step and its share
-//! of the simulation's time, overhead against the isolated run) and a plot of
-//! the share against problem size, like the XASM paper's Figures 7 and 8.
+//! `hobbes-insitu demo` (which `hobbes demo insitu` runs): the composed in
+//! situ workflow end to end. A simulation (SNAP- or HPCCG-style) runs in one
+//! native enclave and publishes its state every time step; analytics
+//! (spectrum or STREAM) run in another enclave and read it. Each problem size
+//! runs in every coupling mode (none = isolated, stub, XASM snapshots,
+//! spinlock over XEMEM); the end is a report (steps, versions
+//! published/consumed, in situ time per step and its share of the
+//! simulation's time, overhead against the isolated run) and a plot of the
+//! share against problem size, like the XASM paper's Figures 7 and 8.
 //!
 //! Uses the running daemon or starts an embedded one, and undoes everything
-//! it made on the way out, error paths included (guards below).
+//! it made on the way out, error paths included (guards below). Only
+//! `hobbes-client` talks to leviathan; the node shell (`hobbes`) does not link
+//! this crate, it execs `hobbes-insitu demo`.
+
+mod embedded;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
 use hobbes_client::Client;
 use hobbes_proto::model::{AppRecord, EnclaveId, EnclaveKind, EnclaveRecord, ExitStatus};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, LaunchSpec, Stream};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
-use hobbes_workloads::report;
-use hobbes_workloads::{
+
+use crate::report;
+use crate::{
     AnalyticsKind, AnalyticsReport, Analyze, Exec, Mode, PairReport, Run, SimReport, Workload,
 };
+use embedded::Embedded;
 
-use super::embedded::{self, Embedded};
-use super::enclave;
-use crate::cli::InsituArgs;
-use crate::Ctx;
+/// The environment variable through which `hobbes demo insitu` tells
+/// `hobbes-insitu demo` the command line users typed, for its usage lines.
+pub const SHOWN_AS_ENV: &str = "HOBBES_INSITU_DEMO_AS";
+
+/// The flags of `hobbes-insitu demo`, which are those of `hobbes demo insitu`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// leviathan's socket (default: $HOBBES_SOCKET, else <state dir>/leviathan.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also print the rows and runs as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// The simulation.
+    #[arg(long, value_enum, default_value_t = Workload::Snap)]
+    pub workload: Workload,
+    /// The analytics.
+    #[arg(long, value_enum, default_value_t = AnalyticsKind::Spectrum)]
+    pub kind: AnalyticsKind,
+    /// Problem sizes (cells or grid points per dimension), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [12, 16, 24, 32])]
+    pub sizes: Vec<usize>,
+    /// Time steps per run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    /// Coupling modes, comma-separated; the isolated run (none) is always included.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Mode::None, Mode::Stub, Mode::Xasm, Mode::Spinlock])]
+    pub modes: Vec<Mode>,
+    /// Execution: async (the simulation never waits), sync (it waits for the
+    /// analytics every step) or both.
+    #[arg(long, default_value = "both")]
+    pub exec: String,
+    /// Runs of each configuration (the report shows medians).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Memory of the simulation's enclave, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub sim_memory: u64,
+    /// Memory of the analytics' enclave, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub analytics_memory: u64,
+    /// Where the plot (insitu-share.svg) and the runs (insitu-runs.json) go.
+    #[arg(long, default_value = "insitu-report")]
+    pub out: PathBuf,
+}
 
 const STEPS: u32 = 5;
 /// The longest any wait inside a run may take (the other side appearing, a
@@ -38,10 +87,16 @@ fn step(n: u32, what: impl std::fmt::Display) {
     println!("[{n}/{STEPS}] {what}");
 }
 
-pub fn run(ctx: &Ctx, args: InsituArgs) -> Result<i32> {
-    let insitu = find_insitu()?;
+/// Run the demo; returns the exit code. `hobbes-insitu` itself is what runs
+/// in the enclaves.
+pub fn run(args: DemoArgs) -> Result<i32> {
+    let insitu = std::env::current_exe().context("cannot find the hobbes-insitu binary")?;
     let plan = Plan::from_args(&args)?;
-    let (client, daemon, socket) = embedded::connect_or_start(ctx, |what| step(1, what))?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(hobbes_client::paths::socket);
+    let (client, daemon, socket) = embedded::connect_or_start(&socket, |what| step(1, what))?;
     let mut demo = Insitu {
         socket,
         client,
@@ -53,7 +108,7 @@ pub fn run(ctx: &Ctx, args: InsituArgs) -> Result<i32> {
     let runs = result?;
     let rows = report::rows(&runs);
     let torn: u64 = rows.iter().map(|r| r.torn).sum();
-    if ctx.json {
+    if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "runs": runs }))?
@@ -78,7 +133,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn from_args(a: &InsituArgs) -> Result<Plan> {
+    fn from_args(a: &DemoArgs) -> Result<Plan> {
         let mut modes = a.modes.clone();
         if !modes.contains(&Mode::None) {
             // The isolated run is the base of every overhead.
@@ -155,7 +210,7 @@ struct Insitu {
 }
 
 impl Insitu {
-    fn go(&mut self, insitu: &Path, plan: &Plan, args: &InsituArgs) -> Result<Vec<PairReport>> {
+    fn go(&mut self, insitu: &Path, plan: &Plan, args: &DemoArgs) -> Result<Vec<PairReport>> {
         let st = self.client.status()?;
         if !st.header.privileged {
             println!("      note: leviathan is not root, so the enclaves will NOT be isolated");
@@ -275,7 +330,7 @@ impl Insitu {
             other => other?,
         };
         self.enclaves.push(rec.id);
-        for line in enclave::describe(&rec) {
+        for line in describe(&rec) {
             println!("      {line}");
         }
         Ok(rec)
@@ -435,13 +490,181 @@ fn flush() {
     let _ = std::io::stdout().flush();
 }
 
-/// `hobbes-insitu` next to this executable (cargo builds both into
-/// target/<profile>/), else in PATH.
-fn find_insitu() -> Result<PathBuf> {
-    embedded::find_beside_or_in_path("hobbes-insitu").ok_or_else(|| {
-        anyhow!(
-            "hobbes-insitu is neither next to hobbes nor in PATH: build it \
-             (`cargo build --release -p hobbes-workloads`)"
-        )
-    })
+/// A few lines describing one enclave, including how isolated it really is
+/// (as `hobbes create-enclave` prints it); the first is a title.
+fn describe(e: &EnclaveRecord) -> Vec<String> {
+    let class = isolation_class(e);
+    let mut lines = vec![
+        format!("enclave {} \"{}\" ({}, {class})", e.id, e.name, e.kind),
+        format!(
+            "  cores      {} (numa {})",
+            id_list(&e.cores),
+            id_list(&e.numa_nodes)
+        ),
+        format!(
+            "  memory     {} in {} block(s): {}",
+            bytes(e.mem_bytes),
+            e.mem_blocks.len(),
+            id_list(&e.mem_blocks)
+        ),
+        format!("  isolation  {}", e.isolation.summary),
+    ];
+    if let Some(pid) = e.control_pid {
+        lines.push(format!(
+            "  control    pid {pid}, socket {}",
+            e.control_socket
+        ));
+    }
+    match class {
+        "shared" => lines.push(
+            "  note       shared enclave: pinned to cores it does not own; it is NOT isolated"
+                .into(),
+        ),
+        "degraded" => lines.push(
+            "  note       degraded: leviathan lacks root, so this enclave is NOT isolated".into(),
+        ),
+        _ => {}
+    }
+    lines
+}
+
+/// The one-word isolation class of an enclave, as really applied.
+fn isolation_class(e: &EnclaveRecord) -> &'static str {
+    if e.kind == EnclaveKind::Host {
+        "host"
+    } else if e.shared {
+        "shared"
+    } else if e.isolation.exclusive_cores && e.isolation.namespaces {
+        "exclusive"
+    } else {
+        "degraded"
+    }
+}
+
+/// Bytes in binary units: "512 MiB", "1.5 GiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v.fract() == 0.0 || unit == 0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Ids in the kernel's list syntax: [0, 1, 2, 5] -> "0-2,5"; empty -> "-".
+fn id_list(ids: &[u32]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let start = ids[i];
+        while i + 1 < ids.len() && ids[i + 1] == ids[i] + 1 {
+            i += 1;
+        }
+        parts.push(if ids[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", ids[i])
+        });
+        i += 1;
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// An error and its causes on one line, skipping causes the message already
+/// quotes (client errors embed their source in their own text), as `hobbes`
+/// prints them.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg = format!("{msg}: {cause}");
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    fn plan(args: &[&str]) -> Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))?;
+        Plan::from_args(&cli.args)
+    }
+
+    #[test]
+    fn defaults_run_every_mode_at_every_size() {
+        let p = plan(&[]).unwrap();
+        assert_eq!(p.sizes, [12, 16, 24, 32]);
+        assert_eq!(
+            p.modes,
+            [Mode::None, Mode::Stub, Mode::Xasm, Mode::Spinlock]
+        );
+        // Isolated once per size, the three coupled modes in both executions.
+        assert_eq!(p.configs().len(), 4 * (1 + 3 * 2));
+        assert_eq!(p.configs()[0], (12, Mode::None, Exec::Async));
+    }
+
+    #[test]
+    fn the_isolated_run_is_always_included_first() {
+        let p = plan(&[
+            "--modes",
+            "xasm,stub",
+            "--exec",
+            "sync",
+            "--sizes",
+            "8",
+            "--repeat",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(p.modes, [Mode::None, Mode::Stub, Mode::Xasm]);
+        assert_eq!(
+            p.configs(),
+            [
+                (8, Mode::None, Exec::Async),
+                (8, Mode::Stub, Exec::Sync),
+                (8, Mode::Xasm, Exec::Sync),
+            ]
+            .repeat(2)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_any_enclave_exists() {
+        let err = |args: &[&str]| plan(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(&["--exec", "later"]).contains("expected async, sync or both"));
+        assert!(err(&["--repeat", "0"]).contains("must not be empty or zero"));
+        assert!(err(&["--sizes", "1"]).contains("--size 1 is outside"));
+        assert!(plan(&["--modes", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn enclaves_are_described_as_hobbes_does() {
+        assert_eq!(bytes(256 << 20), "256 MiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+        assert_eq!(id_list(&[5, 0, 1, 2]), "0-2,5");
+        assert_eq!(id_list(&[]), "-");
+    }
 }
