@@ -211,7 +211,11 @@ impl Subscriber for SpinSubscriber {
                 ctl.finished().is_some()
             })?;
             let bytes = &self.data.bytes()[..self.len];
+            // The consumer may win the lock before the producer's first
+            // publish: an all-zero header is "nothing yet", not bad state.
+            let unpublished = bytes.iter().take(8).all(|&b| b == 0);
             let step = match View::parse(bytes, self.ctl.name()) {
+                _ if unpublished => 0,
                 Ok(v) => v.step,
                 Err(e) => {
                     unlock(&self.data);
