@@ -54,6 +54,7 @@ fn map_and_poke(fd: &OwnedFd, write: Option<u8>) -> (u8, nix::Result<()>) {
     let first = unsafe { *ro.cast::<u8>().as_ptr() };
     // SAFETY: as above.
     unsafe { munmap(ro, LEN) }.unwrap();
+    // SAFETY: a fresh shared mapping, which the kernel must refuse for a read-only grant.
     let rw = unsafe {
         mmap(
             None,
