@@ -58,6 +58,11 @@ pub struct ControlArgs {
     /// Where the enclave sees its NIS (the primary's path, hidden under the replica).
     #[arg(long)]
     pub nis_mount: Option<PathBuf>,
+    /// The cgroup every app joins (the enclave's memory limit). We stay
+    /// outside it: an enclave at its limit must not starve the process that
+    /// sends its heartbeats and reaps its apps.
+    #[arg(long)]
+    pub app_cgroup: Option<PathBuf>,
 }
 
 struct App {
@@ -318,6 +323,20 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
     let program = cmd.argv.first().ok_or("empty argv")?;
     let stdout = open_log(&cmd.stdout_log, cmd.uid, cmd.gid)?;
     let stderr = open_log(&cmd.stderr_log, cmd.uid, cmd.gid)?;
+    // Opened here, as root: the kernel checks the app's move (after its
+    // setuid) against the credentials the file was opened with.
+    let app_cgroup = match &ctl.args.app_cgroup {
+        Some(dir) => {
+            let procs = dir.join("cgroup.procs");
+            Some(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| format!("cannot open {}: {e}", procs.display()))?,
+            )
+        }
+        None => None,
+    };
     let mut command = Command::new(program);
     command
         .args(&cmd.argv[1..])
@@ -347,6 +366,16 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
         // SAFETY: between fork and exec, fcntl on a descriptor we own is async-signal-safe.
         unsafe {
             command.pre_exec(move || sys::clear_cloexec(fd));
+        }
+    }
+    if let Some(procs) = &app_cgroup {
+        let fd = procs.as_raw_fd();
+        // Into the enclave's memory cgroup before exec, so all of the app's
+        // memory is charged there (and that of every process it forks).
+        // SAFETY: between fork and exec the closure only calls write(2) on a
+        // descriptor we own (close-on-exec: the app does not keep it).
+        unsafe {
+            command.pre_exec(move || join_cgroup(fd));
         }
     }
     // Apps must not inherit our exemption from the OOM killer.
@@ -411,6 +440,18 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
     }
     // The reaper waits for it (waitpid(-1)); dropping `child` does not.
     Ok(local_pid)
+}
+
+/// Move the calling process into the cgroup whose `cgroup.procs` is open as
+/// `fd` ("0" names the writer). Async-signal-safe: for use between fork and exec.
+fn join_cgroup(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: write(2) from a static buffer on a descriptor the caller owns.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Copy an app's output to its log and to the daemon.

@@ -85,10 +85,9 @@ fn memory_limit_is_enforced() {
     if !require_root(t) || !need_two_cores(t) {
         return;
     }
-    // The control process shares the enclave's memory cgroup, so it stalls in
-    // reclaim with the hog: give it more than the harness's 400 ms heartbeat
-    // timeout, or the enclave is (rightly) declared crashed first.
-    let d = Daemon::start(&["--heartbeat-timeout-ms", "3000"]);
+    // The control process is outside the enclave's memory cgroup: the hog's
+    // reclaim and OOM do not stall its heartbeats (the harness's 400 ms timeout).
+    let d = Daemon::start(&[]);
     let mut c = d.client();
     c.create_enclave(spec("small", 1, 128, false)).unwrap();
     // The shell holds a 300 MiB string in memory: far over the 128 MiB limit.
@@ -682,10 +681,12 @@ fn assign_and_revoke_memory_and_cores_of_a_running_enclave() {
     let d = Daemon::start(&[]);
     let mut c = d.client();
     let e = c.create_enclave(spec("grow", 1, 128, false)).unwrap();
-    let limit_file = format!(
-        "/sys/fs/cgroup/memory/{}",
-        memory_cgroup_of(e.control_pid.unwrap())
-    );
+    // Apps' memory cgroup: enclave-N in the memory parent that holds the
+    // control process (which is outside the limit).
+    let limit_file = cgroup_dir_of(e.control_pid.unwrap(), "memory")
+        .join(format!("enclave-{}", e.id))
+        .display()
+        .to_string();
     let limit = || {
         std::fs::read_to_string(format!("{limit_file}/memory.limit_in_bytes"))
             .unwrap()
@@ -781,19 +782,147 @@ fn assign_and_revoke_cores_of_a_running_enclave() {
     );
 }
 
-fn memory_cgroup_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find(|l| l.split(':').nth(1) == Some("memory"))
-        .map(|l| {
-            l.splitn(3, ':')
-                .nth(2)
-                .unwrap()
-                .trim_start_matches('/')
-                .to_string()
-        })
-        .unwrap()
+/// The cgroup directory of `pid` for `controller`: its v1 hierarchy's, or
+/// the unified one's.
+fn cgroup_dir_of(pid: u32, controller: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = |ctrl: &str| {
+        text.lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == ctrl))
+            })
+            .map(|l| l.splitn(3, ':').nth(2).unwrap().to_string())
+    };
+    match line(controller) {
+        Some(path) => std::path::Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(path.trim_start_matches('/')),
+        None => {
+            let path = line("").expect("a v2 line");
+            let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+                .into_iter()
+                .find(|r| std::path::Path::new(r).join("cgroup.controllers").exists())
+                .unwrap();
+            std::path::Path::new(root).join(path.trim_start_matches('/'))
+        }
+    }
+}
+
+/// The memory limit of a cgroup directory (none: no limit).
+fn memory_limit_of(dir: &std::path::Path) -> Option<u64> {
+    ["memory.limit_in_bytes", "memory.max"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&v: &u64| v < 1 << 60)
+}
+
+/// The control process is on the enclave's cores but outside its memory
+/// limit, and every app is under it: an app sitting at the limit (its
+/// cgroup reclaiming and writing back all the time) does not starve the
+/// enclave's heartbeats, as Slurm keeps slurmstepd out of the job's limit.
+#[test]
+fn control_process_keeps_its_heartbeats_while_an_app_sits_at_the_memory_limit() {
+    let t = "control_process_keeps_its_heartbeats_while_an_app_sits_at_the_memory_limit";
+    if !require_root(t) || !need_two_cores(t) {
+        return;
+    }
+    let d = Daemon::start(&[
+        "--heartbeat-timeout-ms",
+        "300",
+        "--heartbeat-interval-ms",
+        "50",
+    ]);
+    let mut c = d.client();
+    let e = c.create_enclave(spec("tight", 1, 64, false)).unwrap();
+    let control = e.control_pid.unwrap();
+    // The limit is whole memory blocks (64 MiB rounds up to one).
+    let limit = c.enclave(EnclaveRef::Id(e.id)).unwrap().mem_bytes;
+    assert!(limit >= 64 << 20, "{limit}");
+    // All but 32 MiB of it held and touched, then a file written over and
+    // over: its dirty page cache fills the cgroup to the limit, where the
+    // kernel reclaims and writes back for as long as the app runs.
+    let scratch = d.state_dir().join("tight-scratch");
+    let script = format!(
+        "b = bytearray({})\n\
+         for i in range(0, len(b), 4096): b[i] = 1\n\
+         chunk = b'y' * (1 << 20)\n\
+         print('holding', flush=True)\n\
+         while True:\n\
+         \x20   with open('{}', 'wb') as f:\n\
+         \x20       for _ in range(128): f.write(chunk)\n",
+        limit - (32 << 20),
+        scratch.display()
+    );
+    let app = c
+        .launch(launch("tight", &["/usr/bin/python3", "-c", &script]))
+        .unwrap();
+    let app_pid = app.procs[0].global;
+
+    let app_memory = cgroup_dir_of(app_pid, "memory");
+    let control_memory = cgroup_dir_of(control, "memory");
+
+    // At the limit for several seconds: the enclave stays up, the app runs.
+    let usage = |file: &str| -> u64 {
+        std::fs::read_to_string(app_memory.join(file))
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let now = c.enclave(EnclaveRef::Id(e.id)).unwrap();
+        assert_eq!(
+            now.state,
+            EnclaveState::Running,
+            "after {:?} at the limit: {now:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peak = usage("memory.max_usage_in_bytes").max(usage("memory.peak"));
+    assert!(
+        peak >= limit - (4 << 20),
+        "the app reached its {limit}-byte limit (peak {peak} bytes)"
+    );
+    // The app is in the enclave's cpuset and under its limit; the control
+    // process in the same cpuset but not under the limit.
+    assert_eq!(memory_limit_of(&app_memory), Some(limit), "{app_memory:?}");
+    assert_ne!(
+        memory_limit_of(&control_memory),
+        Some(limit),
+        "{control_memory:?}"
+    );
+    assert!(
+        !control_memory.starts_with(&app_memory),
+        "control process {control_memory:?} outside the apps' {app_memory:?}"
+    );
+    let procs = std::fs::read_to_string(app_memory.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == app_pid.to_string()), "{procs}");
+    assert!(!procs.lines().any(|l| l == control.to_string()), "{procs}");
+    assert_eq!(
+        host_affinity_of(control),
+        e.cores
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(host_affinity_of(control), host_affinity_of(app_pid));
+    let enclave_dir = format!("enclave-{}", e.id);
+    for pid in [control, app_pid] {
+        let cpuset = cgroup_dir_of(pid, "cpuset");
+        assert!(
+            cpuset.iter().any(|p| p == enclave_dir.as_str()),
+            "pid {pid} in the enclave's cpuset: {cpuset:?}"
+        );
+    }
+
+    let now = c.app(app.id).unwrap();
+    assert_eq!(now.state, AppState::Running, "{now:?}");
+    c.destroy_enclave(EnclaveRef::Id(e.id)).unwrap();
+    let _ = std::fs::remove_file(&scratch);
 }
 
 #[test]

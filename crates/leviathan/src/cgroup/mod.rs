@@ -1,35 +1,60 @@
 //! Enclave cgroups on cgroup v1 (legacy/hybrid) and v2 (unified).
 //!
-//! Layout, v1 (`<cpuset>` and `<memory>` are the controllers' mounts plus the
-//! daemon's own cgroup in each, so a delegated subtree works too):
+//! One trait for the node ([`CgroupManager`]: parents, host confinement,
+//! finding enclave cgroups) and one for an enclave ([`EnclaveCgroup`]), each
+//! with a v1 ([`v1`]) and a v2 ([`v2`]) implementation built from explicit
+//! root paths, and [`Cgroups::detect`] that picks one from
+//! /proc/self/mountinfo. Shape after youki's libcgroups; errors carry the
+//! path and the data that failed.
+//!
+//! Every enclave has two kinds of member: its control process, which is on the
+//! enclave's cores but outside its memory limit (an enclave at its limit must
+//! not starve its own heartbeats, as Slurm keeps slurmstepd out of the job's
+//! limit), and its apps, on the same cores and under the limit. The control
+//! process puts each app into [`EnclaveCgroup::app_cgroup`] between fork and
+//! exec. Layouts:
+//!
+//! v1 (`<cpuset>` and `<memory>` are the controllers' mounts plus the daemon's
+//! own cgroup in each, so a delegated subtree works too):
 //!
 //! ```text
 //! <cpuset>/hobbes/            cpu_exclusive, all cpus: parent of everything we make
 //! <cpuset>/hobbes/host/       the host's tasks, confined to the host's cores
-//! <cpuset>/hobbes/enclave-N/  one per enclave (cpu_exclusive unless shared)
-//! <memory>/hobbes/enclave-N/  memory.limit_in_bytes
+//! <cpuset>/hobbes/enclave-N/  one per enclave (cpu_exclusive unless shared): control + apps
+//! <memory>/hobbes/            control processes (no limit of ours)
+//! <memory>/hobbes/enclave-N/  memory.limit_in_bytes: apps
 //! ```
 //!
-//! v2 (`<root>` = the unified mount plus the daemon's cgroup):
+//! v2 (`<root>` = the unified mount plus the daemon's cgroup; a cgroup with
+//! controllers enabled for its children holds no processes itself):
 //!
 //! ```text
-//! <root>/hobbes/              partition root owning the managed cores: the
-//!                             kernel takes them from the host's tasks itself
-//! <root>/hobbes/enclave-N/    exclusive enclaves (partition root), memory.max
-//! <root>/hobbes-shared/enclave-N/ shared enclaves (member, host cores)
+//! <root>/hobbes/                    partition root owning the managed cores: the
+//!                                   kernel takes them from the host's tasks itself
+//! <root>/hobbes/enclave-N/          exclusive enclaves (partition), cpus, mems, +memory
+//! <root>/hobbes/enclave-N/control/  the control process (no limit)
+//! <root>/hobbes/enclave-N/apps/     memory.max: apps
+//! <root>/hobbes-shared/enclave-N/{control,apps}/  shared enclaves (member, host cores)
 //! ```
 //!
-//! Shape after youki's libcgroups: one detection function, one manager enum,
-//! errors carrying the path and the data that failed.
+//! Unit tests run both managers against temporary directories laid out like
+//! cgroupfs ([`DirOps`] is the one seam: the kernel fills a new cgroup
+//! directory with its files, a plain filesystem does not).
 
+use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
-use crate::config::format_cpu_list;
+pub mod v1;
+pub mod v2;
+
+#[cfg(test)]
+mod fixture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -55,6 +80,110 @@ pub enum CgroupError {
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
 
+/// The node's cgroups: our parents, the host's confinement, enclave cgroups.
+pub trait CgroupManager: fmt::Debug + Send + Sync {
+    fn mode(&self) -> CgroupMode;
+    /// Create our parent cgroups and confine the host's tasks to `host_cores`;
+    /// returns how many tasks moved. Idempotent: a restarted daemon finds them
+    /// in place.
+    fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize>;
+    /// Undo [`CgroupManager::setup`]: give the host back all its cores. Leaves
+    /// the parents in place while enclave cgroups still exist.
+    fn teardown(&self) -> Result<()>;
+    /// The cgroups of enclave `id` (whether or not they exist).
+    fn enclave(&self, id: EnclaveId, shared: bool) -> Box<dyn EnclaveCgroup>;
+    /// Every enclave cgroup on the node, whichever daemon made it: (id, shared, cgroup).
+    fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, Box<dyn EnclaveCgroup>)>;
+}
+
+/// One enclave's cgroups.
+pub trait EnclaveCgroup: fmt::Debug + Send + Sync {
+    /// The directory that names the enclave's cgroups in messages (its cpuset).
+    fn path(&self) -> &Path;
+    fn exists(&self) -> bool;
+    /// Create with its cores, memory nodes and limit; nothing is left behind
+    /// on failure.
+    fn create(&self, cores: &[CoreId], mems: &str, limit_bytes: u64) -> Result<()>;
+    /// Put a process on the enclave's cores and under its memory limit (an app).
+    fn add_pid(&self, pid: u32) -> Result<()>;
+    /// Put the enclave's control process on its cores, outside its memory limit.
+    fn add_control_pid(&self, pid: u32) -> Result<()>;
+    /// The cgroup whose `cgroup.procs` an app joins, from the control
+    /// process's cgroups, to come under the memory limit.
+    fn app_cgroup(&self) -> &Path;
+    fn set_cpus(&self, cores: &[CoreId]) -> Result<()>;
+    fn set_mems(&self, mems: &str) -> Result<()>;
+    fn set_memory_limit(&self, bytes: u64) -> Result<()>;
+    fn memory_limit(&self) -> Option<u64>;
+    /// Processes on the enclave's cores (the control process and apps).
+    fn procs(&self) -> Vec<u32>;
+    /// Processes under the enclave's memory limit (apps).
+    fn memory_procs(&self) -> Vec<u32>;
+    /// Processes in any of the enclave's cgroups.
+    fn all_procs(&self) -> Vec<u32>;
+    /// SIGKILL everything in the enclave's cgroups and wait until they are empty.
+    fn kill_all(&self, timeout: Duration) -> Result<()>;
+    /// Remove the (empty) cgroups.
+    fn remove(&self) -> Result<()>;
+}
+
+/// How cgroup directories are made and removed: the one thing cgroupfs does
+/// differently from a plain filesystem (a new cgroup comes with its control
+/// files, and goes with them). Production uses [`DirOps::KERNEL`]; unit tests
+/// a fixture that writes the files the kernel would.
+#[derive(Clone, Copy)]
+pub struct DirOps {
+    pub mkdir: fn(&Path) -> io::Result<()>,
+    pub rmdir: fn(&Path) -> io::Result<()>,
+}
+
+impl DirOps {
+    pub const KERNEL: DirOps = DirOps {
+        mkdir: |p| fs::create_dir(p),
+        rmdir: |p| fs::remove_dir(p),
+    };
+
+    /// Create `path`; `Ok(false)` when it was there already.
+    fn mkdir(&self, path: &Path) -> Result<bool> {
+        match (self.mkdir)(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(CgroupError::Fs {
+                what: "create",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Remove `path` (fine when it is gone).
+    fn rmdir(&self, path: &Path) -> Result<()> {
+        match (self.rmdir)(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CgroupError::Fs {
+                what: "remove",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Remove `path` and the cgroups below it, deepest first.
+    fn rmdir_tree(&self, path: &Path) -> Result<()> {
+        for child in subdirs(path) {
+            self.rmdir_tree(&child)?;
+        }
+        self.rmdir(path)
+    }
+}
+
+impl fmt::Debug for DirOps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DirOps")
+    }
+}
+
 fn write(path: &Path, data: &str) -> Result<()> {
     fs::write(path, data).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
@@ -73,28 +202,16 @@ fn read(path: &Path) -> Result<String> {
         })
 }
 
-fn mkdir(path: &Path) -> Result<bool> {
-    match fs::create_dir(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(CgroupError::Fs {
-            what: "create",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn rmdir(path: &Path) -> Result<()> {
-    match fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(CgroupError::Fs {
-            what: "remove",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn procs(dir: &Path) -> Vec<u32> {
@@ -103,331 +220,38 @@ fn procs(dir: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Processes of `dir` and every cgroup below it, sorted, without duplicates.
+fn procs_tree(dirs: &[&Path]) -> Vec<u32> {
+    let mut todo: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    let mut out = Vec::new();
+    while let Some(dir) = todo.pop() {
+        out.extend(procs(&dir));
+        todo.extend(subdirs(&dir));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// The enclave directory name.
 pub fn enclave_dir_name(id: EnclaveId) -> String {
     format!("enclave-{id}")
 }
 
-/// Mounts found in /proc/self/mountinfo and our own cgroup paths.
-#[derive(Debug, Default)]
-struct Found {
-    v1_cpuset: Option<PathBuf>,
-    v1_memory: Option<PathBuf>,
-    v2: Option<PathBuf>,
-    own_v1_cpuset: Option<String>,
-    own_v1_memory: Option<String>,
-    own_v2: Option<String>,
-}
-
-fn discover() -> Found {
-    let mut f = Found::default();
-    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
-        for line in info.lines() {
-            // ... mount-point ... - fstype source super-options
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mount_point = pre.split(' ').nth(4).unwrap_or("");
-            let mut post = post.split(' ');
-            let fstype = post.next().unwrap_or("");
-            let opts = post.nth(1).unwrap_or("");
-            match fstype {
-                "cgroup" if opts.split(',').any(|o| o == "cpuset") => {
-                    f.v1_cpuset = Some(mount_point.into())
-                }
-                "cgroup" if opts.split(',').any(|o| o == "memory") => {
-                    f.v1_memory = Some(mount_point.into())
-                }
-                "cgroup2" => f.v2 = Some(mount_point.into()),
-                _ => {}
-            }
-        }
-    }
-    if let Ok(cg) = fs::read_to_string("/proc/self/cgroup") {
-        for line in cg.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, ctrls, path) = (
-                parts.next(),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or("/"),
-            );
-            if ctrls.is_empty() {
-                f.own_v2 = Some(path.to_string());
-            } else if ctrls.split(',').any(|c| c == "cpuset") {
-                f.own_v1_cpuset = Some(path.to_string());
-            } else if ctrls.split(',').any(|c| c == "memory") {
-                f.own_v1_memory = Some(path.to_string());
-            }
-        }
-    }
-    f
-}
-
-/// The daemon's own cgroup, minus anything of ours it was moved into
-/// (after a restart the daemon itself sits in `hobbes/host`).
-fn base_of(mount: &Path, own: Option<&str>) -> PathBuf {
-    let own = own.unwrap_or("/");
-    let own = match own.find("/hobbes/") {
-        Some(i) => &own[..i],
-        None if own.ends_with("/hobbes") => &own[..own.len() - "/hobbes".len()],
-        None => own,
-    };
-    mount.join(own.trim_start_matches('/'))
-}
-
-/// The cgroup system the daemon drives.
-#[derive(Debug, Clone)]
-pub enum Cgroups {
-    V1 {
-        /// The daemon's own cpuset (whose tasks the host confinement moves).
-        cpuset_parent: PathBuf,
-        /// `<cpuset_parent>/hobbes`.
-        cpuset: PathBuf,
-        /// `<memory parent>/hobbes`.
-        memory: PathBuf,
-    },
-    V2 {
-        parent: PathBuf,
-        /// `<parent>/hobbes`: exclusive enclaves.
-        exclusive: PathBuf,
-        /// `<parent>/hobbes-shared`: shared enclaves.
-        shared: PathBuf,
-    },
-    /// Unprivileged: CPU affinity and process groups only.
-    None,
-}
-
-impl Cgroups {
-    /// Find the cgroup layout: v1 when cpuset and memory are v1 controllers
-    /// (legacy or hybrid), v2 when the unified hierarchy offers both, else none.
-    pub fn detect(privileged: bool) -> Cgroups {
-        if !privileged {
-            return Cgroups::None;
-        }
-        let f = discover();
-        if let (Some(cpuset), Some(memory)) = (&f.v1_cpuset, &f.v1_memory) {
-            let cpuset_parent = base_of(cpuset, f.own_v1_cpuset.as_deref());
-            return Cgroups::V1 {
-                cpuset: cpuset_parent.join("hobbes"),
-                cpuset_parent,
-                memory: base_of(memory, f.own_v1_memory.as_deref()).join("hobbes"),
-            };
-        }
-        if let Some(v2) = &f.v2 {
-            let controllers = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
-            let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
-            if has("cpuset") && has("memory") {
-                let parent = base_of(v2, f.own_v2.as_deref());
-                return Cgroups::V2 {
-                    exclusive: parent.join("hobbes"),
-                    shared: parent.join("hobbes-shared"),
-                    parent,
-                };
-            }
-        }
-        Cgroups::None
-    }
-
-    pub fn mode(&self) -> CgroupMode {
-        match self {
-            Cgroups::V1 { .. } => CgroupMode::Legacy,
-            Cgroups::V2 { .. } => CgroupMode::Unified,
-            Cgroups::None => CgroupMode::None,
-        }
-    }
-
-    /// Create our parent cgroups and confine the host's tasks to `host_cores`.
-    /// Idempotent: a restarted daemon finds them in place.
-    pub fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
-        match self {
-            Cgroups::V1 {
-                cpuset_parent,
-                cpuset,
-                memory,
-            } => {
-                if mkdir(cpuset)? || read(&cpuset.join("cpuset.cpus"))?.is_empty() {
-                    write(
-                        &cpuset.join("cpuset.cpus"),
-                        &read(&cpuset_parent.join("cpuset.cpus"))?,
-                    )?;
-                    write(
-                        &cpuset.join("cpuset.mems"),
-                        &read(&cpuset_parent.join("cpuset.mems"))?,
-                    )?;
-                }
-                // Enclave cpusets are cpu_exclusive, which v1 allows only under an exclusive parent.
-                if read(&cpuset.join("cpuset.cpu_exclusive"))? != "1" {
-                    write(&cpuset.join("cpuset.cpu_exclusive"), "1")?;
-                }
-                let host = cpuset.join("host");
-                mkdir(&host)?;
-                write(&host.join("cpuset.cpus"), &format_cpu_list(host_cores))?;
-                write(&host.join("cpuset.mems"), mems)?;
-                mkdir(memory)?;
-                Ok(move_all(cpuset_parent, &host))
-            }
-            Cgroups::V2 {
-                parent,
-                exclusive,
-                shared,
-            } => {
-                let _ = write(&parent.join("cgroup.subtree_control"), "+cpuset +memory");
-                for dir in [exclusive, shared] {
-                    mkdir(dir)?;
-                    let _ = write(&dir.join("cgroup.subtree_control"), "+cpuset +memory");
-                }
-                let managed: Vec<CoreId> = all_cores
-                    .iter()
-                    .copied()
-                    .filter(|c| !host_cores.contains(c))
-                    .collect();
-                write(&shared.join("cpuset.cpus"), &format_cpu_list(host_cores))?;
-                if !managed.is_empty() {
-                    write(&exclusive.join("cpuset.cpus"), &format_cpu_list(&managed))?;
-                    write(&exclusive.join("cpuset.mems"), mems)?;
-                    // A partition root takes its cores away from every other cgroup.
-                    write(&exclusive.join("cpuset.cpus.partition"), "root")?;
-                }
-                Ok(0)
-            }
-            Cgroups::None => Ok(0),
-        }
-    }
-
-    /// Undo [`Cgroups::setup`]: give the host back all its cores. Leaves the
-    /// parents in place while enclave cgroups still exist.
-    pub fn teardown(&self) -> Result<()> {
-        match self {
-            Cgroups::V1 {
-                cpuset_parent,
-                cpuset,
-                memory,
-            } => {
-                let host = cpuset.join("host");
-                if host.exists() {
-                    move_all(&host, cpuset_parent);
-                    wait_empty(&host, Duration::from_secs(2))?;
-                    rmdir(&host)?;
-                }
-                let _ = rmdir(cpuset);
-                let _ = rmdir(memory);
-                Ok(())
-            }
-            Cgroups::V2 {
-                exclusive, shared, ..
-            } => {
-                if exclusive.exists() {
-                    let _ = write(&exclusive.join("cpuset.cpus.partition"), "member");
-                }
-                let _ = rmdir(exclusive);
-                let _ = rmdir(shared);
-                Ok(())
-            }
-            Cgroups::None => Ok(()),
-        }
-    }
-
-    /// The cgroups of enclave `id` (whether or not they exist).
-    pub fn enclave(&self, id: EnclaveId, shared: bool) -> Option<EnclaveCgroup> {
-        let name = enclave_dir_name(id);
-        match self {
-            Cgroups::V1 { cpuset, memory, .. } => Some(EnclaveCgroup {
-                v2: false,
-                cpuset: cpuset.join(&name),
-                memory: memory.join(&name),
-                exclusive: !shared,
-            }),
-            Cgroups::V2 {
-                exclusive,
-                shared: sh,
-                ..
-            } => {
-                let dir = if shared {
-                    sh.join(&name)
-                } else {
-                    exclusive.join(&name)
-                };
-                Some(EnclaveCgroup {
-                    v2: true,
-                    cpuset: dir.clone(),
-                    memory: dir,
-                    exclusive: !shared,
-                })
-            }
-            Cgroups::None => None,
-        }
-    }
-}
-
 /// Enclave ids of the `enclave-N` directories in `dir`.
 fn enclave_ids_in(dir: &Path) -> Vec<EnclaveId> {
-    let mut ids: Vec<EnclaveId> = fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_prefix("enclave-")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
+    let mut ids: Vec<EnclaveId> = subdirs(dir)
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_prefix("enclave-")?
+                .parse()
+                .ok()
         })
-        .unwrap_or_default();
+        .collect();
     ids.sort_unstable();
     ids
-}
-
-impl Cgroups {
-    /// Every enclave cgroup on the node, whichever daemon made it: (id, shared, cgroup).
-    pub fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, EnclaveCgroup)> {
-        match self {
-            Cgroups::V1 { cpuset, memory, .. } => {
-                let mut ids = enclave_ids_in(cpuset);
-                ids.extend(enclave_ids_in(memory));
-                ids.sort_unstable();
-                ids.dedup();
-                ids.into_iter()
-                    .map(|id| {
-                        let name = enclave_dir_name(id);
-                        let exclusive = read(&cpuset.join(&name).join("cpuset.cpu_exclusive"))
-                            .is_ok_and(|v| v == "1");
-                        let cg = EnclaveCgroup {
-                            v2: false,
-                            cpuset: cpuset.join(&name),
-                            memory: memory.join(&name),
-                            exclusive,
-                        };
-                        (id, !exclusive, cg)
-                    })
-                    .collect()
-            }
-            Cgroups::V2 {
-                exclusive, shared, ..
-            } => {
-                let mut out = Vec::new();
-                for (dir, is_shared) in [(exclusive, false), (shared, true)] {
-                    for id in enclave_ids_in(dir) {
-                        let path = dir.join(enclave_dir_name(id));
-                        out.push((
-                            id,
-                            is_shared,
-                            EnclaveCgroup {
-                                v2: true,
-                                cpuset: path.clone(),
-                                memory: path,
-                                exclusive: !is_shared,
-                            },
-                        ));
-                    }
-                }
-                out
-            }
-            Cgroups::None => Vec::new(),
-        }
-    }
 }
 
 /// Move every task of `from` into `to`; returns how many moved. Kernel
@@ -450,18 +274,27 @@ fn move_all(from: &Path, to: &Path) -> usize {
     moved
 }
 
-/// Wait (bounded) until a cgroup has no processes.
-fn wait_empty(dir: &Path, timeout: Duration) -> Result<()> {
+/// Wait (bounded) until `left()` is empty; `kill` is applied to what is left
+/// on every pass. `path` names the cgroup in the error.
+fn wait_gone(
+    path: &Path,
+    timeout: Duration,
+    left: impl Fn() -> Vec<u32>,
+    kill: impl Fn(u32),
+) -> Result<()> {
     let start = Instant::now();
     loop {
-        let left = procs(dir);
-        if left.is_empty() {
+        let pids = left();
+        if pids.is_empty() {
             return Ok(());
+        }
+        for pid in &pids {
+            kill(*pid);
         }
         if start.elapsed() >= timeout {
             return Err(CgroupError::Busy {
-                path: dir.to_path_buf(),
-                pids: left,
+                path: path.to_path_buf(),
+                pids,
                 waited: timeout,
             });
         }
@@ -469,131 +302,150 @@ fn wait_empty(dir: &Path, timeout: Duration) -> Result<()> {
     }
 }
 
-/// One enclave's cgroups.
-#[derive(Debug, Clone)]
-pub struct EnclaveCgroup {
-    v2: bool,
-    pub cpuset: PathBuf,
-    pub memory: PathBuf,
-    exclusive: bool,
+/// SIGKILL, as `kill_all` sends it when the kernel cannot do it for us.
+fn sigkill(pid: u32) {
+    let _ = crate::sys::kill(pid, libc::SIGKILL);
 }
 
-impl EnclaveCgroup {
-    pub fn exists(&self) -> bool {
-        self.cpuset.exists() || self.memory.exists()
-    }
+/// Mounts found in /proc/self/mountinfo and our own cgroup paths.
+#[derive(Debug, Default)]
+struct Found {
+    v1_cpuset: Option<PathBuf>,
+    v1_memory: Option<PathBuf>,
+    v2: Option<PathBuf>,
+    own_v1_cpuset: Option<String>,
+    own_v1_memory: Option<String>,
+    own_v2: Option<String>,
+}
 
-    /// Create with its cores, memory nodes and limit.
-    pub fn create(&self, cores: &[CoreId], mems: &str, limit_bytes: u64) -> Result<()> {
-        mkdir(&self.cpuset)?;
-        let result = (|| {
-            write(&self.cpuset.join("cpuset.cpus"), &format_cpu_list(cores))?;
-            write(&self.cpuset.join("cpuset.mems"), mems)?;
-            if self.v2 {
-                if self.exclusive {
-                    write(&self.cpuset.join("cpuset.cpus.partition"), "isolated")
-                        .or_else(|_| write(&self.cpuset.join("cpuset.cpus.partition"), "root"))?;
-                }
-            } else {
-                if self.exclusive {
-                    write(&self.cpuset.join("cpuset.cpu_exclusive"), "1")?;
-                }
-                mkdir(&self.memory)?;
-            }
-            self.set_memory_limit(limit_bytes)
-        })();
-        if result.is_err() {
-            let _ = self.remove();
-        }
-        result
-    }
+fn discover() -> Found {
+    parse_found(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        &fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+    )
+}
 
-    pub fn add_pid(&self, pid: u32) -> Result<()> {
-        write(&self.cpuset.join("cgroup.procs"), &pid.to_string())?;
-        if !self.v2 {
-            write(&self.memory.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
-    }
-
-    pub fn set_cpus(&self, cores: &[CoreId]) -> Result<()> {
-        write(&self.cpuset.join("cpuset.cpus"), &format_cpu_list(cores))
-    }
-
-    pub fn set_mems(&self, mems: &str) -> Result<()> {
-        write(&self.cpuset.join("cpuset.mems"), mems)
-    }
-
-    pub fn set_memory_limit(&self, bytes: u64) -> Result<()> {
-        if self.v2 {
-            write(&self.memory.join("memory.max"), &bytes.to_string())
-        } else {
-            write(
-                &self.memory.join("memory.limit_in_bytes"),
-                &bytes.to_string(),
-            )
-        }
-    }
-
-    pub fn memory_limit(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.max"
-        } else {
-            "memory.limit_in_bytes"
+/// [`Found`] from the text of /proc/self/mountinfo and /proc/self/cgroup.
+fn parse_found(mountinfo: &str, cgroup: &str) -> Found {
+    let mut f = Found::default();
+    for line in mountinfo.lines() {
+        // ... mount-point ... - fstype source super-options
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
         };
-        read(&self.memory.join(file)).ok()?.parse().ok()
-    }
-
-    pub fn procs(&self) -> Vec<u32> {
-        procs(&self.cpuset)
-    }
-
-    /// Processes in any of the enclave's cgroups (v1 has two).
-    pub fn all_procs(&self) -> Vec<u32> {
-        let mut p = procs(&self.cpuset);
-        if !self.v2 {
-            p.extend(procs(&self.memory));
-        }
-        p.sort_unstable();
-        p.dedup();
-        p
-    }
-
-    /// SIGKILL everything in the enclave's cgroups and wait until they are empty.
-    pub fn kill_all(&self, timeout: Duration) -> Result<()> {
-        if !self.exists() {
-            return Ok(());
-        }
-        if self.v2 && write(&self.cpuset.join("cgroup.kill"), "1").is_ok() {
-            return wait_empty(&self.cpuset, timeout);
-        }
-        let start = Instant::now();
-        loop {
-            let left = self.all_procs();
-            if left.is_empty() {
-                return Ok(());
+        let mount_point = pre.split(' ').nth(4).unwrap_or("");
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let opts = post.nth(1).unwrap_or("");
+        match fstype {
+            "cgroup" if opts.split(',').any(|o| o == "cpuset") => {
+                f.v1_cpuset = Some(mount_point.into())
             }
-            for pid in &left {
-                let _ = crate::sys::kill(*pid, libc::SIGKILL);
+            "cgroup" if opts.split(',').any(|o| o == "memory") => {
+                f.v1_memory = Some(mount_point.into())
             }
-            if start.elapsed() >= timeout {
-                return Err(CgroupError::Busy {
-                    path: self.cpuset.clone(),
-                    pids: left,
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
+            "cgroup2" => f.v2 = Some(mount_point.into()),
+            _ => {}
         }
     }
-
-    /// Remove the (empty) cgroups.
-    pub fn remove(&self) -> Result<()> {
-        rmdir(&self.cpuset)?;
-        if !self.v2 {
-            rmdir(&self.memory)?;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
+        if ctrls.is_empty() {
+            f.own_v2 = Some(path.to_string());
+        } else if ctrls.split(',').any(|c| c == "cpuset") {
+            f.own_v1_cpuset = Some(path.to_string());
+        } else if ctrls.split(',').any(|c| c == "memory") {
+            f.own_v1_memory = Some(path.to_string());
         }
-        Ok(())
+    }
+    f
+}
+
+/// The daemon's own cgroup, minus anything of ours it was moved into
+/// (after a restart the daemon itself sits in `hobbes/host`).
+fn base_of(mount: &Path, own: Option<&str>) -> PathBuf {
+    let own = own.unwrap_or("/");
+    let own = match own.find("/hobbes/") {
+        Some(i) => &own[..i],
+        None if own.ends_with("/hobbes") => &own[..own.len() - "/hobbes".len()],
+        None => own,
+    };
+    mount.join(own.trim_start_matches('/'))
+}
+
+/// The manager for what was found: v1 when cpuset and memory are v1
+/// controllers (legacy or hybrid), v2 when the unified hierarchy offers both,
+/// else none.
+fn manager_for(f: &Found) -> Option<Arc<dyn CgroupManager>> {
+    if let (Some(cpuset), Some(memory)) = (&f.v1_cpuset, &f.v1_memory) {
+        return Some(Arc::new(v1::V1::new(
+            base_of(cpuset, f.own_v1_cpuset.as_deref()),
+            base_of(memory, f.own_v1_memory.as_deref()),
+        )));
+    }
+    if let Some(v2) = &f.v2 {
+        let controllers = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if has("cpuset") && has("memory") {
+            return Some(Arc::new(v2::V2::new(base_of(v2, f.own_v2.as_deref()))));
+        }
+    }
+    None
+}
+
+/// The cgroup system the daemon drives: a manager, or none (unprivileged:
+/// CPU affinity and process groups only).
+#[derive(Debug, Clone, Default)]
+pub struct Cgroups(Option<Arc<dyn CgroupManager>>);
+
+impl Cgroups {
+    /// Find the cgroup layout of this node (none when not privileged).
+    pub fn detect(privileged: bool) -> Cgroups {
+        if !privileged {
+            return Cgroups(None);
+        }
+        Cgroups(manager_for(&discover()))
+    }
+
+    /// Drive this manager (tests, or a layout chosen by hand).
+    pub fn with(manager: Arc<dyn CgroupManager>) -> Cgroups {
+        Cgroups(Some(manager))
+    }
+
+    pub fn manager(&self) -> Option<&dyn CgroupManager> {
+        self.0.as_deref()
+    }
+
+    pub fn mode(&self) -> CgroupMode {
+        self.manager().map_or(CgroupMode::None, |m| m.mode())
+    }
+
+    /// See [`CgroupManager::setup`]; nothing to do without cgroups.
+    pub fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
+        self.manager()
+            .map_or(Ok(0), |m| m.setup(all_cores, host_cores, mems))
+    }
+
+    /// See [`CgroupManager::teardown`].
+    pub fn teardown(&self) -> Result<()> {
+        self.manager().map_or(Ok(()), |m| m.teardown())
+    }
+
+    /// The cgroups of enclave `id`, when there are cgroups.
+    pub fn enclave(&self, id: EnclaveId, shared: bool) -> Option<Box<dyn EnclaveCgroup>> {
+        self.manager().map(|m| m.enclave(id, shared))
+    }
+
+    /// See [`CgroupManager::existing_enclaves`].
+    pub fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, Box<dyn EnclaveCgroup>)> {
+        self.manager()
+            .map(|m| m.existing_enclaves())
+            .unwrap_or_default()
     }
 }
 
@@ -624,7 +476,71 @@ mod tests {
 
     #[test]
     fn unprivileged_has_no_cgroups() {
-        assert!(matches!(Cgroups::detect(false), Cgroups::None));
+        assert!(Cgroups::detect(false).manager().is_none());
         assert_eq!(Cgroups::detect(false).mode(), CgroupMode::None);
+        assert!(Cgroups::detect(false).enclave(1, false).is_none());
+        assert!(Cgroups::detect(false).existing_enclaves().is_empty());
+    }
+
+    const HYBRID_MOUNTS: &str = "\
+25 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+33 25 0:28 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+35 25 0:30 / /sys/fs/cgroup/cpuset rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,cpuset
+36 25 0:31 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+37 25 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn hybrid_node_drives_v1_from_the_daemons_own_cgroups() {
+        let cgroup =
+            "12:memory:/job7\n5:cpuset:/job7/hobbes/host\n4:cpu,cpuacct:/\n0::/init.scope\n";
+        let f = parse_found(HYBRID_MOUNTS, cgroup);
+        assert_eq!(f.v1_cpuset, Some("/sys/fs/cgroup/cpuset".into()));
+        assert_eq!(f.v1_memory, Some("/sys/fs/cgroup/memory".into()));
+        assert_eq!(f.v2, Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(f.own_v2.as_deref(), Some("/init.scope"));
+        let m = manager_for(&f).expect("v1");
+        assert_eq!(m.mode(), CgroupMode::Legacy);
+        let e = m.enclave(3, false);
+        assert_eq!(
+            e.path(),
+            Path::new("/sys/fs/cgroup/cpuset/job7/hobbes/enclave-3")
+        );
+        assert_eq!(
+            e.app_cgroup(),
+            Path::new("/sys/fs/cgroup/memory/job7/hobbes/enclave-3")
+        );
+    }
+
+    #[test]
+    fn unified_node_drives_v2_when_it_offers_cpuset_and_memory() {
+        let root = tempfile::tempdir().unwrap();
+        let mounts = format!(
+            "33 25 0:28 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+            root.path().display()
+        );
+        let f = parse_found(&mounts, "0::/daemon.service\n");
+        fs::write(root.path().join("cgroup.controllers"), "cpu io memory pids").unwrap();
+        assert!(
+            manager_for(&f).is_none(),
+            "no cpuset controller: no cgroups"
+        );
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        let m = manager_for(&f).expect("v2");
+        assert_eq!(m.mode(), CgroupMode::Unified);
+        let e = m.enclave(4, true);
+        assert_eq!(
+            e.path(),
+            root.path().join("daemon.service/hobbes-shared/enclave-4")
+        );
+        assert_eq!(
+            e.app_cgroup(),
+            root.path()
+                .join("daemon.service/hobbes-shared/enclave-4/apps")
+        );
     }
 }

@@ -369,10 +369,10 @@ fn check_leftovers(
                 .map_err(|e| anyhow::anyhow!("cannot remove a leftover enclave cgroup: {e}"))?;
             notes.push(format!(
                 "removed the empty cgroup {} left by an earlier leviathan",
-                cg.cpuset.display()
+                cg.path().display()
             ));
         } else {
-            busy.push(format!("{} (pids {procs:?})", cg.cpuset.display()));
+            busy.push(format!("{} (pids {procs:?})", cg.path().display()));
         }
     }
     if busy.is_empty() {
@@ -470,7 +470,7 @@ pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Res
             cg.remove()?;
             println!(
                 "removed orphan enclave cgroup {} (enclave {id}, {} processes killed)",
-                cg.cpuset.display(),
+                cg.path().display(),
                 pids.len()
             );
         }

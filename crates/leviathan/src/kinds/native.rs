@@ -1,7 +1,10 @@
 //! Native enclaves: a partition of the node's cores and memory.
 //!
 //! Privileged: a cpuset (exclusive unless shared) and memory cgroup, and a
-//! control process cloned into new PID, mount, IPC and UTS namespaces.
+//! control process cloned into new PID, mount, IPC and UTS namespaces. The
+//! control process runs on the enclave's cores but outside its memory limit
+//! (an enclave at its limit must not starve its heartbeats); it puts every
+//! app it launches under the limit (`--app-cgroup`).
 //! Unprivileged: CPU affinity and a process group only, which the enclave's
 //! isolation record says.
 
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hobbes_proto::model::{CoreId, EnclaveKind, EnclaveRecord, Isolation};
+use hobbes_proto::model::{CgroupMode, CoreId, EnclaveKind, EnclaveRecord, Isolation};
 
 use super::{DriverResult, EnclaveDriver, StartContext, Started};
 use crate::cgroup::Cgroups;
@@ -107,7 +110,9 @@ impl EnclaveDriver for NativeDriver {
         if let Some(cg) = self.cgroups.enclave(rec.id, rec.shared) {
             cg.create(&rec.cores, &ctx.mems, rec.mem_bytes)
                 .map_err(|e| e.to_string())?;
-            let argv = self.control_argv(rec, ctx, true);
+            let mut argv = self.control_argv(rec, ctx, true);
+            argv.push("--app-cgroup".into());
+            argv.push(cg.app_cgroup().display().to_string());
             let held = match sys::spawn_in_new_namespaces(
                 self.exe.as_os_str(),
                 &argv,
@@ -123,14 +128,14 @@ impl EnclaveDriver for NativeDriver {
                 }
             };
             let pid = held.pid;
-            if let Err(e) = cg.add_pid(pid) {
+            if let Err(e) = cg.add_control_pid(pid) {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 let _ = cg.kill_all(Duration::from_secs(2));
                 let _ = cg.remove();
                 return Err(e.to_string());
             }
-            let mode = match self.cgroups {
-                Cgroups::V1 { .. } => "cgroup v1",
+            let mode = match self.cgroups.mode() {
+                CgroupMode::Legacy => "cgroup v1",
                 _ => "cgroup v2",
             };
             let started = Started {
