@@ -202,28 +202,22 @@ fn main() {
         }
         Err(e) => e.exit(),
     };
-    if let Cmd::Demo(a) = cli.cmd {
-        match demo::run(a) {
+    let result = match cli.cmd {
+        Cmd::Sim(a) => sim(a),
+        Cmd::Analyze(a) => analyze(a),
+        Cmd::Run(a) => run(a),
+        Cmd::Report(a) => report_cmd(a),
+        Cmd::Demo(a) => match demo::run(a) {
             Ok(code) => std::process::exit(code),
             Err(e) => {
                 eprintln!("error: {}", demo::message(&e));
                 std::process::exit(1);
             }
-        }
-    }
-    if let Err(e) = real_main(cli.cmd) {
+        },
+    };
+    if let Err(e) = result {
         eprintln!("hobbes-insitu: {e:#}");
         std::process::exit(1);
-    }
-}
-
-fn real_main(cmd: Cmd) -> Result<()> {
-    match cmd {
-        Cmd::Sim(a) => sim(a),
-        Cmd::Analyze(a) => analyze(a),
-        Cmd::Run(a) => run(a),
-        Cmd::Report(a) => report_cmd(a),
-        Cmd::Demo(_) => unreachable!("handled in main"),
     }
 }
 
