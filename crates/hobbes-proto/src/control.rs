@@ -23,6 +23,33 @@ pub struct AppReport {
     pub exit: Option<ExitStatus>,
 }
 
+/// A control agent's secret. Never printed: `Debug` shows only whether it is set.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Credential(pub String);
+
+impl Credential {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Compare in time independent of where the two differ.
+    pub fn matches(&self, other: &Credential) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Credential(none)"
+        } else {
+            "Credential(<redacted>)"
+        })
+    }
+}
+
 /// Control process -> daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "msg")]
@@ -32,6 +59,12 @@ pub enum ControlUp {
     Attach {
         enclave: EnclaveId,
         apps: Vec<AppReport>,
+        /// The secret the daemon gave this enclave's control agent at start:
+        /// what admits the link, whatever carries it (a Unix socket, a VM's
+        /// serial channel). Empty from agents started before credentials
+        /// existed, which are admitted by pid instead.
+        #[serde(default, skip_serializing_if = "Credential::is_empty")]
+        credential: Credential,
     },
     Heartbeat {
         seq: u64,

@@ -85,6 +85,8 @@ struct Ctl {
     link: Mutex<Option<UnixStream>>,
     /// Heartbeat interval from the daemon's welcome (0 before it).
     heartbeat_ms: AtomicU64,
+    /// What admits our link to the daemon (given at start, in our environment).
+    credential: hobbes_proto::control::Credential,
 }
 
 impl Ctl {
@@ -108,7 +110,15 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     } else {
         sys::set_child_subreaper()?;
     }
+    // Take the credential out of our environment before any thread starts
+    // (apps get an environment of their own; this keeps it out of any other
+    // copy we might make).
+    let credential = hobbes_proto::control::Credential(
+        std::env::var(crate::kinds::CONTROL_CREDENTIAL_ENV).unwrap_or_default(),
+    );
+    std::env::remove_var(crate::kinds::CONTROL_CREDENTIAL_ENV);
     let ctl = Arc::new(Ctl {
+        credential,
         args: args.clone(),
         apps: Mutex::new(HashMap::new()),
         spawned: Condvar::new(),
@@ -229,6 +239,7 @@ fn serve_daemon(ctl: &Arc<Ctl>, mut stream: UnixStream) -> anyhow::Result<()> {
         &ControlUp::Attach {
             enclave: ctl.args.enclave,
             apps: reports,
+            credential: ctl.credential.clone(),
         },
     )?;
     match read_frame::<_, ControlDown>(&mut stream)? {

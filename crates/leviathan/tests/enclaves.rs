@@ -1078,3 +1078,82 @@ fn shmem_thp_is_advised_while_running_and_restored() {
         "restored at a clean exit"
     );
 }
+
+/// A control link is admitted by the credential the daemon gave the enclave's
+/// agent, over any stream and from any pid; a wrong one is refused; apps never
+/// see the credential.
+#[test]
+fn control_link_is_admitted_by_credential_not_pid() {
+    use hobbes_client::proto::control::{ControlDown, ControlUp, Credential};
+    use hobbes_client::proto::frame::{read_frame, write_frame};
+    if !require_root("control_link_is_admitted_by_credential_not_pid") {
+        return;
+    }
+    if ncpus() < 2 {
+        skip(
+            "control_link_is_admitted_by_credential_not_pid",
+            "needs 2 cores",
+        );
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    let rec = c.create_enclave(spec("cred", 1, 64, false)).unwrap();
+    let file = d
+        .state_dir()
+        .join("enclaves")
+        .join(rec.id.to_string())
+        .join("control.credential");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let secret = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(secret.trim().len(), 64);
+    let attach = |credential: &str| {
+        let mut s = UnixStream::connect(d.state_dir().join("control.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write_frame(
+            &mut s,
+            &ControlUp::Attach {
+                enclave: rec.id,
+                apps: vec![],
+                credential: Credential(credential.to_string()),
+            },
+        )
+        .unwrap();
+        let answer = read_frame::<_, ControlDown>(&mut s);
+        (s, answer)
+    };
+    // Wrong or missing credential: hung up on, and the enclave is untouched.
+    for wrong in ["", "0000", &"f".repeat(64)] {
+        let (_s, answer) = attach(wrong);
+        assert!(answer.is_err(), "{wrong:?} admitted: {answer:?}");
+    }
+    assert!(d.log().contains("attach refused: wrong credential"));
+    assert!(c.ping_via_daemon(EnclaveRef::Id(rec.id)).is_ok());
+    // The right one, from this test's pid: welcomed.
+    let (mut s, answer) = attach(secret.trim());
+    assert!(
+        matches!(answer, Ok(ControlDown::Welcome { .. })),
+        "{answer:?}"
+    );
+    // The real control process notices it was replaced and attaches again,
+    // which closes ours (EOF); the enclave runs on.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    wait_for(
+        "the control process to reattach",
+        Duration::from_secs(10),
+        || c.ping_via_daemon(EnclaveRef::Id(rec.id)).ok(),
+    );
+    assert_eq!(
+        c.enclave(EnclaveRef::Id(rec.id)).unwrap().state,
+        EnclaveState::Running
+    );
+    // Apps do not inherit it.
+    let (_, out, _) = run_in(&mut c, "cred", &["/usr/bin/env"]);
+    assert!(!out.contains("HOBBES_CONTROL_CREDENTIAL"), "{out}");
+    assert!(!out.contains(secret.trim()), "{out}");
+}

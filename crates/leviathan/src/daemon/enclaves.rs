@@ -232,11 +232,15 @@ impl Daemon {
                 .attach_replica(rec.id, dir.join("nis"))
                 .map_err(internal)?;
         }
+        let credential = self
+            .new_control_credential(rec.id)
+            .map_err(|e| internal(format!("cannot make the control credential: {e}")))?;
         let ctx = StartContext {
             daemon_socket: self.paths.control_socket(),
             mems: mems_of(&rec.numa_nodes),
             nis_replica: dir.join("nis"),
             nis_mount: self.paths.nis(),
+            control_credential: credential.0,
         };
         let record = |started: &crate::kinds::Started| {
             self.tx(|t| {

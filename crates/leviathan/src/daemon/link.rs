@@ -176,8 +176,12 @@ impl Daemon {
         let Ok(peer) = sys::peer_cred(&stream) else {
             return;
         };
-        let (enclave, apps) = match read_frame::<_, ControlUp>(&mut stream) {
-            Ok(ControlUp::Attach { enclave, apps }) => (enclave, apps),
+        let (enclave, apps, credential) = match read_frame::<_, ControlUp>(&mut stream) {
+            Ok(ControlUp::Attach {
+                enclave,
+                apps,
+                credential,
+            }) => (enclave, apps, credential),
             Ok(other) => {
                 tracing::warn!(pid = peer.pid, msg = ?other, "control connection did not start with attach");
                 return;
@@ -187,7 +191,6 @@ impl Daemon {
                 return;
             }
         };
-        // Only the process we started for this enclave may speak for it.
         let rec = match self.nis.reader().enclave(enclave) {
             Ok(Some(r)) => r,
             _ => {
@@ -199,10 +202,8 @@ impl Daemon {
                 return;
             }
         };
-        if rec.control_pid != Some(peer.pid)
-            || !matches!(rec.state, EnclaveState::Starting | EnclaveState::Running)
-        {
-            tracing::warn!(enclave, pid = peer.pid, expected = ?rec.control_pid, state = %rec.state, "attach refused");
+        if let Err(why) = self.admit_link(&rec, &credential, peer.pid) {
+            tracing::warn!(enclave, pid = peer.pid, state = %rec.state, "attach refused: {why}");
             return;
         }
         let Ok(writer) = stream.try_clone() else {
@@ -314,6 +315,63 @@ impl Daemon {
                 enclave,
                 "control process connection lost (the control process died)",
             );
+        }
+    }
+
+    /// Make a new secret for enclave `id`'s control agent and keep it, readable
+    /// by the daemon's user only, beside the enclave's other state (so a
+    /// restarted daemon still admits the agent).
+    pub(super) fn new_control_credential(
+        &self,
+        id: EnclaveId,
+    ) -> std::io::Result<hobbes_proto::control::Credential> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.paths.control_credential(id);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(secret.as_bytes())?;
+        Ok(hobbes_proto::control::Credential(secret))
+    }
+
+    /// Enclave `id`'s control credential, if it has one on file.
+    fn control_credential(&self, id: EnclaveId) -> Option<hobbes_proto::control::Credential> {
+        std::fs::read_to_string(self.paths.control_credential(id))
+            .ok()
+            .map(|s| hobbes_proto::control::Credential(s.trim().to_string()))
+            .filter(|c| !c.is_empty())
+    }
+
+    /// Only the agent the daemon started for this enclave may speak for it.
+    /// It proves that with the credential it was given at start (over any
+    /// stream: the peer's pid plays no part). An enclave started before
+    /// credentials existed has none on file: its control process is then
+    /// recognised by pid, as before.
+    fn admit_link(
+        &self,
+        rec: &hobbes_proto::model::EnclaveRecord,
+        presented: &hobbes_proto::control::Credential,
+        peer_pid: u32,
+    ) -> Result<(), String> {
+        if !matches!(rec.state, EnclaveState::Starting | EnclaveState::Running) {
+            return Err(format!("the enclave is {}", rec.state));
+        }
+        match self.control_credential(rec.id) {
+            Some(expected) if expected.matches(presented) => Ok(()),
+            Some(_) if presented.is_empty() => Err("no credential presented".into()),
+            Some(_) => Err("wrong credential".into()),
+            None if rec.control_pid == Some(peer_pid) => Ok(()),
+            None => Err(format!(
+                "no credential on file and pid {peer_pid} is not the control process ({:?})",
+                rec.control_pid
+            )),
         }
     }
 

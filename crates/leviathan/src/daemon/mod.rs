@@ -57,6 +57,10 @@ impl StatePaths {
     pub fn enclave_dir(&self, id: EnclaveId) -> PathBuf {
         self.root.join("enclaves").join(id.to_string())
     }
+    /// The secret that admits enclave `id`'s control link (root-only file).
+    pub fn control_credential(&self, id: EnclaveId) -> PathBuf {
+        self.enclave_dir(id).join("control.credential")
+    }
     pub fn app_dir(&self, id: AppId) -> PathBuf {
         self.root.join("apps").join(id.to_string())
     }

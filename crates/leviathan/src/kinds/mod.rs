@@ -18,7 +18,17 @@ pub struct StartContext {
     /// The enclave's NIS replica, and the path it is mounted at inside.
     pub nis_replica: PathBuf,
     pub nis_mount: PathBuf,
+    /// The secret the enclave's control agent presents when it attaches
+    /// (`ControlUp::Attach.credential`): links are admitted by it, over any
+    /// byte stream, not by the peer's pid. The driver hands it to its agent
+    /// without exposing it to other users (the native kind: in the control
+    /// process's environment, which only root can read).
+    pub control_credential: String,
 }
+
+/// Environment variable that carries [`StartContext::control_credential`] to a
+/// native control process.
+pub const CONTROL_CREDENTIAL_ENV: &str = "HOBBES_CONTROL_CREDENTIAL";
 
 /// A running control process.
 #[derive(Debug, Clone)]

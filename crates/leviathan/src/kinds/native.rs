@@ -56,8 +56,11 @@ impl NativeDriver {
         argv
     }
 
-    fn control_env() -> Vec<(String, String)> {
-        let mut env = vec![];
+    fn control_env(ctx: &StartContext) -> Vec<(String, String)> {
+        let mut env = vec![(
+            super::CONTROL_CREDENTIAL_ENV.to_string(),
+            ctx.control_credential.clone(),
+        )];
         for key in ["PATH", "HOBBES_LOG", "RUST_BACKTRACE"] {
             if let Ok(v) = std::env::var(key) {
                 env.push((key.to_string(), v));
@@ -116,7 +119,7 @@ impl EnclaveDriver for NativeDriver {
             let held = match sys::spawn_in_new_namespaces(
                 self.exe.as_os_str(),
                 &argv,
-                &Self::control_env(),
+                &Self::control_env(ctx),
                 !rec.host_ipc,
             ) {
                 Ok(h) => h,
@@ -155,7 +158,7 @@ impl EnclaveDriver for NativeDriver {
         let mut cmd = Command::new(&self.exe);
         cmd.args(&argv[1..])
             .env_clear()
-            .envs(Self::control_env())
+            .envs(Self::control_env(ctx))
             .process_group(0);
         // SAFETY: the closure runs between fork and exec and only calls
         // sched_setaffinity, which is async-signal-safe.
