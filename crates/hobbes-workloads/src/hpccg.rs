@@ -160,7 +160,7 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
     use crate::state::View;
-    use crate::sys::AnonMap;
+    use hobbes_sys::Mapping as AnonMap;
 
     #[test]
     fn matrix_is_hpccg_27_point() {
@@ -196,7 +196,7 @@ mod tests {
             nz: 8,
         };
         let mut cg = Hpccg::new(p);
-        let mut m = AnonMap::new(p.layout().bytes()).unwrap();
+        let mut m = AnonMap::anon(p.layout().bytes()).unwrap();
         state::init(m.as_mut_slice(), &p.layout()).unwrap();
         cg.init(m.as_mut_slice());
         let mut residuals = vec![cg.relative_residual()];

@@ -288,11 +288,11 @@ impl Snap {
 mod tests {
     use super::*;
     use crate::state::View;
-    use crate::sys::AnonMap;
+    use hobbes_sys::Mapping as AnonMap;
 
     fn run(p: SnapParams, steps: u64) -> (Snap, AnonMap, Vec<f64>) {
         let mut s = Snap::new(p);
-        let mut m = AnonMap::new(p.layout().bytes()).unwrap();
+        let mut m = AnonMap::anon(p.layout().bytes()).unwrap();
         state::init(m.as_mut_slice(), &p.layout()).unwrap();
         s.init(m.as_mut_slice());
         let sums = (1..=steps).map(|i| s.step(i, m.as_mut_slice())).collect();

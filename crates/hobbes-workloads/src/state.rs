@@ -180,7 +180,7 @@ impl<'a> View<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::AnonMap;
+    use hobbes_sys::Mapping as AnonMap;
 
     #[test]
     fn header_round_trip_and_torn_detection() {
@@ -191,7 +191,7 @@ mod tests {
             aux_len: 3,
             dims: [10, 5, 2],
         };
-        let mut m = AnonMap::new(layout.bytes()).unwrap();
+        let mut m = AnonMap::anon(layout.bytes()).unwrap();
         let s = m.as_mut_slice();
         init(s, &layout).unwrap();
         let (p, a) = arrays_mut(s, &layout);
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn bad_headers_are_errors() {
-        let mut m = AnonMap::new(2 * PAGE).unwrap();
+        let mut m = AnonMap::anon(2 * PAGE).unwrap();
         let s = m.as_mut_slice();
         assert!(View::parse(s, "t")
             .unwrap_err()

@@ -1,66 +1,9 @@
-//! The crate's only unsafe code: anonymous mappings, views of shared pages,
-//! and the futex calls of the acknowledgement word.
+//! The crate's own unsafe code: views of shared pages and of f64/u64
+//! arrays in byte buffers. Mappings and futexes come from `hobbes-sys`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::time::Duration;
 
 pub const PAGE: usize = 4096;
-
-/// Private anonymous memory, page aligned, zeroed; unmapped on drop. The
-/// isolated and stub modes keep their published state here, like an
-/// application that never heard of in situ analytics.
-pub struct AnonMap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is owned exclusively by this value; moving it to
-// another thread moves that ownership.
-unsafe impl Send for AnonMap {}
-
-impl AnonMap {
-    pub fn new(len: usize) -> std::io::Result<AnonMap> {
-        let len = len.max(1).next_multiple_of(PAGE);
-        // SAFETY: a new private mapping at an address the kernel picks
-        // replaces nothing; only Drop unmaps it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(AnonMap {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    #[cfg(test)]
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `len` bytes mapped while `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `len` bytes mapped read-write while `self` lives, borrowed
-        // mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for AnonMap {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; no borrow of it outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// A range of shared memory (an XEMEM segment or attachment) that stays
 /// mapped as long as its owner `K` lives. Page 0 holds atomics (lock and
@@ -146,31 +89,4 @@ pub fn u64s_mut(bytes: &mut [u8]) -> Option<&mut [u64]> {
     // SAFETY: as for f64s.
     let (head, mid, tail) = unsafe { bytes.align_to_mut::<u64>() };
     (head.is_empty() && tail.is_empty()).then_some(mid)
-}
-
-/// Sleep while `word` holds `expected`, at most `timeout`. A shared (not
-/// PRIVATE) futex: it works across processes on a shared file mapping.
-/// Spurious returns are fine: callers re-check their condition.
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: the word is a valid, aligned u32 for the call's duration;
-    // FUTEX_WAIT only reads it; the timespec lives on our stack.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-        )
-    };
-}
-
-/// Wake every waiter on `word`.
-pub fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use hobbes_sys::{futex_wait, futex_wake_all, Mapping};
 use hobbes_xemem::{Access, ApId, MakeOptions, SegId};
 
 use crate::error::{Result, XasmError};
@@ -35,8 +36,9 @@ pub(crate) struct Header {
 
 /// The producer's side: owns the segment.
 pub(crate) struct ChannelWriter {
-    addr: usize,
-    page: usize,
+    /// The page: private anonymous, converted in place into the segment's
+    /// memfd by `make`; unmapped when the writer drops (after `drop`).
+    mem: Mapping,
     segid: SegId,
 }
 
@@ -44,45 +46,44 @@ impl ChannelWriter {
     /// Export a channel named `name` (EEXIST when the name is taken).
     pub fn create(name: &str, mode: u32, region_len: u64, keep: u32, m: Mechanism) -> Result<Self> {
         const OP: &str = "xasm_region_create";
-        let page = sys::page_size();
-        let addr = sys::mmap_anon(page, None).map_err(XasmError::sys(
+        let page = hobbes_sys::page_size();
+        let mut mem = Mapping::anon_noreserve(page, None).map_err(XasmError::sys(
             OP,
             format!("channel of region {name:?}"),
             "mmap",
         ))?;
-        sys::write_at(
-            addr,
-            Header {
-                magic: MAGIC,
-                format: FORMAT,
-                page_size: page as u32,
-                region_len,
-                keep,
-                mechanism: m.code(),
-                latest: AtomicU64::new(0),
-                seq: AtomicU32::new(0),
-                closed: AtomicU32::new(0),
-                producer_pid: sys::pid(),
-                _reserved: [0; 3],
-            },
-        );
+        let header = Header {
+            magic: MAGIC,
+            format: FORMAT,
+            page_size: page as u32,
+            region_len,
+            keep,
+            mechanism: m.code(),
+            latest: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            closed: AtomicU32::new(0),
+            producer_pid: sys::pid(),
+            _reserved: [0; 3],
+        };
+        // SAFETY: a fresh page-aligned mapping of one page, ours alone;
+        // Header (64 bytes) fits and needs no more than page alignment.
+        unsafe { mem.as_mut_ptr().cast::<Header>().write(header) };
         let opts = MakeOptions {
             name: Some(name.to_string()),
             mode,
             ..Default::default()
         };
         // Converted in place into a memfd: same address, now shared.
-        match hobbes_xemem::make(addr as *mut u8, page, &opts) {
-            Ok(segid) => Ok(ChannelWriter { addr, page, segid }),
-            Err(e) => {
-                let _ = sys::munmap(addr, page);
-                Err(XasmError::xemem(OP, format!("channel segment {name:?}"))(e))
-            }
+        match hobbes_xemem::make(mem.as_mut_ptr(), page, &opts) {
+            Ok(segid) => Ok(ChannelWriter { mem, segid }),
+            Err(e) => Err(XasmError::xemem(OP, format!("channel segment {name:?}"))(e)),
         }
     }
 
     fn header(&self) -> &Header {
-        sys::at(self.addr)
+        // SAFETY: `create` wrote a Header at the start of the page, which
+        // stays mapped while `self` lives; it changes only through atomics.
+        unsafe { &*self.mem.as_ptr().cast::<Header>() }
     }
 
     /// Announce version `v` and wake every waiter.
@@ -90,7 +91,7 @@ impl ChannelWriter {
         let h = self.header();
         h.latest.store(v, Ordering::Release);
         h.seq.fetch_add(1, Ordering::AcqRel);
-        let _ = sys::futex_wake_all(&h.seq);
+        let _ = futex_wake_all(&h.seq);
     }
 
     /// Mark the region closed and wake every waiter.
@@ -98,7 +99,7 @@ impl ChannelWriter {
         let h = self.header();
         h.closed.store(1, Ordering::Release);
         h.seq.fetch_add(1, Ordering::AcqRel);
-        let _ = sys::futex_wake_all(&h.seq);
+        let _ = futex_wake_all(&h.seq);
     }
 }
 
@@ -106,7 +107,7 @@ impl Drop for ChannelWriter {
     fn drop(&mut self) {
         self.close();
         let _ = hobbes_xemem::remove(self.segid);
-        let _ = sys::munmap(self.addr, self.page);
+        // `mem` unmaps the page next.
     }
 }
 
@@ -130,7 +131,7 @@ impl ChannelReader {
             .ok_or_else(|| XasmError::not_found(OP, format!("no XASM region {name:?}")))?;
         let apid =
             hobbes_xemem::get(segid, Access::ReadOnly).map_err(XasmError::xemem(OP, what()))?;
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let addr = match hobbes_xemem::attach(apid, 0, page, None) {
             Ok(a) => a as usize,
             Err(e) => {
@@ -176,7 +177,10 @@ impl ChannelReader {
     }
 
     fn header(&self) -> &Header {
-        sys::at(self.addr)
+        // SAFETY: a read-only attachment of the channel page, mapped until
+        // drop; the producer wrote the Header before exporting it and
+        // changes it only through atomics.
+        unsafe { &*(self.addr as *const Header) }
     }
 
     pub fn latest(&self) -> u64 {
@@ -193,7 +197,7 @@ impl ChannelReader {
 
     /// Wait while the futex word is still `seq`, at most `timeout`.
     pub fn wait(&self, seq: u32, timeout: Duration) {
-        let _ = sys::futex_wait(&self.header().seq, seq, timeout);
+        let _ = futex_wait(&self.header().seq, seq, timeout);
     }
 }
 

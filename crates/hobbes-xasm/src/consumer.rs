@@ -7,7 +7,6 @@ use hobbes_xemem::{Access, ApId, SegId, XememError};
 
 use crate::channel::ChannelReader;
 use crate::error::{Result, XasmError};
-use crate::sys;
 use crate::track::Mechanism;
 
 /// How often a waiting consumer checks that the producer still exists.
@@ -192,9 +191,9 @@ impl Snapshot {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // The attachment is mapped read-only for len bytes until drop, and
-        // nobody writes published pages.
-        sys::slice(self.addr, self.len)
+        // SAFETY: the attachment is mapped read-only for len bytes until
+        // drop, and nobody writes published pages.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
     }
 
     pub fn as_ptr(&self) -> *const u8 {

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use crate::sys;
+use hobbes_sys::{Mapping, MemfdFlags, Prot};
 
 /// Slot allocator: free runs of slots below `end`, indexed by start and by
 /// size. Allocations prefer one contiguous run, so that the pages of one
@@ -220,24 +220,23 @@ pub(crate) struct Pool {
     /// Slots freed since: kept for the next one.
     kept_next: Vec<(u64, u64)>,
     /// `MAP_SHARED` read-write mapping of the pool from offset 0.
-    window: usize,
-    window_len: usize,
+    window: Option<Mapping>,
 }
 
 impl Pool {
     pub fn new(region: &str) -> Result<Pool, (&'static str, Errno)> {
         let name = CString::new(format!("xasm-pool:{region}"))
             .map_err(|_| ("memfd_create", Errno::EINVAL))?;
-        let fd = sys::memfd_create(&name).map_err(|e| ("memfd_create", e))?;
+        let fd = hobbes_sys::memfd_create(&name, MemfdFlags::empty())
+            .map_err(|e| ("memfd_create", e))?;
         Ok(Pool {
             fd,
             slots: SlotAlloc::default(),
-            page: sys::page_size() as u64,
+            page: hobbes_sys::page_size() as u64,
             size: 0,
             kept: BTreeMap::new(),
             kept_next: Vec::new(),
-            window: 0,
-            window_len: 0,
+            window: None,
         })
     }
 
@@ -288,37 +287,36 @@ impl Pool {
     fn fit(&mut self) -> Result<(), (&'static str, Errno)> {
         let need = self.slots.end() * self.page;
         if need > self.size {
-            sys::ftruncate(self.fd.as_fd(), need).map_err(|e| ("ftruncate", e))?;
+            hobbes_sys::ftruncate(self.fd.as_fd(), need).map_err(|e| ("ftruncate", e))?;
             self.size = need;
         }
-        if need as usize > self.window_len {
+        if need as usize > self.window.as_ref().map_or(0, Mapping::len) {
+            // Pages past the end of the file are never touched.
             let len = (need as usize * 2).max(16 << 20);
-            let w = sys::mmap_shared_rw(self.fd.as_fd(), len).map_err(|e| ("mmap(pool)", e))?;
-            let _ = sys::munmap(self.window, self.window_len);
-            (self.window, self.window_len) = (w, len);
+            let w = Mapping::shared(self.fd.as_fd(), len, 0, Prot::ReadWrite)
+                .map_err(|e| ("mmap(pool)", e))?;
+            self.window = Some(w);
         }
         Ok(())
     }
 
-    /// Copy memory parts `(address, bytes)`, back to back, into `piece`'s
-    /// slots. The caller guarantees the parts are readable and quiescent.
-    pub fn write(
-        &self,
-        piece: &Piece,
-        parts: &[(usize, usize)],
-    ) -> Result<(), (&'static str, Errno)> {
+    /// Copy `parts`, back to back, into `piece`'s slots.
+    pub fn write(&mut self, piece: &Piece, parts: &[&[u8]]) -> Result<(), (&'static str, Errno)> {
         let at = piece.slot * self.page;
         if piece.resident {
-            // Existing pages: a plain copy through the window.
-            let mut dst = self.window + at as usize;
-            for &(src, len) in parts {
-                sys::copy(src, dst, len);
-                dst += len;
+            // Existing pages: a plain copy through the window (which `fit`
+            // made cover every allocated slot).
+            let window = self.window.as_mut().ok_or(("pool window", Errno::EINVAL))?;
+            let mut dst = &mut window.as_mut_slice()[at as usize..];
+            for part in parts {
+                let (head, rest) = dst.split_at_mut(part.len());
+                head.copy_from_slice(part);
+                dst = rest;
             }
             return Ok(());
         }
         // New pages: pwritev allocates them without a fault each.
-        sys::pwritev_mem(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
+        hobbes_sys::pwrite_all_vectored(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
     }
 
     /// Free slots (kept for reuse until the snapshot after next).
@@ -337,7 +335,9 @@ impl Pool {
         let mut result = Ok(());
         for (s, l) in old {
             for (fs, fl) in self.slots.free_parts(s, l) {
-                if let Err(e) = sys::punch_hole(self.fd.as_fd(), fs * self.page, fl * self.page) {
+                if let Err(e) =
+                    hobbes_sys::punch_hole(self.fd.as_fd(), fs * self.page, fl * self.page)
+                {
                     result = Err(("fallocate(PUNCH_HOLE)", e));
                 }
             }
@@ -346,7 +346,7 @@ impl Pool {
         let floor = self.kept_next.iter().map(|(s, l)| s + l).max().unwrap_or(0);
         if let Some(end) = self.slots.trim_to(floor) {
             // Best effort: a longer file only costs address space.
-            if sys::ftruncate(self.fd.as_fd(), end * self.page).is_ok() {
+            if hobbes_sys::ftruncate(self.fd.as_fd(), end * self.page).is_ok() {
                 self.size = end * self.page;
             }
         }
@@ -361,7 +361,7 @@ impl Pool {
 
     /// (file size, resident bytes, allocated bytes, kept bytes).
     pub fn usage(&self) -> (u64, u64, u64, u64) {
-        let (size, resident) = sys::file_usage(self.fd.as_fd()).unwrap_or((self.size, 0));
+        let (size, resident) = hobbes_sys::file_usage(self.fd.as_fd()).unwrap_or((self.size, 0));
         let kept: u64 = self
             .kept
             .values()
@@ -374,12 +374,6 @@ impl Pool {
             self.slots.used() * self.page,
             kept * self.page,
         )
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let _ = sys::munmap(self.window, self.window_len);
     }
 }
 
@@ -511,8 +505,7 @@ mod tests {
             }]
         );
         let data = vec![7u8; (8 * page) as usize];
-        p.write(&runs[0], &[(data.as_ptr() as usize, data.len())])
-            .unwrap();
+        p.write(&runs[0], &[&data]).unwrap();
         let (size, resident, allocated, kept) = p.usage();
         assert_eq!((size, allocated, kept), (8 * page, 8 * page, 0));
         assert!(resident >= 8 * page);
@@ -533,8 +526,7 @@ mod tests {
             }]
         );
         let one = vec![9u8; page as usize];
-        p.write(&again[0], &[(one.as_ptr() as usize, one.len())])
-            .unwrap();
+        p.write(&again[0], &[&one]).unwrap();
         let mut back = vec![0u8; page as usize];
         nix::sys::uio::pread(p.fd.as_fd(), &mut back, (2 * page) as i64).unwrap();
         assert_eq!(back, one);

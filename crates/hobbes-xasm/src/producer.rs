@@ -8,6 +8,8 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use hobbes_sys::mem::{self as mm, Advice, Mapping};
+use hobbes_sys::MemfdFlags;
 use hobbes_xemem::composite::{self, Extent};
 use hobbes_xemem::{MakeOptions, SegId};
 
@@ -16,7 +18,6 @@ use crate::error::{Result, XasmError};
 use crate::extents::{ExtentMap, CHUNK_BYTES};
 use crate::ledger::Ledger;
 use crate::pool::Pool;
-use crate::sys;
 use crate::track::{self, Dirty, Mechanism, Tracker};
 
 /// Default number of newest versions kept (K).
@@ -156,7 +157,7 @@ pub struct Producer {
 }
 
 fn check_options(op: &'static str, len: usize, opts: &RegionOptions) -> Result<Mechanism> {
-    let page = sys::page_size();
+    let page = hobbes_sys::page_size();
     let name = &opts.name;
     if name.is_empty()
         || name.len() > MAX_NAME_LEN
@@ -225,14 +226,16 @@ impl Producer {
     pub fn create(len: usize, opts: &RegionOptions) -> Result<Producer> {
         const OP: &str = "xasm_region_create";
         let m = check_options(OP, len, opts)?;
-        let addr = sys::mmap_anon(len, None).map_err(XasmError::sys(
+        let mem = Mapping::anon_noreserve(len, None).map_err(XasmError::sys(
             OP,
             format!("region {:?}", opts.name),
             "mmap",
         ))?;
-        Self::start(OP, addr, len, true, m, opts).inspect_err(|_| {
-            let _ = sys::munmap(addr, len);
-        })
+        // SAFETY: a fresh private anonymous mapping; the producer owns it
+        // (unmaps it on drop) once `start` succeeds, `mem` until then.
+        let p = unsafe { Self::start(OP, mem.addr(), len, true, m, opts) }?;
+        let _ = mem.into_raw();
+        Ok(p)
     }
 
     /// As [`create`](Self::create), at exactly `addr` (which must be free:
@@ -240,7 +243,7 @@ impl Producer {
     pub fn create_at(addr: usize, len: usize, opts: &RegionOptions) -> Result<Producer> {
         const OP: &str = "arena_map_backed_region";
         let m = check_options(OP, len, opts)?;
-        if addr == 0 || !addr.is_multiple_of(sys::page_size()) {
+        if addr == 0 || !addr.is_multiple_of(hobbes_sys::page_size()) {
             return Err(XasmError::invalid(
                 OP,
                 format!(
@@ -249,14 +252,15 @@ impl Producer {
                 ),
             ));
         }
-        let got = sys::mmap_anon(len, Some(addr)).map_err(XasmError::sys(
+        let mem = Mapping::anon_noreserve(len, Some(addr)).map_err(XasmError::sys(
             OP,
             format!("region {:?} at {addr:#x}", opts.name),
             "mmap(MAP_FIXED_NOREPLACE)",
         ))?;
-        Self::start(OP, got, len, true, m, opts).inspect_err(|_| {
-            let _ = sys::munmap(got, len);
-        })
+        // SAFETY: as in `create`: a fresh private anonymous mapping.
+        let p = unsafe { Self::start(OP, mem.addr(), len, true, m, opts) }?;
+        let _ = mem.into_raw();
+        Ok(p)
     }
 
     /// Track an existing page-aligned range of this process's private
@@ -273,7 +277,7 @@ impl Producer {
         const OP: &str = "xasm_region_register";
         let m = check_options(OP, len, opts)?;
         let addr = addr as usize;
-        if addr == 0 || !addr.is_multiple_of(sys::page_size()) {
+        if addr == 0 || !addr.is_multiple_of(hobbes_sys::page_size()) {
             return Err(XasmError::invalid(
                 OP,
                 format!(
@@ -282,10 +286,17 @@ impl Producer {
                 ),
             ));
         }
-        Self::start(OP, addr, len, false, m, opts)
+        // SAFETY: per this function's contract, passed on.
+        unsafe { Self::start(OP, addr, len, false, m, opts) }
     }
 
-    fn start(
+    /// Track `[addr, addr+len)` and open its pool and channel.
+    ///
+    /// # Safety
+    /// As for [`register`](Self::register): mapped read-write private
+    /// anonymous memory of this process, page aligned, that stays mapped
+    /// until the producer is dropped (which unmaps it when `owned`).
+    unsafe fn start(
         op: &'static str,
         addr: usize,
         len: usize,
@@ -296,8 +307,10 @@ impl Producer {
         let name = opts.name.clone();
         let what = || format!("region {name:?}");
         // Tracking is per base page: keep transparent huge pages out.
-        let _ = sys::no_huge_pages(addr, len);
-        let tracker = Tracker::new(m, addr, len).map_err(|(call, e)| {
+        let _ = mm::advise(addr, len, Advice::NoHugePage);
+        // SAFETY: per this function's contract; the tracker is dropped
+        // before the memory is unmapped (`Drop for Producer`).
+        let tracker = unsafe { Tracker::new(m, addr, len) }.map_err(|(call, e)| {
             if e == nix::errno::Errno::ENOSPC && call == "mprotect tracking slot" {
                 XasmError::NoSpace {
                     op,
@@ -323,7 +336,7 @@ impl Producer {
             name,
             addr,
             len,
-            page: sys::page_size(),
+            page: hobbes_sys::page_size(),
             owned,
             mode,
             keep: opts.keep,
@@ -358,9 +371,10 @@ impl Producer {
 
     /// The region as a slice (the working memory).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // The region is ours for self's lifetime; &mut self excludes other
-        // references made through this method.
-        sys::slice_mut(self.addr, self.len)
+        // SAFETY: the region is mapped read-write for self's lifetime (a
+        // write-protected page faults and is resolved by the tracker);
+        // &mut self excludes other references made through this method.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
     }
 
     pub fn mechanism(&self) -> Mechanism {
@@ -493,11 +507,16 @@ impl Producer {
         let page = self.page as u64;
         let mut replaced = Vec::new();
         for (i, group) in moves.iter().enumerate() {
-            let parts: Vec<(usize, usize)> = group
+            let parts: Vec<&[u8]> = group
                 .iter()
-                .map(|&(p, n, _)| (self.addr + (p * page) as usize, (n * page) as usize))
+                .map(|&(p, n, _)| {
+                    let at = self.addr + (p * page) as usize;
+                    // SAFETY: pages of the region, mapped (readable) while
+                    // self lives; the region is quiescent during a snapshot
+                    // (the caller's contract) and the slices die with `parts`.
+                    unsafe { std::slice::from_raw_parts(at as *const u8, (n * page) as usize) }
+                })
                 .collect();
-            // The region is quiescent during a snapshot (the caller's contract).
             if let Err((call, e)) = self.pool.write(&pieces[i], &parts) {
                 for p in &pieces[i..] {
                     let _ = self.pool.free(p.slot, p.len);
@@ -573,8 +592,8 @@ impl Producer {
         let what = || format!("version {name}");
         let cname = CString::new(format!("xasm-table:{name}"))
             .map_err(|_| XasmError::invalid(op, format!("{} has a NUL byte", what())))?;
-        let table =
-            sys::memfd_create(&cname).map_err(XasmError::sys(op, what(), "memfd_create"))?;
+        let table = hobbes_sys::memfd_create(&cname, MemfdFlags::empty())
+            .map_err(XasmError::sys(op, what(), "memfd_create"))?;
         composite::write_table(table.as_fd(), self.page as u32, size, extents)
             .map_err(XasmError::xemem(op, what()))?;
         let opts = MakeOptions {
@@ -644,11 +663,11 @@ impl Producer {
         }
         let mut locked = Vec::new();
         for t in &rec.tables {
-            match sys::try_lock_exclusive(t.table.as_fd()) {
+            match hobbes_sys::try_lock_exclusive(t.table.as_fd()) {
                 Ok(true) => locked.push(t),
                 _ => {
                     for l in locked {
-                        let _ = sys::unlock(l.table.as_fd());
+                        let _ = hobbes_sys::unlock(l.table.as_fd());
                     }
                     return false;
                 }
@@ -836,7 +855,9 @@ impl Drop for Producer {
         drop(self.channel.take());
         drop(self.tracker.take());
         if self.owned {
-            let _ = sys::munmap(self.addr, self.len);
+            // SAFETY: the region `create` mapped; the tracker and channel
+            // are gone and `self` hands out no reference past its life.
+            let _ = unsafe { mm::munmap(self.addr, self.len) };
         }
     }
 }

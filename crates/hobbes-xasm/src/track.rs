@@ -18,7 +18,13 @@ use std::sync::OnceLock;
 
 use nix::errno::Errno;
 
-use crate::sys::{self, PageRegion, Prot};
+use hobbes_sys::mem::{self as mm, Mapping, Prot};
+use hobbes_sys::uffd::{
+    self, PageRegion, Userfaultfd, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+    UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED,
+};
+
+use crate::sys;
 
 /// Environment variable forcing a mechanism: `scan` or `mprotect`.
 pub const MECHANISM_ENV: &str = "HOBBES_XASM_MECHANISM";
@@ -113,21 +119,25 @@ pub fn scan_unavailable_reason() -> Option<String> {
 fn scan_probe() -> &'static Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let (_fd, features) =
-            sys::userfaultfd(0).map_err(|e| format!("userfaultfd(UFFD_USER_MODE_ONLY): {e}"))?;
-        let need = sys::UFFD_FEATURE_WP_ASYNC | sys::UFFD_FEATURE_WP_UNPOPULATED;
+        let features = Userfaultfd::open(0)
+            .map_err(|e| format!("userfaultfd(UFFD_USER_MODE_ONLY): {e}"))?
+            .features();
+        let need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
         if features & need != need {
             return Err(format!(
                 "the kernel's userfaultfd lacks WP_ASYNC/WP_UNPOPULATED (features {features:#x}; Linux 6.7+ has them)"
             ));
         }
         // A real round: 4 pages, write two, the scan must find exactly them.
-        let page = sys::page_size();
-        let addr = sys::mmap_anon(4 * page, None).map_err(|e| format!("mmap: {e}"))?;
+        let page = hobbes_sys::page_size();
+        let mut mem =
+            Mapping::anon_noreserve(4 * page, None).map_err(|e| format!("mmap: {e}"))?;
         let result = (|| {
-            let mut t = ScanTracker::new(addr, 4 * page).map_err(|(call, e)| format!("{call}: {e}"))?;
-            sys::slice_mut(addr + page, 1)[0] = 1;
-            sys::slice_mut(addr + 3 * page, 1)[0] = 1;
+            // SAFETY: our own private anonymous mapping, which outlives `t`.
+            let mut t = unsafe { ScanTracker::new(mem.addr(), 4 * page) }
+                .map_err(|(call, e)| format!("{call}: {e}"))?;
+            mem.as_mut_slice()[page] = 1;
+            mem.as_mut_slice()[3 * page] = 1;
             let first = t.collect().map_err(|(call, e)| format!("{call}: {e}"))?;
             let second = t.collect().map_err(|(call, e)| format!("{call}: {e}"))?;
             if first != [(1, 1), (3, 1)] || !second.is_empty() {
@@ -137,7 +147,7 @@ fn scan_probe() -> &'static Result<(), String> {
             }
             Ok(())
         })();
-        let _ = sys::munmap(addr, 4 * page);
+        drop(mem);
         result
     })
 }
@@ -162,10 +172,18 @@ pub(crate) enum Tracker {
 
 impl Tracker {
     /// Start tracking: from now on every write is recorded.
-    pub fn new(m: Mechanism, addr: usize, len: usize) -> Result<Tracker, SysError> {
-        Ok(match m {
-            Mechanism::Scan => Tracker::Scan(ScanTracker::new(addr, len)?),
-            Mechanism::Mprotect => Tracker::Mprotect(MprotectTracker::new(addr, len)?),
+    ///
+    /// # Safety
+    /// `[addr, addr+len)` is page-aligned, mapped read-write private
+    /// anonymous memory of this process that stays mapped until the
+    /// tracker is dropped (its protection is changed meanwhile).
+    pub unsafe fn new(m: Mechanism, addr: usize, len: usize) -> Result<Tracker, SysError> {
+        // SAFETY: per this function's contract, passed on.
+        Ok(unsafe {
+            match m {
+                Mechanism::Scan => Tracker::Scan(ScanTracker::new(addr, len)?),
+                Mechanism::Mprotect => Tracker::Mprotect(MprotectTracker::new(addr, len)?),
+            }
         })
     }
 
@@ -194,7 +212,7 @@ fn push_run(runs: &mut Vec<(u64, u64)>, p: u64, n: u64) {
 // ------------------------------------------------------------------ scan
 
 pub(crate) struct ScanTracker {
-    uffd: OwnedFd,
+    uffd: Userfaultfd,
     pagemap: OwnedFd,
     addr: usize,
     len: usize,
@@ -203,15 +221,19 @@ pub(crate) struct ScanTracker {
 }
 
 impl ScanTracker {
-    pub fn new(addr: usize, len: usize) -> Result<ScanTracker, SysError> {
-        let want = sys::UFFD_FEATURE_WP_ASYNC | sys::UFFD_FEATURE_WP_UNPOPULATED;
-        let (uffd, got) = sys::userfaultfd(want).map_err(|e| ("userfaultfd", e))?;
-        if got & want != want {
+    /// # Safety
+    /// As for [`Tracker::new`].
+    pub unsafe fn new(addr: usize, len: usize) -> Result<ScanTracker, SysError> {
+        let want = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+        let uffd = Userfaultfd::open(want).map_err(|e| ("userfaultfd", e))?;
+        if uffd.features() & want != want {
             return Err(("UFFDIO_API", Errno::ENOTSUP));
         }
-        sys::uffd_register_wp(uffd.as_fd(), addr, len).map_err(|e| ("UFFDIO_REGISTER", e))?;
-        sys::uffd_writeprotect(uffd.as_fd(), addr, len, true)
-            .map_err(|e| ("UFFDIO_WRITEPROTECT", e))?;
+        // SAFETY: the range is ours until the tracker drops (this
+        // function's contract); WP_ASYNC resolves write faults itself.
+        unsafe { uffd.register_wp(addr, len) }.map_err(|e| ("UFFDIO_REGISTER", e))?;
+        // SAFETY: as above; the range was just registered.
+        unsafe { uffd.writeprotect(addr, len, true) }.map_err(|e| ("UFFDIO_WRITEPROTECT", e))?;
         let pagemap = std::fs::File::open("/proc/self/pagemap")
             .map_err(|e| ("open(/proc/self/pagemap)", io_errno(&e)))?;
         Ok(ScanTracker {
@@ -219,7 +241,7 @@ impl ScanTracker {
             pagemap: pagemap.into(),
             addr,
             len,
-            page: sys::page_size(),
+            page: hobbes_sys::page_size(),
             buf: vec![PageRegion::default(); 512],
         })
     }
@@ -231,14 +253,14 @@ impl ScanTracker {
         let mut at = self.addr;
         let mut runs = Vec::new();
         while at < end {
-            let (n, walk_end) = sys::pagemap_scan(
+            let (n, walk_end) = uffd::pagemap_scan(
                 self.pagemap.as_fd(),
                 at,
                 end,
                 &mut self.buf,
-                sys::PM_SCAN_WP_MATCHING | sys::PM_SCAN_CHECK_WPASYNC,
-                sys::PAGE_IS_WRITTEN,
-                sys::PAGE_IS_WRITTEN,
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                PAGE_IS_WRITTEN,
+                PAGE_IS_WRITTEN,
             )
             .map_err(|e| ("ioctl(PAGEMAP_SCAN)", e))?;
             for r in &self.buf[..n] {
@@ -260,8 +282,11 @@ impl ScanTracker {
 impl Drop for ScanTracker {
     fn drop(&mut self) {
         // Leave the memory as it was: no write-protect bits, not registered.
-        let _ = sys::uffd_writeprotect(self.uffd.as_fd(), self.addr, self.len, false);
-        let _ = sys::uffd_unregister(self.uffd.as_fd(), self.addr, self.len);
+        // SAFETY: the range `new` registered, still ours (its contract).
+        unsafe {
+            let _ = self.uffd.writeprotect(self.addr, self.len, false);
+            let _ = self.uffd.unregister(self.addr, self.len);
+        }
     }
 }
 
@@ -336,15 +361,23 @@ pub(crate) fn on_write_fault(addr: usize) -> bool {
 fn mark_and_unprotect(slot: &Slot, start: usize, len: usize, addr: usize) -> bool {
     let page = slot.page.load(Ordering::Relaxed);
     let index = (addr - start) / page;
-    let word: &AtomicU64 = sys::at(slot.bitmap.load(Ordering::Acquire) + (index / 64) * 8);
+    let word = slot.bitmap.load(Ordering::Acquire) + (index / 64) * 8;
+    // SAFETY: the slot's bitmap (one bit per page of the region, so word
+    // `index / 64` is inside it) stays mapped while the slot is ACTIVE or
+    // has users (`Drop for MprotectTracker` waits for both); it is only
+    // accessed through atomics.
+    let word = unsafe { AtomicU64::from_ptr(word as *mut u64) };
     word.fetch_or(1 << (index % 64), Ordering::AcqRel);
-    if sys::mprotect(start + index * page, page, Prot::ReadWrite).is_ok() {
+    // SAFETY: a page of a tracked region (ours per `Tracker::new`), made
+    // writable again: that invalidates no reference.
+    if unsafe { mm::mprotect(start + index * page, page, Prot::ReadWrite) }.is_ok() {
         return true;
     }
     // Out of mappings (vm.max_map_count): make the whole region writable,
     // which merges it back into one mapping; the next snapshot copies all.
     slot.all_dirty.store(true, Ordering::Release);
-    sys::mprotect(start, len, Prot::ReadWrite).is_ok()
+    // SAFETY: as above, for the whole region.
+    unsafe { mm::mprotect(start, len, Prot::ReadWrite) }.is_ok()
 }
 
 pub(crate) struct MprotectTracker {
@@ -352,14 +385,17 @@ pub(crate) struct MprotectTracker {
     addr: usize,
     len: usize,
     page: usize,
-    bitmap: usize,
-    bitmap_len: usize,
+    /// One bit per page (`AtomicU64` words), read by the signal handler;
+    /// `None` only while dropping.
+    bitmap: Option<Mapping>,
 }
 
 impl MprotectTracker {
-    pub fn new(addr: usize, len: usize) -> Result<MprotectTracker, SysError> {
+    /// # Safety
+    /// As for [`Tracker::new`].
+    pub unsafe fn new(addr: usize, len: usize) -> Result<MprotectTracker, SysError> {
         sys::install_segv_handler().map_err(|e| ("sigaction(SIGSEGV)", e))?;
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let pages = len.div_ceil(page);
         let bitmap_len = (pages.div_ceil(64) * 8).next_multiple_of(page);
         let slot = SLOTS
@@ -371,7 +407,7 @@ impl MprotectTracker {
             })
             .ok_or(("mprotect tracking slot", Errno::ENOSPC))?;
         let s = &SLOTS[slot];
-        let bitmap = match sys::mmap_anon(bitmap_len, None) {
+        let bitmap = match Mapping::anon_noreserve(bitmap_len, None) {
             Ok(b) => b,
             Err(e) => {
                 s.state.store(FREE, Ordering::Release);
@@ -381,7 +417,7 @@ impl MprotectTracker {
         s.start.store(addr, Ordering::Release);
         s.len.store(len, Ordering::Release);
         s.page.store(page, Ordering::Release);
-        s.bitmap.store(bitmap, Ordering::Release);
+        s.bitmap.store(bitmap.addr(), Ordering::Release);
         s.all_dirty.store(false, Ordering::Release);
         s.state.store(ACTIVE, Ordering::Release);
         let t = MprotectTracker {
@@ -389,15 +425,22 @@ impl MprotectTracker {
             addr,
             len,
             page,
-            bitmap,
-            bitmap_len,
+            bitmap: Some(bitmap),
         };
         // Pages split off by the handler must be able to merge back at the
         // next snapshot: the kernel merges neighbouring mappings only when
         // they share their anon_vma, which a never-written mapping does not
         // have yet (each piece would get its own at its first write).
-        sys::rewrite_byte(addr);
-        sys::mprotect(addr, len, Prot::Read).map_err(|e| ("mprotect(PROT_READ)", e))?;
+        // SAFETY: the first byte of the region, ours (this function's
+        // contract) and not written by anyone else now; volatile so the
+        // store of the unchanged value is kept.
+        unsafe {
+            let p = addr as *mut u8;
+            p.write_volatile(p.read_volatile());
+        }
+        // SAFETY: the region is ours; writes to it fault and are resolved
+        // by the handler, which makes the page writable again.
+        unsafe { mm::mprotect(addr, len, Prot::Read) }.map_err(|e| ("mprotect(PROT_READ)", e))?;
         Ok(t)
     }
 
@@ -405,7 +448,8 @@ impl MprotectTracker {
         let s = &SLOTS[self.slot];
         // Re-protect first: a write before this point is in the bitmap, a
         // write after it faults and lands in the next collection.
-        sys::mprotect(self.addr, self.len, Prot::Read).map_err(|e| {
+        // SAFETY: as in `new`.
+        unsafe { mm::mprotect(self.addr, self.len, Prot::Read) }.map_err(|e| {
             // Keep what was written: the next collection copies everything.
             s.all_dirty.store(true, Ordering::Release);
             ("mprotect(PROT_READ)", e)
@@ -413,8 +457,14 @@ impl MprotectTracker {
         let all = s.all_dirty.swap(false, Ordering::AcqRel);
         let pages = (self.len / self.page) as u64;
         let mut runs = Vec::new();
+        let Some(bitmap) = &self.bitmap else {
+            return Err(("mprotect bitmap", Errno::EBADF));
+        };
+        let words = bitmap.as_ptr().cast::<u64>();
         for w in 0..pages.div_ceil(64) {
-            let word: &AtomicU64 = sys::at(self.bitmap + w as usize * 8);
+            // SAFETY: word `w` is inside our bitmap mapping (one bit per
+            // page), page aligned, only ever accessed through atomics.
+            let word = unsafe { AtomicU64::from_ptr(words.add(w as usize).cast_mut()) };
             let mut bits = word.swap(0, Ordering::AcqRel);
             while bits != 0 {
                 let b = bits.trailing_zeros() as u64;
@@ -432,14 +482,15 @@ impl MprotectTracker {
 impl Drop for MprotectTracker {
     fn drop(&mut self) {
         // Writable again first, so no new fault needs this slot.
-        let _ = sys::mprotect(self.addr, self.len, Prot::ReadWrite);
+        // SAFETY: the region is ours until the tracker is gone.
+        let _ = unsafe { mm::mprotect(self.addr, self.len, Prot::ReadWrite) };
         let s = &SLOTS[self.slot];
         s.state.store(SETUP, Ordering::Release);
         while s.users.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
         s.bitmap.store(0, Ordering::Release);
-        let _ = sys::munmap(self.bitmap, self.bitmap_len);
+        drop(self.bitmap.take());
         s.state.store(FREE, Ordering::Release);
     }
 }
@@ -448,9 +499,10 @@ impl Drop for MprotectTracker {
 mod tests {
     use super::*;
 
-    fn write(addr: usize, page: usize, pages: &[u64]) {
+    fn write(mem: &mut Mapping, page: usize, pages: &[u64]) {
         for p in pages {
-            sys::slice_mut(addr + *p as usize * page, page).fill((*p % 251) as u8 + 1);
+            let at = *p as usize * page;
+            mem.as_mut_slice()[at..at + page].fill((*p % 251) as u8 + 1);
         }
     }
 
@@ -481,11 +533,13 @@ mod tests {
     }
 
     fn finds_exactly_the_written_pages(m: Mechanism) {
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let pages = 300;
-        let addr = sys::mmap_anon(pages * page, None).unwrap();
-        sys::no_huge_pages(addr, pages * page).unwrap();
-        let mut t = Tracker::new(m, addr, pages * page).unwrap();
+        let mut mem = Mapping::anon_noreserve(pages * page, None).unwrap();
+        mem.advise(mm::Advice::NoHugePage).unwrap();
+        let addr = mem.addr();
+        // SAFETY: our own private anonymous mapping, which outlives `t`.
+        let mut t = unsafe { Tracker::new(m, addr, pages * page) }.unwrap();
         assert_eq!(t.collect().unwrap(), Dirty::Runs(vec![]));
         for set in [
             vec![0u64, 1, 2, 70, 299],
@@ -494,9 +548,9 @@ mod tests {
             (0..300).collect(),
             vec![299],
         ] {
-            write(addr, page, &set);
+            write(&mut mem, page, &set);
             // Reads do not count.
-            let _ = sys::slice(addr + 10 * page, page)[0];
+            std::hint::black_box(mem.as_slice()[10 * page]);
             assert_eq!(
                 t.collect().unwrap(),
                 Dirty::Runs(runs_of(&set)),
@@ -507,8 +561,7 @@ mod tests {
         }
         drop(t);
         // Writable and untracked afterwards.
-        write(addr, page, &[7]);
-        sys::munmap(addr, pages * page).unwrap();
+        write(&mut mem, page, &[7]);
     }
 
     #[test]
@@ -533,16 +586,16 @@ mod tests {
         if !mechanism_available(Mechanism::Scan) {
             return;
         }
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let pages = 4096u64;
-        let addr = sys::mmap_anon(pages as usize * page, None).unwrap();
-        sys::no_huge_pages(addr, pages as usize * page).unwrap();
-        let mut t = Tracker::new(Mechanism::Scan, addr, pages as usize * page).unwrap();
+        let mut mem = Mapping::anon_noreserve(pages as usize * page, None).unwrap();
+        mem.advise(mm::Advice::NoHugePage).unwrap();
+        // SAFETY: our own private anonymous mapping, which outlives `t`.
+        let mut t = unsafe { Tracker::new(Mechanism::Scan, mem.addr(), mem.len()) }.unwrap();
         let every_other: Vec<u64> = (0..pages).step_by(2).collect();
-        write(addr, page, &every_other);
+        write(&mut mem, page, &every_other);
         assert_eq!(t.collect().unwrap(), Dirty::Runs(runs_of(&every_other)));
         drop(t);
-        sys::munmap(addr, pages as usize * page).unwrap();
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub fn write_table(
     extents: &[Extent],
 ) -> Result<()> {
     let bytes = xemem_table::encode_table(page_size, size, extents).map_err(invalid(OP_WRITE))?;
-    crate::sys::ftruncate(fd, bytes.len()).map_err(XememError::sys(OP_WRITE, "ftruncate"))?;
+    hobbes_sys::ftruncate(fd, bytes.len() as u64)
+        .map_err(XememError::sys(OP_WRITE, "ftruncate"))?;
     pwrite_all(fd, &bytes, 0).map_err(XememError::sys(OP_WRITE, "pwrite"))
 }
 
@@ -141,14 +142,13 @@ fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> std::result::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys;
     use proptest::prelude::*;
     use std::os::fd::AsFd;
 
     const P: u64 = 4096;
 
     fn memfd() -> std::os::fd::OwnedFd {
-        sys::memfd_create(c"xemem-table-test", false).unwrap()
+        hobbes_sys::memfd_create(c"xemem-table-test", hobbes_sys::MemfdFlags::empty()).unwrap()
     }
 
     fn extents() -> Vec<Extent> {
@@ -203,7 +203,7 @@ mod tests {
         let e = read_table(fd.as_fd()).unwrap_err();
         assert!(e.to_string().contains("shorter"), "{e}");
         write_table(fd.as_fd(), 4096, 3 * P, &extents()).unwrap();
-        sys::ftruncate(fd.as_fd(), HEADER_SIZE + 3 * EXTENT_SIZE).unwrap();
+        hobbes_sys::ftruncate(fd.as_fd(), (HEADER_SIZE + 3 * EXTENT_SIZE) as u64).unwrap();
         let e = read_table(fd.as_fd()).unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL);
         assert!(e.to_string().contains("2 extents need 112"), "{e}");

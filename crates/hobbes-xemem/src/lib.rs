@@ -42,6 +42,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use hobbes_proto::msg::{XememComposite, XememMake};
+use hobbes_sys::mem::{self as mm, Advice, Mapping, Prot};
+use hobbes_sys::MemfdFlags;
 
 pub use error::{Result, XememError};
 pub use hobbes_proto::model::{Access, PageKind, SegId, SegmentInfo, SegmentRecord};
@@ -93,7 +95,7 @@ pub fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<SegId> {
 const MAKE: &str = "xemem_make";
 
 fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegId, PageKind)> {
-    let page = sys::page_size();
+    let page = hobbes_sys::page_size();
     if len == 0 || !addr.is_multiple_of(page) || !len.is_multiple_of(page) {
         return Err(XememError::invalid(
             MAKE,
@@ -167,19 +169,23 @@ fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, Page
 
 /// Copy the range into a new memfd and map that over the range.
 fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> Result<Backing> {
-    let memfd =
-        sys::memfd_create(c"xemem", false).map_err(XememError::sys(MAKE, "memfd_create"))?;
-    sys::ftruncate(memfd.as_fd(), len).map_err(XememError::sys(MAKE, "ftruncate"))?;
-    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
-    let tmp = sys::mmap_shared(None, len, sys::Prot::ReadWrite, memfd.as_fd(), 0)
+    let memfd = hobbes_sys::memfd_create(c"xemem", MemfdFlags::empty())
+        .map_err(XememError::sys(MAKE, "memfd_create"))?;
+    hobbes_sys::ftruncate(memfd.as_fd(), len as u64).map_err(XememError::sys(MAKE, "ftruncate"))?;
+    let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
+    let mut tmp = Mapping::shared(memfd.as_fd(), len, 0, Prot::ReadWrite)
         .map_err(XememError::sys(MAKE, "mmap"))?;
     for p in pieces.iter().filter(|p| p.readable) {
-        // Both ranges are mapped (pieces come from /proc/self/maps, tmp was
-        // just made for len bytes); the caller guarantees quiescence.
-        sys::copy(p.start, tmp + (p.start - addr), p.end - p.start);
+        // SAFETY: the piece is mapped readable (pieces come from
+        // /proc/self/maps, inside [addr, addr+len)) and, as `make` requires
+        // of its caller, nobody writes it during the copy.
+        let src = unsafe { std::slice::from_raw_parts(p.start as *const u8, p.end - p.start) };
+        tmp.as_mut_slice()[p.start - addr..p.end - addr].copy_from_slice(src);
     }
-    let replaced = sys::mmap_shared(Some(addr), len, sys::Prot::ReadWrite, memfd.as_fd(), 0);
-    let _ = sys::munmap(tmp, len);
+    // SAFETY: `make`'s caller owns [addr, addr+len); the memfd now holds
+    // the same contents, so what refers to the range sees no change.
+    let replaced = unsafe { mm::mmap_shared_fixed(addr, len, Prot::ReadWrite, memfd.as_fd(), 0) };
+    drop(tmp);
     replaced.map_err(XememError::sys(MAKE, "mmap(MAP_FIXED)"))?;
     Ok(Backing {
         addr,
@@ -203,7 +209,7 @@ fn export(
         true => Some(sys::eventfd().map_err(XememError::sys(MAKE, "eventfd"))?),
         false => None,
     };
-    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
+    let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
     let req = XememMake {
         size: len as u64,
         name: opts.name.clone(),
@@ -294,7 +300,7 @@ pub fn make_composite_retiring(
         true => Some(sys::eventfd().map_err(XememError::sys(OP, "eventfd"))?),
         false => None,
     };
-    let inode = sys::inode(table.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
+    let inode = hobbes_sys::inode(table.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
     let req = XememMake {
         size,
         name: opts.name.clone(),
@@ -367,7 +373,7 @@ fn check_composite(
             ),
         ));
     }
-    let page = sys::page_size() as u64;
+    let page = hobbes_sys::page_size() as u64;
     if !u64::from(header.page_size).is_multiple_of(page) {
         return Err(XememError::invalid(
             op,
@@ -377,7 +383,7 @@ fn check_composite(
             ),
         ));
     }
-    let pool_len = sys::file_len(pool).map_err(XememError::sys(op, "fstat"))?;
+    let pool_len = hobbes_sys::file_len(pool).map_err(XememError::sys(op, "fstat"))?;
     if pool_len < header.pool_size {
         return Err(XememError::invalid(
             op,
@@ -409,7 +415,7 @@ pub fn alloc(len: usize, opts: &MakeOptions) -> Result<Segment> {
         return Err(XememError::invalid(OP, "length is zero"));
     }
     let mut last = None;
-    for (kind, unit) in hugepages::candidates(len, sys::page_size()) {
+    for (kind, unit) in hugepages::candidates(len, hobbes_sys::page_size()) {
         match map_new(kind, unit, len) {
             Ok(backing) => {
                 let (addr, size) = (backing.addr, backing.len);
@@ -435,35 +441,51 @@ fn map_new(kind: PageKind, unit: usize, len: usize) -> Result<Backing> {
     const OP: &str = "xemem_alloc";
     let size = hugepages::round_up(len, unit)
         .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
-    let memfd = sys::memfd_create(c"xemem", kind == PageKind::Hugetlb)
-        .map_err(XememError::sys(OP, "memfd_create"))?;
-    sys::ftruncate(memfd.as_fd(), size).map_err(XememError::sys(OP, "ftruncate"))?;
-    let inode = sys::inode(memfd.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
+    let flags = match kind {
+        PageKind::Hugetlb => MemfdFlags::HUGETLB,
+        _ => MemfdFlags::empty(),
+    };
+    let memfd =
+        hobbes_sys::memfd_create(c"xemem", flags).map_err(XememError::sys(OP, "memfd_create"))?;
+    hobbes_sys::ftruncate(memfd.as_fd(), size as u64).map_err(XememError::sys(OP, "ftruncate"))?;
+    let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
     let addr = if kind == PageKind::Base {
-        sys::mmap_shared(None, size, sys::Prot::ReadWrite, memfd.as_fd(), 0)
+        // The backing owns the mapping from here (unmapped by `Segment`).
+        Mapping::shared(memfd.as_fd(), size, 0, Prot::ReadWrite)
             .map_err(XememError::sys(OP, "mmap"))?
+            .into_raw()
+            .0
     } else {
         // Huge pages need huge-page-aligned addresses: reserve more address
         // space than needed, map at the aligned spot inside, drop the rest.
         let span = size
             .checked_add(unit)
             .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
-        let res = sys::reserve(span).map_err(XememError::sys(OP, "mmap"))?;
+        let (res, span) = Mapping::reserve(span)
+            .map_err(XememError::sys(OP, "mmap"))?
+            .into_raw();
         let aligned = hugepages::round_up(res, unit).unwrap_or(res);
-        match sys::mmap_shared(Some(aligned), size, sys::Prot::ReadWrite, memfd.as_fd(), 0) {
+        // SAFETY: [aligned, aligned+size) lies inside our fresh reservation
+        // [res, res+span), which nothing refers to.
+        match unsafe { mm::mmap_shared_fixed(aligned, size, Prot::ReadWrite, memfd.as_fd(), 0) } {
             Ok(_) => {
-                let _ = sys::munmap(res, aligned - res);
-                let _ = sys::munmap(aligned + size, res + span - (aligned + size));
+                // SAFETY: the reservation's parts around the mapping: ours,
+                // unused.
+                unsafe {
+                    let _ = mm::munmap(res, aligned - res);
+                    let _ = mm::munmap(aligned + size, res + span - (aligned + size));
+                }
                 aligned
             }
             Err(e) => {
-                let _ = sys::munmap(res, span);
+                // SAFETY: our reservation, unused.
+                let _ = unsafe { mm::munmap(res, span) };
                 return Err(XememError::sys(OP, "mmap")(e));
             }
         }
     };
     if kind == PageKind::Thp {
-        let _ = sys::advise_hugepage(addr, size);
+        let _ = mm::advise(addr, size, Advice::HugePage);
     }
     Ok(Backing {
         addr,
@@ -542,7 +564,7 @@ fn take_hold(
         Some(n) => format!("version {n} (segment {})", record.segid),
         None => format!("composite segment {}", record.segid),
     };
-    if !sys::flock_shared_nb(table.as_fd()).map_err(XememError::sys(op, "flock"))? {
+    if !hobbes_sys::try_lock_shared(table.as_fd()).map_err(XememError::sys(op, "flock"))? {
         return Err(XememError::not_found(
             op,
             format!("{} was reclaimed (its producer is removing it)", what()),
@@ -598,8 +620,8 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
         ));
     }
     let unit = match grant.record.page_kind {
-        PageKind::Hugetlb => hugepages::hugetlb_page_size().unwrap_or_else(sys::page_size),
-        PageKind::Base | PageKind::Thp => sys::page_size(),
+        PageKind::Hugetlb => hugepages::hugetlb_page_size().unwrap_or_else(hobbes_sys::page_size),
+        PageKind::Base | PageKind::Thp => hobbes_sys::page_size(),
     };
     let delta = (offset % unit as u64) as usize;
     let map_offset = offset - delta as u64;
@@ -623,13 +645,20 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
         }
         None => {
             let prot = match grant.access {
-                Access::ReadOnly => sys::Prot::Read,
-                Access::ReadWrite => sys::Prot::ReadWrite,
+                Access::ReadOnly => Prot::Read,
+                Access::ReadWrite => Prot::ReadWrite,
             };
-            let base = sys::mmap_shared(base_at, map_len, prot, grant.memfd.as_fd(), map_offset)
-                .map_err(XememError::sys(OP, "mmap"))?;
+            let fd = grant.memfd.as_fd();
+            let base = match base_at {
+                // The attachment table owns the mapping from here.
+                None => Mapping::shared(fd, map_len, map_offset, prot).map(|m| m.into_raw().0),
+                // SAFETY: with `at`, `attach`'s caller owns the range it
+                // replaces (documented on `attach`).
+                Some(at) => unsafe { mm::mmap_shared_fixed(at, map_len, prot, fd, map_offset) },
+            }
+            .map_err(XememError::sys(OP, "mmap"))?;
             if grant.record.page_kind == PageKind::Thp {
-                let _ = sys::advise_hugepage(base, map_len);
+                let _ = mm::advise(base, map_len, Advice::HugePage);
             }
             (base, None)
         }
@@ -665,7 +694,13 @@ fn map_composite(
     c: &state::CompositeGrant,
 ) -> Result<usize> {
     const OP: &str = "xemem_attach";
-    let base = sys::reserve_at(at, len).map_err(XememError::sys(OP, "mmap"))?;
+    let base = match at {
+        // The attachment table owns the reservation from here.
+        None => Mapping::reserve(len).map(|m| m.into_raw().0),
+        // SAFETY: with `at`, `attach`'s caller owns the range it replaces.
+        Some(at) => unsafe { mm::reserve_fixed(at, len) },
+    }
+    .map_err(XememError::sys(OP, "mmap"))?;
     let end = offset + len as u64;
     // Extents are sorted and contiguous: start at the one holding `offset`.
     let first = c
@@ -676,14 +711,20 @@ fn map_composite(
         let to = (e.seg_offset + e.len).min(end);
         let at = base + (from - offset) as usize;
         let pool_offset = e.pool_offset + (from - e.seg_offset);
-        if let Err(errno) = sys::mmap_shared(
-            Some(at),
-            (to - from) as usize,
-            sys::Prot::Read,
-            c.pool.as_fd(),
-            pool_offset,
-        ) {
-            let _ = sys::munmap(base, len);
+        // SAFETY: [at, at+(to-from)) lies inside the reservation just made,
+        // which nothing refers to yet.
+        let mapped = unsafe {
+            mm::mmap_shared_fixed(
+                at,
+                (to - from) as usize,
+                Prot::Read,
+                c.pool.as_fd(),
+                pool_offset,
+            )
+        };
+        if let Err(errno) = mapped {
+            // SAFETY: our reservation (and the parts mapped into it), unused.
+            let _ = unsafe { mm::munmap(base, len) };
             return Err(XememError::sys(OP, "mmap")(errno));
         }
     }
@@ -697,7 +738,9 @@ pub fn detach(addr: *mut u8) -> Result<()> {
     let (key, base, len) = st
         .attachment_at(addr as usize)
         .ok_or_else(|| XememError::invalid(OP, format!("no attachment at {:#x}", addr as usize)))?;
-    sys::munmap(base, len).map_err(XememError::sys(OP, "munmap"))?;
+    // SAFETY: an attachment `attach` mapped and recorded; `detach`'s caller
+    // gives it up (the pointers it holds are raw and no longer used).
+    unsafe { mm::munmap(base, len) }.map_err(XememError::sys(OP, "munmap"))?;
     // Drops a composite attachment's hold.
     st.attachments.remove(&key);
     Ok(())
@@ -813,7 +856,7 @@ mod tests {
 
     #[test]
     fn converts_private_memory_in_place() {
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let addr = mmap_private(4 * page);
         fill(addr, 4 * page, 0x5a);
         fill(addr + page, 1, 0x01);
@@ -827,25 +870,27 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, b)| i == page || *b == 0x5a));
-        let inode = sys::inode(fd.as_fd()).unwrap();
+        let inode = hobbes_sys::inode(fd.as_fd()).unwrap();
         let maps = maps::current().unwrap();
         assert!(maps::is_backed_by(&maps, addr, 4 * page, inode));
         // Writes through either view meet.
-        let other = sys::mmap_shared(None, 4 * page, sys::Prot::ReadWrite, fd.as_fd(), 0).unwrap();
-        fill(other + 2 * page, 1, 0x77);
+        let mut other = Mapping::shared(fd.as_fd(), 4 * page, 0, Prot::ReadWrite).unwrap();
+        other.as_mut_slice()[2 * page] = 0x77;
         assert_eq!(read(addr + 2 * page, 1), [0x77]);
         // Making the same range again reuses the memfd.
         let (again, _) = backing_for(&mut st, addr, 4 * page).unwrap();
-        assert_eq!(sys::inode(again.as_fd()).unwrap(), inode);
-        sys::munmap(other, 4 * page).unwrap();
-        sys::munmap(addr, 4 * page).unwrap();
+        assert_eq!(hobbes_sys::inode(again.as_fd()).unwrap(), inode);
+        drop(other);
+        // SAFETY: the test's own mapping, no longer used.
+        unsafe { mm::munmap(addr, 4 * page) }.unwrap();
     }
 
     #[test]
     fn refuses_unmapped_and_misaligned_ranges() {
-        let page = sys::page_size();
+        let page = hobbes_sys::page_size();
         let addr = mmap_private(3 * page);
-        sys::munmap(addr + page, page).unwrap();
+        // SAFETY: the test's own mapping, not used there.
+        unsafe { mm::munmap(addr + page, page) }.unwrap();
         let mut st = State::default_for_tests();
         match backing_for(&mut st, addr, 3 * page) {
             Err(e @ XememError::NotMapped { .. }) => {
@@ -869,7 +914,8 @@ mod tests {
             make(addr as *mut u8, page, &opts).unwrap_err().errno(),
             libc::EINVAL
         );
-        sys::munmap(addr, 3 * page).unwrap();
+        // SAFETY: the test's own mapping, no longer used.
+        unsafe { mm::munmap(addr, 3 * page) }.unwrap();
     }
 
     #[test]

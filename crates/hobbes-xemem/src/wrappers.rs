@@ -1,7 +1,7 @@
 //! Owning wrappers: a [`Segment`] removes itself, a [`Grant`] releases
 //! itself, an [`Attachment`] detaches itself when dropped.
 
-use crate::{state, sys, Access, ApId, MakeOptions, PageKind, Result, SegId};
+use crate::{state, Access, ApId, MakeOptions, PageKind, Result, SegId};
 
 /// An exported segment. Dropping it removes the segment (attachers keep
 /// their mappings) and, for memory from [`Segment::alloc`], unmaps it.
@@ -79,7 +79,9 @@ impl Drop for Segment {
 pub(crate) fn unmap_backing(addr: usize, len: usize) {
     let mut st = state::lock();
     st.backings.retain(|b| b.addr != addr || b.len != len);
-    let _ = sys::munmap(addr, len);
+    // SAFETY: memory `alloc` mapped for the segment being dropped (or never
+    // handed out); its owner gives it up.
+    let _ = unsafe { hobbes_sys::mem::munmap(addr, len) };
 }
 
 /// An access permit; released when dropped. Attachments outlive it.

@@ -6,11 +6,12 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
+use hobbes_sys::{futex_wait, futex_wake_all};
 use hobbes_xemem::{Access, Attachment, Grant, MakeOptions, Segment};
 
 use super::{CouplingOptions, Exec, Mode};
 use crate::error::{Error, Result};
-use crate::sys::{futex_wait, futex_wake, Shared, PAGE};
+use crate::sys::{Shared, PAGE};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"HINSCTL1");
 const O_MAGIC: usize = 0;
@@ -144,7 +145,7 @@ impl Control {
         self.shm
             .u32_at(O_CONSUMER)
             .store(CONSUMER_ATTACHED, Release);
-        futex_wake(self.shm.u32_at(O_CONSUMER));
+        let _ = futex_wake_all(self.shm.u32_at(O_CONSUMER));
         self.consumer = true;
     }
 
@@ -170,7 +171,7 @@ impl Control {
     /// Analytics: step `step` is consumed.
     pub fn ack(&self, step: u64) {
         self.shm.u32_at(O_ACK).store(step as u32, Release);
-        futex_wake(self.shm.u32_at(O_ACK));
+        let _ = futex_wake_all(self.shm.u32_at(O_ACK));
     }
 
     /// Producer: wait until step `step` was consumed. Errors when the
@@ -201,7 +202,7 @@ impl Control {
             }
             // Bounded so that a consumer that died without saying so (killed)
             // is noticed through the timeout, and one that said so at once.
-            futex_wait(word, now, left.min(Duration::from_millis(100)));
+            let _ = futex_wait(word, now, left.min(Duration::from_millis(100)));
         }
     }
 
@@ -223,7 +224,7 @@ impl Control {
                     reason: "no analytics opened this region (start `hobbes-insitu analyze` with the same --region and --mode)".into(),
                 });
             }
-            futex_wait(word, now, left);
+            let _ = futex_wait(word, now, left);
         }
     }
 
@@ -240,7 +241,7 @@ impl Control {
     pub fn finish(&self, last_step: u64) {
         self.shm.u64_at(O_LAST_STEP).store(last_step, Relaxed);
         self.shm.u32_at(O_FINISHED).store(1, Release);
-        futex_wake(self.shm.u32_at(O_FINISHED));
+        let _ = futex_wake_all(self.shm.u32_at(O_FINISHED));
     }
 
     /// The producer's last step once it finished.
@@ -259,7 +260,7 @@ impl Drop for Control {
         if self.consumer {
             // Wake a producer waiting for an acknowledgement that never comes.
             self.shm.u32_at(O_CONSUMER).store(CONSUMER_GONE, Release);
-            futex_wake(self.shm.u32_at(O_ACK));
+            let _ = futex_wake_all(self.shm.u32_at(O_ACK));
         } else if self.producer && self.finished().is_none() {
             // A producer that failed: let the analytics stop waiting.
             self.finish(0);

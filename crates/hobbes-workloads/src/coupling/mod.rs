@@ -24,10 +24,10 @@ mod xasm;
 
 use std::time::Duration;
 
+use hobbes_sys::Mapping as AnonMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sys::AnonMap;
 
 pub use control::Control;
 
@@ -240,8 +240,13 @@ struct Plain {
 
 impl Plain {
     fn new(len: usize, stub: bool) -> Result<Plain> {
-        let mem = AnonMap::new(len)
-            .map_err(|e| Error::coupling("allocate state", format!("{len} bytes"), e))?;
+        let mem = AnonMap::anon(len).map_err(|e| {
+            Error::coupling(
+                "allocate state",
+                format!("{len} bytes"),
+                std::io::Error::from(e),
+            )
+        })?;
         Ok(Plain { mem, stub })
     }
 }
