@@ -9,9 +9,9 @@ use hobbes_proto::model::{EnclaveId, EnclaveKind, EnclaveRecord};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, LaunchSpec};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
-use super::embedded::{self, Embedded};
 use super::{app, enclave, node};
 use crate::Ctx;
+use hobbes_embedded::{self as embedded, Embedded};
 
 const STEPS: u32 = 5;
 
@@ -29,7 +29,7 @@ fn step(n: u32, what: impl std::fmt::Display) {
 
 pub fn run(ctx: &Ctx) -> Result<i32> {
     // (1) A daemon: the one that answers, or our own.
-    let (client, daemon, socket) = embedded::connect_or_start(ctx, |what| step(1, what))?;
+    let (client, daemon, socket) = embedded::connect_or_start(&ctx.socket, |what| step(1, what))?;
     let mut demo = Demo {
         ctx: Ctx {
             socket,

@@ -11,7 +11,6 @@ use std::process::Command;
 
 use anyhow::{anyhow, Result};
 
-use super::embedded;
 use crate::Ctx;
 
 /// The binary that holds the demo.
@@ -37,7 +36,7 @@ pub fn run(ctx: &Ctx, args: Vec<OsString>) -> Result<i32> {
 /// `hobbes-insitu` next to this executable (cargo builds both into
 /// target/<profile>/), else in PATH.
 fn find_insitu() -> Result<PathBuf> {
-    embedded::find_beside_or_in_path(INSITU).ok_or_else(|| {
+    hobbes_embedded::find_beside_or_in_path(INSITU).ok_or_else(|| {
         anyhow!(
             "`hobbes demo insitu` runs {INSITU}, which is neither next to hobbes nor in PATH: \
              build it (`cargo build -p hobbes-workloads`, with --release for target/release)"

@@ -4,7 +4,6 @@
 mod app;
 mod demo;
 mod direct;
-mod embedded;
 mod enclave;
 mod insitu;
 mod node;

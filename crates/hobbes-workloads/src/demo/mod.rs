@@ -13,8 +13,6 @@
 //! `hobbes-client` talks to leviathan; the node shell (`hobbes`) does not link
 //! this crate, it execs `hobbes-insitu demo`.
 
-mod embedded;
-
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -30,7 +28,7 @@ use crate::report;
 use crate::{
     AnalyticsKind, AnalyticsReport, Analyze, Exec, Mode, PairReport, Run, SimReport, Workload,
 };
-use embedded::Embedded;
+use hobbes_embedded::{self as embedded, Embedded};
 
 /// The environment variable through which `hobbes demo insitu` tells
 /// `hobbes-insitu demo` the command line users typed, for its usage lines.

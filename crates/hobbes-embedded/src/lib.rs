@@ -1,7 +1,7 @@
-//! A `leviathan` started by a demo when none answers: its state in a
-//! temporary directory, stopped (and cleaned up after) when dropped, for
-//! `hobbes demo`. (`hobbes demo insitu` runs `hobbes-insitu demo`, which has
-//! its own copy: crates/hobbes-workloads/src/demo/embedded.rs.)
+//! A `leviathan` started by a demo or tool when none answers: its state in a
+//! temporary directory, stopped (and cleaned up after) when dropped. Used by
+//! `hobbes demo` (hobbes-cli) and `hobbes demo insitu` (`hobbes-insitu demo`,
+//! hobbes-workloads), which share it here rather than each keeping a copy.
 
 use std::fs::File;
 use std::io;
@@ -14,31 +14,29 @@ use anyhow::{anyhow, bail, Context, Result};
 use hobbes_client::Client;
 use tempfile::TempDir;
 
-use crate::Ctx;
-
 /// How long an embedded daemon may take to answer, and to exit on SIGTERM.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of those condition waits.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A client of the daemon that answers at `ctx.socket`, or of a new embedded
+/// A client of the daemon that answers at `socket`, or of a new embedded
 /// one (returned too, so the caller stops it). `announce` prints the step.
-pub(super) fn connect_or_start(
-    ctx: &Ctx,
+pub fn connect_or_start(
+    socket: &Path,
     announce: impl Fn(&str),
 ) -> Result<(Client, Option<Embedded>, PathBuf)> {
-    match Client::connect(&ctx.socket).and_then(|mut c| {
+    match Client::connect(socket).and_then(|mut c| {
         let st = c.status()?;
         Ok((c, st))
     }) {
         Ok((client, st)) => {
             announce(&format!(
                 "using the running leviathan at {} (pid {})",
-                ctx.socket.display(),
+                socket.display(),
                 st.header.daemon_pid
             ));
-            Ok((client, None, ctx.socket.clone()))
+            Ok((client, None, socket.to_path_buf()))
         }
         Err(_) => {
             announce("starting leviathan (embedded, in a temporary state directory)");
@@ -52,7 +50,7 @@ pub(super) fn connect_or_start(
 
 /// A `leviathan` we started, with its state in a temporary directory.
 /// Dropping it stops the daemon and removes the directory.
-pub(super) struct Embedded {
+pub struct Embedded {
     /// `None` once stopped.
     child: Option<Child>,
     bin: PathBuf,
@@ -79,7 +77,7 @@ impl Embedded {
             .stdout(log.try_clone()?)
             .stderr(log);
         // SAFETY: prctl is async-signal-safe, as required between fork and exec.
-        // If hobbes dies without cleaning up (SIGKILL), the daemon gets SIGTERM.
+        // If the demo dies without cleaning up (SIGKILL), the daemon gets SIGTERM.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
@@ -153,7 +151,7 @@ impl Embedded {
     }
 
     /// SIGTERM, then a bounded wait; SIGKILL and `leviathan cleanup` if it hangs.
-    pub(super) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -208,17 +206,25 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 fn find_leviathan() -> Result<PathBuf> {
     find_beside_or_in_path("leviathan").ok_or_else(|| {
         anyhow!(
-            "no leviathan daemon answers and the leviathan binary is neither next to hobbes \
-             nor in PATH: build it (`cargo build --release -p leviathan`) or start it yourself"
+            "no leviathan daemon answers and the leviathan binary is neither next to \
+             {} nor in PATH: build it (`cargo build --release -p leviathan`) or start it yourself",
+            this_program()
         )
     })
 }
 
-/// The executable `name` in the directory of this one (/proc/self/exe: cargo
-/// builds every binary into target/<profile>/), else the first in PATH.
-pub(super) fn find_beside_or_in_path(name: &str) -> Option<PathBuf> {
-    let beside = std::fs::read_link("/proc/self/exe")
-        .or_else(|_| std::env::current_exe())
+/// This executable's name, for messages.
+fn this_program() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "this program".into())
+}
+
+/// The executable `name` next to this one (cargo builds every binary into
+/// target/<profile>/), else the first in PATH.
+pub fn find_beside_or_in_path(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name(name));
     let in_path = std::env::var_os("PATH")
