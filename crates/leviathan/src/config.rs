@@ -136,28 +136,7 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<CoreId>, String> {
 }
 
 /// Format cores as a compact Linux CPU list ("0-2,5").
-pub fn format_cpu_list(cores: &[CoreId]) -> String {
-    let mut sorted = cores.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    parts.join(",")
-}
+pub use hobbes_kind::format_cpu_list;
 
 #[cfg(test)]
 mod tests {

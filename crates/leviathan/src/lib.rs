@@ -1,7 +1,6 @@
 //! `leviathan`: the Hobbes node manager (the daemon) and the enclave control
 //! process, which is the same executable started as `leviathan enclave-init`.
 
-pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -237,7 +237,10 @@ impl Daemon {
             .map_err(|e| internal(format!("cannot make the control credential: {e}")))?;
         let ctx = StartContext {
             daemon_socket: self.paths.control_socket(),
-            mems: mems_of(&rec.numa_nodes),
+            cores: rec.cores.clone(),
+            blocks: rec.mem_blocks.clone(),
+            mem_bytes: rec.mem_bytes,
+            numa_nodes: rec.numa_nodes.clone(),
             nis_replica: dir.join("nis"),
             nis_mount: self.paths.nis(),
             control_credential: credential.0,
@@ -586,7 +589,7 @@ impl Daemon {
         let driver = self
             .driver(after.kind)
             .ok_or_else(|| internal("no driver"))?;
-        if let Err(e) = driver.set_memory(after, &mems_of(&after.numa_nodes), after.mem_bytes) {
+        if let Err(e) = driver.set_memory(after, &after.numa_nodes, after.mem_bytes) {
             let _ = self.tx(|t| {
                 for mut b in t.blocks()? {
                     let want = if before.mem_blocks.contains(&b.id) {
@@ -734,17 +737,4 @@ fn nodes_of_blocks(all: &[hobbes_proto::model::MemBlockRecord], ids: &[BlockId])
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
-}
-
-/// cpuset.mems for a set of NUMA nodes.
-pub fn mems_of(nodes: &[u32]) -> String {
-    if nodes.is_empty() {
-        "0".into()
-    } else {
-        nodes
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }

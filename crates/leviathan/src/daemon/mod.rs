@@ -20,8 +20,7 @@ use hobbes_proto::model::{AppId, EnclaveId};
 use hobbes_proto::msg::{ErrorCode, ErrorReply};
 
 use crate::config::Config;
-use crate::kinds::native::NativeDriver;
-use crate::kinds::EnclaveDriver;
+use crate::kinds::{EnclaveDriver, KindRegistry};
 
 mod admission;
 mod apps;
@@ -33,7 +32,7 @@ mod server;
 mod startup;
 mod xemem;
 
-pub use startup::{cleanup, run};
+pub use startup::{cleanup, cleanup_with, run, run_with};
 
 /// Paths inside the state directory.
 #[derive(Debug, Clone)]
@@ -83,7 +82,8 @@ pub struct Daemon {
     pub paths: StatePaths,
     pub nis: Arc<NisWriter>,
     pub privileged: bool,
-    native: NativeDriver,
+    /// One driver per enclave kind (`crate::kinds::registry`).
+    kinds: KindRegistry,
     /// Live links to control processes, and a condition for "a link appeared".
     links: Mutex<HashMap<EnclaveId, Arc<link::Link>>>,
     links_changed: Condvar,
@@ -106,10 +106,7 @@ pub struct Daemon {
 
 impl Daemon {
     fn driver(&self, kind: hobbes_proto::model::EnclaveKind) -> Option<&dyn EnclaveDriver> {
-        match kind {
-            hobbes_proto::model::EnclaveKind::Native => Some(&self.native),
-            hobbes_proto::model::EnclaveKind::Host => None,
-        }
+        self.kinds.get(kind)
     }
 
     pub fn heartbeat_timeout(&self) -> Duration {

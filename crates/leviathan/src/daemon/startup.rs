@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, Signal};
 
 use hobbes_nis::{NisError, NisWriter};
-use hobbes_proto::model::{CoreId, Counters, EnclaveState, NisHeader, Ownership, SCHEMA_VERSION};
+use hobbes_proto::model::{
+    CgroupMode, CoreId, Counters, EnclaveState, NisHeader, Ownership, SCHEMA_VERSION,
+};
 
-use super::enclaves::mems_of;
 use super::link::reap_children;
 use super::locks::{lock_state_dir, take_node_lock, try_node_lock, NodeRecord};
 use super::{now_ms, remove_tree, Daemon, StatePaths};
-use crate::cgroup::Cgroups;
 use crate::config::{format_cpu_list, Config};
-use crate::kinds::native::NativeDriver;
+use crate::kinds::{KindEnv, KindRegistry, NodeSetup};
 use crate::{inventory, resources, sys};
 
 fn block_signals() -> SigSet {
@@ -32,8 +32,13 @@ fn block_signals() -> SigSet {
     set
 }
 
-/// Run the daemon until SIGTERM/SIGINT.
+/// Run the daemon until SIGTERM/SIGINT, with this leviathan's kinds.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    run_with(cfg, crate::kinds::registry)
+}
+
+/// Run the daemon until SIGTERM/SIGINT with the kinds `kinds` registers.
+pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> anyhow::Result<()> {
     cfg.validate()?;
     let signals = block_signals();
     let privileged = sys::geteuid() == 0 && !cfg.unprivileged;
@@ -49,14 +54,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::set_permissions(&paths.root, std::fs::Permissions::from_mode(0o755))?;
     let mut recovered = Vec::new();
     let _state_lock = lock_state_dir(&paths, &mut recovered)?;
-    let cgroups = Cgroups::detect(privileged);
+    let kinds = kinds(&KindEnv {
+        privileged,
+        exe: std::fs::read_link("/proc/self/exe")?,
+    });
     let nis = NisWriter::open(paths.nis())?;
     let _node_lock = if privileged {
         let lock = take_node_lock(&paths.root, &mut recovered)?;
         // Before anything on the node changes: whose cgroups are these?
         let ours = nis.reader().enclaves()?;
         check_leftovers(
-            &cgroups,
+            &kinds,
             &paths,
             &ours,
             lock.previous.as_ref(),
@@ -87,7 +95,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             next_app_id: 1,
             ..Default::default()
         });
-    let header = NisHeader {
+    let mut header = NisHeader {
         schema_version: SCHEMA_VERSION,
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -96,13 +104,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         generation,
         started_ms: now_ms(),
         updated_ms: now_ms(),
-        cgroup_mode: cgroups.mode(),
+        cgroup_mode: CgroupMode::None,
         privileged,
         socket: paths.socket().display().to_string(),
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
         counters,
     };
+    for kind in kinds.iter() {
+        kind.describe_node(&mut header);
+    }
     if nis.reader().cores()?.is_empty() {
         // First start in this state directory: take the inventory.
         let (host_cores, host_blocks) = resources::host_share(
@@ -152,26 +163,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     nodes.sort_unstable();
     nodes.dedup();
     super::remora::init_topology(&paths.root);
-    let moved = cgroups
-        .setup(&all_cores, &host_cores, &mems_of(&nodes))
-        .map_err(|e| anyhow::anyhow!("cgroup setup: {e}"))?;
-    tracing::info!(mode = ?cgroups.mode(), host_tasks_moved = moved, host_cores = %format_cpu_list(&host_cores), privileged, "host confined to its cores");
+    let node = NodeSetup {
+        all_cores,
+        host_cores,
+        numa_nodes: nodes,
+    };
+    for kind in kinds.iter() {
+        kind.setup(&node).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
 
     let thp_restore = if cfg.shmem_thp && privileged {
         set_shmem_thp("advise")
     } else {
         None
     };
-    let exe = std::fs::read_link("/proc/self/exe")?;
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         paths: paths.clone(),
         nis: Arc::new(nis),
         privileged,
-        native: NativeDriver {
-            cgroups: cgroups.clone(),
-            exe,
-        },
+        kinds,
         links: Mutex::new(HashMap::new()),
         links_changed: Condvar::new(),
         subs: Mutex::new(HashMap::new()),
@@ -318,8 +329,10 @@ impl Daemon {
                     tracing::error!(enclave = rec.id, error = %e.message, "cannot stop enclave");
                 }
             }
-            if let Err(e) = self.native.cgroups.teardown() {
-                tracing::error!(error = %e, "cannot restore the host's cpuset");
+            for kind in self.kinds.iter().rev() {
+                if let Err(e) = kind.teardown() {
+                    tracing::error!(kind = kind.kind().as_str(), error = %e, "cannot undo the kind's node set-up");
+                }
             }
             if self.privileged && self.nis.reader().enclaves().unwrap_or_default().is_empty() {
                 // Nothing of ours is left on the node for a later daemon to find.
@@ -347,32 +360,38 @@ fn recorded_enclaves(
     Ok(hobbes_nis::NisReader::open(paths.nis())?.enclaves()?)
 }
 
-/// A starting daemon looks at every enclave cgroup on the node. Its own
-/// (recorded in its NIS) are adopted by `reconcile`; empty ones of any other
-/// daemon are removed; live ones of another daemon make it refuse to start,
-/// with the command that resolves it: their cores are not free.
+/// A starting daemon looks at every enclave object of every kind on the node
+/// (the native kind: enclave cgroups). Its own (recorded in its NIS) are
+/// adopted by `reconcile`; empty ones of any other daemon are removed; live
+/// ones of another daemon make it refuse to start, with the command that
+/// resolves it: their cores are not free.
 fn check_leftovers(
-    cgroups: &Cgroups,
+    kinds: &KindRegistry,
     paths: &StatePaths,
     ours: &[hobbes_proto::model::EnclaveRecord],
     previous: Option<&NodeRecord>,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut busy = Vec::new();
-    for (id, _, cg) in cgroups.existing_enclaves() {
-        if ours.iter().any(|r| r.id == id) {
+    let mut nouns = Vec::new();
+    for left in kinds.iter().flat_map(|k| k.leftovers()) {
+        if ours.iter().any(|r| r.id == left.enclave()) {
             continue;
         }
-        let procs = cg.all_procs();
+        let noun = left.noun().to_string();
+        let procs = left.pids();
         if procs.is_empty() {
-            cg.remove()
-                .map_err(|e| anyhow::anyhow!("cannot remove a leftover enclave cgroup: {e}"))?;
+            left.remove()
+                .map_err(|e| anyhow::anyhow!("cannot remove a leftover enclave {noun}: {e}"))?;
             notes.push(format!(
-                "removed the empty cgroup {} left by an earlier leviathan",
-                cg.path().display()
+                "removed the empty {noun} {} left by an earlier leviathan",
+                left.location()
             ));
         } else {
-            busy.push(format!("{} (pids {procs:?})", cg.path().display()));
+            busy.push(format!("{} (pids {procs:?})", left.location()));
+            if !nouns.contains(&noun) {
+                nouns.push(noun);
+            }
         }
     }
     if busy.is_empty() {
@@ -386,7 +405,10 @@ fn check_leftovers(
             "they belong to the leviathan that last ran on state directory {dir}: start leviathan there to adopt them, or run `leviathan cleanup --state-dir {dir}` to destroy them",
             dir = dir.display()
         ),
-        None => "their daemon's state directory is unknown or gone: run `leviathan cleanup --orphans` to kill them and remove their cgroups".into(),
+        None => format!(
+            "their daemon's state directory is unknown or gone: run `leviathan cleanup --orphans` to kill them and remove their {}",
+            nouns.iter().map(|n| format!("{n}s")).collect::<Vec<_>>().join(" and ")
+        ),
     };
     anyhow::bail!(
         "enclaves of another leviathan still run on this node and hold cores: {}; {hint}",
@@ -395,10 +417,21 @@ fn check_leftovers(
 }
 
 /// `leviathan cleanup`: after a daemon was killed for good, kill its enclaves,
-/// remove their cgroups, give the host its cores back and remove the state
-/// directory. With `orphans`, also every other enclave cgroup on the node
-/// (enclaves no daemon runs: their state directory gone).
+/// remove their OS-level objects (cgroups), give the host its cores back and
+/// remove the state directory. With `orphans`, also every other enclave
+/// object of every kind on the node (enclaves no daemon runs: their state
+/// directory gone).
 pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Result<()> {
+    cleanup_with(state_dir, keep_state, orphans, crate::kinds::registry)
+}
+
+/// [`cleanup`] with the kinds `kinds` registers.
+pub fn cleanup_with(
+    state_dir: &Path,
+    keep_state: bool,
+    orphans: bool,
+    kinds: impl FnOnce(&KindEnv) -> KindRegistry,
+) -> anyhow::Result<()> {
     let paths = StatePaths {
         root: state_dir.to_path_buf(),
     };
@@ -409,7 +442,10 @@ pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Res
         None
     };
     let privileged = sys::geteuid() == 0;
-    let cgroups = Cgroups::detect(privileged);
+    let kinds = kinds(&KindEnv {
+        privileged,
+        exe: std::fs::read_link("/proc/self/exe")?,
+    });
     // No daemon may run while we take the node's cgroups apart: hold the node lock.
     let node_lock = match try_node_lock() {
         Ok(l) => Some(l),
@@ -441,21 +477,9 @@ pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Res
         println!("{note}");
     }
     for rec in recorded_enclaves(&paths)? {
-        if let Some(pid) = rec
-            .control_pid
-            .filter(|p| sys::same_process_alive(*p, rec.control_start_time))
-        {
-            let _ = sys::kill(pid, libc::SIGKILL);
-        }
-        for shared in [false, true] {
-            if let Some(cg) = cgroups.enclave(rec.id, shared) {
-                // With another daemon running, enclave-N may be its own: leave
-                // cgroups alone (killing pid 1 ended the enclave's namespace).
-                if cg.exists() && node_lock.is_some() {
-                    cg.kill_all(Duration::from_secs(5))?;
-                    cg.remove()?;
-                }
-            }
+        if let Some(kind) = kinds.get(rec.kind) {
+            kind.clean_up(&rec, node_lock.is_some())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         println!("removed enclave {} ({})", rec.id, rec.name);
     }
@@ -464,19 +488,22 @@ pub fn cleanup(state_dir: &Path, keep_state: bool, orphans: bool) -> anyhow::Res
             node_lock.is_some() || !privileged,
             "a leviathan runs on this node: its enclaves are not orphans (stop it first)"
         );
-        for (id, _, cg) in cgroups.existing_enclaves() {
-            let pids = cg.all_procs();
-            cg.kill_all(Duration::from_secs(5))?;
-            cg.remove()?;
+        for left in kinds.iter().flat_map(|k| k.leftovers()) {
+            let pids = left.pids();
+            left.kill_and_remove().map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
-                "removed orphan enclave cgroup {} (enclave {id}, {} processes killed)",
-                cg.path().display(),
+                "removed orphan enclave {} {} (enclave {}, {} processes killed)",
+                left.noun(),
+                left.location(),
+                left.enclave(),
                 pids.len()
             );
         }
     }
     if node_lock.is_some() {
-        cgroups.teardown()?;
+        for kind in kinds.iter().rev() {
+            kind.teardown().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         // The node record names a daemon that is gone; forget it when its
         // enclaves are gone too.
         if NodeRecord::read().is_some_and(|r| r.state_dir == paths.root || orphans) {

@@ -1,4 +1,4 @@
-//! Native enclaves: a partition of the node's cores and memory.
+//! The native enclave kind: a partition of the node's cores and memory.
 //!
 //! Privileged: a cpuset (exclusive unless shared) and memory cgroup, and a
 //! control process cloned into new PID, mount, IPC and UTS namespaces. The
@@ -13,19 +13,51 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hobbes_proto::model::{CgroupMode, CoreId, EnclaveKind, EnclaveRecord, Isolation};
+use hobbes_kind::sys as proc_sys;
+use hobbes_kind::{
+    format_cpu_list, DriverResult, EnclaveDriver, Leftover, NodeSetup, StartContext, Started,
+    CONTROL_CREDENTIAL_ENV,
+};
+use hobbes_proto::model::{
+    CgroupMode, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, Isolation, NisHeader,
+};
 
-use super::{DriverResult, EnclaveDriver, StartContext, Started};
-use crate::cgroup::Cgroups;
-use crate::sys;
+pub mod cgroup;
+mod sys;
 
-pub struct NativeDriver {
+use cgroup::{Cgroups, EnclaveCgroup};
+
+pub struct NativeKind {
     pub cgroups: Cgroups,
     /// The `leviathan` executable, which doubles as the control process.
     pub exe: PathBuf,
+    privileged: bool,
 }
 
-impl NativeDriver {
+/// cpuset.mems for a set of NUMA nodes.
+pub fn mems_of(nodes: &[u32]) -> String {
+    if nodes.is_empty() {
+        "0".into()
+    } else {
+        nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl NativeKind {
+    /// The native kind of a daemon: cgroups when `privileged` (found in
+    /// /proc/self/mountinfo), CPU affinity only otherwise.
+    pub fn new(privileged: bool, exe: PathBuf) -> Self {
+        NativeKind {
+            cgroups: Cgroups::detect(privileged),
+            exe,
+            privileged,
+        }
+    }
+
     fn control_argv(
         &self,
         rec: &EnclaveRecord,
@@ -58,7 +90,7 @@ impl NativeDriver {
 
     fn control_env(ctx: &StartContext) -> Vec<(String, String)> {
         let mut env = vec![(
-            super::CONTROL_CREDENTIAL_ENV.to_string(),
+            CONTROL_CREDENTIAL_ENV.to_string(),
             ctx.control_credential.clone(),
         )];
         for key in ["PATH", "HOBBES_LOG", "RUST_BACKTRACE"] {
@@ -99,9 +131,91 @@ fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> Isolat
     }
 }
 
-impl EnclaveDriver for NativeDriver {
+/// An enclave cgroup found on the node.
+struct LeftoverCgroup {
+    id: EnclaveId,
+    cg: Box<dyn EnclaveCgroup>,
+}
+
+impl Leftover for LeftoverCgroup {
+    fn enclave(&self) -> EnclaveId {
+        self.id
+    }
+    fn noun(&self) -> &str {
+        "cgroup"
+    }
+    fn location(&self) -> String {
+        self.cg.path().display().to_string()
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.cg.all_procs()
+    }
+    fn remove(&self) -> DriverResult<()> {
+        self.cg.remove().map_err(|e| e.to_string())
+    }
+    fn kill_and_remove(&self) -> DriverResult<()> {
+        self.cg
+            .kill_all(Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        self.cg.remove().map_err(|e| e.to_string())
+    }
+}
+
+impl EnclaveDriver for NativeKind {
     fn kind(&self) -> EnclaveKind {
         EnclaveKind::Native
+    }
+
+    fn describe_node(&self, header: &mut NisHeader) {
+        header.cgroup_mode = self.cgroups.mode();
+    }
+
+    fn setup(&self, node: &NodeSetup) -> DriverResult<()> {
+        let moved = self
+            .cgroups
+            .setup(
+                &node.all_cores,
+                &node.host_cores,
+                &mems_of(&node.numa_nodes),
+            )
+            .map_err(|e| format!("cgroup setup: {e}"))?;
+        tracing::info!(mode = ?self.cgroups.mode(), host_tasks_moved = moved, host_cores = %format_cpu_list(&node.host_cores), privileged = self.privileged, "host confined to its cores");
+        Ok(())
+    }
+
+    fn teardown(&self) -> DriverResult<()> {
+        self.cgroups
+            .teardown()
+            .map_err(|e| format!("cannot restore the host's cpuset: {e}"))
+    }
+
+    fn leftovers(&self) -> Vec<Box<dyn Leftover>> {
+        self.cgroups
+            .existing_enclaves()
+            .into_iter()
+            .map(|(id, _, cg)| Box::new(LeftoverCgroup { id, cg }) as Box<dyn Leftover>)
+            .collect()
+    }
+
+    fn clean_up(&self, rec: &EnclaveRecord, node_is_ours: bool) -> DriverResult<()> {
+        if let Some(pid) = rec
+            .control_pid
+            .filter(|p| proc_sys::same_process_alive(*p, rec.control_start_time))
+        {
+            let _ = proc_sys::kill(pid, libc::SIGKILL);
+        }
+        for shared in [false, true] {
+            if let Some(cg) = self.cgroups.enclave(rec.id, shared) {
+                // With another daemon running, enclave-N may be its own: leave
+                // cgroups alone (killing pid 1 ended the enclave's namespace).
+                if cg.exists() && node_is_ours {
+                    cg.kill_all(Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    cg.remove().map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn start(
@@ -111,7 +225,7 @@ impl EnclaveDriver for NativeDriver {
         record: &dyn Fn(&Started) -> DriverResult<()>,
     ) -> DriverResult<Started> {
         if let Some(cg) = self.cgroups.enclave(rec.id, rec.shared) {
-            cg.create(&rec.cores, &ctx.mems, rec.mem_bytes)
+            cg.create(&ctx.cores, &mems_of(&ctx.numa_nodes), ctx.mem_bytes)
                 .map_err(|e| e.to_string())?;
             let mut argv = self.control_argv(rec, ctx, true);
             argv.push("--app-cgroup".into());
@@ -132,7 +246,7 @@ impl EnclaveDriver for NativeDriver {
             };
             let pid = held.pid;
             if let Err(e) = cg.add_control_pid(pid) {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = proc_sys::kill(pid, libc::SIGKILL);
                 let _ = cg.kill_all(Duration::from_secs(2));
                 let _ = cg.remove();
                 return Err(e.to_string());
@@ -143,7 +257,7 @@ impl EnclaveDriver for NativeDriver {
             };
             let started = Started {
                 control_pid: pid,
-                control_start_time: sys::proc_start_time(pid),
+                control_start_time: proc_sys::proc_start_time(pid),
                 isolation: isolation(rec, true, mode),
             };
             // Dropping `held` without releasing makes the child exit unexecuted.
@@ -154,30 +268,26 @@ impl EnclaveDriver for NativeDriver {
         }
         // Unprivileged: a process group pinned to the enclave's cores.
         let argv = self.control_argv(rec, ctx, false);
-        let cores = rec.cores.clone();
+        let cores = ctx.cores.clone();
         let mut cmd = Command::new(&self.exe);
         cmd.args(&argv[1..])
             .env_clear()
             .envs(Self::control_env(ctx))
             .process_group(0);
-        // SAFETY: the closure runs between fork and exec and only calls
-        // sched_setaffinity, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || sys::set_affinity(0, &cores));
-        }
+        sys::pin_before_exec(&mut cmd, cores);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the control process: {e}"))?;
         let pid = child.id();
         let started = Started {
             control_pid: pid,
-            control_start_time: sys::proc_start_time(pid),
+            control_start_time: proc_sys::proc_start_time(pid),
             isolation: isolation(rec, false, ""),
         };
         // Unprivileged start has no hold point; the control process retries its
         // attach until the daemon knows its pid.
         if let Err(e) = record(&started) {
-            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = proc_sys::kill(pid, libc::SIGKILL);
             return Err(e);
         }
         Ok(started)
@@ -190,24 +300,25 @@ impl EnclaveDriver for NativeDriver {
         // Unprivileged: re-pin the control process and everything below it.
         let mut todo: Vec<u32> = rec.control_pid.into_iter().collect();
         while let Some(pid) = todo.pop() {
-            let _ = sys::set_affinity(pid, cores);
+            let _ = proc_sys::set_affinity(pid, cores);
             if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
                 for t in tasks.flatten() {
                     if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
-                        let _ = sys::set_affinity(tid, cores);
+                        let _ = proc_sys::set_affinity(tid, cores);
                     }
                 }
             }
-            todo.extend(sys::children_of(pid));
+            todo.extend(proc_sys::children_of(pid));
         }
         Ok(())
     }
 
-    fn set_memory(&self, rec: &EnclaveRecord, mems: &str, bytes: u64) -> DriverResult<()> {
+    fn set_memory(&self, rec: &EnclaveRecord, numa_nodes: &[u32], bytes: u64) -> DriverResult<()> {
         let Some(cg) = self.cgroups.enclave(rec.id, rec.shared) else {
             return Ok(()); // no memory limit without cgroups; the record says so
         };
-        cg.set_mems(mems).map_err(|e| e.to_string())?;
+        cg.set_mems(&mems_of(numa_nodes))
+            .map_err(|e| e.to_string())?;
         cg.set_memory_limit(bytes).map_err(|e| {
             if bytes < rec.mem_bytes {
                 format!("{e} (the enclave uses more memory than the new limit)")
@@ -223,9 +334,9 @@ impl EnclaveDriver for NativeDriver {
             // the cgroup sweep catches anything else.
             if let Some(pid) = rec
                 .control_pid
-                .filter(|p| sys::same_process_alive(*p, rec.control_start_time))
+                .filter(|p| proc_sys::same_process_alive(*p, rec.control_start_time))
             {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = proc_sys::kill(pid, libc::SIGKILL);
             }
             cg.kill_all(Duration::from_secs(5))
                 .map_err(|e| e.to_string())?;
@@ -235,23 +346,23 @@ impl EnclaveDriver for NativeDriver {
         // (apps run in process groups of their own).
         if let Some(pid) = rec
             .control_pid
-            .filter(|p| sys::same_process_alive(*p, rec.control_start_time))
+            .filter(|p| proc_sys::same_process_alive(*p, rec.control_start_time))
         {
-            let _ = sys::kill(pid, libc::SIGSTOP); // no new children while we collect
+            let _ = proc_sys::kill(pid, libc::SIGSTOP); // no new children while we collect
             let mut all = vec![pid];
             let mut i = 0;
             while i < all.len() {
-                let kids = sys::children_of(all[i]);
+                let kids = proc_sys::children_of(all[i]);
                 all.extend(kids);
                 i += 1;
             }
-            let _ = sys::kill_group(pid, libc::SIGKILL);
+            let _ = proc_sys::kill_group(pid, libc::SIGKILL);
             for p in &all {
-                let _ = sys::kill(*p, libc::SIGKILL);
+                let _ = proc_sys::kill(*p, libc::SIGKILL);
             }
             // Return once they are really gone (dead or zombie), as the cgroup path does.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while all.iter().any(|p| sys::same_process_alive(*p, None)) {
+            while all.iter().any(|p| proc_sys::same_process_alive(*p, None)) {
                 if std::time::Instant::now() > deadline {
                     return Err(format!(
                         "processes of enclave {} survived SIGKILL",
@@ -266,6 +377,6 @@ impl EnclaveDriver for NativeDriver {
 
     fn is_alive(&self, rec: &EnclaveRecord) -> bool {
         rec.control_pid
-            .is_some_and(|p| sys::same_process_alive(p, rec.control_start_time))
+            .is_some_and(|p| proc_sys::same_process_alive(p, rec.control_start_time))
     }
 }

@@ -12,7 +12,7 @@ use super::{
     enclave_dir_name, enclave_ids_in, move_all, procs, procs_tree, read, sigkill, wait_gone, write,
     CgroupManager, DirOps, EnclaveCgroup, Result,
 };
-use crate::config::format_cpu_list;
+use hobbes_kind::format_cpu_list;
 
 #[derive(Debug, Clone)]
 pub struct V1 {

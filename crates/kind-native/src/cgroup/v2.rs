@@ -13,7 +13,7 @@ use super::{
     enclave_dir_name, enclave_ids_in, procs_tree, read, sigkill, wait_gone, write, CgroupManager,
     DirOps, EnclaveCgroup, Result,
 };
-use crate::config::format_cpu_list;
+use hobbes_kind::format_cpu_list;
 
 #[derive(Debug, Clone)]
 pub struct V2 {
