@@ -11,7 +11,7 @@
 //!
 //! Both locks live in open file descriptions, which `fork` shares: a child a
 //! daemon forked and that never reached `exec` holds them too. The daemon's
-//! own children close them at once (see `sys::spawn_in_new_namespaces`), but a
+//! own children close them at once (see kind-native's `spawn_in_new_namespaces`), but a
 //! node may still meet such a *stray* (an older build, another fork path).
 //! A stray is recognised as a process running the leviathan executable whose
 //! name is not `leviathan`: a fork keeps the name of the daemon thread that
