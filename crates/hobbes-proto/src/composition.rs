@@ -24,43 +24,60 @@ use serde::{Deserialize, Serialize};
 /// Most processes one composition may start.
 pub const MAX_RANKS: u32 = 4096;
 
+/// A parsed `<composition>`: the enclaves it needs and the applications
+/// that make up one MPI job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Composition {
+    /// Job name (`name=`, default `composition`).
     pub name: String,
     /// Name of the universe communicator (informational: `MPI_COMM_UNIVERSE`).
     pub universe: String,
+    /// Every `<enclave>`, in document order (nested ones after their parent).
     pub enclaves: Vec<CompEnclave>,
+    /// Every `<app>`, in document order: their index is their appnum.
     pub apps: Vec<CompApp>,
 }
 
 /// An enclave the composition uses: reused if it exists, else created so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompEnclave {
+    /// Enclave name (the enclave-name rules apply), unique in the composition.
     pub name: String,
     /// Parent in the XML (the seeds' topology); our native enclaves are all
     /// children of the host, so this is recorded, not enforced.
     pub parent: Option<String>,
+    /// Cores to create it with (`cores=`, default 1); unused when it exists.
     pub cores: u32,
+    /// Memory to create it with, MiB (`memory=`, default 256); unused when it exists.
     pub memory_mib: u64,
+    /// Create it shared: pinned to host cores without owning them (`shared=`).
     pub shared: bool,
     /// Created in the host's IPC namespace (the default for compositions:
     /// MPICH's shared memory between applications needs one IPC namespace).
     pub host_ipc: bool,
 }
 
+/// One MPI application of a composition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompApp {
+    /// Application name (`name=`), unique in the composition.
     pub name: String,
+    /// Name of the enclave it runs in (the `<enclave>` it sits in).
     pub enclave: String,
+    /// Number of processes (`np=` or `num=`, default 1), 1 to [`MAX_RANKS`].
     pub np: u32,
     /// The application's communicator name (its `MPI_COMM_WORLD`).
     pub comm: String,
+    /// `<exe>` then each `<arg>`.
     pub argv: Vec<String>,
+    /// `<env name= value=>` pairs, in document order.
     pub env: Vec<(String, String)>,
+    /// `<cwd>`, if given.
     pub cwd: Option<String>,
 }
 
 impl Composition {
+    /// Processes in all: the sum of every application's `np` (the job size).
     pub fn total_ranks(&self) -> u32 {
         self.apps.iter().map(|a| a.np).sum()
     }

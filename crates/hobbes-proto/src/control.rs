@@ -17,7 +17,9 @@ pub type Seq = u64;
 /// (re)attaches so a restarted daemon loses nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppReport {
+    /// The app, as the daemon numbered it at launch.
     pub app: AppId,
+    /// Its pid in the enclave's PID namespace.
     pub local_pid: u32,
     /// `None` while running.
     pub exit: Option<ExitStatus>,
@@ -26,9 +28,13 @@ pub struct AppReport {
 /// A control agent's secret. Never printed: `Debug` shows only whether it is set.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Credential(pub String);
+pub struct Credential(
+    /// The secret: 64 hex digits, or empty when none was given.
+    pub String,
+);
 
 impl Credential {
+    /// True for no credential (an agent from before credentials existed).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -57,7 +63,9 @@ pub enum ControlUp {
     /// First message on a connection. `apps` lists every app it still tracks
     /// (running, or ended while no daemon listened).
     Attach {
+        /// The enclave this control process serves.
         enclave: EnclaveId,
+        /// Every app it tracks, with its exit if it ended meanwhile.
         apps: Vec<AppReport>,
         /// The secret the daemon gave this enclave's control agent at start:
         /// what admits the link, whatever carries it (a Unix socket, a VM's
@@ -66,36 +74,59 @@ pub enum ControlUp {
         #[serde(default, skip_serializing_if = "Credential::is_empty")]
         credential: Credential,
     },
+    /// Sent every `heartbeat_interval_ms`; silence for `heartbeat_timeout_ms`
+    /// marks the enclave crashed.
     Heartbeat {
+        /// Counts heartbeats on this link, from the control process's side.
         seq: u64,
     },
+    /// A [`ControlDown::Launch`] succeeded: the app's process runs.
     Started {
+        /// The launch's `seq`.
         seq: Seq,
+        /// The app launched.
         app: AppId,
+        /// Its pid in the enclave; the daemon maps it to the host pid.
         local_pid: u32,
     },
+    /// A [`ControlDown::Launch`] failed; the app never ran.
     LaunchFailed {
+        /// The launch's `seq`.
         seq: Seq,
+        /// The app that could not start.
         app: AppId,
+        /// Why, for people (becomes the app's `detail`).
         error: String,
     },
+    /// An app's process ended; sent after its `started` and its forwarded output.
     Exited {
+        /// The app that ended.
         app: AppId,
+        /// Its pid in the enclave.
         local_pid: u32,
+        /// How it ended.
         status: ExitStatus,
     },
+    /// A chunk of an app's output, for apps launched with `forward_output`.
     Output {
+        /// The app that wrote it.
         app: AppId,
+        /// Which of its streams.
         stream: Stream,
+        /// The raw bytes (base64 in JSON).
         #[serde(with = "crate::b64")]
         data: Vec<u8>,
     },
+    /// Answer to [`ControlDown::Ping`].
     Pong {
+        /// The ping's `seq`.
         seq: Seq,
     },
     /// Reply to a command that has no richer answer.
     Done {
+        /// The command's `seq`.
         seq: Seq,
+        /// Why it failed; `None` on success.
         error: Option<String>,
     },
 }
@@ -106,19 +137,28 @@ pub enum ControlUp {
 pub enum ControlDown {
     /// Answer to `Attach`.
     Welcome {
+        /// How often to send [`ControlUp::Heartbeat`], in ms.
         heartbeat_interval_ms: u64,
     },
+    /// Start an app; answered by `started` or `launch_failed`.
     Launch(Box<LaunchCommand>),
+    /// Send a signal to a running app's process; answered by `done`.
     Signal {
+        /// Echoed in the `done` reply.
         seq: Seq,
+        /// The app to signal.
         app: AppId,
+        /// Signal number, 1-64.
         signal: i32,
     },
+    /// Liveness round trip; answered by [`ControlUp::Pong`].
     Ping {
+        /// Echoed in the `pong`.
         seq: Seq,
     },
     /// Forget a finished app the daemon has recorded.
     Forget {
+        /// The app whose exit was recorded.
         app: AppId,
     },
     /// Kill everything and exit.
@@ -128,14 +168,24 @@ pub enum ControlDown {
 /// Start one app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchCommand {
+    /// Echoed in the `started` or `launch_failed` reply.
     pub seq: Seq,
+    /// The id the daemon gave the app (`HOBBES_APP_ID`).
     pub app: AppId,
+    /// Program and arguments.
     pub argv: Vec<String>,
+    /// The app's whole environment: `PATH`, the `HOBBES_*` variables, then
+    /// the client's extras (which override them).
     pub env: Vec<(String, String)>,
+    /// Working directory in the enclave's view; `None`: the control process's own.
     pub cwd: Option<String>,
+    /// Uid to run as (the launching peer's).
     pub uid: u32,
+    /// Gid to run as (the launching peer's).
     pub gid: u32,
+    /// Path of the file that receives the app's stdout.
     pub stdout_log: String,
+    /// Path of the file that receives the app's stderr.
     pub stderr_log: String,
     /// Forward output to the daemon (a client is streaming it).
     pub forward_output: bool,
@@ -149,21 +199,30 @@ pub struct LaunchCommand {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum EnclaveRequest {
+    /// One round trip to the control process; open to anyone.
     Ping {
+        /// Echoed in the `pong`.
         seq: u64,
     },
     /// Read up to `len` bytes at `offset` of a file as the enclave sees it.
     ReadFile {
+        /// Path in the enclave's mount namespace.
         path: String,
+        /// Byte offset to read from.
         offset: u64,
+        /// Most bytes to return, at most [`FILE_CHUNK`] (1 MiB).
         len: u32,
     },
     /// Write a file in the enclave's view (`append` continues a chunked write).
     WriteFile {
+        /// Path in the enclave's mount namespace.
         path: String,
+        /// The bytes to write (base64 in JSON), at most [`FILE_CHUNK`] per frame.
         #[serde(with = "crate::b64")]
         data: Vec<u8>,
+        /// Append to the file instead of truncating it first.
         append: bool,
+        /// Permission bits (masked to `0o7777`) for a file this write creates.
         mode: u32,
     },
 }
@@ -172,18 +231,26 @@ pub enum EnclaveRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reply")]
 pub enum EnclaveResponse {
+    /// Answer to [`EnclaveRequest::Ping`].
     Pong {
+        /// The ping's `seq`.
         seq: u64,
+        /// The enclave this control process serves.
         enclave: EnclaveId,
     },
+    /// Answer to [`EnclaveRequest::ReadFile`].
     Data {
+        /// The bytes read (base64 in JSON); fewer than asked at the end of the file.
         #[serde(with = "crate::b64")]
         data: Vec<u8>,
         /// True when the file ends within this chunk.
         eof: bool,
     },
+    /// Answer to [`EnclaveRequest::WriteFile`]: every byte was written.
     Written,
+    /// The request failed.
     Error {
+        /// What failed, naming the path.
         message: String,
     },
 }

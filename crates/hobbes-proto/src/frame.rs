@@ -29,22 +29,47 @@ pub const HEADER_LEN: usize = 8;
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// End of stream before the first byte of a header: a clean hang-up.
     #[error("peer closed the connection")]
     Closed,
+    /// The first 3 bytes were not `HBS` (the bytes received). Fatal.
     #[error("bad frame magic {0:02x?}: the peer does not speak the Hobbes protocol")]
     BadMagic([u8; 3]),
+    /// The version byte was not [`PROTOCOL_VERSION`]. Fatal.
     #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION})")]
-    Version { got: u8 },
+    Version {
+        /// The version byte received.
+        got: u8,
+    },
+    /// The header announced more than [`MAX_FRAME_LEN`] bytes (refused before
+    /// allocating), or a message to send encodes larger. Fatal.
     #[error("frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge { len: u32 },
+    TooLarge {
+        /// The payload length, bytes (saturated at `u32::MAX` when sending).
+        len: u32,
+    },
+    /// The payload is not the expected JSON message, or a frame was cut short
+    /// (the text says which). Only this error leaves the connection usable,
+    /// and only for a well-formed frame.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// More than [`crate::fdpass::MAX_FDS`] descriptors on one frame (all
+    /// received ones are closed).
     #[error("{got} descriptors attached to one frame; a frame carries at most {max}")]
-    TooManyFds { got: usize, max: usize },
+    TooManyFds {
+        /// Descriptors attached (or asked to be sent).
+        got: usize,
+        /// The limit, [`crate::fdpass::MAX_FDS`].
+        max: usize,
+    },
+    /// No frame started within this idle limit (`client_idle_timeout_s`).
     #[error("no request within {0:?}: idle connection closed")]
     Idle(std::time::Duration),
+    /// A frame's first byte came but not its last within this limit
+    /// (`request_timeout_ms`).
     #[error("frame not completed within {0:?} of its first byte")]
     Stalled(std::time::Duration),
+    /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
 }

@@ -5,6 +5,8 @@
 //! records of the Node Information Service ([`model`]) and the enclave
 //! description users write as XML ([`spec`]).
 
+#![deny(missing_docs)]
+
 pub mod composition;
 pub mod control;
 pub mod fdpass;
@@ -33,10 +35,12 @@ pub mod b64 {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Write `bytes` as one standard (padded) base64 string.
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
+    /// Read a standard base64 string back into bytes; bad base64 is a decode error.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         base64::engine::general_purpose::STANDARD

@@ -37,27 +37,39 @@ pub enum Ownership {
 /// One logical CPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreRecord {
+    /// Linux CPU number (the NIS key).
     pub id: CoreId,
+    /// NUMA node the CPU belongs to (sysfs topology).
     pub numa_node: u32,
     /// Physical package and core ids (from sysfs topology), for reporting.
     pub package: u32,
+    /// Physical core id within the package (sysfs `core_id`); hyperthreads share it.
     pub core: u32,
+    /// Host, free, or allocated to one (exclusive) enclave.
     pub ownership: Ownership,
     /// Shared (non-isolated) enclaves pinned to this core; they do not own it.
     #[serde(default)]
     pub shared_by: Vec<EnclaveId>,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
 
 /// One memory block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemBlockRecord {
+    /// Block number (`/sys/devices/system/memory/memoryN`; synthesised
+    /// 128 MiB blocks when the kernel exposes none). The NIS key.
     pub id: BlockId,
     /// Physical base address.
     pub base: u64,
+    /// Bytes in the block (`block_size_bytes`).
     pub size: u64,
+    /// NUMA node of the block.
     pub numa_node: u32,
+    /// Host, free, or allocated to one enclave (an accounting partition
+    /// enforced by memory cgroups; blocks are not offlined).
     pub ownership: Ownership,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
 
@@ -72,6 +84,7 @@ pub enum EnclaveKind {
 }
 
 impl EnclaveKind {
+    /// The kind's name as serialized and as the XML root element names it.
     pub fn as_str(self) -> &'static str {
         match self {
             EnclaveKind::Host => "host",
@@ -92,6 +105,7 @@ impl std::fmt::Display for EnclaveKind {
 pub enum EnclaveState {
     /// Resources reserved, control process starting.
     Starting,
+    /// Its control process attached and heartbeats; apps may be launched.
     Running,
     /// Heartbeats stopped or the control process died.
     Crashed,
@@ -128,24 +142,35 @@ pub struct Isolation {
 /// One enclave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnclaveRecord {
+    /// Node-global id, > 0 (never reused; the NIS key).
     pub id: EnclaveId,
+    /// Unique name (1-64 of `[A-Za-z0-9._-]`, not all digits).
     pub name: String,
+    /// Which driver runs it (`native` today).
     pub kind: EnclaveKind,
+    /// Where it is in its lifecycle.
     pub state: EnclaveState,
     /// Enclave that created it (the host for now).
     pub parent: EnclaveId,
+    /// Uid of the peer that created it (may destroy it, launch apps in it).
     pub owner_uid: u32,
+    /// Gid of the peer that created it.
     pub owner_gid: u32,
     /// Shared enclaves are pinned to host cores and do not own them.
     pub shared: bool,
     /// In the host's IPC namespace rather than its own.
     #[serde(default)]
     pub host_ipc: bool,
+    /// Cores it holds (pinned to, for a shared enclave); emptied when a
+    /// crash is reclaimed.
     pub cores: Vec<CoreId>,
+    /// Memory blocks it holds; emptied when a crash is reclaimed.
     pub mem_blocks: Vec<BlockId>,
     /// Memory limit in bytes (sum of the blocks' sizes).
     pub mem_bytes: u64,
+    /// NUMA nodes of its memory (its cpuset's `mems`).
     pub numa_nodes: Vec<u32>,
+    /// The isolation really applied.
     pub isolation: Isolation,
     /// Host pid of the enclave's control process.
     pub control_pid: Option<u32>,
@@ -156,10 +181,13 @@ pub struct EnclaveRecord {
     pub control_socket: String,
     /// Directory of the NIS replica this enclave's processes read.
     pub nis_dir: String,
+    /// When it was created, Unix ms.
     pub created_ms: u64,
+    /// Last heartbeat from its control process, Unix ms (0 before the first).
     pub last_heartbeat_ms: u64,
     /// Why it crashed, when it did.
     pub crash_reason: Option<String>,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
 
@@ -167,7 +195,9 @@ pub struct EnclaveRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AppState {
+    /// Recorded, launch sent to the control process, not yet started.
     Starting,
+    /// Its process runs in the enclave.
     Running,
     /// Exited by itself (any exit code).
     Exited,
@@ -180,6 +210,8 @@ pub enum AppState {
 }
 
 impl AppState {
+    /// True once the app ended (any state but `starting` and `running`):
+    /// the state no longer changes.
     pub fn is_final(self) -> bool {
         !matches!(self, AppState::Starting | AppState::Running)
     }
@@ -202,7 +234,9 @@ impl std::fmt::Display for AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "how", content = "value")]
 pub enum ExitStatus {
+    /// Exited with this code (`{"how":"code","value":N}`), 0-255.
     Code(i32),
+    /// Killed by this signal number (`{"how":"signal","value":N}`).
     Signal(i32),
 }
 
@@ -237,22 +271,38 @@ pub struct ProcId {
 /// One application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRecord {
+    /// Node-global id, > 0, never reused (`HOBBES_APP_ID`; the NIS key).
     pub id: AppId,
+    /// Display name (defaults to the program's file name).
     pub name: String,
+    /// The enclave it runs in.
     pub enclave: EnclaveId,
+    /// Uid of the peer that launched it; it runs with it.
     pub owner_uid: u32,
+    /// Gid of the peer that launched it; it runs with it.
     pub owner_gid: u32,
+    /// Program and arguments as launched.
     pub argv: Vec<String>,
+    /// Working directory asked for, if any.
     pub cwd: Option<String>,
+    /// Where it is in its lifecycle.
     pub state: AppState,
+    /// Its processes: pid in the enclave and on the host (`global` 0 when
+    /// it ended before it could be resolved).
     pub procs: Vec<ProcId>,
+    /// How it ended; `None` while it runs (and for `lost` or `failed` apps).
     pub exit: Option<ExitStatus>,
     /// Why it failed to start, or extra detail about its end.
     pub detail: Option<String>,
+    /// When the launch was recorded, Unix ms.
     pub started_ms: u64,
+    /// When it ended, Unix ms; `None` while it runs.
     pub ended_ms: Option<u64>,
+    /// Host path of the file holding all its stdout (`<state>/apps/ID/stdout`).
     pub stdout_log: String,
+    /// Host path of the file holding all its stderr (`<state>/apps/ID/stderr`).
     pub stderr_log: String,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
 
@@ -286,29 +336,42 @@ impl std::fmt::Display for PageKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
+    /// Map it read-only; the grant is a read-only reopening of the memfd.
     ReadOnly,
+    /// Map it read-write (never granted for a composite segment).
     ReadWrite,
 }
 
 /// One exported XEMEM segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRecord {
+    /// Node-global id, > 0 (the NIS key).
     pub segid: SegId,
+    /// Unique name, indexed in the `segnames` database; `None`: anonymous.
     pub name: Option<String>,
+    /// Segment length in bytes.
     pub size: u64,
+    /// The pages backing it.
     pub page_kind: PageKind,
     /// Unix permission bits checked against a requester's uid/gid (XPMEM_PERMIT_MODE).
     pub mode: u32,
+    /// Uid of the owner process (may always get and remove it).
     pub owner_uid: u32,
+    /// Gid of the owner process (the group `mode`'s group bits apply to).
     pub owner_gid: u32,
     /// Where the owner runs: enclave, app (if known) and global pid.
     pub owner_enclave: EnclaveId,
+    /// The owner's app, when it runs as one.
     pub owner_app: Option<AppId>,
+    /// Host (global) pid of the owner process.
     pub owner_pid: u32,
+    /// Start time of the owner (clock ticks after boot), so a recycled pid
+    /// is never mistaken for it.
     pub owner_start_time: Option<u64>,
     /// The owner's descriptor numbers of the backing memfd (and eventfd), so a
     /// restarted name server can recover them (`pidfd_getfd`).
     pub owner_fd: i32,
+    /// The owner's descriptor number of its eventfd, when `signalled`.
     pub owner_event_fd: Option<i32>,
     /// Address of the exported range in the owner (informational).
     pub owner_addr: u64,
@@ -318,7 +381,9 @@ pub struct SegmentRecord {
     pub backing_inode: u64,
     /// Has a signal channel (`xemem_make_signalled`).
     pub signalled: bool,
+    /// When it was made, Unix ms.
     pub created_ms: u64,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
     /// A composite (read-only, versioned) segment: the backing memfd is its
     /// extent table and this names the pool memfd the extents point into.
@@ -341,6 +406,7 @@ pub struct CompositeInfo {
 /// A segment with its live attachment count, as `list_segments` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentInfo {
+    /// The segment's NIS record (flattened into this object in JSON).
     #[serde(flatten)]
     pub record: SegmentRecord,
     /// Mappings of the segment in processes other than the owner; for a
@@ -355,6 +421,7 @@ pub struct SegmentInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Every rank launched, none ended in failure yet.
     Running,
     /// Every process exited 0.
     Finished,
@@ -367,6 +434,7 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// True once the job ended (any state but `running`).
     pub fn is_final(self) -> bool {
         self != JobState::Running
     }
@@ -375,10 +443,15 @@ impl JobState {
 /// One application of a job, as launched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobAppRecord {
+    /// Application name, unique in the job.
     pub name: String,
+    /// The enclave its ranks run in.
     pub enclave: EnclaveId,
+    /// Its MPI appnum: its index in the job, from 0.
     pub appnum: u32,
+    /// Global rank of its first process; its ranks are contiguous.
     pub first_rank: u32,
+    /// Number of processes (ranks).
     pub np: u32,
     /// One Leviathan app per rank, in rank order.
     pub app_ids: Vec<AppId>,
@@ -387,32 +460,46 @@ pub struct JobAppRecord {
 /// A Remora job: one PMI job spanning every application of a composition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// Node-global job id, > 0, never reused (`counters.next_job_id`).
     pub id: u64,
+    /// The job's name, as launched.
     pub name: String,
+    /// Uid of the peer that launched it (may signal it).
     pub owner_uid: u32,
+    /// Where it is in its lifecycle.
     pub state: JobState,
+    /// The PMI job's key-value space name (keys in the NIS `pmi` database).
     pub kvsname: String,
+    /// Ranks in all (the PMI job size).
     pub size: u32,
+    /// Its applications, in appnum order.
     pub apps: Vec<JobAppRecord>,
     /// The exit code of the first failure (MPI_Abort's code, a rank's exit
     /// code, or 128 + signal), 0 when every rank succeeded.
     pub exit_code: Option<i32>,
     /// What happened first, in words.
     pub failure: Option<String>,
+    /// When it was launched, Unix ms.
     pub started_ms: u64,
+    /// When it ended, Unix ms; `None` while running.
     pub ended_ms: Option<u64>,
     /// PMI barriers the job has completed (its progress through MPI_Init, fences...).
     #[serde(default)]
     pub barriers: u64,
+    /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
 
 /// Global process map entry: (enclave, local pid) <-> global pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcRecord {
+    /// Host pid (the NIS key).
     pub global_pid: u32,
+    /// The enclave it runs in.
     pub enclave: EnclaveId,
+    /// Pid inside the enclave's PID namespace.
     pub local_pid: u32,
+    /// The app it belongs to.
     pub app: AppId,
 }
 
@@ -431,35 +518,54 @@ pub enum CgroupMode {
 /// The NIS header: one record describing the node and the daemon, plus counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NisHeader {
+    /// Layout version; a reader refuses any other than its [`SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// The node's hostname.
     pub hostname: String,
+    /// Pid of the running daemon.
     pub daemon_pid: u32,
     /// Incremented at every daemon start.
     pub generation: u64,
+    /// When the running daemon started, Unix ms.
     pub started_ms: u64,
+    /// Last write to the NIS, Unix ms.
     pub updated_ms: u64,
+    /// Cgroup layout detected at start.
     pub cgroup_mode: CgroupMode,
     /// True when the daemon runs with root features (cgroups, namespaces).
     pub privileged: bool,
+    /// Path of the daemon (client) socket.
     pub socket: String,
+    /// How often control processes heartbeat, ms.
     pub heartbeat_interval_ms: u64,
+    /// Silence after which an enclave is marked crashed, ms.
     pub heartbeat_timeout_ms: u64,
+    /// Id allocators and statistics.
     pub counters: Counters,
 }
 
 /// Monotonic counters (ids are never reused).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Id the next enclave gets.
     pub next_enclave_id: EnclaveId,
+    /// Id the next app gets.
     pub next_app_id: AppId,
+    /// Enclaves created since the state was made.
     pub enclaves_created: u64,
+    /// Enclaves destroyed since the state was made.
     pub enclaves_destroyed: u64,
+    /// Enclaves marked crashed since the state was made.
     pub enclaves_crashed: u64,
+    /// Apps launched since the state was made.
     pub apps_launched: u64,
+    /// Segid the name server allocates next (0 in older states: start at 1).
     #[serde(default)]
     pub next_segid: SegId,
+    /// XEMEM segments made since the state was made.
     #[serde(default)]
     pub segments_made: u64,
+    /// Id the next Remora job gets (0 in older states: start at 1).
     #[serde(default)]
     pub next_job_id: u64,
 }

@@ -27,8 +27,11 @@ pub const MAX_XML_LEN: usize = 64 * 1024;
 /// `count` more).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuRequest {
+    /// How many cores besides `ids`, picked by the allocator (from free cores,
+    /// or from host cores for a shared enclave); 0: only `ids`.
     #[serde(default)]
     pub count: u32,
+    /// These cores (Linux CPU numbers), each listed once.
     #[serde(default)]
     pub ids: Vec<CoreId>,
     /// Preferred NUMA node for counted cores; `None` lets the allocator pick one.
@@ -37,6 +40,7 @@ pub struct CpuRequest {
 }
 
 impl CpuRequest {
+    /// True when it asks for no core at all.
     pub fn is_empty(&self) -> bool {
         self.count == 0 && self.ids.is_empty()
     }
@@ -45,15 +49,20 @@ impl CpuRequest {
 /// Memory part of a request: a size in MiB, explicit blocks, or both.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemRequest {
+    /// MiB besides `blocks`, rounded up to whole memory blocks; 0: only `blocks`.
     #[serde(default)]
     pub size_mib: u64,
+    /// These memory blocks, each listed once.
     #[serde(default)]
     pub blocks: Vec<BlockId>,
+    /// Preferred NUMA node for `size_mib`; `None` (XML `numa="-1"` or absent):
+    /// any node, the cores' node first.
     #[serde(default)]
     pub numa: Option<u32>,
 }
 
 impl MemRequest {
+    /// True when it asks for no memory at all.
     pub fn is_empty(&self) -> bool {
         self.size_mib == 0 && self.blocks.is_empty()
     }
@@ -62,7 +71,10 @@ impl MemRequest {
 /// A complete enclave request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnclaveSpec {
+    /// Unique enclave name: 1-64 of `[A-Za-z0-9._-]`, not all digits, not
+    /// starting with `-` or `.` ([`validate_name`]).
     pub name: String,
+    /// Which kind to create (`native`; `host` is refused). XML: the root element.
     pub kind: EnclaveKind,
     /// Pinned to host cores without owning them (not isolated).
     #[serde(default)]
@@ -71,7 +83,9 @@ pub struct EnclaveSpec {
     /// processes in several enclaves can use shared memory with each other.
     #[serde(default)]
     pub host_ipc: bool,
+    /// Its cores; at least one.
     pub cpus: CpuRequest,
+    /// Its memory; some is required.
     pub memory: MemRequest,
 }
 
@@ -79,7 +93,10 @@ pub struct EnclaveSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
 pub struct SpecError {
+    /// 1-based line of the XML document the problem is on; `None` for a spec
+    /// that did not come from XML.
     pub line: Option<u32>,
+    /// What is wrong, for people (without the `line N: ` prefix `Display` adds).
     pub message: String,
 }
 

@@ -23,7 +23,9 @@
 
 use std::fmt;
 
+/// First 8 bytes of every table.
 pub const TABLE_MAGIC: [u8; 8] = *b"XEMEMEXT";
+/// The only table format this build reads and writes (header offset 8).
 pub const TABLE_FORMAT: u32 = 1;
 /// Bytes of the header.
 pub const HEADER_SIZE: usize = 64;
@@ -36,6 +38,7 @@ pub const MAX_EXTENTS: u64 = 1 << 16;
 pub const RETIRED_OFFSET: u64 = 40;
 /// Smallest and largest page sizes a table may name.
 pub const MIN_PAGE_SIZE: u32 = 4096;
+/// Largest page size a table may name: 1 GiB.
 pub const MAX_PAGE_SIZE: u32 = 1 << 30;
 /// Offsets and sizes must fit `off_t`.
 const MAX_OFFSET: u64 = i64::MAX as u64;
@@ -44,21 +47,30 @@ const MAX_OFFSET: u64 = i64::MAX as u64;
 /// segment is `[pool_offset, pool_offset+len)` of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Extent {
+    /// Where the part starts in the segment, bytes; each extent starts where
+    /// the previous one ended (the first at 0).
     pub seg_offset: u64,
+    /// Where the part starts in the pool memfd, bytes; page aligned.
     pub pool_offset: u64,
+    /// Bytes in the part: non-zero, a multiple of the page size.
     pub len: u64,
 }
 
 /// The decoded header of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableHeader {
+    /// Table format, [`TABLE_FORMAT`].
     pub format: u32,
+    /// Page size every offset and length is aligned to, bytes: a power of two
+    /// in [`MIN_PAGE_SIZE`]..=[`MAX_PAGE_SIZE`].
     pub page_size: u32,
+    /// Extents following the header, 1..=[`MAX_EXTENTS`].
     pub extent_count: u64,
     /// Segment bytes.
     pub size: u64,
     /// Pool bytes the extents need (the highest `pool_offset + len`).
     pub pool_size: u64,
+    /// The producer retired this version (header word at [`RETIRED_OFFSET`]).
     pub retired: bool,
 }
 
@@ -96,6 +108,8 @@ impl TableHeader {
         HEADER_SIZE as u64 + self.extent_count * EXTENT_SIZE as u64
     }
 
+    /// The header's [`HEADER_SIZE`] bytes, little endian, reserved bytes zero
+    /// (no check: [`parse_header`] checks).
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0..8].copy_from_slice(&TABLE_MAGIC);
