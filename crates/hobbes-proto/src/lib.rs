@@ -22,7 +22,8 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN, PROTOCOL_VER
 pub const ENV_ENCLAVE_ID: &str = "HOBBES_ENCLAVE_ID";
 /// Environment variable naming the app a process belongs to.
 pub const ENV_APP_ID: &str = "HOBBES_APP_ID";
-/// Environment variable giving the path of the daemon's control socket.
+/// Environment variable giving the path of the daemon's client socket
+/// (`<state>/leviathan.sock`, the one `hobbes` and the libraries use).
 pub const ENV_SOCKET: &str = "HOBBES_SOCKET";
 /// Environment variable giving the directory of the Node Information Service
 /// this process should read (an enclave reads its own replica).

@@ -377,7 +377,9 @@ pub enum ErrorCode {
     InvalidSpec,
     /// The object is in the wrong state for this request (name taken, enclave crashed...).
     Conflict,
-    /// The enclave's control process did not answer.
+    /// Not now: the enclave's control process did not answer, or the daemon
+    /// is shutting down, busy (this user holds too many connections) or out
+    /// of file descriptors. Retrying later may succeed.
     Unavailable,
     /// The OS refused something; the message names the path and the data.
     Internal,

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! The root element names the kind, as the original's `<pisces>` files did.
-//! The schema is documented in `docs/nis-schema.md` ("Enclave XML").
+//! The schema is documented in `docs/nis-schema.md` ("Enclave spec and its XML form").
 
 use serde::{Deserialize, Serialize};
 
