@@ -6,6 +6,8 @@
 //! Each C library links its own copy of this crate, so each has its own
 //! per-thread message.
 
+#![deny(missing_docs)]
+
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};
 use std::fmt::Display;
@@ -13,6 +15,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// An error that knows the errno C callers should see.
 pub trait CError: Display {
+    /// The errno value (`libc::E*`, positive) that [`guard`] sets when this
+    /// error ends an export; the `Display` text becomes the message.
     fn errno(&self) -> c_int;
 }
 

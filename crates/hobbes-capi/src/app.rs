@@ -50,6 +50,8 @@ pub unsafe extern "C" fn hobbes_get_app_list(num_apps: *mut c_int) -> *mut AppIn
     })
 }
 
+/// The app's state, or `APP_INVALID` (-1) on failure. Read from the NIS. On failure sets errno: ENOENT for an unknown id,
+/// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
 pub extern "C" fn hobbes_get_app_state(app_id: HobbesId) -> CAppState {
     guard("hobbes_get_app_state", CAppState::Invalid, || {
@@ -65,6 +67,9 @@ pub extern "C" fn hobbes_get_app_name(app_id: HobbesId) -> *mut c_char {
     })
 }
 
+/// The id of the enclave the app runs (or ran) in, or
+/// `HOBBES_INVALID_ID`. Read from the NIS. On failure sets errno: ENOENT for an unknown id,
+/// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
 pub extern "C" fn hobbes_get_app_enclave(app_id: HobbesId) -> HobbesId {
     guard("hobbes_get_app_enclave", HOBBES_INVALID_ID, || {
@@ -172,6 +177,8 @@ pub unsafe extern "C" fn hobbes_wait_app(app_id: HobbesId, exit_code: *mut c_int
     })
 }
 
+/// The name of an `app_state_t` value (`"exited"`), a static string the
+/// caller must not free; `"invalid"` for any other value. Never fails.
 #[no_mangle]
 pub extern "C" fn app_state_to_str(state: c_int) -> *const c_char {
     guard("app_state_to_str", c"invalid".as_ptr(), || {

@@ -50,6 +50,9 @@ pub unsafe extern "C" fn hobbes_get_enclave_list(num_enclaves: *mut c_int) -> *m
     })
 }
 
+/// The enclave's state, or `ENCLAVE_INVALID` (-1) on failure.
+/// Read from the NIS. On failure sets errno: ENOENT for an unknown id,
+/// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
 pub extern "C" fn hobbes_get_enclave_state(enclave_id: HobbesId) -> CEnclaveState {
     guard("hobbes_get_enclave_state", CEnclaveState::Invalid, || {
@@ -57,6 +60,9 @@ pub extern "C" fn hobbes_get_enclave_state(enclave_id: HobbesId) -> CEnclaveStat
     })
 }
 
+/// The enclave's kind (host or native), or `INVALID_ENCLAVE` (-1) on
+/// failure. Read from the NIS. On failure sets errno: ENOENT for an unknown id,
+/// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
 pub extern "C" fn hobbes_get_enclave_type(enclave_id: HobbesId) -> CEnclaveType {
     guard("hobbes_get_enclave_type", CEnclaveType::Invalid, || {
@@ -64,6 +70,9 @@ pub extern "C" fn hobbes_get_enclave_type(enclave_id: HobbesId) -> CEnclaveType 
     })
 }
 
+/// The id of the enclave that created this one (the host, 0, for every
+/// enclave today), or `HOBBES_INVALID_ID`. Read from the NIS. On failure sets errno: ENOENT for an unknown id,
+/// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
 pub extern "C" fn hobbes_get_enclave_parent(enclave_id: HobbesId) -> HobbesId {
     guard("hobbes_get_enclave_parent", HOBBES_INVALID_ID, || {
@@ -135,6 +144,8 @@ pub unsafe extern "C" fn hobbes_ping_enclave(enclave_id: HobbesId, rtt_ns: *mut 
     })
 }
 
+/// The name of an `enclave_state_t` value (`"running"`), a static string
+/// the caller must not free; `"invalid"` for any other value. Never fails.
 #[no_mangle]
 pub extern "C" fn enclave_state_to_str(state: c_int) -> *const c_char {
     guard("enclave_state_to_str", c"invalid".as_ptr(), || {
@@ -149,6 +160,9 @@ pub extern "C" fn enclave_state_to_str(state: c_int) -> *const c_char {
     })
 }
 
+/// The name of an `enclave_type_t` value (`"host"`, `"native"`), a static
+/// string the caller must not free; `"invalid"` for any other value. Never
+/// fails.
 #[no_mangle]
 pub extern "C" fn enclave_type_to_str(kind: c_int) -> *const c_char {
     guard("enclave_type_to_str", c"invalid".as_ptr(), || {

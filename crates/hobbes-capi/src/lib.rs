@@ -7,8 +7,9 @@
 //! NULL on failure, sets `errno` and keeps a message for `hobbes_last_error()`,
 //! and never lets a panic unwind into C.
 //!
-//! Raw pointers are only touched in [`ffi`]; failures are reported in [`error`].
+//! Raw pointers are only touched in `ffi.rs`; failures are reported in `error.rs`.
 
+#![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::os::raw::{c_char, c_int};

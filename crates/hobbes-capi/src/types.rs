@@ -19,10 +19,16 @@ pub const HOBBES_NAME_MAX: usize = 128;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CEnclaveState {
+    /// `ENCLAVE_INVALID`: the error return of `hobbes_get_enclave_state`.
     Invalid = -1,
+    /// `ENCLAVE_STARTING`: resources reserved, control process starting.
     Starting = 0,
+    /// `ENCLAVE_RUNNING`: the control process attached and heartbeats; apps
+    /// may be launched.
     Running = 1,
+    /// `ENCLAVE_CRASHED`: heartbeats stopped or the control process died.
     Crashed = 2,
+    /// `ENCLAVE_STOPPING`: being torn down.
     Stopping = 3,
 }
 
@@ -41,8 +47,12 @@ impl From<EnclaveState> for CEnclaveState {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CEnclaveType {
+    /// `INVALID_ENCLAVE`: the error return of `hobbes_get_enclave_type`.
     Invalid = -1,
+    /// `HOST_ENCLAVE`: the Linux host itself (enclave 0).
     Host = 0,
+    /// `NATIVE_ENCLAVE`: a partition of the node's cores and memory with its
+    /// own namespaces.
     Native = 1,
 }
 
@@ -59,12 +69,20 @@ impl From<EnclaveKind> for CEnclaveType {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CAppState {
+    /// `APP_INVALID`: the error return of `hobbes_get_app_state`.
     Invalid = -1,
+    /// `APP_STARTING`: recorded, launch sent to the control process, not yet
+    /// started.
     Starting = 0,
+    /// `APP_RUNNING`: its process runs in the enclave.
     Running = 1,
+    /// `APP_EXITED`: exited by itself, with any exit code.
     Exited = 2,
+    /// `APP_CRASHED`: killed by a signal (crash, kill, or OOM).
     Crashed = 3,
+    /// `APP_LOST`: its enclave went away and its fate is unknown.
     Lost = 4,
+    /// `APP_FAILED`: could not be started.
     Failed = 5,
 }
 
@@ -85,12 +103,19 @@ impl From<AppState> for CAppState {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct EnclaveInfo {
+    /// The enclave's node-global id (0 is the host).
     pub id: HobbesId,
+    /// The id of the enclave that created it (the host, 0, for now).
     pub parent: HobbesId,
+    /// Its name, NUL-terminated (enclave names always fit).
     pub name: [c_char; HOBBES_NAME_MAX],
+    /// Its kind: host or native.
     pub r#type: CEnclaveType,
+    /// Its state when the NIS was read.
     pub state: CEnclaveState,
+    /// How many cores it holds.
     pub num_cores: u32,
+    /// Its memory limit in bytes (the sum of its memory blocks' sizes).
     pub mem_bytes: u64,
 }
 
@@ -98,9 +123,14 @@ pub struct EnclaveInfo {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct AppInfo {
+    /// The app's node-global id.
     pub id: HobbesId,
+    /// The enclave it runs (or ran) in.
     pub enclave_id: HobbesId,
+    /// Its display name (by default the program's file name), NUL-terminated and
+    /// truncated to fit.
     pub name: [c_char; HOBBES_NAME_MAX],
+    /// Its state when the NIS was read.
     pub state: CAppState,
     /// Shell-style exit code (code, or 128 + signal); -1 while it has none.
     pub exit_code: c_int,

@@ -8,6 +8,8 @@
 //! # Ok::<(), hobbes_client::ClientError>(())
 //! ```
 
+#![deny(missing_docs)]
+
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -35,6 +37,8 @@ pub mod paths;
 /// What `xemem_get_grant` hands out.
 #[derive(Debug)]
 pub struct SegmentGrant {
+    /// The segment as the name server records it (size, owner, mode, page
+    /// kind, composite or not).
     pub record: SegmentRecord,
     /// The segment's memfd (read-only reopening for read-only access); a
     /// composite segment's extent table.
@@ -45,17 +49,43 @@ pub struct SegmentGrant {
     pub eventfd: Option<OwnedFd>,
 }
 
+/// Why a call to the daemon, to a control process, or to the NIS failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Connecting to the socket failed: no daemon (or control process) there,
+    /// or the socket is not accessible to this user. Also on a reconnect
+    /// after the daemon closed an idle connection.
     #[error("cannot connect to leviathan at {path}: {source}{hint}", hint = connect_hint(source))]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The socket connected to.
+        path: PathBuf,
+        /// The error from `connect(2)` (NotFound, ConnectionRefused,
+        /// PermissionDenied...).
+        source: io::Error,
+    },
+    /// Sending a request or reading its reply failed: the peer closed the
+    /// connection, an i/o error, or a frame that does not decode. Whether
+    /// the request was carried out is unknown.
     #[error("connection to {peer}: {source}")]
-    Frame { peer: String, source: FrameError },
+    Frame {
+        /// The peer's socket path.
+        peer: String,
+        /// What went wrong with the frame.
+        source: FrameError,
+    },
     /// The daemon (or control process) refused the request.
     #[error("{0}")]
     Refused(ErrorReply),
+    /// The peer answered with a reply of the wrong kind for the request
+    /// (a protocol mismatch), or a grant lacked its descriptors.
     #[error("unexpected reply from {peer}: {got}")]
-    Unexpected { peer: String, got: String },
+    Unexpected {
+        /// The peer's socket path.
+        peer: String,
+        /// The reply received (its `Debug` form) or what it lacked.
+        got: String,
+    },
+    /// Reading the Node Information Service directly failed.
     #[error(transparent)]
     Nis(#[from] NisError),
 }
@@ -80,6 +110,7 @@ impl ClientError {
     }
 }
 
+/// The result of every client call.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
 /// A connection to `leviathan`.
@@ -101,6 +132,8 @@ fn unexpected<T>(peer: &str, got: Response) -> Result<T> {
 }
 
 impl Client {
+    /// Connect to the daemon's client socket at `socket`. `Connect` when
+    /// nothing listens there or this user may not open it.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Self> {
         let path = socket.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
@@ -189,6 +222,7 @@ impl Client {
         }
     }
 
+    /// The node's status: daemon, cgroup layout, counters, enclaves' health.
     pub fn status(&mut self) -> Result<NodeStatus> {
         match self.call(&Request::Status)? {
             Response::Status(s) => Ok(*s),
@@ -196,6 +230,7 @@ impl Client {
         }
     }
 
+    /// Every core the daemon manages, with its owner, as the daemon sees it.
     pub fn list_cores(&mut self) -> Result<Vec<CoreRecord>> {
         match self.call(&Request::ListCores)? {
             Response::Cores { cores } => Ok(cores),
@@ -203,6 +238,7 @@ impl Client {
         }
     }
 
+    /// Every memory block the daemon manages, with its owner.
     pub fn list_memory(&mut self) -> Result<Vec<MemBlockRecord>> {
         match self.call(&Request::ListMemory)? {
             Response::Memory { blocks } => Ok(blocks),
@@ -210,6 +246,7 @@ impl Client {
         }
     }
 
+    /// Every enclave, enclave 0 (the host) included.
     pub fn list_enclaves(&mut self) -> Result<Vec<EnclaveRecord>> {
         match self.call(&Request::ListEnclaves)? {
             Response::Enclaves { enclaves } => Ok(enclaves),
@@ -217,6 +254,8 @@ impl Client {
         }
     }
 
+    /// The apps of one enclave, or of all enclaves with `None`; running and
+    /// recently ended ones. `Refused` (NotFound) for an unknown enclave.
     pub fn list_apps(&mut self, enclave: Option<EnclaveRef>) -> Result<Vec<AppRecord>> {
         match self.call(&Request::ListApps { enclave })? {
             Response::Apps { apps } => Ok(apps),
@@ -224,10 +263,14 @@ impl Client {
         }
     }
 
+    /// One enclave's record, by id or name. `Refused` (NotFound) when there
+    /// is none.
     pub fn enclave(&mut self, enclave: EnclaveRef) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::GetEnclave { enclave })
     }
 
+    /// One app's record. `Refused` (NotFound) when there is none (never
+    /// launched, or forgotten since it ended).
     pub fn app(&mut self, app: AppId) -> Result<AppRecord> {
         match self.call(&Request::GetApp { app })? {
             Response::App(a) => Ok(*a),
@@ -242,10 +285,17 @@ impl Client {
         }
     }
 
+    /// Create an enclave from `spec` and return its record once its control
+    /// process runs. `Refused` when the name is taken (Conflict), the spec is
+    /// invalid (InvalidSpec), or its cores or memory are not free (Overcommit).
     pub fn create_enclave(&mut self, spec: EnclaveSpec) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::CreateEnclave { spec })
     }
 
+    /// Stop an enclave's apps and control process and free its resources.
+    /// Only its owner or root may (`Refused`: PermissionDenied); NotFound for
+    /// an unknown enclave, InvalidSpec for enclave 0, Conflict while it is
+    /// still starting.
     pub fn destroy_enclave(&mut self, enclave: EnclaveRef) -> Result<()> {
         match self.call(&Request::DestroyEnclave { enclave })? {
             Response::Ok => Ok(()),
@@ -253,10 +303,15 @@ impl Client {
         }
     }
 
+    /// Give an enclave more cores; returns its updated record. `Refused`
+    /// (Overcommit) when the cores asked for are not free.
     pub fn assign_cpus(&mut self, enclave: EnclaveRef, cpus: CpuRequest) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::AssignCpus { enclave, cpus })
     }
 
+    /// Take cores (by host core id) back from an enclave; returns its updated
+    /// record. `Refused` when a core is not the enclave's, or when it would
+    /// be left without a core (destroy it instead).
     pub fn revoke_cpus(
         &mut self,
         enclave: EnclaveRef,
@@ -265,6 +320,8 @@ impl Client {
         self.enclave_reply(Request::RevokeCpus { enclave, cores })
     }
 
+    /// Give an enclave more memory blocks; returns its updated record.
+    /// `Refused` (Overcommit) when not enough blocks are free.
     pub fn assign_memory(
         &mut self,
         enclave: EnclaveRef,
@@ -273,6 +330,8 @@ impl Client {
         self.enclave_reply(Request::AssignMemory { enclave, memory })
     }
 
+    /// Take memory blocks (by block id) back from an enclave; returns its
+    /// updated record. `Refused` when a block is not the enclave's.
     pub fn revoke_memory(
         &mut self,
         enclave: EnclaveRef,
@@ -319,6 +378,10 @@ impl Client {
         }
     }
 
+    /// Send signal number `signal` (1 to 64: `libc::SIGTERM`...) to an
+    /// app's processes. Only its owner or root may (`Refused`:
+    /// PermissionDenied); NotFound for an unknown app, Conflict once it ended,
+    /// InvalidSpec for a number out of range.
     pub fn kill_app(&mut self, app: AppId, signal: i32) -> Result<()> {
         match self.call(&Request::KillApp { app, signal })? {
             Response::Ok => Ok(()),
@@ -424,6 +487,8 @@ impl Client {
         }
     }
 
+    /// XEMEM: stop exporting a segment. Only its owner's uid or root may
+    /// (`Refused`: PermissionDenied); an unknown segid is NotFound.
     pub fn xemem_remove(&mut self, segid: SegId) -> Result<()> {
         match self.call(&Request::XememRemove { segid })? {
             Response::Ok => Ok(()),
@@ -442,6 +507,7 @@ impl Client {
         }
     }
 
+    /// XEMEM: every segment on the node, with its attachments.
     pub fn xemem_list(&mut self) -> Result<Vec<SegmentInfo>> {
         match self.call(&Request::XememList)? {
             Response::Segments { segments } => Ok(segments),
@@ -492,6 +558,7 @@ impl Client {
         }
     }
 
+    /// Remora: every job the daemon records, running or ended.
     pub fn list_jobs(&mut self) -> Result<Vec<JobRecord>> {
         match self.call(&Request::ListJobs)? {
             Response::Jobs { jobs } => Ok(jobs),
@@ -551,6 +618,9 @@ pub struct EnclaveConn {
 }
 
 impl EnclaveConn {
+    /// Connect to an enclave's control socket
+    /// (`<state>/enclaves/<id>/control.sock`). `Connect` when the control
+    /// process is not there or this user may not open it.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Self> {
         let path = socket.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {

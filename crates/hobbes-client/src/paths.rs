@@ -34,10 +34,12 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+/// The daemon's client socket in state directory `state_dir`.
 pub fn socket_in(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("leviathan.sock")
 }
 
+/// The primary NIS environment in state directory `state_dir`.
 pub fn nis_in(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("nis")
 }

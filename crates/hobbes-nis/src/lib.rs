@@ -14,6 +14,8 @@
 //! The daemon is the only writer ([`NisWriter`]); everyone else reads
 //! ([`NisReader`]) directly, without IPC.
 
+#![deny(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -30,23 +32,49 @@ const MAP_SIZE: usize = 256 << 20;
 const MAX_READERS: u32 = 1024;
 const HEADER_KEY: &str = "header";
 
+/// Why opening or reading or writing a NIS failed. Each variant carries the
+/// environment's directory (or the file) it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum NisError {
+    /// Opening for reading found no `data.mdb` in the directory, or one of
+    /// the databases is absent: no daemon has created this NIS (the path is
+    /// the directory, or the missing database under it).
     #[error("no Node Information Service at {0}: is leviathan running? (set HOBBES_STATE_DIR or start `leviathan`)")]
     Missing(PathBuf),
+    /// LMDB itself failed: opening the environment, a transaction, a
+    /// read or write, or decoding a record's JSON.
     #[error("NIS at {path}: {source}")]
-    Lmdb { path: PathBuf, source: heed::Error },
+    Lmdb {
+        /// The environment's directory.
+        path: PathBuf,
+        /// LMDB's (heed's) error.
+        source: heed::Error,
+    },
+    /// The header's schema version is not [`SCHEMA_VERSION`]: the daemon and
+    /// this reader are different builds; [`NisReader::open`] refuses it.
     #[error("NIS at {path} has schema version {found}, this build reads version {SCHEMA_VERSION}")]
-    Schema { path: PathBuf, found: u32 },
+    Schema {
+        /// The environment's directory.
+        path: PathBuf,
+        /// The schema version the header holds.
+        found: u32,
+    },
+    /// The environment exists but the daemon has not written its header
+    /// yet (it is still starting); try again shortly.
     #[error("NIS at {0} has no header yet (daemon still starting)")]
     NoHeader(PathBuf),
+    /// Creating the directory or setting a file's permissions failed (when
+    /// the writer opens the environment).
     #[error("i/o error on {path}: {source}")]
     Io {
+        /// The directory or file.
         path: PathBuf,
+        /// The operating system's error.
         source: std::io::Error,
     },
 }
 
+/// The result of every NIS operation.
 pub type Result<T> = std::result::Result<T, NisError>;
 
 type Env0 = Env<WithoutTls>;
@@ -180,14 +208,24 @@ pub struct NisReader {
 }
 
 /// Everything in the NIS at one instant (one read transaction).
+/// Jobs and PMI values are not part of it. Each list is in key order
+/// (ascending id).
 #[derive(Debug, Clone)]
 pub struct NisSnapshot {
+    /// The node and daemon description (schema, hostname, generation).
     pub header: NisHeader,
+    /// Every core the daemon manages, with its owner.
     pub cores: Vec<CoreRecord>,
+    /// Every memory block the daemon manages, with its owner.
     pub memory: Vec<MemBlockRecord>,
+    /// Every enclave, enclave 0 (the host) included.
     pub enclaves: Vec<EnclaveRecord>,
+    /// Every application launched and not yet forgotten.
     pub apps: Vec<AppRecord>,
+    /// The global process map: one record per process the daemon tracks,
+    /// by host pid.
     pub procs: Vec<ProcRecord>,
+    /// Every XEMEM segment exported on the node.
     pub segments: Vec<SegmentRecord>,
 }
 
@@ -208,6 +246,7 @@ impl NisReader {
         Ok(reader)
     }
 
+    /// The environment's directory, as opened.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -221,40 +260,53 @@ impl NisReader {
         self.t.header.get(&r, HEADER_KEY).map_err(lmdb(&self.dir))
     }
 
+    /// The node and daemon description. `NoHeader` while the daemon is
+    /// still starting and has not written it.
     pub fn header(&self) -> Result<NisHeader> {
         self.header_opt()?
             .ok_or_else(|| NisError::NoHeader(self.dir.clone()))
     }
 
+    /// Enclave `id`'s record; `None` when there is no such enclave (never
+    /// created, or destroyed).
     pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
         let r = self.rtxn()?;
         self.t.enclaves.get(&r, &id).map_err(lmdb(&self.dir))
     }
 
+    /// The enclave named `name` (names are unique on the node); `None` when
+    /// there is none. Reads every enclave record.
     pub fn enclave_by_name(&self, name: &str) -> Result<Option<EnclaveRecord>> {
         Ok(self.enclaves()?.into_iter().find(|e| e.name == name))
     }
 
+    /// Every enclave, enclave 0 (the host) included, by ascending id.
     pub fn enclaves(&self) -> Result<Vec<EnclaveRecord>> {
         let r = self.rtxn()?;
         collect(self.t.enclaves.iter(&r), &self.dir)
     }
 
+    /// App `id`'s record; `None` when there is no such app (never launched,
+    /// or forgotten after it exited).
     pub fn app(&self, id: AppId) -> Result<Option<AppRecord>> {
         let r = self.rtxn()?;
         self.t.apps.get(&r, &id).map_err(lmdb(&self.dir))
     }
 
+    /// Every app the NIS still records, running or exited, by ascending id.
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         let r = self.rtxn()?;
         collect(self.t.apps.iter(&r), &self.dir)
     }
 
+    /// Every core the daemon manages, with its owner, by ascending core id.
     pub fn cores(&self) -> Result<Vec<CoreRecord>> {
         let r = self.rtxn()?;
         collect(self.t.cores.iter(&r), &self.dir)
     }
 
+    /// Every memory block the daemon manages, with its owner, by ascending
+    /// block id.
     pub fn memory(&self) -> Result<Vec<MemBlockRecord>> {
         let r = self.rtxn()?;
         collect(self.t.memory.iter(&r), &self.dir)
@@ -278,6 +330,7 @@ impl NisReader {
         Ok(None)
     }
 
+    /// Segment `segid`'s record; `None` when no such segment is exported.
     pub fn segment(&self, segid: SegId) -> Result<Option<SegmentRecord>> {
         let r = self.rtxn()?;
         self.t.segments.get(&r, &segid).map_err(lmdb(&self.dir))
@@ -292,16 +345,19 @@ impl NisReader {
         self.t.segments.get(&r, &segid).map_err(lmdb(&self.dir))
     }
 
+    /// Every XEMEM segment exported on the node, by ascending segid.
     pub fn segments(&self) -> Result<Vec<SegmentRecord>> {
         let r = self.rtxn()?;
         collect(self.t.segments.iter(&r), &self.dir)
     }
 
+    /// Every Remora job the NIS records, by ascending job id.
     pub fn jobs(&self) -> Result<Vec<JobRecord>> {
         let r = self.rtxn()?;
         collect(self.t.jobs.iter(&r), &self.dir)
     }
 
+    /// Remora job `id`'s record; `None` when there is no such job.
     pub fn job(&self, id: u64) -> Result<Option<JobRecord>> {
         let r = self.rtxn()?;
         self.t.jobs.get(&r, &id).map_err(lmdb(&self.dir))
@@ -398,6 +454,8 @@ impl NisTxn<'_> {
         lmdb(&self.reader.dir)
     }
 
+    /// The header as this batch sees it (its own writes included); `None`
+    /// before the daemon's first write.
     pub fn header(&self) -> Result<Option<NisHeader>> {
         self.reader
             .t
@@ -405,6 +463,7 @@ impl NisTxn<'_> {
             .get(&self.wtxn, HEADER_KEY)
             .map_err(self.e())
     }
+    /// Enclave `id` as this batch sees it; `None` when absent.
     pub fn enclave(&self, id: EnclaveId) -> Result<Option<EnclaveRecord>> {
         self.reader
             .t
@@ -412,25 +471,32 @@ impl NisTxn<'_> {
             .get(&self.wtxn, &id)
             .map_err(self.e())
     }
+    /// App `id` as this batch sees it; `None` when absent.
     pub fn app(&self, id: AppId) -> Result<Option<AppRecord>> {
         self.reader.t.apps.get(&self.wtxn, &id).map_err(self.e())
     }
+    /// Every core record as this batch sees it, by ascending id.
     pub fn cores(&self) -> Result<Vec<CoreRecord>> {
         collect(self.reader.t.cores.iter(&self.wtxn), &self.reader.dir)
     }
+    /// Every memory block record as this batch sees it, by ascending id.
     pub fn blocks(&self) -> Result<Vec<MemBlockRecord>> {
         collect(self.reader.t.memory.iter(&self.wtxn), &self.reader.dir)
     }
+    /// Every enclave record as this batch sees it, by ascending id.
     pub fn enclaves(&self) -> Result<Vec<EnclaveRecord>> {
         collect(self.reader.t.enclaves.iter(&self.wtxn), &self.reader.dir)
     }
+    /// Every app record as this batch sees it, by ascending id.
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         collect(self.reader.t.apps.iter(&self.wtxn), &self.reader.dir)
     }
+    /// Every global process map entry as this batch sees it, by host pid.
     pub fn procs(&self) -> Result<Vec<ProcRecord>> {
         collect(self.reader.t.procs.iter(&self.wtxn), &self.reader.dir)
     }
 
+    /// Write the header (it has no `rev`: the caller keeps `updated_ms`).
     pub fn put_header(&mut self, h: &NisHeader) -> Result<()> {
         let t = self.reader.t;
         t.header
@@ -439,6 +505,8 @@ impl NisTxn<'_> {
         self.ops.push(Op::Header(h.clone()));
         Ok(())
     }
+    /// Add or replace core `c.id`; bumps `c.rev` first, so the caller's copy
+    /// matches what is stored.
     pub fn put_core(&mut self, c: &mut CoreRecord) -> Result<()> {
         c.rev += 1;
         let t = self.reader.t;
@@ -448,6 +516,7 @@ impl NisTxn<'_> {
         self.ops.push(Op::Core(c.clone()));
         Ok(())
     }
+    /// Add or replace memory block `b.id`; bumps `b.rev` first.
     pub fn put_block(&mut self, b: &mut MemBlockRecord) -> Result<()> {
         b.rev += 1;
         let t = self.reader.t;
@@ -457,6 +526,7 @@ impl NisTxn<'_> {
         self.ops.push(Op::Block(b.clone()));
         Ok(())
     }
+    /// Add or replace enclave `e.id`; bumps `e.rev` first.
     pub fn put_enclave(&mut self, e: &mut EnclaveRecord) -> Result<()> {
         e.rev += 1;
         let t = self.reader.t;
@@ -466,6 +536,8 @@ impl NisTxn<'_> {
         self.ops.push(Op::Enclave(e.clone()));
         Ok(())
     }
+    /// Remove enclave `id`'s record (absent is not an error). Its cores,
+    /// blocks, apps and processes are the caller's to release or remove.
     pub fn delete_enclave(&mut self, id: EnclaveId) -> Result<()> {
         let t = self.reader.t;
         t.enclaves
@@ -474,6 +546,7 @@ impl NisTxn<'_> {
         self.ops.push(Op::DelEnclave(id));
         Ok(())
     }
+    /// Add or replace app `a.id`; bumps `a.rev` first.
     pub fn put_app(&mut self, a: &mut AppRecord) -> Result<()> {
         a.rev += 1;
         let t = self.reader.t;
@@ -483,6 +556,8 @@ impl NisTxn<'_> {
         self.ops.push(Op::App(a.clone()));
         Ok(())
     }
+    /// Remove app `id`'s record (absent is not an error); its processes' map
+    /// entries are the caller's to remove.
     pub fn delete_app(&mut self, id: AppId) -> Result<()> {
         let t = self.reader.t;
         t.apps
@@ -491,6 +566,8 @@ impl NisTxn<'_> {
         self.ops.push(Op::DelApp(id));
         Ok(())
     }
+    /// Add or replace the global process map entry for host pid
+    /// `p.global_pid` (these records have no `rev`).
     pub fn put_proc(&mut self, p: &ProcRecord) -> Result<()> {
         let t = self.reader.t;
         t.procs
@@ -499,6 +576,7 @@ impl NisTxn<'_> {
         self.ops.push(Op::Proc(*p));
         Ok(())
     }
+    /// Segment `segid` as this batch sees it; `None` when absent.
     pub fn segment(&self, segid: SegId) -> Result<Option<SegmentRecord>> {
         self.reader
             .t
@@ -506,6 +584,8 @@ impl NisTxn<'_> {
             .get(&self.wtxn, &segid)
             .map_err(self.e())
     }
+    /// The segid named `name`, from the name index, as this batch sees it;
+    /// `None` when the name is free.
     pub fn segment_by_name(&self, name: &str) -> Result<Option<SegId>> {
         self.reader
             .t
@@ -513,6 +593,7 @@ impl NisTxn<'_> {
             .get(&self.wtxn, name)
             .map_err(self.e())
     }
+    /// Every segment record as this batch sees it, by ascending segid.
     pub fn segments(&self) -> Result<Vec<SegmentRecord>> {
         collect(self.reader.t.segments.iter(&self.wtxn), &self.reader.dir)
     }
@@ -524,6 +605,8 @@ impl NisTxn<'_> {
         self.ops.push(op);
         Ok(())
     }
+    /// Remove segment `segid` and its name from the index (absent is not an
+    /// error).
     pub fn delete_segment(&mut self, segid: SegId) -> Result<()> {
         let name = self.segment(segid)?.and_then(|s| s.name);
         let op = Op::DelSegment(segid, name);
@@ -531,9 +614,11 @@ impl NisTxn<'_> {
         self.ops.push(op);
         Ok(())
     }
+    /// Remora job `id` as this batch sees it; `None` when absent.
     pub fn job(&self, id: u64) -> Result<Option<JobRecord>> {
         self.reader.t.jobs.get(&self.wtxn, &id).map_err(self.e())
     }
+    /// Add or replace job `job.id`; bumps `job.rev` first.
     pub fn put_job(&mut self, job: &mut JobRecord) -> Result<()> {
         job.rev += 1;
         self.push(Op::Job(job.clone()))
@@ -551,6 +636,8 @@ impl NisTxn<'_> {
         self.ops.push(op);
         Ok(())
     }
+    /// Remove the global process map entry for host pid `global_pid`
+    /// (absent is not an error).
     pub fn delete_proc(&mut self, global_pid: u32) -> Result<()> {
         let t = self.reader.t;
         t.procs
@@ -619,6 +706,8 @@ impl NisWriter {
         })
     }
 
+    /// A reader of the primary environment, for the daemon's own reads
+    /// outside a batch.
     pub fn reader(&self) -> &NisReader {
         &self.primary
     }

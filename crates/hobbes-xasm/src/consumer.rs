@@ -28,6 +28,7 @@ impl Consumer {
         })
     }
 
+    /// The region's name, as passed to [`Consumer::open`].
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -186,20 +187,27 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The version this view shows (1 for the first snapshot, then
+    /// increasing).
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// The version's bytes, the whole region as it was at that snapshot.
+    /// They never change while the view lives.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the attachment is mapped read-only for len bytes until
         // drop, and nobody writes published pages.
         unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
     }
 
+    /// The first byte of the view: read-only memory (a write faults),
+    /// valid for [`len`](Self::len) bytes until the snapshot is dropped.
     pub fn as_ptr(&self) -> *const u8 {
         self.addr as *const u8
     }
 
+    /// The region's length in bytes (a multiple of the page size).
     pub fn len(&self) -> usize {
         self.len
     }

@@ -4,52 +4,102 @@
 use hobbes_xemem::XememError;
 use nix::errno::Errno;
 
+/// Why an XASM operation failed. Every variant names the operation (its C
+/// name, which starts the message) and maps to one errno ([`errno`]) that
+/// the C API (`xasm.h` in libxemem) sets.
+///
+/// [`errno`]: XasmError::errno
 #[derive(Debug, thiserror::Error)]
 pub enum XasmError {
     /// Bad arguments: sizes, alignment, names, options (EINVAL).
     #[error("{op}: invalid argument: {reason}")]
-    InvalidArgument { op: &'static str, reason: String },
+    InvalidArgument {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
+        op: &'static str,
+        /// Which argument was wrong and what is expected instead.
+        reason: String,
+    },
     /// No such region or version (never published, or reclaimed) (ENOENT).
     #[error("{op}: {what}")]
-    NotFound { op: &'static str, what: String },
+    NotFound {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
+        op: &'static str,
+        /// The region or version looked for, and why it is gone.
+        what: String,
+    },
     /// The requested mechanism does not work on this kernel (ENOTSUP).
     #[error("{op}: {reason}")]
-    Unsupported { op: &'static str, reason: String },
+    Unsupported {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
+        op: &'static str,
+        /// Which dirty-tracking mechanism is unavailable and what the kernel
+        /// lacks for it.
+        reason: String,
+    },
     /// The producer closed the region or exited (EPIPE).
     #[error("{op}: region {region:?}: the producer is gone ({reason})")]
     ProducerGone {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
         op: &'static str,
+        /// The region's name.
         region: String,
+        /// How the consumer noticed (the channel segment was removed...).
         reason: String,
     },
     /// Another call on the same object is in progress (EBUSY; C API).
     #[error("{op}: {what} is busy: {reason}")]
     Busy {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
         op: &'static str,
+        /// The object in use (`region "grid"`).
         what: String,
+        /// What is using it (another snapshot in progress), or why the call
+        /// gave up; a retry may succeed.
         reason: String,
     },
     /// Out of a fixed resource (ENOSPC).
     #[error("{op}: {reason}")]
-    NoSpace { op: &'static str, reason: String },
+    NoSpace {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
+        op: &'static str,
+        /// Which fixed resource ran out and its limit (the `mprotect`
+        /// mechanism's per-process region slots).
+        reason: String,
+    },
     /// A system call failed; its errno is kept.
     #[error("{op}: {what}: {call}: {errno}")]
     Sys {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
         op: &'static str,
+        /// The region or version the call was about (`region grid`).
         what: String,
+        /// The system call that failed (`pwritev`, `mmap`, `ioctl(UFFDIO_*)`).
         call: &'static str,
+        /// Its errno, passed on to C callers unchanged.
         errno: Errno,
     },
     /// An XEMEM operation failed (its errno is kept).
     #[error("{op}: {what}: {source}")]
     Xemem {
+        /// The operation that failed, as its C name (`xasm_snapshot`);
+        /// starts the message.
         op: &'static str,
+        /// The region or version being published, got or attached.
         what: String,
+        /// XEMEM's error; its errno is the one C callers see.
         #[source]
         source: XememError,
     },
 }
 
+/// The result of every XASM operation.
 pub type Result<T> = std::result::Result<T, XasmError>;
 
 impl XasmError {

@@ -33,6 +33,8 @@
 //! kernel); only those pages are copied into the region's pool at the
 //! snapshot, and unchanged pages are shared between versions.
 
+#![deny(missing_docs)]
+
 mod channel;
 mod consumer;
 mod error;

@@ -94,6 +94,7 @@ pub struct SnapshotInfo {
 /// A producer's bookkeeping, for monitoring and leak checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProducerStats {
+    /// The newest published version (0 = none yet).
     pub latest_version: u64,
     /// Versions published and not reclaimed.
     pub live_versions: usize,
@@ -360,6 +361,7 @@ impl Producer {
         self.addr as *mut u8
     }
 
+    /// The region's length in bytes: a non-zero multiple of the page size.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -377,10 +379,12 @@ impl Producer {
         unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len) }
     }
 
+    /// The dirty-tracking mechanism this region uses (chosen at creation).
     pub fn mechanism(&self) -> Mechanism {
         self.mechanism
     }
 
+    /// The region's node-wide name ([`RegionOptions::name`]).
     pub fn name(&self) -> &str {
         &self.name
     }

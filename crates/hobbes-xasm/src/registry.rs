@@ -45,6 +45,8 @@ pub fn insert(producer: Producer, aspace: Option<u64>) -> Arc<Region> {
     r
 }
 
+/// The region with C handle `id`; `None` when no such handle is
+/// registered (never, or removed).
 pub fn get(id: u64) -> Option<Arc<Region>> {
     regions().get(&id).cloned()
 }
@@ -55,12 +57,15 @@ pub fn remove(id: u64) -> Option<Arc<Region>> {
 }
 
 impl Region {
+    /// The C handle: process-local, > 0, never reused.
     pub fn id(&self) -> u64 {
         self.id
     }
+    /// The region's first byte in this process (page-aligned).
     pub fn addr(&self) -> usize {
         self.addr
     }
+    /// The region's length in bytes (a multiple of the page size).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -68,6 +73,7 @@ impl Region {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The region's node-wide name.
     pub fn name(&self) -> &str {
         &self.name
     }

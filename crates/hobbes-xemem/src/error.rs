@@ -6,49 +6,105 @@ use hobbes_proto::frame::FrameError;
 use hobbes_proto::msg::ErrorCode;
 use nix::errno::Errno;
 
+/// Why an XEMEM operation failed. Every variant names the operation (its C
+/// name, which starts the message) and maps to one errno ([`errno`]) that
+/// libxemem and libxpmem set.
+///
+/// [`errno`]: XememError::errno
 #[derive(Debug, thiserror::Error)]
 pub enum XememError {
     /// Bad arguments: alignment, sizes, offsets, flags (EINVAL).
     #[error("{op}: invalid argument: {reason}")]
-    InvalidArgument { op: &'static str, reason: String },
+    InvalidArgument {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// Which argument was wrong and what is expected instead.
+        reason: String,
+    },
     /// Unknown segid, apid, name or attachment (ENOENT).
     #[error("{op}: {what}")]
-    NotFound { op: &'static str, what: String },
+    NotFound {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// What was looked for and not found, or the name server's message.
+        what: String,
+    },
     /// The segment's permit mode does not grant this access (EACCES).
     #[error("{op}: {reason}")]
-    PermissionDenied { op: &'static str, reason: String },
+    PermissionDenied {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// Who owns the segment and what was asked, or the name server's
+        /// message.
+        reason: String,
+    },
     /// Part of the range is not mapped (EFAULT).
     #[error("{op}: address {addr:#x} (in range {start:#x}+{len:#x}) is not mapped")]
     NotMapped {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
         op: &'static str,
+        /// The first address in the range that is not mapped.
         addr: usize,
+        /// The start of the range the caller passed.
         start: usize,
+        /// The length of that range, in bytes.
         len: usize,
     },
     /// No name server to talk to (ECONNREFUSED).
     #[error("{op}: {source}")]
     NoDaemon {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
         op: &'static str,
+        /// The client error: the socket that refused, or the NIS that is
+        /// missing.
         source: ClientError,
     },
     /// The requested segid (or name) is taken (EEXIST).
     #[error("{op}: {reason}")]
-    Exists { op: &'static str, reason: String },
+    Exists {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// The name server's message naming what is taken.
+        reason: String,
+    },
     /// The daemon is out of room for this request (ENOSPC).
     #[error("{op}: {reason}")]
-    NoSpace { op: &'static str, reason: String },
+    NoSpace {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// The name server's message saying what ran out.
+        reason: String,
+    },
     /// A system call failed; its errno (ENOMEM, EACCES, ...) is kept.
     #[error("{op}: {call}: {errno}")]
     Sys {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
         op: &'static str,
+        /// The system call that failed (`mmap`, `memfd_create`).
         call: &'static str,
+        /// Its errno, passed on to C callers unchanged.
         errno: Errno,
     },
     /// Anything else: a broken connection, an unexpected reply (EIO).
     #[error("{op}: {reason}")]
-    Other { op: &'static str, reason: String },
+    Other {
+        /// The operation that failed, as its C name (`xemem_make`); starts
+        /// the message.
+        op: &'static str,
+        /// What went wrong, for the message.
+        reason: String,
+    },
 }
 
+/// The result of every XEMEM operation.
 pub type Result<T> = std::result::Result<T, XememError>;
 
 impl XememError {

@@ -28,6 +28,8 @@
 //! of it. State (the connection, own segments, grants, attachments) is
 //! process-global; all functions are thread-safe.
 
+#![deny(missing_docs)]
+
 #[doc(hidden)]
 pub mod cabi;
 pub mod composite;

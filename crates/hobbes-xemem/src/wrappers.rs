@@ -44,14 +44,21 @@ impl Segment {
         Ok(Segment::new(segid, addr as usize, len, kind, false))
     }
 
+    /// The node-wide id others pass to [`Grant::get`]; valid until this
+    /// segment is dropped.
     pub fn segid(&self) -> SegId {
         self.segid
     }
 
+    /// The start of the exported memory in this process (page-aligned). It
+    /// stays valid while the segment lives; after a drop only when the
+    /// caller owns the memory ([`Segment::make`]).
     pub fn as_ptr(&self) -> *mut u8 {
         self.addr as *mut u8
     }
 
+    /// The exported size in bytes, a multiple of the page size used: for
+    /// [`Segment::alloc`] the requested length rounded up to it.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -61,6 +68,8 @@ impl Segment {
         self.len == 0
     }
 
+    /// The pages backing the memory (base, transparent huge or hugetlb),
+    /// as recorded in the NIS for attachers.
     pub fn page_kind(&self) -> PageKind {
         self.page_kind
     }
@@ -102,14 +111,19 @@ impl Grant {
         })
     }
 
+    /// The process-local permit id, for the free functions
+    /// ([`crate::attach`]); released when the grant is dropped.
     pub fn apid(&self) -> ApId {
         self.apid
     }
 
+    /// The segment the permit is for.
     pub fn segid(&self) -> SegId {
         self.segid
     }
 
+    /// The access asked for and granted: read-only permits make read-only
+    /// attachments.
     pub fn access(&self) -> Access {
         self.access
     }
@@ -142,10 +156,14 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// Where the attached bytes start: the segment's byte at the `offset`
+    /// passed to [`Grant::attach`]. Valid for [`len`](Self::len) bytes until
+    /// the attachment is dropped; writes need a read-write permit.
     pub fn as_ptr(&self) -> *mut u8 {
         self.addr as *mut u8
     }
 
+    /// The number of bytes attached, as asked for in [`Grant::attach`].
     pub fn len(&self) -> usize {
         self.len
     }

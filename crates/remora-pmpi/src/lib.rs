@@ -5,6 +5,8 @@
 //! Rust crate only tells its users (the Remora launcher, the tests) where that
 //! library was put. See README.md.
 
+#![deny(missing_docs)]
+
 pub mod mpiproto;
 
 use std::path::Path;

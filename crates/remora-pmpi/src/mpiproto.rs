@@ -29,8 +29,13 @@ pub struct Param {
 /// One function prototype.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proto {
+    /// The return type as written before the name, whitespace-trimmed
+    /// (`int`, `double`); copied verbatim into the generated wrapper.
     pub ret: String,
+    /// The function's name (`MPI_Allgather`); the wrapper calls `P` + this.
     pub name: String,
+    /// The parameters in declaration order; empty for `(void)`, and `...`
+    /// is left out.
     pub params: Vec<Param>,
 }
 

@@ -4,8 +4,9 @@
 //! (`(void *)-1` for `xemem_attach`, like XPMEM) on failure, sets errno and
 //! keeps a message for `xemem_last_error()`, and never unwinds into C.
 //!
-//! Raw pointers are only touched in [`ffi`].
+//! Raw pointers are only touched in `ffi.rs`.
 
+#![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::{c_char, c_int, c_void};
@@ -16,19 +17,32 @@ use hobbes_xemem::{Access, MakeOptions, SegId, XememError};
 mod ffi;
 pub mod xasm;
 
+/// `xemem_segid_t`: a segment id, valid node-wide (any process, any
+/// enclave); [`XEMEM_INVALID_SEGID`] means failure.
 pub type XememSegid = i64;
+/// `xemem_apid_t`: an access permit from `xemem_get`, valid only in the
+/// process that got it; -1 means failure.
 pub type XememApid = i64;
 
+/// The failure value of segid-returning calls.
 pub const XEMEM_INVALID_SEGID: XememSegid = -1;
+/// `xemem_get` flag: attachments made with the permit are read-only.
 pub const XEMEM_RDONLY: c_int = 0x1;
+/// `xemem_get` flag: attachments made with the permit are read-write.
 pub const XEMEM_RDWR: c_int = 0x2;
+/// Size of [`XememSegment::name`], terminating NUL included: longer names
+/// are cut at 63 bytes.
 pub const XEMEM_SEG_NAME_LEN: usize = 64;
 
 /// `struct xemem_addr`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct XememAddr {
+    /// The permit to attach through (from `xemem_get`).
     pub apid: XememApid,
+    /// Byte offset into the segment where the attachment starts; must not
+    /// be negative. Need not be page-aligned: the returned pointer is then
+    /// `offset % page` bytes into the first mapped page.
     pub offset: libc::off_t,
 }
 
@@ -36,9 +50,14 @@ pub struct XememAddr {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct XememSegment {
+    /// The segment's id.
     pub segid: XememSegid,
+    /// Its name, NUL-terminated: "" when unnamed, cut at 63 bytes.
     pub name: [c_char; XEMEM_SEG_NAME_LEN],
+    /// The enclave of the process that made it (a `hobbes_id_t`).
     pub enclave_id: u64,
+    /// The app that made it, or `(uint64_t)-1` (`HOBBES_INVALID_ID`) for a
+    /// process Hobbes did not launch.
     pub app_id: u64,
 }
 
@@ -136,6 +155,9 @@ pub extern "C" fn xemem_make_segid(
     })
 }
 
+/// Stop exporting a segment; attachments stay mapped until detached. 0, or
+/// -1 with errno: ENOENT for an unknown segid, EACCES when it belongs to
+/// another uid (root may remove any), ECONNREFUSED without `leviathan`.
 #[no_mangle]
 pub extern "C" fn xemem_remove(segid: XememSegid) -> c_int {
     guard("xemem_remove", -1, || {
@@ -165,6 +187,8 @@ pub extern "C" fn xemem_get(segid: XememSegid, flags: c_int) -> XememApid {
     })
 }
 
+/// Give up a permit; its attachments stay mapped until detached. 0, or -1
+/// with ENOENT for an unknown apid.
 #[no_mangle]
 pub extern "C" fn xemem_release(apid: XememApid) -> c_int {
     guard("xemem_release", -1, || {
@@ -197,6 +221,8 @@ pub extern "C" fn xemem_attach_nocache(
     xemem_attach(addr, size, vaddr)
 }
 
+/// Unmap the attachment that contains `vaddr`. 0, or -1 with EINVAL when no
+/// attachment made by this process contains it.
 #[no_mangle]
 pub extern "C" fn xemem_detach(vaddr: *mut c_void) -> c_int {
     guard("xemem_detach", -1, || {

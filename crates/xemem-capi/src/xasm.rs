@@ -18,7 +18,13 @@ use hobbes_xemem::XememError;
 
 use crate::ffi;
 
+/// Region flag: track dirty pages with userfaultfd `WP_ASYNC` +
+/// `PAGEMAP_SCAN` (Linux 6.7+); creation fails with ENOTSUP where the kernel
+/// lacks it. At most one `XASM_MECH_*` flag; none takes
+/// `HOBBES_XASM_MECHANISM`, else the best this kernel has.
 pub const XASM_MECH_SCAN: c_int = 0x1;
+/// Region flag: track dirty pages with `mprotect` and a SIGSEGV handler
+/// (any kernel); system calls that write into the region fail with EFAULT.
 pub const XASM_MECH_MPROTECT: c_int = 0x2;
 const MODE_SHIFT: c_int = 8;
 const KNOWN_FLAGS: c_int = XASM_MECH_SCAN | XASM_MECH_MPROTECT | (0o777 << MODE_SHIFT);
@@ -26,14 +32,22 @@ const KNOWN_FLAGS: c_int = XASM_MECH_SCAN | XASM_MECH_MPROTECT | (0o777 << MODE_
 const VM_PAGE_4KB: u64 = 1 << 12;
 
 /// Opaque C handle types.
+///
+/// `xasm_region_t`: a producer's region, from `xasm_region_create` or
+/// `xasm_region_register`, valid until `xasm_region_destroy`.
 #[repr(C)]
 pub struct XasmRegion {
     _private: [u8; 0],
 }
+/// `xasm_consumer_t`: an open consumer of one region, from
+/// `xasm_consumer_open`, valid until `xasm_consumer_close`.
 #[repr(C)]
 pub struct XasmConsumer {
     _private: [u8; 0],
 }
+/// `xasm_snapshot_t`: one attached version, from `xasm_attach`, valid until
+/// `xasm_snapshot_release`; while it lives the producer cannot reclaim the
+/// version.
 #[repr(C)]
 pub struct XasmSnapshot {
     _private: [u8; 0],
@@ -221,6 +235,9 @@ pub unsafe extern "C" fn xasm_region_register(
     })
 }
 
+/// The region's first byte (page-aligned): the memory the producer
+/// writes between snapshots. NULL with EINVAL for a stale or foreign
+/// handle.
 #[no_mangle]
 pub extern "C" fn xasm_region_addr(r: *mut XasmRegion) -> *mut c_void {
     guard("xasm_region_addr", std::ptr::null_mut(), || {
@@ -228,6 +245,8 @@ pub extern "C" fn xasm_region_addr(r: *mut XasmRegion) -> *mut c_void {
     })
 }
 
+/// The region's length in bytes (a multiple of the page size). 0 with
+/// EINVAL for a stale or foreign handle.
 #[no_mangle]
 pub extern "C" fn xasm_region_len(r: *mut XasmRegion) -> usize {
     guard("xasm_region_len", 0, || {
@@ -250,6 +269,9 @@ pub unsafe extern "C" fn xasm_snapshot(r: *mut XasmRegion, version: *mut u64) ->
     })
 }
 
+/// Retry reclaiming old versions that consumers held at their snapshot
+/// (`xasm_snapshot` does this too); returns how many were reclaimed, or -1.
+/// A stale or foreign handle sets EINVAL.
 #[no_mangle]
 pub extern "C" fn xasm_reclaim(r: *mut XasmRegion) -> c_int {
     const OP: &str = "xasm_reclaim";
@@ -259,6 +281,11 @@ pub extern "C" fn xasm_reclaim(r: *mut XasmRegion) -> c_int {
     })
 }
 
+/// Close the region: waiting consumers get EPIPE, every version and the
+/// channel are removed (consumers' attachments stay valid), and memory from
+/// `xasm_region_create` is unmapped (registered memory stays the caller's).
+/// The handle is invalid afterwards. 0, or -1 with EINVAL for a stale or
+/// foreign handle.
 #[no_mangle]
 pub extern "C" fn xasm_region_destroy(r: *mut XasmRegion) -> c_int {
     const OP: &str = "xasm_region_destroy";
@@ -396,6 +423,8 @@ pub unsafe extern "C" fn xasm_attach(
     })
 }
 
+/// The attached version's number (1, 2, ...), or 0 with EINVAL for a
+/// stale or foreign handle.
 #[no_mangle]
 pub extern "C" fn xasm_snapshot_version(s: *mut XasmSnapshot) -> u64 {
     const OP: &str = "xasm_snapshot_version";
@@ -407,6 +436,9 @@ pub extern "C" fn xasm_snapshot_version(s: *mut XasmSnapshot) -> u64 {
     })
 }
 
+/// Detach a version and release its hold, so the producer may reclaim
+/// it; the handle and the memory from `xasm_attach` are invalid afterwards.
+/// 0, or -1 with EINVAL for a stale or foreign handle.
 #[no_mangle]
 pub extern "C" fn xasm_snapshot_release(s: *mut XasmSnapshot) -> c_int {
     const OP: &str = "xasm_snapshot_release";
@@ -419,6 +451,9 @@ pub extern "C" fn xasm_snapshot_release(s: *mut XasmSnapshot) -> c_int {
     })
 }
 
+/// Close a consumer; the handle is invalid afterwards. Snapshots attached
+/// through it stay valid until released. 0, or -1 with EINVAL for a stale or
+/// foreign handle.
 #[no_mangle]
 pub extern "C" fn xasm_consumer_close(c: *mut XasmConsumer) -> c_int {
     const OP: &str = "xasm_consumer_close";
@@ -431,6 +466,9 @@ pub extern "C" fn xasm_consumer_close(c: *mut XasmConsumer) -> c_int {
     })
 }
 
+/// The message of this thread's last failed XASM or XEMEM call (""
+/// if none): the same per-thread slot as `xemem_last_error()`. The pointer
+/// stays valid until the next failure on this thread.
 #[no_mangle]
 pub extern "C" fn xasm_last_error() -> *const c_char {
     cabi_support::last_error()

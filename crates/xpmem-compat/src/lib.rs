@@ -5,17 +5,29 @@
 //! Failures return -1 (`(void *)-1` for `xpmem_attach`) and set errno;
 //! `xpmem_last_error()` (an extension) has the message.
 
+#![deny(missing_docs)]
+
 use std::ffi::{c_char, c_int, c_void};
 
 use hobbes_xemem::cabi::guard;
 use hobbes_xemem::{Access, MakeOptions, XememError};
 
+/// `xpmem_segid_t`: a segment id from `xpmem_make`, valid node-wide (any
+/// process, any enclave); -1 means failure.
 pub type XpmemSegid = i64;
+/// `xpmem_apid_t`: an access permit from `xpmem_get`, valid only in the
+/// process that got it; -1 means failure.
 pub type XpmemApid = i64;
 
+/// `xpmem_get` flag: attachments made with the permit are read-only.
 pub const XPMEM_RDONLY: c_int = 0x1;
+/// `xpmem_get` flag: attachments made with the permit are read-write
+/// (the segment's permit mode must grant write access).
 pub const XPMEM_RDWR: c_int = 0x2;
+/// The only permit type: `permit_value` holds file-like mode bits.
 pub const XPMEM_PERMIT_MODE: c_int = 0x1;
+/// The size XPMEM uses with `vaddr == NULL` to share a whole address space;
+/// `xpmem_make` refuses that combination (EINVAL).
 pub const XPMEM_MAXADDR_SIZE: usize = usize::MAX;
 /// What `xpmem_version` reports: the XPMEM 2.6 interface.
 pub const XPMEM_VERSION: c_int = 0x0002_6003;
@@ -24,7 +36,11 @@ pub const XPMEM_VERSION: c_int = 0x0002_6003;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct XpmemAddr {
+    /// The permit to attach through (from `xpmem_get`).
     pub apid: XpmemApid,
+    /// Byte offset into the segment where the attachment starts; must not
+    /// be negative. Need not be page-aligned: the returned pointer is then
+    /// `offset % page` bytes into the first mapped page.
     pub offset: libc::off_t,
 }
 
@@ -37,6 +53,7 @@ fn invalid(op: &'static str, reason: impl Into<String>) -> XememError {
     }
 }
 
+/// The interface version, [`XPMEM_VERSION`]. Never fails.
 #[no_mangle]
 pub extern "C" fn xpmem_version() -> c_int {
     XPMEM_VERSION
@@ -84,6 +101,10 @@ pub extern "C" fn xpmem_make(
     })
 }
 
+/// Stop sharing a segment: it can no longer be got; existing attachments
+/// stay mapped until detached. -1 with ENOENT for an unknown segid, EACCES
+/// when it belongs to another uid (root may remove any), ECONNREFUSED when
+/// no `leviathan` answers.
 #[no_mangle]
 pub extern "C" fn xpmem_remove(segid: XpmemSegid) -> c_int {
     guard("xpmem_remove", -1, || {
@@ -143,6 +164,8 @@ pub extern "C" fn xpmem_attach(addr: XpmemAddr, size: usize, vaddr: *mut c_void)
     })
 }
 
+/// Unmap the attachment that contains `vaddr`. -1 with EINVAL when no
+/// attachment made by this process contains it.
 #[no_mangle]
 pub extern "C" fn xpmem_detach(vaddr: *mut c_void) -> c_int {
     guard("xpmem_detach", -1, || {
