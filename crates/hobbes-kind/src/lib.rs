@@ -1,3 +1,5 @@
+#![deny(missing_docs)]
+
 //! Enclave kinds as plug-ins: the API between `leviathan` and the drivers of
 //! its enclave kinds.
 //!
@@ -28,13 +30,15 @@ pub struct StartContext {
     pub daemon_socket: PathBuf,
     /// The enclave's cores.
     pub cores: Vec<CoreId>,
-    /// The enclave's memory blocks, and how many bytes it may use.
+    /// The enclave's memory blocks.
     pub blocks: Vec<BlockId>,
+    /// How many bytes of memory it may use (the blocks' sizes summed).
     pub mem_bytes: u64,
     /// The NUMA nodes its memory is on.
     pub numa_nodes: Vec<u32>,
-    /// The enclave's NIS replica, and the path it is mounted at inside.
+    /// The enclave's NIS replica (a host path).
     pub nis_replica: PathBuf,
+    /// The path the enclave sees its NIS at (the primary's path).
     pub nis_mount: PathBuf,
     /// The secret the enclave's control agent presents when it attaches
     /// (`ControlUp::Attach.credential`): links are admitted by it, over any
@@ -51,18 +55,24 @@ pub const CONTROL_CREDENTIAL_ENV: &str = "HOBBES_CONTROL_CREDENTIAL";
 /// A running control process.
 #[derive(Debug, Clone)]
 pub struct Started {
+    /// Its host pid.
     pub control_pid: u32,
+    /// Its start time (`/proc/PID/stat` field 22), so a recycled pid is never
+    /// mistaken for it.
     pub control_start_time: Option<u64>,
+    /// The isolation really applied (recorded in the NIS, shown by `hobbes`).
     pub isolation: Isolation,
 }
 
+/// What a driver returns: its errors are messages for the operator.
 pub type DriverResult<T> = Result<T, String>;
 
 /// The node, as the daemon hands it to every kind at start.
 #[derive(Debug, Clone)]
 pub struct NodeSetup {
-    /// Every core the daemon manages, and those the host keeps.
+    /// Every core the daemon manages.
     pub all_cores: Vec<CoreId>,
+    /// The cores the host keeps.
     pub host_cores: Vec<CoreId>,
     /// The NUMA nodes of the node's memory.
     pub numa_nodes: Vec<u32>,
@@ -72,6 +82,7 @@ pub struct NodeSetup {
 /// made by some daemon for enclave `enclave`: perhaps ours (recorded in our
 /// NIS), perhaps one a killed daemon left.
 pub trait Leftover: Send {
+    /// The enclave it was made for (its id in the NIS of the daemon that made it).
     fn enclave(&self) -> EnclaveId;
     /// What it is, in one word, for messages ("cgroup").
     fn noun(&self) -> &str;
@@ -87,6 +98,7 @@ pub trait Leftover: Send {
 
 /// The operations every enclave kind provides.
 pub trait EnclaveDriver: Send + Sync {
+    /// The kind this driver runs (one driver per kind in a registry).
     fn kind(&self) -> EnclaveKind;
     /// Fill in what this kind reports in the NIS header (the native kind: the
     /// cgroup mode). Default: nothing.
@@ -139,6 +151,7 @@ pub struct KindRegistry {
 }
 
 impl KindRegistry {
+    /// A registry with no kind.
     pub fn new() -> Self {
         Self::default()
     }
@@ -168,6 +181,7 @@ impl KindRegistry {
         self.drivers.iter().map(|d| d.as_ref())
     }
 
+    /// No kind registered.
     pub fn is_empty(&self) -> bool {
         self.drivers.is_empty()
     }
@@ -181,10 +195,6 @@ pub struct KindEnv {
     /// The `leviathan` executable, which doubles as the control process.
     pub exe: PathBuf,
 }
-
-/// The list of kinds a daemon runs: a function from what it knows at start
-/// to a registry.
-pub type Registration = fn(&KindEnv) -> KindRegistry;
 
 /// Format core ids as a cpu list ("0-3,8").
 pub fn format_cpu_list(cores: &[CoreId]) -> String {

@@ -54,6 +54,7 @@ pub fn set_affinity(pid: u32, cores: &[u32]) -> io::Result<()> {
     nix::sched::sched_setaffinity(Pid::from_raw(pid as i32), &set).map_err(io::Error::from)
 }
 
+/// Send `signal` to process `pid`.
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers.
     let r = unsafe { libc::kill(pid as i32, signal) };

@@ -1,3 +1,5 @@
+#![deny(missing_docs)]
+
 //! The native enclave kind: a partition of the node's cores and memory.
 //!
 //! Privileged: a cpuset (exclusive unless shared) and memory cgroup, and a
@@ -27,7 +29,9 @@ mod sys;
 
 use cgroup::{Cgroups, EnclaveCgroup};
 
+/// The native kind's driver.
 pub struct NativeKind {
+    /// The node's cgroups (none when unprivileged).
     pub cgroups: Cgroups,
     /// The `leviathan` executable, which doubles as the control process.
     pub exe: PathBuf,

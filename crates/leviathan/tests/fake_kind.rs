@@ -372,4 +372,5 @@ fn main() {
     println!("test lifecycle_goes_through_the_registered_kind ... ok");
     cleanup_goes_through_the_registered_kind();
     println!("test cleanup_goes_through_the_registered_kind ... ok");
+    println!("\ntest result: ok. 2 passed; 0 failed");
 }

@@ -56,32 +56,47 @@ pub mod v2;
 #[cfg(test)]
 mod fixture;
 
+/// A cgroup operation that failed, with the path and data involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// Writing a control file failed.
     #[error("failed to write {data:?} to {path}: {source}")]
     Write {
+        /// The control file.
         path: PathBuf,
+        /// What was written.
         data: String,
+        /// Why it failed.
         source: io::Error,
     },
+    /// A filesystem operation (`what`: create, remove, read) failed.
     #[error("failed to {what} {path}: {source}")]
     Fs {
+        /// The operation.
         what: &'static str,
+        /// The cgroup directory or file.
         path: PathBuf,
+        /// Why it failed.
         source: io::Error,
     },
+    /// Processes survived a kill.
     #[error("{path} still has processes {pids:?} after {waited:?}")]
     Busy {
+        /// The cgroup.
         path: PathBuf,
+        /// The processes still in it.
         pids: Vec<u32>,
+        /// How long we waited for it to empty.
         waited: Duration,
     },
 }
 
+/// The result of a cgroup operation.
 pub type Result<T> = std::result::Result<T, CgroupError>;
 
 /// The node's cgroups: our parents, the host's confinement, enclave cgroups.
 pub trait CgroupManager: fmt::Debug + Send + Sync {
+    /// The cgroup version in use (shown in the NIS header).
     fn mode(&self) -> CgroupMode;
     /// Create our parent cgroups and confine the host's tasks to `host_cores`;
     /// returns how many tasks moved. Idempotent: a restarted daemon finds them
@@ -100,6 +115,7 @@ pub trait CgroupManager: fmt::Debug + Send + Sync {
 pub trait EnclaveCgroup: fmt::Debug + Send + Sync {
     /// The directory that names the enclave's cgroups in messages (its cpuset).
     fn path(&self) -> &Path;
+    /// Do its cgroups exist?
     fn exists(&self) -> bool;
     /// Create with its cores, memory nodes and limit; nothing is left behind
     /// on failure.
@@ -111,9 +127,13 @@ pub trait EnclaveCgroup: fmt::Debug + Send + Sync {
     /// The cgroup whose `cgroup.procs` an app joins, from the control
     /// process's cgroups, to come under the memory limit.
     fn app_cgroup(&self) -> &Path;
+    /// Give it exactly these cores.
     fn set_cpus(&self, cores: &[CoreId]) -> Result<()>;
+    /// Bind its memory to these NUMA nodes (`cpuset.mems` syntax).
     fn set_mems(&self, mems: &str) -> Result<()>;
+    /// Set its apps' memory limit.
     fn set_memory_limit(&self, bytes: u64) -> Result<()>;
+    /// Its apps' memory limit, if it has one.
     fn memory_limit(&self) -> Option<u64>;
     /// Processes on the enclave's cores (the control process and apps).
     fn procs(&self) -> Vec<u32>;
@@ -133,11 +153,14 @@ pub trait EnclaveCgroup: fmt::Debug + Send + Sync {
 /// a fixture that writes the files the kernel would.
 #[derive(Clone, Copy)]
 pub struct DirOps {
+    /// Make a cgroup directory.
     pub mkdir: fn(&Path) -> io::Result<()>,
+    /// Remove an (empty) cgroup directory.
     pub rmdir: fn(&Path) -> io::Result<()>,
 }
 
 impl DirOps {
+    /// The real cgroupfs.
     pub const KERNEL: DirOps = DirOps {
         mkdir: |p| fs::create_dir(p),
         rmdir: |p| fs::remove_dir(p),
@@ -417,10 +440,12 @@ impl Cgroups {
         Cgroups(Some(manager))
     }
 
+    /// The manager in use (none without cgroups).
     pub fn manager(&self) -> Option<&dyn CgroupManager> {
         self.0.as_deref()
     }
 
+    /// The cgroup version in use, `None` without cgroups.
     pub fn mode(&self) -> CgroupMode {
         self.manager().map_or(CgroupMode::None, |m| m.mode())
     }

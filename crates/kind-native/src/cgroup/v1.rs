@@ -14,6 +14,7 @@ use super::{
 };
 use hobbes_kind::format_cpu_list;
 
+/// The node's cgroup v1 layout (see the module's documentation).
 #[derive(Debug, Clone)]
 pub struct V1 {
     /// The daemon's own cpuset (whose tasks the host confinement moves).
@@ -32,6 +33,7 @@ impl V1 {
         V1::with_dir_ops(cpuset_parent, memory_parent, DirOps::KERNEL)
     }
 
+    /// As `new`, making and removing directories with `ops` (test fixtures).
     pub fn with_dir_ops(cpuset_parent: PathBuf, memory_parent: PathBuf, ops: DirOps) -> V1 {
         V1 {
             cpuset: cpuset_parent.join("hobbes"),

@@ -15,6 +15,7 @@ use super::{
 };
 use hobbes_kind::format_cpu_list;
 
+/// The node's cgroup v2 layout (see the module's documentation).
 #[derive(Debug, Clone)]
 pub struct V2 {
     parent: PathBuf,
@@ -32,6 +33,7 @@ impl V2 {
         V2::with_dir_ops(parent, DirOps::KERNEL)
     }
 
+    /// As `new`, making and removing directories with `ops` (test fixtures).
     pub fn with_dir_ops(parent: PathBuf, ops: DirOps) -> V2 {
         V2 {
             exclusive: parent.join("hobbes"),
