@@ -18,10 +18,15 @@ pub const DEFAULT_MAX_KVS_BYTES: usize = 64 << 20;
 /// Service). Every method has a no-op default. Called with the job's lock held, so calls are
 /// in the job's order; an observer must not call back into the [`Job`].
 pub trait JobObserver: Send + Sync {
+    /// A put was accepted (not called for a put refused with `kvs_full`); `value` is the
+    /// client's token as sent (usually hex).
     fn on_put(&self, _key: &str, _value: &str) {}
     /// A barrier completed; `generation` counts completed barriers from 1.
     fn on_barrier(&self, _generation: u64) {}
+    /// `rank` sent `abort` (or the launcher called [`Job::abort`]); `exitcode` is 1 when the
+    /// client sent none. Called for every abort, not only the first.
     fn on_abort(&self, _rank: u32, _exitcode: i32) {}
+    /// `rank` sent `finalize` for the first time (repeats are not reported).
     fn on_finalize(&self, _rank: u32) {}
     /// A connection misbehaved (`rank` is `None` before it identified itself).
     fn on_error(&self, _rank: Option<u32>, _error: &str) {}
@@ -37,24 +42,33 @@ impl JobObserver for NoopObserver {}
 pub enum JobEvent {
     /// A rank called `PMI_Abort`: kill the job and report `exitcode`.
     Abort {
+        /// The rank that aborted.
         rank: u32,
+        /// The exit code the launcher should exit with (1 when the client sent none).
         exitcode: i32,
     },
     /// A rank broke the protocol; its connection was closed. The job is likely lost.
     RankError {
+        /// The rank whose connection was closed.
         rank: u32,
+        /// What it did wrong, for the log.
         error: String,
     },
     /// A rank's connection ended without `finalize` (the process died or never finalized).
+    /// Not reported after an abort or once the job is cancelled.
     Disconnected {
+        /// The rank whose connection ended.
         rank: u32,
     },
     /// A connection that never became a rank (bad or duplicate `pmiid`, garbage before the
     /// handshake) was refused. The job itself is unaffected.
     StrayConnection {
+        /// Why it was refused, for the log.
         error: String,
     },
+    /// A rank sent `finalize` (reported once per rank); its process is expected to exit.
     Finalized {
+        /// The rank that finalized.
         rank: u32,
     },
     /// Every rank has finalized.
@@ -64,23 +78,41 @@ pub enum JobEvent {
 /// A job's configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// [`JobConfig::appnums`] is empty: a job of size 0.
     #[error("a job needs at least one rank")]
     Empty,
+    /// The KVS name (given) is empty, longer than [`KVSNAME_MAX`] bytes, or holds a blank,
+    /// `=` or a control character (it must be one wire token).
     #[error(
         "kvsname {0:?} must be 1..={KVSNAME_MAX} bytes without blanks, '=' or control characters"
     )]
     BadKvsname(String),
+    /// The `PMI_process_mapping` value (given) is empty or holds a blank or control character.
     #[error("process mapping {0:?} must be non-empty without blanks or control characters")]
     BadMapping(String),
+    /// [`JobConfig::universe_size`] is below the number of ranks.
     #[error("universe size {universe} is smaller than the job size {size}")]
-    SmallUniverse { universe: u32, size: u32 },
+    SmallUniverse {
+        /// The configured universe size.
+        universe: u32,
+        /// The job's size (number of ranks).
+        size: u32,
+    },
 }
 
 /// Why a rank cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimError {
+    /// The rank is not below the job's size.
     #[error("rank {rank} is outside the job (size {size})")]
-    Unknown { rank: u32, size: u32 },
+    Unknown {
+        /// The rank asked for.
+        rank: u32,
+        /// The job's size: valid ranks are `0..size`.
+        size: u32,
+    },
+    /// The rank (given) was already claimed: a rank is served by one connection in a job's
+    /// lifetime, even after that connection ended.
     #[error("rank {0} is already connected")]
     Duplicate(u32),
 }
@@ -89,13 +121,20 @@ pub enum ClaimError {
 /// them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobConfig {
+    /// The job's KVS name, returned by `get_my_kvsname` and expected in `get`/`put`: 1 to
+    /// [`KVSNAME_MAX`] bytes, one wire token (no blanks, `=` or control characters).
     pub kvsname: String,
     /// The application index (`appnum`) of every rank; its length is the job size.
     pub appnums: Vec<u32>,
+    /// Answered to `get_universe_size`; at least the job size. [`JobConfig::new`] and
+    /// [`JobConfig::mpmd`] set it to the job size.
     pub universe_size: u32,
     /// The value of `PMI_process_mapping`; `None` means all ranks on one node,
     /// `(vector,(0,1,N))`.
     pub process_mapping: Option<String>,
+    /// Cap on the bytes of every key plus every value stored (including
+    /// `PMI_process_mapping`); a put beyond it gets `rc=-1 msg=kvs_full`. Defaults to
+    /// [`DEFAULT_MAX_KVS_BYTES`] (64 MiB).
     pub max_kvs_bytes: usize,
 }
 
@@ -122,16 +161,21 @@ impl JobConfig {
         }
     }
 
+    /// Set the `PMI_process_mapping` value, e.g. `(vector,(0,2,4))` for blocks of 4 ranks on
+    /// 2 nodes. Checked by [`Job::new`] ([`ConfigError::BadMapping`]).
     pub fn with_process_mapping(mut self, mapping: impl Into<String>) -> Self {
         self.process_mapping = Some(mapping.into());
         self
     }
 
+    /// Set the universe size answered to `get_universe_size`; [`Job::new`] refuses one below
+    /// the job size ([`ConfigError::SmallUniverse`]).
     pub fn with_universe_size(mut self, universe_size: u32) -> Self {
         self.universe_size = universe_size;
         self
     }
 
+    /// The number of ranks (the length of [`JobConfig::appnums`], saturated at `u32::MAX`).
     pub fn size(&self) -> u32 {
         u32::try_from(self.appnums.len()).unwrap_or(u32::MAX)
     }
@@ -163,6 +207,7 @@ impl JobConfig {
 /// What the server does after a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Send this reply and read on.
     Reply(Reply),
     /// Send nothing and read on (a spawn block that is not the last of a multi-spawn).
     Nothing,
@@ -213,10 +258,23 @@ impl std::fmt::Debug for Job {
 }
 
 impl Job {
+    /// A job with no observer; see [`Job::with_observer`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` is unusable (no ranks, bad KVS name or mapping, universe
+    /// smaller than the job).
     pub fn new(config: JobConfig) -> Result<Self, ConfigError> {
         Self::with_observer(config, Arc::new(NoopObserver))
     }
 
+    /// A job whose puts, barriers, aborts, finalizes and errors are also reported to
+    /// `observer`. The KVS starts holding `PMI_process_mapping` (`(vector,(0,1,<size>))` unless
+    /// configured), no rank claimed, no barrier completed.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `config` is unusable, as for [`Job::new`].
     pub fn with_observer(
         config: JobConfig,
         observer: Arc<dyn JobObserver>,
@@ -252,14 +310,17 @@ impl Job {
         })
     }
 
+    /// The configuration the job was created with.
     pub fn config(&self) -> &JobConfig {
         &self.config
     }
 
+    /// The job's KVS name (see [`JobConfig::kvsname`]).
     pub fn kvsname(&self) -> &str {
         &self.config.kvsname
     }
 
+    /// The number of ranks; ranks are `0..size`.
     pub fn size(&self) -> u32 {
         self.config.size()
     }
@@ -402,6 +463,7 @@ impl Job {
         Ok(())
     }
 
+    /// The port published for `service`, `None` when it is not published.
     pub fn lookup(&self, service: &str) -> Option<String> {
         self.lock().names.get(service).cloned()
     }
@@ -478,6 +540,7 @@ impl Job {
         self.lock().abort
     }
 
+    /// Whether `rank` has sent `finalize` (`false` for a rank outside the job).
     pub fn is_finalized(&self, rank: u32) -> bool {
         self.lock()
             .finalized
@@ -486,6 +549,7 @@ impl Job {
             .unwrap_or(false)
     }
 
+    /// Whether every rank of the job has sent `finalize`.
     pub fn all_finalized(&self) -> bool {
         let st = self.lock();
         st.finalized_count == self.size()
@@ -526,6 +590,7 @@ impl Job {
         self.event_cv.notify_all();
     }
 
+    /// Whether [`Job::cancel`] has been called.
     pub fn is_cancelled(&self) -> bool {
         self.lock().cancelled
     }

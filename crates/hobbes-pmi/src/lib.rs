@@ -9,6 +9,8 @@
 //!
 //! The wire behaviour is specified in this crate's README.
 
+#![deny(missing_docs)]
+
 pub mod job;
 pub mod server;
 pub mod wire;

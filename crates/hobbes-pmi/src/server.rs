@@ -43,12 +43,21 @@ pub enum ServeEnd {
 /// Why a connection was closed by the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The rank could not be claimed: outside the job, or already served by another
+    /// connection. Nothing was sent on the stream.
     #[error(transparent)]
     Claim(#[from] ClaimError),
+    /// The client sent bytes that are not a command (see [`WireError`]).
     #[error("protocol error: {0}")]
     Wire(#[from] WireError),
+    /// The client sent a valid command that makes no sense at that point (`initack` after
+    /// set-up, `barrier_in` twice in one barrier, anything but `initack` first on TCP), a TCP
+    /// client closed before its handshake, or a serving thread panicked; the message says
+    /// which.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Reading or writing the stream failed, or the TCP handshake did not arrive within
+    /// [`HANDSHAKE_TIMEOUT`].
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
 }
@@ -186,6 +195,7 @@ impl SocketpairServer {
         })
     }
 
+    /// The job whose ranks this server serves.
     pub fn job(&self) -> &Arc<Job> {
         &self.job
     }
@@ -281,6 +291,12 @@ impl TcpServer {
         Self::bind(job, "127.0.0.1:0")
     }
 
+    /// Listen on `addr` (port 0 picks an ephemeral one; [`TcpServer::addr`] says which) and
+    /// accept connections on a thread of its own until the server is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The error of binding the listener or of starting the accept thread.
     pub fn bind(job: Arc<Job>, addr: impl ToSocketAddrs) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -299,10 +315,12 @@ impl TcpServer {
         })
     }
 
+    /// The address actually listened on, given to ranks as `PMI_PORT=host:port`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The job whose ranks this server serves.
     pub fn job(&self) -> &Arc<Job> {
         &self.job
     }

@@ -14,41 +14,84 @@ use std::io::{self, Read};
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most `key=value` lines accepted between `mcmd=spawn` and `endcmd`.
 pub const MAX_SPAWN_LINES: usize = 1024;
-/// Limits advertised in `cmd=maxes` (MPICH's `MPI_Init` fails without them).
+/// Longest KVS name, in bytes, advertised as `kvsname_max` in `cmd=maxes` (MPICH's `MPI_Init`
+/// fails without it). [`JobConfig`](crate::JobConfig) names longer than this are refused.
 pub const KVSNAME_MAX: usize = 256;
+/// Longest key, in bytes, advertised as `keylen_max` in `cmd=maxes`. Advisory: the client keeps
+/// to it, the server does not check it.
 pub const KEYLEN_MAX: usize = 64;
+/// Longest value, in bytes, advertised as `vallen_max` in `cmd=maxes` (required by MPICH).
+/// The client splits longer values into several keys itself.
 pub const VALLEN_MAX: usize = 1024;
 
 /// Why client bytes are not a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A line (newline excluded) exceeded [`MAX_LINE`] bytes; the connection is closed.
     #[error("line longer than {MAX_LINE} bytes")]
     LineTooLong,
+    /// The line is not valid UTF-8; the connection is closed.
     #[error("line is not UTF-8 (first bad byte at offset {offset})")]
-    NotUtf8 { offset: usize },
+    NotUtf8 {
+        /// Byte offset in the line of the first byte that is not valid UTF-8.
+        offset: usize,
+    },
+    /// The line holds a NUL byte; the connection is closed.
     #[error("line contains a NUL byte at offset {offset}")]
-    Nul { offset: usize },
+    Nul {
+        /// Byte offset in the line of the first NUL.
+        offset: usize,
+    },
+    /// The first token is neither `cmd=...` nor `mcmd=...`; the connection is closed.
     #[error("line does not start with cmd= or mcmd=: {start:?}")]
-    NoCommand { start: String },
+    NoCommand {
+        /// The start of the line (at most 64 characters), for the log.
+        start: String,
+    },
+    /// A token has no `=` or an empty key; the connection is closed.
     #[error("token {token:?} is not key=value")]
-    BadToken { token: String },
+    BadToken {
+        /// The offending token (at most 64 characters).
+        token: String,
+    },
+    /// `cmd=NAME` with a name this server does not know; the connection is closed.
     #[error("unknown command {name:?}")]
-    UnknownCommand { name: String },
+    UnknownCommand {
+        /// The unknown name (at most 64 characters).
+        name: String,
+    },
+    /// A known command lacks a required field, or has it empty. For `get`, `put` and the name
+    /// commands the client gets an `rc` reply ([`WireError::error_reply`]) and goes on; for
+    /// `initack` (no `pmiid`) the connection is closed.
     #[error("command {cmd} lacks field {field}")]
     MissingField {
+        /// The command's wire name, e.g. `"put"`.
         cmd: &'static str,
+        /// The missing field's wire name, e.g. `"key"`.
         field: &'static str,
     },
+    /// A numeric field (`pmiid`, `pmi_version`, `pmi_subversion`) does not parse as a
+    /// non-negative 32-bit number; the connection is closed.
     #[error("command {cmd}: field {field}={value:?} is not a number")]
     BadNumber {
+        /// The command's wire name, e.g. `"init"`.
         cmd: &'static str,
+        /// The field's wire name, e.g. `"pmi_version"`.
         field: &'static str,
+        /// The value sent (at most 64 characters).
         value: String,
     },
+    /// `mcmd=NAME` with a name other than `spawn`; the connection is closed.
     #[error("unknown multi-line command mcmd={name:?}")]
-    UnknownMultiCommand { name: String },
+    UnknownMultiCommand {
+        /// The unknown name (at most 64 characters).
+        name: String,
+    },
+    /// A spawn block grew past [`MAX_SPAWN_LINES`] fields without `endcmd`; the connection is
+    /// closed.
     #[error("spawn block longer than {MAX_SPAWN_LINES} lines")]
     SpawnTooLong,
+    /// The stream ended inside a spawn block (after `mcmd=spawn`, before `endcmd`).
     #[error("spawn block not closed by endcmd before the connection ended")]
     SpawnUnterminated,
 }
@@ -78,42 +121,79 @@ impl WireError {
 pub enum Command {
     /// TCP mode handshake: `cmd=initack pmiid=N`, the first line on a `PMI_PORT` connection.
     InitAck {
+        /// The `PMI_ID` the launcher gave this process: the rank it claims, `0 <= pmiid < size`
+        /// for the connection to be accepted.
         pmiid: u32,
     },
+    /// `cmd=init pmi_version=V pmi_subversion=S`, the first command of every rank (after the TCP
+    /// handshake). Answered with [`Reply::ResponseToInit`] (always version 1.1, `rc=0`).
     Init {
+        /// `pmi_version`, `None` when absent (MPICH sends 1).
         version: Option<u32>,
+        /// `pmi_subversion`, `None` when absent (MPICH sends 1).
         subversion: Option<u32>,
     },
+    /// `cmd=get_maxes`: asks the limits; answered with [`Reply::Maxes`].
     GetMaxes,
+    /// `cmd=get_appnum`: asks the index of this rank's application; answered with
+    /// [`Reply::Appnum`].
     GetAppnum,
+    /// `cmd=get_my_kvsname`: asks the job's KVS name; answered with [`Reply::MyKvsname`].
     GetMyKvsname,
+    /// `cmd=get_universe_size`: answered with [`Reply::UniverseSize`].
     GetUniverseSize,
+    /// `cmd=get kvsname=K key=k`: read one key of the job's key/value space; answered with
+    /// [`Reply::GetResult`].
     Get {
+        /// The KVS named by the client; `None` when absent (taken as the job's own). A name
+        /// other than the job's gets `rc=-1 msg=kvs_<K>_not_found`.
         kvsname: Option<String>,
+        /// The key, never empty (an empty or missing key is [`WireError::MissingField`]).
         key: String,
     },
-    /// A missing `value=` is an empty value.
+    /// `cmd=put kvsname=K key=k value=v`: set one key, visible at once to every rank (there is
+    /// no commit); answered with [`Reply::PutResult`]. A missing `value=` is an empty value.
     Put {
+        /// The KVS named by the client; `None` when absent (taken as the job's own).
         kvsname: Option<String>,
+        /// The key, never empty.
         key: String,
+        /// The value, a single token (clients hex-encode binary data); may be empty.
         value: String,
     },
+    /// `cmd=barrier_in`: this rank entered the job's current barrier; answered with
+    /// [`Reply::BarrierOut`] only once every rank has entered it.
     BarrierIn,
+    /// `cmd=publish_name service=S port=P`: publish a name in the job's name service;
+    /// answered with [`Reply::PublishResult`].
     PublishName {
+        /// The service name, never empty.
         service: String,
+        /// The port string to publish (opaque to the server), never empty.
         port: String,
     },
+    /// `cmd=lookup_name service=S`: answered with [`Reply::LookupResult`].
     LookupName {
+        /// The service name, never empty.
         service: String,
     },
+    /// `cmd=unpublish_name service=S`: answered with [`Reply::UnpublishResult`].
     UnpublishName {
+        /// The service name, never empty.
         service: String,
     },
+    /// `cmd=finalize`: the rank is done; answered with [`Reply::FinalizeAck`], after which the
+    /// client closes the connection.
     Finalize,
-    /// `exitcode` is `None` when absent or not a number: an abort is still an abort.
+    /// `cmd=abort exitcode=N`: the rank asks for the whole job to be killed. Never answered:
+    /// the client blocks until the launcher kills it.
     Abort {
+        /// `None` when absent or not a number (the launcher then reports 1): an abort is
+        /// still an abort.
         exitcode: Option<i32>,
     },
+    /// A whole `mcmd=spawn ... endcmd` block; answered (when [`SpawnRequest::is_last`]) with
+    /// [`Reply::SpawnResult`], which is always "not supported".
     Spawn(SpawnRequest),
 }
 
@@ -121,10 +201,13 @@ pub enum Command {
 /// to answer it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpawnRequest {
+    /// `(key, value)` pairs in the order received; keys may repeat (one set per spawned
+    /// command). At most [`MAX_SPAWN_LINES`] lines' worth.
     pub fields: Vec<(String, String)>,
 }
 
 impl SpawnRequest {
+    /// The value of the first field named `key`, if any.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.fields
             .iter()
@@ -149,22 +232,42 @@ impl SpawnRequest {
 pub enum Reply {
     /// The four TCP handshake lines (`initack`, `set size`, `set rank`, `set debug`).
     InitAck {
+        /// The job's size (number of ranks), sent as `cmd=set size=`.
         size: u32,
+        /// The rank this connection serves (the client's `pmiid`), sent as `cmd=set rank=`.
         rank: u32,
     },
+    /// `cmd=response_to_init pmi_version=1 pmi_subversion=1 rc=0`, the answer to
+    /// [`Command::Init`] whatever version the client asked for.
     ResponseToInit,
+    /// `cmd=maxes` with [`KVSNAME_MAX`], [`KEYLEN_MAX`] and [`VALLEN_MAX`].
     Maxes,
+    /// `cmd=appnum appnum=N`: the index of the rank's application within the job (0 for a
+    /// single-application job).
     Appnum(u32),
+    /// `cmd=my_kvsname kvsname=K`: the job's KVS name (a single token).
     MyKvsname(String),
+    /// `cmd=universe_size size=N rc=0`: the number of ranks the job can hold.
     UniverseSize(u32),
-    /// `Ok(value)` or `Err(msg)`.
+    /// `cmd=get_result`: `Ok(value)` (`rc=0 msg=success value=<v>`) or `Err(msg)`
+    /// (`rc=-1 msg=<msg> value=unknown`, e.g. `key_<k>_not_found`).
     GetResult(Result<String, String>),
+    /// `cmd=put_result`: `rc=0 msg=success`, or `rc=-1 msg=<msg>` (e.g. `kvs_full`).
     PutResult(Result<(), String>),
+    /// `cmd=barrier_out`: the barrier this rank entered is complete.
     BarrierOut,
+    /// `cmd=publish_result`: `info=ok rc=0`, or `info=fail rc=1 msg=<msg>` (e.g. the name is
+    /// already published).
     PublishResult(Result<(), String>),
+    /// `cmd=lookup_result`: `Ok(port)` (`info=ok port=<port> rc=0`) or `Err(msg)`
+    /// (`info=fail rc=1`, e.g. `service_<S>_not_found`).
     LookupResult(Result<String, String>),
+    /// `cmd=unpublish_result`: `info=ok rc=0`, or `info=fail rc=1 msg=<msg>`.
     UnpublishResult(Result<(), String>),
+    /// `cmd=finalize_ack`, the answer to [`Command::Finalize`].
     FinalizeAck,
+    /// `cmd=spawn_result`: `rc=0 msg=success` or `rc=-1 msg=<msg>` (this server always sends
+    /// `spawn_not_supported`).
     SpawnResult(Result<(), String>),
 }
 
@@ -297,6 +400,7 @@ fn number<T: std::str::FromStr>(
 pub enum Line {
     /// Nothing but blanks: ignored.
     Blank,
+    /// A complete single-line command.
     Command(Command),
     /// `mcmd=spawn`: `key=value` lines follow until `endcmd`.
     SpawnStart,
@@ -394,13 +498,17 @@ pub struct CommandReader {
 /// Why [`CommandReader::next_command`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// The peer sent something that is not a command (see [`WireError`]); the connection
+    /// should be closed.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// Reading the stream failed (including an interrupted or timed-out read).
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
 }
 
 impl CommandReader {
+    /// A reader with an empty buffer, at the start of a stream.
     pub fn new() -> Self {
         Self::default()
     }
