@@ -18,6 +18,7 @@ use crate::args::{parse_env, parse_mode, parse_signal, parse_size_mib, IdList};
     after_help = "The original Leviathan names (create_enclave, launch_app, list_cpus, ...) \
                   are accepted as well.\nStart with `hobbes demo`."
 )]
+/// The whole `hobbes` command line: the global flags and one command.
 pub struct Cli {
     /// leviathan's socket (default: $HOBBES_SOCKET, else <state dir>/leviathan.sock).
     #[arg(long, global = true, value_name = "PATH")]
@@ -25,10 +26,13 @@ pub struct Cli {
     /// Print records as JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// One node-shell command, with its arguments (kebab-case names; the original underscore
+/// names are aliases).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Node overview: cores, memory, enclaves, and how isolated they really are.
@@ -60,6 +64,7 @@ pub enum Command {
     /// Send a signal to an app.
     #[command(alias = "kill_app")]
     KillApp {
+        /// App id, as `list-apps` shows it.
         app: AppId,
         /// Signal number or name (TERM, SIGKILL, 9...).
         #[arg(short, long, default_value = "TERM", value_parser = parse_signal)]
@@ -67,7 +72,10 @@ pub enum Command {
     },
     /// Wait for an app to end; exits with its exit code (128+N for signal N).
     #[command(alias = "wait_app")]
-    WaitApp { app: AppId },
+    WaitApp {
+        /// App id, as `list-apps` shows it.
+        app: AppId,
+    },
     /// List the node's cores and who owns them.
     #[command(alias = "list_cpus")]
     ListCpus,
@@ -84,6 +92,7 @@ pub enum Command {
     /// Take cores back from an enclave.
     #[command(alias = "revoke_cpus")]
     RevokeCpus {
+        /// Enclave id or name.
         enclave: String,
         /// Core ids ("2", "2,3", "4-7").
         #[arg(long)]
@@ -95,6 +104,7 @@ pub enum Command {
     /// Take memory blocks back from an enclave.
     #[command(alias = "revoke_memory")]
     RevokeMemory {
+        /// Enclave id or name.
         enclave: String,
         /// Memory block ids ("5", "5,6", "8-11").
         #[arg(long)]
@@ -105,11 +115,18 @@ pub enum Command {
     Ping(PingArgs),
     /// Print a file as the enclave sees it.
     #[command(aliases = ["cat_file", "cat-file"])]
-    Cat { enclave: String, path: String },
+    Cat {
+        /// Enclave id or name.
+        enclave: String,
+        /// Path as the enclave sees it (output is cut at 64 MiB).
+        path: String,
+    },
     /// Write a file in the enclave's view, from a local file or stdin.
     #[command(aliases = ["write_file", "write-file"])]
     Write {
+        /// Enclave id or name.
         enclave: String,
+        /// Path as the enclave sees it; created, or truncated if it exists.
         path: String,
         /// Local file to copy (default: stdin).
         #[arg(long, value_name = "LOCALFILE")]
@@ -122,11 +139,13 @@ pub enum Command {
     /// run a program in it, clean up. `demo insitu`: the composed in situ
     /// workflow (simulation + analytics in two enclaves, coupled through XASM).
     Demo {
+        /// Which demo; none: the basic one.
         #[command(subcommand)]
         what: Option<DemoKind>,
     },
 }
 
+/// The demos `hobbes demo` can run besides the basic one.
 #[derive(Subcommand, Debug)]
 pub enum DemoKind {
     /// A simulation in one enclave publishing its state every step, analytics
@@ -149,6 +168,7 @@ pub enum DemoKind {
     },
 }
 
+/// Arguments of `create-enclave`: an XML file, or flags describing the enclave.
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     /// Enclave XML file, e.g. <native name="sim"><cpus><cores>1</cores></cpus><memory size="512"/></native>.
@@ -180,6 +200,7 @@ pub struct CreateArgs {
     pub host_ipc: bool,
 }
 
+/// Arguments of `launch-app`.
 #[derive(Args, Debug)]
 pub struct LaunchArgs {
     /// Enclave id or name.
@@ -201,10 +222,12 @@ pub struct LaunchArgs {
     pub argv: Vec<String>,
 }
 
+/// Arguments of `assign-cpus`: `--count`, `--ids` or both.
 #[derive(Args, Debug)]
 // Explicit ids and a count may be combined: the ids first, then `count` more.
 #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["count", "ids"])))]
 pub struct AssignCpusArgs {
+    /// Enclave id or name.
     pub enclave: String,
     /// Number of free cores to add.
     #[arg(long)]
@@ -217,9 +240,11 @@ pub struct AssignCpusArgs {
     pub ids: Option<IdList>,
 }
 
+/// Arguments of `assign-memory`: `--size`, `--blocks` or both.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("what").required(true).multiple(true).args(["size", "blocks"])))]
 pub struct AssignMemoryArgs {
+    /// Enclave id or name.
     pub enclave: String,
     /// Memory to add, in MiB or with a unit (256, 1G).
     #[arg(long, value_parser = parse_size_mib)]
@@ -232,6 +257,7 @@ pub struct AssignMemoryArgs {
     pub blocks: Option<IdList>,
 }
 
+/// Arguments of `ping`.
 #[derive(Args, Debug)]
 pub struct PingArgs {
     /// Enclave id or name.

@@ -2,6 +2,8 @@
 //! module per group of commands ([`commands`]). The binary only parses the
 //! command line, calls [`run`], and turns errors into `error: ...` + exit 1.
 
+#![deny(missing_docs)]
+
 pub mod args;
 pub mod cli;
 pub mod commands;
@@ -18,11 +20,16 @@ pub use cli::{Cli, Command};
 
 /// What every command needs: where the daemon is and how to print.
 pub struct Ctx {
+    /// leviathan's client socket: `--socket`, else `$HOBBES_SOCKET`, else
+    /// `<state dir>/leviathan.sock`.
     pub socket: PathBuf,
+    /// `--json`: print records as pretty JSON instead of tables.
     pub json: bool,
 }
 
 impl Ctx {
+    /// The context for `cli`'s global flags (resolves the default socket path; connects to
+    /// nothing).
     pub fn new(cli: &Cli) -> Self {
         Ctx {
             socket: cli
@@ -33,6 +40,11 @@ impl Ctx {
         }
     }
 
+    /// A new connection to the daemon at [`Ctx::socket`].
+    ///
+    /// # Errors
+    ///
+    /// When nothing listens there or this user may not open it.
     pub fn connect(&self) -> Result<Client> {
         Ok(Client::connect(&self.socket)?)
     }

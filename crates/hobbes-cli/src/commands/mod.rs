@@ -14,6 +14,10 @@ use hobbes_proto::msg::EnclaveRef;
 use crate::cli::{Command, DemoKind};
 use crate::Ctx;
 
+/// Run `command` and return the process exit code: 0 on success, the app's own code for
+/// the commands that wait for an app (`wait-app`, `launch-app --wait`). `demo insitu` does
+/// not return when it can exec `hobbes-insitu`. Commands that need the daemon connect to it
+/// themselves; errors (no daemon, refused request, I/O) are returned for `main` to print.
 pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
     match command {
         Command::Status => node::status(ctx, &mut ctx.connect()?),
