@@ -19,9 +19,13 @@ pub const STREAM_SCALAR: f64 = 3.0;
 /// 3 for add and triad).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamRates {
+    /// `c = a`, GB/s (16 bytes per element).
     pub copy: f64,
+    /// `b = s c`, GB/s (16 bytes per element).
     pub scale: f64,
+    /// `c = a + b`, GB/s (24 bytes per element).
     pub add: f64,
+    /// `t = b + s c`, GB/s (24 bytes per element).
     pub triad: f64,
 }
 
@@ -30,12 +34,18 @@ pub struct StreamRates {
 /// are the kernel's own buffers.
 #[derive(Default)]
 pub struct Stream {
+    /// STREAM's `b` (the scale kernel's output), resized to the input's length on each run.
     pub b: Vec<f64>,
+    /// STREAM's `c` (the copy and add kernels' output), resized like `b`.
     pub c: Vec<f64>,
+    /// The triad kernel's output (STREAM writes `a`; the input here is read-only).
     pub t: Vec<f64>,
 }
 
 impl Stream {
+    /// Run the four kernels once over `a` (read-only), each timed on its own with a
+    /// monotonic clock, and return their rates. The buffers are resized to `a.len()` first
+    /// (allocated on the first call); an empty `a` gives 0 GB/s.
     pub fn run(&mut self, a: &[f64]) -> StreamRates {
         let n = a.len();
         for v in [&mut self.b, &mut self.c, &mut self.t] {
@@ -79,7 +89,9 @@ pub struct RowSpectrum {
     /// Sum of |X_k|^2 over all n bins (Parseval: n * sum of x^2).
     pub energy: f64,
     /// The bin with the most power, DC (k = 0) excluded.
+    /// `0 ..= n/2`; 0 when no bin above DC has power (or n < 2).
     pub peak_bin: usize,
+    /// `|X_k|^2` at `peak_bin` (0 when `peak_bin` is 0).
     pub peak_power: f64,
     /// Power of the DC bin.
     pub dc_power: f64,
@@ -88,7 +100,9 @@ pub struct RowSpectrum {
 /// Summary of one analysed state: per row (SNAP: per group) spectra.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpectrumSummary {
+    /// One spectrum per row of the primary array, in row order.
     pub rows: Vec<RowSpectrum>,
+    /// Sum of the rows' `energy`.
     pub total_energy: f64,
 }
 
@@ -113,6 +127,8 @@ impl Default for Spectrum {
 }
 
 impl Spectrum {
+    /// The spectrum of `x` (a real signal of any length; all zeros for an empty one).
+    /// Plans a forward FFT of `x.len()` points, reused while the length stays the same.
     pub fn row(&mut self, x: &[f64]) -> RowSpectrum {
         let n = x.len();
         if n == 0 {
@@ -148,6 +164,8 @@ impl Spectrum {
         }
     }
 
+    /// The spectra of every row of `view`'s primary array (SNAP: one per energy group; HPCCG:
+    /// one of x). The aux array is not analysed.
     pub fn analyse(&mut self, view: &View) -> SpectrumSummary {
         let rows: Vec<RowSpectrum> = (0..view.layout.rows)
             .map(|g| self.row(view.row(g)))

@@ -9,10 +9,15 @@
 
 use crate::state::{self, Layout};
 
+/// The problem size of an HPCCG run: the grid's extent in cells along each axis (one
+/// unknown per cell; each at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HpccgParams {
+    /// Cells along x (the fastest-varying index).
     pub nx: usize,
+    /// Cells along y.
     pub ny: usize,
+    /// Cells along z (the slowest-varying index).
     pub nz: usize,
 }
 
@@ -26,10 +31,13 @@ impl HpccgParams {
         }
     }
 
+    /// The number of unknowns (matrix rows): `nx * ny * nz`.
     pub fn rows(&self) -> usize {
         self.nx * self.ny * self.nz
     }
 
+    /// The published state's shape: workload 2, x as one row of [`HpccgParams::rows`] f64s,
+    /// r as the aux array of the same length.
     pub fn layout(&self) -> Layout {
         Layout {
             workload: 2,
@@ -41,6 +49,9 @@ impl HpccgParams {
     }
 }
 
+/// A CG solve in progress: the right-hand side, the search direction and `A p` (three vectors
+/// of [`HpccgParams::rows`] f64s owned here); x and r live in the published state memory the
+/// caller passes to [`Hpccg::init`] and [`Hpccg::step`].
 pub struct Hpccg {
     p: HpccgParams,
     b: Vec<f64>,
@@ -54,6 +65,8 @@ pub struct Hpccg {
 }
 
 impl Hpccg {
+    /// Set up the problem for `p`: computes `b = A * 1` and its norm. Call [`Hpccg::init`]
+    /// on the state memory before the first [`Hpccg::step`].
     pub fn new(p: HpccgParams) -> Hpccg {
         let ones = vec![1.0; p.rows()];
         let mut b = vec![0.0; p.rows()];
@@ -71,6 +84,7 @@ impl Hpccg {
         }
     }
 
+    /// The published state's shape (see [`HpccgParams::layout`]).
     pub fn layout(&self) -> Layout {
         self.p.layout()
     }
@@ -152,6 +166,8 @@ pub fn apply(p: &HpccgParams, x: &[f64], y: &mut [f64]) {
     }
 }
 
+/// The dot product of `a` and `b`, summed in index order (deterministic); extra elements of
+/// the longer slice are ignored.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

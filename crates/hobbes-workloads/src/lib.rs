@@ -19,6 +19,8 @@
 //! # Ok::<(), hobbes_workloads::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod analytics;
 pub mod coupling;
 pub mod demo;

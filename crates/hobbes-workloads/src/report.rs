@@ -17,15 +17,23 @@ use crate::run::{median, PairReport, Workload};
 /// configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    /// The simulation.
     pub workload: Workload,
+    /// The coupling mode.
     pub mode: Mode,
     /// None for the isolated run (mode none has no execution mode).
     pub exec: Option<Exec>,
+    /// Cells or grid points per dimension.
     pub size: usize,
+    /// Time steps per run.
     pub steps: u64,
+    /// Runs (repetitions) aggregated into this row.
     pub runs: usize,
+    /// Median states made available to the analytics (none, stub: 0).
     pub published: u64,
+    /// Median states the analytics analysed (sync: every step).
     pub consumed: u64,
+    /// States read torn (checksum mismatch), summed over the runs (not a median); must be 0.
     pub torn: u64,
     /// Median in situ time per step, µs.
     pub per_step_insitu_us: f64,
@@ -38,6 +46,8 @@ pub struct Row {
 }
 
 impl Row {
+    /// The row's name in the table and the plot's legend: the mode, and the execution
+    /// unless the mode is `none` (e.g. `xasm sync`, `none`).
     pub fn label(&self) -> String {
         match self.exec {
             Some(e) if self.mode != Mode::None => format!("{} {}", self.mode, e),

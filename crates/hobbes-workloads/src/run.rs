@@ -35,6 +35,7 @@ pub enum AnalyticsKind {
 }
 
 impl Workload {
+    /// The workload's command-line, JSON and report name (`snap`, `hpccg`).
     pub fn name(self) -> &'static str {
         match self {
             Workload::Snap => "snap",
@@ -44,6 +45,7 @@ impl Workload {
 }
 
 impl AnalyticsKind {
+    /// The analytics' command-line, JSON and report name (`spectrum`, `stream`).
     pub fn name(self) -> &'static str {
         match self {
             AnalyticsKind::Spectrum => "spectrum",
@@ -55,20 +57,28 @@ impl AnalyticsKind {
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// The simulation to run.
     pub workload: Workload,
     /// Cells (SNAP) or grid points (HPCCG) per dimension.
     pub size: usize,
+    /// Time steps to run (SNAP: time steps; HPCCG: CG iterations), `1..=2^32-1`; steps are
+    /// numbered from 1.
     pub steps: u64,
+    /// How the state is published.
     pub mode: Mode,
+    /// Whether the simulation waits for the analytics after each step.
     pub exec: Exec,
     /// The published region's name (XEMEM names `R`, `R@N`, `R.ctl`).
     pub region: String,
     /// SNAP only: groups, angles per octant, source iterations per step.
     pub groups: usize,
+    /// SNAP only: angles per octant (`1..=64`; 8 x this many directions).
     pub angles: usize,
+    /// SNAP only: source iterations per time step (`1..=100`).
     pub inners: usize,
     /// Pin the process to this CPU.
     pub cpu: Option<usize>,
+    /// Wait bound, XASM versions kept and segment permissions.
     pub coupling: CouplingOptions,
 }
 
@@ -98,6 +108,8 @@ impl Run {
         }
     }
 
+    /// The SNAP parameters of this run: `size`, `groups`, `angles`, `inners` and SNAP's
+    /// default time step.
     pub fn snap_params(&self) -> SnapParams {
         SnapParams {
             groups: self.groups,
@@ -184,11 +196,17 @@ impl Run {
 /// What the simulation measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimReport {
+    /// The simulation that ran.
     pub workload: Workload,
+    /// Cells or grid points per dimension, as in [`Run::size`].
     pub size: usize,
+    /// Time steps run.
     pub steps: u64,
+    /// The coupling mode it published in.
     pub mode: Mode,
+    /// Sync or async execution.
     pub exec: Exec,
+    /// The published region's name.
     pub region: String,
     /// Bytes of published state (header page + arrays).
     pub state_bytes: usize,
@@ -200,10 +218,14 @@ pub struct SimReport {
     pub insitu_s: f64,
     /// The time-step loop: compute + in situ.
     pub total_s: f64,
+    /// `insitu_s` per step, in microseconds.
     pub per_step_insitu_us: f64,
+    /// `compute_s` per step, in microseconds.
     pub per_step_compute_us: f64,
     /// insitu_s / total_s.
     pub share: f64,
+    /// What the publisher counted (states published, snapshot, acknowledgement and lock
+    /// times, XASM pages).
     pub publish: PublishStats,
     /// Checksum of the final published primary array (equal across modes).
     pub checksum: f64,
@@ -215,9 +237,13 @@ pub struct SimReport {
 /// Progress of a running simulation, for a display.
 #[derive(Debug, Clone, Copy)]
 pub struct SimProgress {
+    /// The step just completed and published (from 1).
     pub step: u64,
+    /// Steps the run will take in all.
     pub steps: u64,
+    /// Time since the time-step loop started (setup excluded).
     pub elapsed: Duration,
+    /// Time inside coupling calls so far.
     pub insitu: Duration,
 }
 
@@ -353,14 +379,22 @@ pub fn run_sim(run: &Run, progress: &mut dyn FnMut(&SimProgress)) -> Result<SimR
 /// One analytics run.
 #[derive(Debug, Clone)]
 pub struct Analyze {
+    /// Which analysis to run on each state.
     pub kind: AnalyticsKind,
+    /// The region to read, as the simulation's [`Run::region`].
     pub region: String,
+    /// The mode the simulation publishes in; a region published in another mode is refused.
     pub mode: Mode,
+    /// Pin the process to this CPU.
     pub cpu: Option<usize>,
+    /// Wait bound (for the region to appear, for new states, for the lock) and segment
+    /// options.
     pub coupling: CouplingOptions,
 }
 
 impl Analyze {
+    /// Analytics of `kind` on `region` in `mode`, unpinned, with the default coupling
+    /// options (60 s timeout).
     pub fn new(kind: AnalyticsKind, region: &str, mode: Mode) -> Analyze {
         Analyze {
             kind,
@@ -394,21 +428,31 @@ impl Analyze {
 /// What the analytics measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnalyticsReport {
+    /// The analysis that ran.
     pub kind: AnalyticsKind,
+    /// The coupling mode it read in.
     pub mode: Mode,
+    /// The producer's execution as read from its control segment; `None` when there is
+    /// none to read (stub).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<Exec>,
+    /// The region read.
     pub region: String,
     /// States analysed.
     pub consumed: u64,
     /// States whose arrays did not match their stamped checksum.
     pub torn: u64,
+    /// Step of the first state analysed (0 when none was).
     pub first_step: u64,
+    /// Step of the last state analysed (0 when none was).
     pub last_step: u64,
     /// Steps published but never seen (async: the analytics were busy).
     pub skipped: u64,
+    /// Seconds spent parsing and analysing states (waits excluded).
     pub analysis_s: f64,
+    /// `analysis_s` per state consumed, in microseconds (0 when none was).
     pub per_version_us: f64,
+    /// Seconds from start (before attaching) to the producer's finish.
     pub wall_s: f64,
     /// Spectrum: the summary of the last state analysed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -508,6 +552,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// A simulation and its analytics, run together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairReport {
+    /// The simulation's side.
     pub sim: SimReport,
     /// None for mode none (no analytics).
     pub analytics: Option<AnalyticsReport>,

@@ -18,6 +18,8 @@ use crate::state::{self, Layout};
 pub struct SnapParams {
     /// Cells per dimension (the problem size).
     pub n: usize,
+    /// Energy groups G (SNAP's sample: 4); group 0 is the fastest, each group downscatters
+    /// into the next.
     pub groups: usize,
     /// Angles per octant.
     pub angles: usize,
@@ -40,6 +42,8 @@ impl SnapParams {
         }
     }
 
+    /// The published state's shape: workload 1, the scalar flux as `groups` rows of `n^3`
+    /// cells, the velocities as `groups` aux f64s.
     pub fn layout(&self) -> Layout {
         Layout {
             workload: 1,
@@ -56,11 +60,22 @@ impl SnapParams {
 /// conservative cell by cell; there is no negative-flux fixup).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Balance {
+    /// Particles emitted in the grid: the isotropic source (scattering, downscatter,
+    /// external) plus the previous step's flux through the `1/(v dt)` term, integrated over
+    /// the cells' volume and the quadrature.
     pub source: f64,
+    /// Particles removed in the grid: `(sigma_t + 1/(v dt))` times the scalar flux, integrated
+    /// over the cells' volume.
     pub removal: f64,
+    /// Net particles leaving through the domain's outer faces (vacuum boundaries: nothing
+    /// comes in).
     pub leakage: f64,
 }
 
+/// A SNAP-style transport problem in progress: cross sections, quadrature and the previous
+/// step's angular flux (`8 A G n^3` f64s, 84 MB at n = 32 with the defaults), owned here.
+/// The scalar flux lives in the published state memory passed to [`Snap::init`] and
+/// [`Snap::step`].
 pub struct Snap {
     p: SnapParams,
     /// Direction cosines and weights of the angles of one octant.
@@ -89,6 +104,9 @@ pub struct Snap {
 }
 
 impl Snap {
+    /// Set up the problem for `p` (quadrature, cross sections, the central external source)
+    /// with a zero angular flux; allocates all of its memory. Call [`Snap::init`] on the
+    /// state memory (after [`state::init`]) before the first [`Snap::step`].
     pub fn new(p: SnapParams) -> Snap {
         let (n, g, a) = (p.n, p.groups, p.angles);
         let cells = n * n * n;
@@ -147,10 +165,12 @@ impl Snap {
         }
     }
 
+    /// The parameters the problem was built with.
     pub fn params(&self) -> &SnapParams {
         &self.p
     }
 
+    /// The published state's shape (see [`SnapParams::layout`]).
     pub fn layout(&self) -> Layout {
         self.p.layout()
     }
@@ -162,10 +182,14 @@ impl Snap {
         aux.copy_from_slice(&self.velocity);
     }
 
+    /// Per-group balance (index = group) of the last inner iteration of the last step; all
+    /// zeros before the first step.
     pub fn balance(&self) -> &[Balance] {
         &self.balance
     }
 
+    /// Largest relative change of any cell's scalar flux (any group) during the last inner
+    /// iteration: a convergence indicator, 0 before the first step.
     pub fn last_change(&self) -> f64 {
         self.last_change
     }

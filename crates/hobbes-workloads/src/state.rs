@@ -15,6 +15,8 @@
 use crate::error::{Error, Result};
 use crate::sys::{self, PAGE};
 
+/// Header word 0 of every published state: the bytes `HINSITU1` read as a little-endian u64.
+/// A state without it is refused ([`crate::Error::BadState`]).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"HINSITU1");
 
 const W_MAGIC: usize = 0;
@@ -31,9 +33,14 @@ const W_DIMS: usize = 7;
 pub struct Layout {
     /// 1 = SNAP, 2 = HPCCG.
     pub workload: u64,
+    /// Rows of the primary array (SNAP: energy groups; HPCCG: 1).
     pub rows: usize,
+    /// f64s per row of the primary array (SNAP: cells, `nx*ny*nz`; HPCCG: unknowns).
     pub row_len: usize,
+    /// f64s of the auxiliary array after the primary one (SNAP: one velocity per group;
+    /// HPCCG: the residual, as long as x).
     pub aux_len: usize,
+    /// Grid size `[nx, ny, nz]` in cells, for the analytics' information.
     pub dims: [usize; 3],
 }
 
@@ -43,6 +50,7 @@ impl Layout {
         PAGE + ((self.rows * self.row_len + self.aux_len) * 8).next_multiple_of(PAGE)
     }
 
+    /// f64s of the primary array: `rows * row_len`.
     pub fn primary_len(&self) -> usize {
         self.rows * self.row_len
     }
@@ -95,10 +103,16 @@ pub fn checksum(primary: &[f64]) -> f64 {
 /// A consumer's validated view of published state.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
+    /// The shape read from the header.
     pub layout: Layout,
+    /// The step the state belongs to (0 before the first step is stamped).
     pub step: u64,
+    /// The checksum stamped by the producer; compare it with [`checksum`] of `primary` to
+    /// detect a torn read.
     pub checksum: f64,
+    /// The primary array, `rows * row_len` f64s (borrowed from the mapping).
     pub primary: &'a [f64],
+    /// The auxiliary array, `aux_len` f64s.
     pub aux: &'a [f64],
     /// Primary and aux arrays as one slice (they are contiguous).
     pub all: &'a [f64],

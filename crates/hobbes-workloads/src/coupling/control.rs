@@ -34,6 +34,11 @@ enum Keep {
     Attached(#[allow(dead_code)] Attachment, #[allow(dead_code)] Grant),
 }
 
+/// One side's handle on a region's control segment `R.ctl` (one page). The producer creates
+/// and exports it ([`Control::create`]); the analytics attach it read-write. Dropping it
+/// signals the other side: a registered consumer marks itself gone (a waiting sync producer
+/// stops waiting), a producer that had not finished marks the region finished (step 0) so the
+/// analytics stop.
 pub struct Control {
     shm: Shared<Keep>,
     name: String,
@@ -62,6 +67,7 @@ pub(crate) fn poll<T>(
 }
 
 impl Control {
+    /// The control segment's XEMEM name for region `region`: `<region>.ctl`.
     pub fn name_of(region: &str) -> String {
         format!("{region}.ctl")
     }
@@ -149,14 +155,19 @@ impl Control {
         self.consumer = true;
     }
 
+    /// The control segment's XEMEM name (`R.ctl`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The mode the producer publishes in; `None` when the word holds no known mode (a
+    /// segment from another program or version).
     pub fn mode(&self) -> Option<Mode> {
         Mode::from_code(self.shm.u32_at(O_MODE).load(Relaxed))
     }
 
+    /// Whether the producer waits for acknowledgements (any word other than 0 reads as
+    /// async).
     pub fn exec(&self) -> Exec {
         match self.shm.u32_at(O_EXEC).load(Relaxed) {
             0 => Exec::Sync,
@@ -164,6 +175,8 @@ impl Control {
         }
     }
 
+    /// Bytes of published state the producer allocated (header page plus arrays), as it
+    /// wrote them at creation.
     pub fn state_len(&self) -> usize {
         self.shm.u64_at(O_STATE_LEN).load(Relaxed) as usize
     }
@@ -250,6 +263,8 @@ impl Control {
             .then(|| self.shm.u64_at(O_LAST_STEP).load(Relaxed))
     }
 
+    /// Whether the registered analytics have exited (dropped their `Control`); a producer
+    /// then stops waiting for acknowledgements. `false` before any consumer registered.
     pub fn consumer_gone(&self) -> bool {
         self.shm.u32_at(O_CONSUMER).load(Acquire) == CONSUMER_GONE
     }

@@ -49,13 +49,19 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Exec {
+    /// After publishing step N the producer waits until the analytics consumed N, so they
+    /// see every step.
     Sync,
+    /// The producer never waits; the analytics take the latest state at their own pace and
+    /// the steps they miss are counted as skipped.
     Async,
 }
 
 impl Mode {
+    /// Every mode, in the report's order (the isolated run first).
     pub const ALL: [Mode; 4] = [Mode::None, Mode::Stub, Mode::Xasm, Mode::Spinlock];
 
+    /// The mode's command-line, JSON and report name (`none`, `stub`, `xasm`, `spinlock`).
     pub fn name(self) -> &'static str {
         match self {
             Mode::None => "none",
@@ -80,6 +86,7 @@ impl Mode {
 }
 
 impl Exec {
+    /// The execution's command-line, JSON and report name (`sync`, `async`).
     pub fn name(self) -> &'static str {
         match self {
             Exec::Sync => "sync",
@@ -138,6 +145,7 @@ pub struct PublishStats {
     pub lock_wait_s: f64,
     /// XASM: pages found written and pages copied, over all snapshots.
     pub dirty_pages: u64,
+    /// XASM: pages copied into versions, over all snapshots (0 in the other modes).
     pub copied_pages: u64,
 }
 
@@ -158,6 +166,7 @@ pub trait Publisher: Send {
     fn drain(&mut self, _last_step: u64) -> Result<()> {
         Ok(())
     }
+    /// What was published and how long the coupling calls took so far.
     fn stats(&self) -> PublishStats;
 }
 
@@ -165,7 +174,10 @@ pub trait Publisher: Send {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// A state stamped with this step was analysed.
-    Consumed { step: u64 },
+    Consumed {
+        /// The step stamped in the state that was analysed.
+        step: u64,
+    },
     /// The producer finished and nothing newer is left.
     Finished,
 }
