@@ -87,8 +87,8 @@ pub enum WireError {
         /// The unknown name (at most 64 characters).
         name: String,
     },
-    /// A spawn block grew past [`MAX_SPAWN_LINES`] fields without `endcmd`; the connection is
-    /// closed.
+    /// A spawn block already held [`MAX_SPAWN_LINES`] fields and another line came instead of
+    /// `endcmd`; the connection is closed.
     #[error("spawn block longer than {MAX_SPAWN_LINES} lines")]
     SpawnTooLong,
     /// The stream ended inside a spawn block (after `mcmd=spawn`, before `endcmd`).
@@ -202,7 +202,7 @@ pub enum Command {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpawnRequest {
     /// `(key, value)` pairs in the order received; keys may repeat (one set per spawned
-    /// command). At most [`MAX_SPAWN_LINES`] lines' worth.
+    /// command). A line arriving once it holds [`MAX_SPAWN_LINES`] pairs is refused.
     pub fields: Vec<(String, String)>,
 }
 
