@@ -30,32 +30,73 @@ pub enum OnCrash {
     Hold,
 }
 
+/// The configuration file as read by [`Config::load_file`]: every key is
+/// optional, and a key left out falls back to the command-line flag or the
+/// built-in default when `leviathan`'s `main` builds the [`Config`]. Unknown keys
+/// are refused, so a misspelt key is an error instead of a silently ignored setting.
+/// The meaning of each key is that of the [`Config`] field of the same name.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// See [`Config::host_cores`]; a `--host-cores` flag wins over it.
     pub host_cores: Option<Vec<CoreId>>,
+    /// See [`Config::host_memory_mib`]; a `--host-memory` flag wins over it.
     pub host_memory_mib: Option<u64>,
+    /// See [`Config::heartbeat_interval_ms`] (default 1000).
     pub heartbeat_interval_ms: Option<u64>,
+    /// See [`Config::heartbeat_timeout_ms`] (default 3000).
     pub heartbeat_timeout_ms: Option<u64>,
+    /// See [`Config::on_crash`] (default [`OnCrash::Reclaim`]).
     pub on_crash: Option<OnCrash>,
+    /// See [`Config::unprivileged`]; `true` here or the flag makes it true.
     pub unprivileged: Option<bool>,
+    /// See [`Config::keep_enclaves_on_exit`]; `true` here or `--keep-enclaves` makes it true.
     pub keep_enclaves_on_exit: Option<bool>,
+    /// See [`Config::shmem_thp`]; `true` here or the flag makes it true.
     pub shmem_thp: Option<bool>,
+    /// See [`Config::client_idle_timeout_s`] (default [`DEFAULT_CLIENT_IDLE_TIMEOUT_S`]).
     pub client_idle_timeout_s: Option<u64>,
+    /// See [`Config::request_timeout_ms`] (default [`DEFAULT_REQUEST_TIMEOUT_MS`]).
     pub request_timeout_ms: Option<u64>,
+    /// See [`Config::max_clients_per_uid`] (default [`DEFAULT_MAX_CLIENTS_PER_UID`]).
     pub max_clients_per_uid: Option<usize>,
 }
 
-/// The resolved configuration.
+/// The resolved configuration: flags over the [`FileConfig`] over the defaults,
+/// as `leviathan`'s `main` builds it (a test running the daemon in-process,
+/// such as `tests/fake_kind.rs`, builds one directly). The daemon checks it with [`Config::validate`] before it touches
+/// the node ([`crate::daemon::run_with`]).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The state directory: client and control sockets, pid file, the NIS
+    /// (`<state>/nis`), per-enclave and per-app directories. Default
+    /// `/run/hobbes` for root, else `$XDG_RUNTIME_DIR/hobbes` or `/tmp/hobbes-<uid>`.
     pub state_dir: PathBuf,
+    /// Cores the host keeps (core ids as in the NIS); every other core is free
+    /// for enclaves. `None`: the first core. Applies only when the inventory is
+    /// taken, i.e. to a fresh state directory; a restart keeps the recorded split
+    /// (and warns that the setting was ignored). A core that does not exist is
+    /// an error at start ([`crate::resources::host_share`]).
     pub host_cores: Option<Vec<CoreId>>,
+    /// Memory the host keeps, in MiB, taken from the first memory blocks.
+    /// `None`: a quarter of the node, at least 1 GiB. Must be less than all of
+    /// the node's memory. Like `host_cores`, only for a fresh state directory.
     pub host_memory_mib: Option<u64>,
+    /// How often control processes send a heartbeat, in milliseconds (at least
+    /// 10; the default 1000). Sent to each control process in its `welcome`.
     pub heartbeat_interval_ms: u64,
+    /// An enclave whose control process is silent this long, in milliseconds,
+    /// is marked `crashed` (a dropped link marks it at once). At least twice
+    /// `heartbeat_interval_ms`; the default 3000.
     pub heartbeat_timeout_ms: u64,
+    /// What happens to a crashed enclave's processes, cgroups and resources.
     pub on_crash: OnCrash,
+    /// Run in the degraded mode (no cgroups, no namespaces, affinity only) even
+    /// as root. A daemon that is not root is unprivileged whatever this says.
     pub unprivileged: bool,
+    /// At a clean stop (SIGTERM or SIGINT), leave the enclaves and their apps running and
+    /// the host confinement in place, so that a restarted daemon on the same
+    /// state directory reattaches them; otherwise a stop destroys every enclave.
     pub keep_enclaves_on_exit: bool,
     /// Put shmem transparent huge pages in `advise` mode while running, so
     /// XEMEM's allocator gets huge pages (restored at a clean exit).
@@ -70,18 +111,29 @@ pub struct Config {
     pub max_clients_per_uid: usize,
 }
 
-/// Defaults for the client limits.
+/// Default of [`Config::client_idle_timeout_s`]: 300 s (protocol.md §7).
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_S: u64 = 300;
+/// Default of [`Config::request_timeout_ms`]: 10 s (protocol.md §7).
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Default of [`Config::max_clients_per_uid`]: 64 connections (protocol.md §7).
 pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 64;
 
 impl Config {
+    /// Read and parse the TOML configuration file at `path` (the `--config`
+    /// flag). Errors name the path: unreadable file, bad TOML, an unknown key
+    /// or a value of the wrong type. Values are not range-checked here; that is
+    /// [`Config::validate`]'s job once flags and defaults are merged.
     pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
     }
 
+    /// Check the ranges the daemon relies on: heartbeat interval at least
+    /// 10 ms and timeout at least twice the interval, client idle timeout at
+    /// least 1 s, request timeout at least 10 ms, 1 to 4096 clients per uid.
+    /// The error says which value is wrong; the daemon calls this first at
+    /// start and refuses to start on an error.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.heartbeat_interval_ms >= 10,

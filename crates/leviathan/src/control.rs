@@ -36,6 +36,7 @@ use crate::sys;
 /// How the daemon started us (command line of `leviathan enclave-init`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
+    /// The id of the enclave this process controls; sent in its `attach`.
     #[arg(long)]
     pub enclave: EnclaveId,
     /// The daemon's socket for control processes.
@@ -44,8 +45,12 @@ pub struct ControlArgs {
     /// The socket this control process serves.
     #[arg(long)]
     pub enclave_socket: PathBuf,
+    /// Uid of the enclave's owner: besides root, the only peer allowed to
+    /// read and write files through the enclave socket.
     #[arg(long)]
     pub owner_uid: u32,
+    /// Gid of the enclave's owner, passed along with the uid (apps run with
+    /// the uid/gid the daemon sends in each launch, not with these).
     #[arg(long)]
     pub owner_gid: u32,
     /// We run in new namespaces (pid 1): mount our own /proc, and bind the
@@ -100,6 +105,14 @@ impl Ctl {
     }
 }
 
+/// The body of `leviathan enclave-init`: set up the enclave's mounts (with
+/// `namespaces`) or become a subreaper (without), take the control credential
+/// out of the environment, serve the enclave socket, reap apps, send
+/// heartbeats, and keep the daemon link up. Returns an error only when start-up
+/// fails: the enclave socket cannot be bound, a mount fails, or the daemon is
+/// unreachable at the first attempt. Afterwards a lost link is retried every
+/// 100 ms for ever, and a `shutdown` from the daemon exits the process (as pid 1,
+/// taking the whole PID namespace with it).
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     // An app that outgrows the enclave's memory limit must be what the OOM
     // killer takes, never the process that reaps and reports it.

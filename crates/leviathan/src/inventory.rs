@@ -12,9 +12,21 @@ const SYS_MEMORY: &str = "/sys/devices/system/memory";
 /// Block size used when the kernel exposes no memory blocks (some VMs).
 const SYNTHETIC_BLOCK: u64 = 128 << 20;
 
+/// What [`scan`] found: every online core and online memory block of the node,
+/// all still [`Ownership::Free`]. The daemon scans at every start (an
+/// unprivileged one keeps only the cores its affinity allows), but writes the
+/// cores and blocks into the NIS only on the first start in a state directory,
+/// after [`crate::resources::host_share`] picked the host's share; a restart
+/// keeps the records already there.
 #[derive(Debug, Clone)]
 pub struct Inventory {
+    /// One record per online CPU (`/sys/devices/system/cpu/online`), in id
+    /// order, with its NUMA node, package and core id from sysfs (0, 0 and the
+    /// CPU id where sysfs does not say).
     pub cores: Vec<CoreRecord>,
+    /// The online memory blocks (`/sys/devices/system/memory/memoryN`), in id
+    /// order; `base` and `size` in bytes, `size` being the kernel's block size
+    /// (often 128 MiB). The unit in which enclaves get memory.
     pub blocks: Vec<MemBlockRecord>,
     /// True when memory blocks were synthesised from MemTotal.
     pub synthetic_blocks: bool,
@@ -61,6 +73,13 @@ fn numa_nodes() -> Vec<(u32, Vec<CoreId>, Vec<BlockId>)> {
     nodes
 }
 
+/// Read the node's cores and memory blocks from sysfs (NUMA nodes from
+/// `/sys/devices/system/node`; node 0 for anything no node lists). Where the
+/// kernel exposes no memory blocks (some VMs), the memory is cut into 128 MiB
+/// blocks from `MemTotal` on NUMA node 0 and `synthetic_blocks` is set. Errors
+/// only when `/sys/devices/system/cpu/online` is unreadable or malformed, or
+/// when blocks must be synthesised and `/proc/meminfo` has no `MemTotal`.
+/// Called once by the daemon at start.
 pub fn scan() -> anyhow::Result<Inventory> {
     let nodes = numa_nodes();
     let node_of_cpu = |c: CoreId| {

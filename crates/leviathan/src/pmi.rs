@@ -105,6 +105,15 @@ fn mirror(nis: &NisWriter, kvsname: &str, job_id: u64, ops: &Receiver<MirrorOp>)
 }
 
 impl PmiJob {
+    /// Start the PMI service of Remora job `job_id` (called by the daemon's
+    /// `remora_launch` handler before any rank is launched): one PMI job
+    /// named `kvsname` whose applications have `app_sizes` ranks each (ranks
+    /// numbered across them in order), served over loopback TCP or one
+    /// socketpair per rank (`mode`). Puts and barriers are mirrored into `nis`
+    /// by a thread of its own; aborts, rank errors and finalizes go to
+    /// `events`, the job's supervisor. Errors (`InvalidInput`) when the job
+    /// configuration is unusable (no ranks, a bad KVS name), or when a socket
+    /// or a thread cannot be created.
     pub fn start(
         nis: Arc<NisWriter>,
         job_id: u64,

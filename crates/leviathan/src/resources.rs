@@ -12,8 +12,14 @@ use crate::config::format_cpu_list;
 /// A request the node cannot satisfy, or one naming resources it cannot have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
+    /// Not enough free cores or memory, or a named core or block is taken;
+    /// might succeed later. The daemon answers `overcommit` with the message,
+    /// which says what is available and how to make room.
     #[error("{0}")]
     Overcommit(String),
+    /// The request can never succeed on this node: it names a core or a
+    /// memory block that does not exist. The daemon answers
+    /// `invalid_spec` with the message.
     #[error("{0}")]
     Invalid(String),
 }

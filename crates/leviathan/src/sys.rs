@@ -14,11 +14,18 @@ use nix::unistd::Pid;
 /// as seen from our PID namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {
+    /// The peer's pid in our PID namespace (0 when the peer is in a PID
+    /// namespace we cannot see into).
     pub pid: u32,
+    /// The peer's effective uid when it connected: what requests are authorized by.
     pub uid: u32,
+    /// The peer's effective gid when it connected: apps it launches run with it.
     pub gid: u32,
 }
 
+/// The credentials of `stream`'s peer (`SO_PEERCRED`), as the kernel recorded
+/// them at `connect`: every request on the daemon and enclave sockets is
+/// authorized from them. Errors only if the getsockopt fails (not a Unix socket).
 pub fn peer_cred(stream: &UnixStream) -> io::Result<PeerCred> {
     let c = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;
@@ -116,6 +123,8 @@ pub fn with_fs_identity<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// This process's effective uid; 0 means the daemon runs privileged (unless
+/// configured `unprivileged`).
 pub fn geteuid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }

@@ -56,6 +56,12 @@ impl Subscription {
 }
 
 impl Daemon {
+    /// Register a subscription to app `app`'s events: its end, and with
+    /// `wants_output` its forwarded output (up to 8 MiB queued, beyond which
+    /// chunks are dropped and counted). Taken before the app can end (a
+    /// streamed launch subscribes before the launch is sent; `wait_app` before
+    /// it reads the record), so the end is never missed. The subscription is
+    /// removed when the app ends.
     pub fn subscribe(&self, app: AppId, wants_output: bool) -> Subscription {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -73,6 +79,17 @@ impl Daemon {
         Subscription { rx, queued }
     }
 
+    /// Serve `launch_app` for `peer` (protocol.md §4.1): check the size limit
+    /// (1 MiB of argv and environment: `too_large`) and the argv and
+    /// environment (`invalid_spec`), that the peer is root or the enclave's
+    /// owner (`permission_denied`), that the enclave is running (`conflict`)
+    /// and connected (`unavailable`); record the app, then have the control
+    /// process start it with the peer's uid/gid and the `HOBBES_*` variables.
+    /// Returns the running record (and, with `spec.stream`, the subscription
+    /// the output comes through) once the control process reported the start,
+    /// within 30 s; a program that cannot be started is `invalid_spec`, a
+    /// control process that does not answer in time `unavailable` (either
+    /// way the app is recorded as failed).
     pub fn launch_app(
         &self,
         peer: &PeerCred,
@@ -340,6 +357,10 @@ impl Daemon {
         }
     }
 
+    /// Output the control process forwarded for `app` (called by the link
+    /// thread): queued for each subscriber that wants output; a subscriber more
+    /// than 8 MiB behind loses the chunk (counted and reported as
+    /// `output_dropped`; the log file keeps everything).
     pub fn app_output(&self, app: AppId, stream: Stream, data: Vec<u8>) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(list) = subs.get_mut(&app) else {
@@ -362,7 +383,7 @@ impl Daemon {
         });
     }
 
-    /// Forget the oldest finished apps beyond [`MAX_FINISHED_APPS`], and their logs,
+    /// Forget the oldest finished apps beyond `MAX_FINISHED_APPS` (4096), and their logs,
     /// so a long-running node's NIS stays bounded.
     pub fn prune_finished_apps(&self) {
         let Ok(apps) = self.nis.reader().apps() else {
@@ -391,6 +412,11 @@ impl Daemon {
         }
     }
 
+    /// Serve `kill_app`: send `signal` (1 to 64, else `invalid_spec`) to app
+    /// `id` through its enclave's control process. Root or the app's owner only
+    /// (`permission_denied`); `not_found` for an unknown app, `conflict` when it
+    /// has already ended or the control process could not signal it,
+    /// `unavailable` when the enclave is not connected or does not answer in 10 s.
     pub fn kill_app(&self, peer: &PeerCred, id: AppId, signal: i32) -> Result<(), Refusal> {
         if !(1..=64).contains(&signal) {
             return Err(refuse(

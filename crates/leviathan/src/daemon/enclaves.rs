@@ -80,6 +80,9 @@ impl Daemon {
         })
     }
 
+    /// Allow `peer` to change something owned by uid `owner` only if it is root
+    /// or that uid; otherwise `permission_denied` naming `what` (e.g. "enclave
+    /// 3 (sim)"), its owner and the peer's uid.
     pub fn authorize_owner(peer: &PeerCred, owner: u32, what: &str) -> Result<(), Refusal> {
         if peer.uid == 0 || peer.uid == owner {
             Ok(())
@@ -109,6 +112,15 @@ impl Daemon {
         }
     }
 
+    /// Serve `create_enclave` for `peer`, who becomes the owner: in one NIS
+    /// transaction check the name is free (`conflict`), pick cores and memory
+    /// blocks (`overcommit`, `invalid_spec`) and record the enclave as
+    /// `starting`; then have its kind's driver start the control process and
+    /// wait up to 10 s for it to attach. Returns the record once it is running.
+    /// A bad spec or a kind with no driver is `invalid_spec`, a daemon shutting
+    /// down `unavailable`; a failed start is `internal` and rolled back (the
+    /// resources are free again; if the roll-back fails too, the record stays,
+    /// crashed, holding them until `hobbes destroy-enclave`).
     pub fn create_enclave(
         &self,
         peer: &PeerCred,
@@ -277,6 +289,11 @@ impl Daemon {
             .ok_or_else(|| internal("enclave record vanished"))
     }
 
+    /// Serve `destroy_enclave`: stop the enclave through its driver (its apps
+    /// die with it and are marked), remove its directory, free its cores and
+    /// blocks and delete its record. Root or the owner only; `not_found` for an
+    /// unknown enclave, `conflict` while it is still starting, `internal` when
+    /// the driver cannot stop it (the record stays, so a retry can finish).
     pub fn destroy_enclave(&self, peer: &PeerCred, r: &EnclaveRef) -> Result<(), Refusal> {
         let rec = self.resolve(r)?;
         Self::authorize_owner(
@@ -417,6 +434,14 @@ impl Daemon {
         }
     }
 
+    /// Serve `assign_cpus`: add cores to a running enclave, picked as at
+    /// creation (free cores for an exclusive enclave, host cores for a shared
+    /// one), and apply the new set through the driver (cpuset or affinity).
+    /// `not_found` for an unknown enclave, `permission_denied` unless `peer` is
+    /// root or the enclave's owner, `conflict` unless it is running,
+    /// `invalid_spec` for the host enclave, an empty request
+    /// `invalid_spec`, too few cores `overcommit`; if the driver fails the
+    /// records are restored and the answer is `internal`.
     pub fn assign_cpus(
         &self,
         peer: &PeerCred,
@@ -444,6 +469,13 @@ impl Daemon {
         self.apply_cpus(&before, &after)
     }
 
+    /// Serve `revoke_cpus`: take `cores` back from a running enclave and apply
+    /// the smaller set through the driver. Every core must be the enclave's and
+    /// at least one must remain (else `invalid_spec`: destroy it instead).
+    /// `not_found` for an unknown enclave, `permission_denied` unless `peer` is
+    /// root or the enclave's owner, `conflict` unless it is running,
+    /// `invalid_spec` for the host enclave; if the driver
+    /// fails the records are restored and the answer is `internal`.
     pub fn revoke_cpus(
         &self,
         peer: &PeerCred,
@@ -514,6 +546,13 @@ impl Daemon {
             .ok_or_else(|| internal("enclave vanished"))
     }
 
+    /// Serve `assign_memory`: add memory blocks to a running enclave (NUMA
+    /// nodes it already uses first) and raise its memory limit through the
+    /// driver. `not_found` for an unknown enclave, `permission_denied` unless `peer` is
+    /// root or the enclave's owner, `conflict` unless it is running,
+    /// `invalid_spec` for the host enclave, an
+    /// empty request `invalid_spec`, too little free memory `overcommit`; if the
+    /// driver fails the records are restored and the answer is `internal`.
     pub fn assign_memory(
         &self,
         peer: &PeerCred,
@@ -543,6 +582,12 @@ impl Daemon {
         self.apply_memory(&before, &after)
     }
 
+    /// Serve `revoke_memory`: free `blocks` of a running enclave and lower its
+    /// memory limit through the driver. Every block must be the enclave's and
+    /// some memory must remain (else `invalid_spec`). `not_found` for an unknown enclave, `permission_denied` unless `peer` is
+    /// root or the enclave's owner, `conflict` unless it is running,
+    /// `invalid_spec` for the host enclave;
+    /// if the driver fails the records are restored and the answer is `internal`.
     pub fn revoke_memory(
         &self,
         peer: &PeerCred,

@@ -109,6 +109,9 @@ impl Link {
 }
 
 impl Daemon {
+    /// The live link to enclave `id`'s control process, if it is attached now
+    /// (no waiting; see [`Daemon::live_link`] for the variant that waits after
+    /// a restart).
     pub fn link(&self, id: EnclaveId) -> Option<Arc<Link>> {
         self.links
             .lock()

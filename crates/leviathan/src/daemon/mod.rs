@@ -34,25 +34,35 @@ mod xemem;
 
 pub use startup::{cleanup, cleanup_with, run, run_with};
 
-/// Paths inside the state directory.
+/// Paths inside the state directory: the one place that names its layout, used
+/// by the daemon and by `leviathan cleanup`. Nothing is created here.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
+    /// The state directory itself ([`Config::state_dir`]).
     pub root: PathBuf,
 }
 
 impl StatePaths {
+    /// `<state>/leviathan.sock`: the client socket (mode 0666; every request
+    /// authorized from `SO_PEERCRED`).
     pub fn socket(&self) -> PathBuf {
         self.root.join("leviathan.sock")
     }
+    /// `<state>/control.sock`: where control processes attach (mode 0600).
     pub fn control_socket(&self) -> PathBuf {
         self.root.join("control.sock")
     }
+    /// `<state>/leviathan.pid`: the running daemon's pid, and the file whose
+    /// `flock` makes one daemon per state directory (`locks::lock_state_dir`).
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("leviathan.pid")
     }
+    /// `<state>/nis`: the LMDB environment of the primary NIS.
     pub fn nis(&self) -> PathBuf {
         self.root.join("nis")
     }
+    /// `<state>/enclaves/<id>`: enclave `id`'s directory (its control socket,
+    /// NIS replica and control credential); removed when the enclave is.
     pub fn enclave_dir(&self, id: EnclaveId) -> PathBuf {
         self.root.join("enclaves").join(id.to_string())
     }
@@ -60,6 +70,8 @@ impl StatePaths {
     pub fn control_credential(&self, id: EnclaveId) -> PathBuf {
         self.enclave_dir(id).join("control.credential")
     }
+    /// `<state>/apps/<id>`: app `id`'s `stdout` and `stderr` logs; removed
+    /// when the app's record is.
     pub fn app_dir(&self, id: AppId) -> PathBuf {
         self.root.join("apps").join(id.to_string())
     }
@@ -68,19 +80,28 @@ impl StatePaths {
 /// A request refused: what the client sees.
 pub type Refusal = ErrorReply;
 
+/// A refusal with `code` and `message` (protocol.md §4.2): the message must
+/// name the object and should say how to fix the problem.
 pub fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     ErrorReply::new(code, message)
 }
 
+/// An `internal` refusal from an error the OS or the NIS gave: the message is
+/// the error's text, which should name the path and the data.
 pub fn internal(e: impl std::fmt::Display) -> Refusal {
     ErrorReply::new(ErrorCode::Internal, e.to_string())
 }
 
 /// The daemon's shared state.
 pub struct Daemon {
+    /// The configuration it was started with (validated).
     pub cfg: Config,
+    /// The layout of its state directory.
     pub paths: StatePaths,
+    /// The NIS writer: the daemon is the only writer, every change one transaction.
     pub nis: Arc<NisWriter>,
+    /// Root and not configured `unprivileged`: enclaves get cgroups and
+    /// namespaces; otherwise the degraded mode (affinity only).
     pub privileged: bool,
     /// One driver per enclave kind (`crate::kinds::registry`).
     kinds: KindRegistry,
@@ -109,6 +130,8 @@ impl Daemon {
         self.kinds.get(kind)
     }
 
+    /// [`Config::heartbeat_timeout_ms`] as a `Duration`: how long a control
+    /// link may stay silent before the health thread marks the enclave crashed.
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.heartbeat_timeout_ms)
     }

@@ -38,11 +38,34 @@ const MAX_JOB_RANKS: u32 = 4096;
 /// the control process starts one while the daemon records the previous one.
 const PARALLEL_LAUNCHES: usize = 8;
 
-/// What the supervisor hears.
+/// What the supervisor hears: the supervisor is the thread serving the
+/// `remora_launch` connection, which streams the job to its client and ends the
+/// job at the first failure. Sent by the rank forwarders (apps' events) and by
+/// the PMI service ([`crate::pmi::PmiJob`]).
 pub enum JobEvent {
-    Output { rank: u32, event: AppEvent },
-    Abort { rank: u32, code: i32 },
-    PmiError { rank: Option<u32>, message: String },
+    /// Something happened to a rank's app: output to forward, output dropped
+    /// for a slow client, or its end (a non-zero exit fails the job).
+    Output {
+        /// The rank, numbered across the job's applications (0 to size - 1).
+        rank: u32,
+        /// What the app's subscription delivered.
+        event: AppEvent,
+    },
+    /// A rank called `PMI_Abort`: the job ends `aborted` and its ranks are killed.
+    Abort {
+        /// The rank that aborted.
+        rank: u32,
+        /// The exit code it passed to `PMI_Abort`.
+        code: i32,
+    },
+    /// A PMI client broke the protocol; logged, the job goes on.
+    PmiError {
+        /// The rank whose connection failed, or `None` for a connection that
+        /// never said which rank it was.
+        rank: Option<u32>,
+        /// What the PMI server found wrong.
+        message: String,
+    },
 }
 
 /// The supervisor's event channel.
@@ -630,6 +653,10 @@ impl Daemon {
         })
     }
 
+    /// Serve `remora_signal`: send `signal` to every rank of running job `job`
+    /// (best effort, rank by rank) and remember it, so that the job's end is
+    /// recorded as killed. Root or the job's owner only (`permission_denied`);
+    /// `not_found` when no such job is running.
     pub fn remora_signal(&self, peer: &PeerCred, job: JobId, signal: i32) -> Result<(), Refusal> {
         let live = self
             .jobs
@@ -659,6 +686,7 @@ impl Daemon {
         Ok(())
     }
 
+    /// Serve `list_jobs`: every Remora job record in the NIS, running or ended.
     pub fn list_jobs(&self) -> Result<Vec<JobRecord>, Refusal> {
         self.nis.reader().jobs().map_err(internal)
     }

@@ -17,6 +17,11 @@ use super::{internal, refuse, Daemon, Refusal};
 use crate::sys::{self, PeerCred};
 
 impl Daemon {
+    /// The body of the `client-accept` thread: accept connections on the client
+    /// socket for as long as the daemon runs, each admitted one (per-uid limits,
+    /// protocol.md §7) served on a thread of its own. Out of descriptors, a new
+    /// connection gets an `unavailable` answer from the reserve; other accept
+    /// errors are logged and accepting goes on. Never returns.
     pub fn serve_clients(self: &Arc<Self>, listener: UnixListener) {
         loop {
             match listener.accept() {

@@ -77,6 +77,17 @@ impl Daemon {
         (HOST_ENCLAVE, None)
     }
 
+    /// Serve `xemem_make` (protocol.md §4.1, docs/xemem.md): record a segment
+    /// owned by `peer` over the memfd in `fds` (for a composite segment the
+    /// table memfd then the pool memfd; then the eventfd when `signalled`),
+    /// retiring `make.retire` in the same transaction, and keep references to
+    /// the memory so that `xemem_get` can hand it out after the maker is gone.
+    /// The wrong number of descriptors is `bad_request`; a descriptor that is
+    /// not a memfd, a size of zero or beyond the memfd, a bad name, a bad
+    /// composite table or more than 64 segments to retire is `invalid_spec`;
+    /// a taken name or segid is `conflict`; a retired segment that does not
+    /// exist or that the peer may not remove is `not_found` /
+    /// `permission_denied`, and then nothing changes.
     pub fn xemem_make(
         &self,
         peer: &PeerCred,
@@ -296,6 +307,10 @@ impl Daemon {
             })
     }
 
+    /// Serve `xemem_remove`: delete segment `segid`'s record and drop the
+    /// daemon's references to its memory (processes that attached it keep
+    /// their mappings). Root or the owner's uid only (`permission_denied`);
+    /// `not_found` for an unknown segment.
     pub fn xemem_remove(&self, peer: &PeerCred, segid: SegId) -> Result<(), Refusal> {
         let rec = self.segment(segid)?;
         if peer.uid != 0 && peer.uid != rec.owner_uid {
@@ -389,6 +404,8 @@ impl Daemon {
         Ok((rec, fds))
     }
 
+    /// Serve `xemem_lookup`: the record of the segment named `name`, or
+    /// `not_found`. Open to anyone: access is checked at `xemem_get`.
     pub fn xemem_lookup(&self, name: &str) -> Result<SegmentRecord, Refusal> {
         self.nis
             .reader()
@@ -397,6 +414,10 @@ impl Daemon {
             .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no segment named {name:?}")))
     }
 
+    /// Serve `xemem_signal`: add one to segment `segid`'s eventfd, waking its
+    /// waiters. `not_found` for an unknown segment (or one whose memory the
+    /// daemon no longer holds), `invalid_spec` for one made without a signal
+    /// channel.
     pub fn xemem_signal(&self, segid: SegId) -> Result<(), Refusal> {
         let rec = self.segment(segid)?;
         if !rec.signalled {
