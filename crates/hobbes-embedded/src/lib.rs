@@ -3,6 +3,8 @@
 //! `hobbes demo` (hobbes-cli) and `hobbes demo insitu` (`hobbes-insitu demo`,
 //! hobbes-workloads), which share it here rather than each keeping a copy.
 
+#![deny(missing_docs)]
+
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
