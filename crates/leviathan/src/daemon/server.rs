@@ -7,12 +7,22 @@ use std::time::{Duration, Instant};
 use hobbes_proto::control::ControlUp;
 use hobbes_proto::fdpass::{read_payload_with_fds_limited, write_frame_with_fds, ReadLimits};
 use hobbes_proto::frame::{decode_payload, write_frame, FrameError};
-use hobbes_proto::model::{AppState, Ownership};
-use hobbes_proto::msg::{ErrorCode, NodeStatus, Request, Response};
+use hobbes_proto::model::{AppId, AppState, Ownership};
+use hobbes_proto::msg::{EnclaveRef, ErrorCode, NodeStatus, Request, Response};
 use hobbes_proto::PROTOCOL_VERSION;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::apps::AppEvent;
+
+/// What [`Daemon::dispatch`] made of one request.
+enum Answer {
+    /// One frame for the caller to write: the response or the refusal.
+    Reply(Result<Response, Refusal>),
+    /// The service wrote its answer on the stream itself.
+    Written,
+    /// The client can no longer be talked to: hang up.
+    HangUp,
+}
 use super::{internal, refuse, Daemon, Refusal};
 use crate::sys::{self, PeerCred};
 
@@ -143,43 +153,10 @@ impl Daemon {
                 }
             };
             tracing::debug!(op = req.op(), uid = peer.uid, pid = peer.pid, "request");
-            let result = match req {
-                Request::XememMake(make) => self
-                    .xemem_make(&peer, &make, fds)
-                    .map(|r| Response::Segment(Box::new(r))),
-                Request::XememGet { segid, access } => match self.xemem_get(&peer, segid, access) {
-                    Ok((rec, fds)) => {
-                        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-                        if write_frame_with_fds(
-                            &stream,
-                            &Response::Segment(Box::new(rec)),
-                            &borrowed,
-                        )
-                        .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-                Request::RemoraLaunch { job } => {
-                    if self.remora_launch(&mut stream, &peer, &job).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Request::LaunchApp { launch } if launch.stream => {
-                    if let Err(e) = self.launch_streaming(&mut stream, &peer, &launch) {
-                        tracing::debug!(error = %e, "streaming client went away");
-                        return;
-                    }
-                    continue;
-                }
-                Request::CreateEnclave { spec } => self
-                    .create_enclave_for(&stream, &peer, spec)
-                    .map(|r| Response::Enclave(Box::new(r))),
-                req => self.handle(&peer, req),
+            let result = match self.dispatch(&mut stream, &peer, req, fds) {
+                Answer::Reply(result) => result,
+                Answer::Written => continue,
+                Answer::HangUp => return,
             };
             let reply = result.unwrap_or_else(Response::Error);
             if let Response::Error(e) = &reply {
@@ -256,125 +233,171 @@ impl Daemon {
         }
     }
 
-    fn handle(&self, peer: &PeerCred, req: Request) -> Result<Response, Refusal> {
-        let nis = self.nis.reader();
-        Ok(match req {
-            Request::Hello { .. } => Response::Hello {
+    /// Route one request to the service that serves it: every `Request`
+    /// variant has exactly one arm here. Most are answered with one frame,
+    /// which the caller writes ([`Answer::Reply`]); `xemem_get` (descriptors
+    /// ride with the answer), `remora_launch` and a streamed `launch_app` (a
+    /// stream of frames) write their answers themselves. `fds` are the
+    /// descriptors that came with the request: only `xemem_make` takes any;
+    /// for every other request they are closed here.
+    fn dispatch(
+        &self,
+        stream: &mut UnixStream,
+        peer: &PeerCred,
+        req: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Answer {
+        let reply = match req {
+            Request::Hello { .. } => Ok(Response::Hello {
                 server: format!("leviathan {}", env!("CARGO_PKG_VERSION")),
                 protocol: PROTOCOL_VERSION,
-            },
-            Request::Status => Response::Status(Box::new(self.status()?)),
-            Request::ListCores => Response::Cores {
-                cores: nis.cores().map_err(internal)?,
-            },
-            Request::ListMemory => Response::Memory {
-                blocks: nis.memory().map_err(internal)?,
-            },
-            Request::ListEnclaves => Response::Enclaves {
-                enclaves: nis.enclaves().map_err(internal)?,
-            },
-            Request::ListApps { enclave } => {
-                let filter = enclave.map(|r| self.resolve(&r)).transpose()?.map(|e| e.id);
-                let apps = nis
-                    .apps()
-                    .map_err(internal)?
-                    .into_iter()
-                    .filter(|a| filter.is_none_or(|id| a.enclave == id))
-                    .collect();
-                Response::Apps { apps }
-            }
-            Request::GetEnclave { enclave } => Response::Enclave(Box::new(self.resolve(&enclave)?)),
-            Request::GetApp { app } => {
-                Response::App(Box::new(nis.app(app).map_err(internal)?.ok_or_else(
-                    || refuse(ErrorCode::NotFound, format!("no app {app}")),
-                )?))
-            }
-            Request::CreateEnclave { spec } => {
-                Response::Enclave(Box::new(self.create_enclave(peer, spec)?))
-            }
+            }),
+            Request::Status => self.status().map(|s| Response::Status(Box::new(s))),
+            Request::Ping { enclave } => self.ping(&enclave),
+            // Node resources.
+            Request::ListCores => self
+                .nis
+                .reader()
+                .cores()
+                .map(|cores| Response::Cores { cores })
+                .map_err(internal),
+            Request::ListMemory => self
+                .nis
+                .reader()
+                .memory()
+                .map(|blocks| Response::Memory { blocks })
+                .map_err(internal),
+            // Enclaves (enclaves.rs).
+            Request::ListEnclaves => self
+                .nis
+                .reader()
+                .enclaves()
+                .map(|enclaves| Response::Enclaves { enclaves })
+                .map_err(internal),
+            Request::GetEnclave { enclave } => self
+                .resolve(&enclave)
+                .map(|r| Response::Enclave(Box::new(r))),
+            Request::CreateEnclave { spec } => self
+                .create_enclave_for(stream, peer, spec)
+                .map(|r| Response::Enclave(Box::new(r))),
             Request::DestroyEnclave { enclave } => {
-                self.destroy_enclave(peer, &enclave)?;
-                Response::Ok
+                self.destroy_enclave(peer, &enclave).map(|()| Response::Ok)
             }
-            Request::AssignCpus { enclave, cpus } => {
-                Response::Enclave(Box::new(self.assign_cpus(peer, &enclave, &cpus)?))
-            }
-            Request::RevokeCpus { enclave, cores } => {
-                Response::Enclave(Box::new(self.revoke_cpus(peer, &enclave, &cores)?))
-            }
-            Request::AssignMemory { enclave, memory } => {
-                Response::Enclave(Box::new(self.assign_memory(peer, &enclave, &memory)?))
-            }
-            Request::RevokeMemory { enclave, blocks } => {
-                Response::Enclave(Box::new(self.revoke_memory(peer, &enclave, &blocks)?))
-            }
+            Request::AssignCpus { enclave, cpus } => self
+                .assign_cpus(peer, &enclave, &cpus)
+                .map(|r| Response::Enclave(Box::new(r))),
+            Request::RevokeCpus { enclave, cores } => self
+                .revoke_cpus(peer, &enclave, &cores)
+                .map(|r| Response::Enclave(Box::new(r))),
+            Request::AssignMemory { enclave, memory } => self
+                .assign_memory(peer, &enclave, &memory)
+                .map(|r| Response::Enclave(Box::new(r))),
+            Request::RevokeMemory { enclave, blocks } => self
+                .revoke_memory(peer, &enclave, &blocks)
+                .map(|r| Response::Enclave(Box::new(r))),
+            // Apps (apps.rs).
+            Request::ListApps { enclave } => self.list_apps(enclave.as_ref()),
+            Request::GetApp { app } => self.get_app(app),
             Request::LaunchApp { launch } => {
-                Response::App(Box::new(self.launch_app(peer, &launch)?.0))
+                if !launch.stream {
+                    return Answer::Reply(
+                        self.launch_app(peer, &launch)
+                            .map(|(rec, _)| Response::App(Box::new(rec))),
+                    );
+                }
+                // Streamed: the record, the output, then the end, as frames.
+                return match self.launch_streaming(stream, peer, &launch) {
+                    Ok(()) => Answer::Written,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "streaming client went away");
+                        Answer::HangUp
+                    }
+                };
             }
             Request::KillApp { app, signal } => {
-                self.kill_app(peer, app, signal)?;
-                Response::Ok
+                self.kill_app(peer, app, signal).map(|()| Response::Ok)
             }
-            Request::WaitApp { app } => Response::App(Box::new(self.wait_app(app)?)),
-            Request::XememMake(_) => {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    "xemem_make needs its descriptors",
-                ))
-            }
-            Request::XememGet { .. } => {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    "xemem_get is answered with descriptors",
-                ))
-            }
-            Request::XememRemove { segid } => {
-                self.xemem_remove(peer, segid)?;
-                Response::Ok
-            }
-            Request::XememLookup { name } => Response::Segment(Box::new(self.xemem_lookup(&name)?)),
-            Request::RemoraLaunch { .. } => {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    "remora_launch streams its answer",
-                ))
+            Request::WaitApp { app } => self.wait_app(app).map(|r| Response::App(Box::new(r))),
+            // The XEMEM name server (xemem.rs).
+            Request::XememMake(make) => self
+                .xemem_make(peer, &make, fds)
+                .map(|r| Response::Segment(Box::new(r))),
+            Request::XememGet { segid, access } => match self.xemem_get(peer, segid, access) {
+                Ok((rec, fds)) => {
+                    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                    let answer = Response::Segment(Box::new(rec));
+                    return match write_frame_with_fds(&*stream, &answer, &borrowed) {
+                        Ok(()) => Answer::Written,
+                        Err(_) => Answer::HangUp,
+                    };
+                }
+                Err(e) => Err(e),
+            },
+            Request::XememRemove { segid } => self.xemem_remove(peer, segid).map(|()| Response::Ok),
+            Request::XememLookup { name } => self
+                .xemem_lookup(&name)
+                .map(|r| Response::Segment(Box::new(r))),
+            Request::XememList => self
+                .xemem_list()
+                .map(|segments| Response::Segments { segments }),
+            Request::XememSignal { segid } => self.xemem_signal(segid).map(|()| Response::Ok),
+            // Remora jobs (remora.rs).
+            Request::RemoraLaunch { job } => {
+                return match self.remora_launch(stream, peer, &job) {
+                    Ok(()) => Answer::Written,
+                    Err(_) => Answer::HangUp,
+                };
             }
             Request::RemoraSignal { job, signal } => {
-                self.remora_signal(peer, job, signal)?;
-                Response::Ok
+                self.remora_signal(peer, job, signal).map(|()| Response::Ok)
             }
-            Request::ListJobs => Response::Jobs {
-                jobs: self.list_jobs()?,
-            },
-            Request::XememList => Response::Segments {
-                segments: self.xemem_list()?,
-            },
-            Request::XememSignal { segid } => {
-                self.xemem_signal(segid)?;
-                Response::Ok
-            }
-            Request::Ping { enclave } => {
-                let rec = self.resolve(&enclave)?;
-                let link = self.live_link(rec.id).ok_or_else(|| {
-                    refuse(
-                        ErrorCode::Unavailable,
-                        format!("enclave {} is not connected ({})", rec.name, rec.state),
-                    )
-                })?;
-                let start = Instant::now();
-                match link.call(
-                    |seq| hobbes_proto::control::ControlDown::Ping { seq },
-                    Duration::from_secs(5),
-                ) {
-                    Ok(ControlUp::Pong { .. }) => Response::Pong {
-                        enclave: rec.id,
-                        rtt_us: start.elapsed().as_micros() as u64,
-                    },
-                    Ok(other) => return Err(internal(format!("unexpected reply {other:?}"))),
-                    Err(e) => return Err(refuse(ErrorCode::Unavailable, e)),
-                }
-            }
-        })
+            Request::ListJobs => self.list_jobs().map(|jobs| Response::Jobs { jobs }),
+        };
+        Answer::Reply(reply)
+    }
+
+    /// Serve `list_apps`: every app, or those of one enclave.
+    fn list_apps(&self, enclave: Option<&EnclaveRef>) -> Result<Response, Refusal> {
+        let filter = enclave.map(|r| self.resolve(r)).transpose()?.map(|e| e.id);
+        let apps = self
+            .nis
+            .reader()
+            .apps()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| filter.is_none_or(|id| a.enclave == id))
+            .collect();
+        Ok(Response::Apps { apps })
+    }
+
+    /// Serve `get_app`: app `app`'s record, or `not_found`.
+    fn get_app(&self, app: AppId) -> Result<Response, Refusal> {
+        let rec = self.nis.reader().app(app).map_err(internal)?;
+        let rec = rec.ok_or_else(|| refuse(ErrorCode::NotFound, format!("no app {app}")))?;
+        Ok(Response::App(Box::new(rec)))
+    }
+
+    /// Serve `ping`: one round trip over the enclave's control link.
+    fn ping(&self, enclave: &EnclaveRef) -> Result<Response, Refusal> {
+        let rec = self.resolve(enclave)?;
+        let link = self.live_link(rec.id).ok_or_else(|| {
+            refuse(
+                ErrorCode::Unavailable,
+                format!("enclave {} is not connected ({})", rec.name, rec.state),
+            )
+        })?;
+        let start = Instant::now();
+        match link.call(
+            |seq| hobbes_proto::control::ControlDown::Ping { seq },
+            Duration::from_secs(5),
+        ) {
+            Ok(ControlUp::Pong { .. }) => Ok(Response::Pong {
+                enclave: rec.id,
+                rtt_us: start.elapsed().as_micros() as u64,
+            }),
+            Ok(other) => Err(internal(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(refuse(ErrorCode::Unavailable, e)),
+        }
     }
 
     fn status(&self) -> Result<NodeStatus, Refusal> {
