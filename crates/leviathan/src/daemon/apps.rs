@@ -1,8 +1,9 @@
 //! Applications: launch, signal, wait, output, exit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
@@ -55,7 +56,20 @@ impl Subscription {
     }
 }
 
-impl Daemon {
+/// The apps service's own state: the clients subscribed to each app's events
+/// (`wait_app`, streamed launches, Remora ranks), behind one lock that is
+/// never held while calling out.
+#[derive(Default)]
+pub struct Subscribers {
+    by_app: Mutex<HashMap<AppId, Vec<Subscriber>>>,
+}
+
+impl Subscribers {
+    /// Nobody subscribed.
+    pub fn new() -> Subscribers {
+        Subscribers::default()
+    }
+
     /// Register a subscription to app `app`'s events: its end, and with
     /// `wants_output` its forwarded output (up to 8 MiB queued, beyond which
     /// chunks are dropped and counted). Taken before the app can end (a
@@ -65,7 +79,7 @@ impl Daemon {
     pub fn subscribe(&self, app: AppId, wants_output: bool) -> Subscription {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        self.subs
+        self.by_app
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(app)
@@ -77,6 +91,63 @@ impl Daemon {
                 wants_output,
             });
         Subscription { rx, queued }
+    }
+
+    /// Drop every subscription to app `app` (it does not exist).
+    fn forget(&self, app: AppId) {
+        self.by_app
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&app);
+    }
+
+    /// Tell every subscriber of `rec`'s app that it ended (after the count of
+    /// output it lost, if any), and drop the subscriptions.
+    fn notify_end(&self, rec: &AppRecord) {
+        let subs = self
+            .by_app
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id)
+            .unwrap_or_default();
+        for s in subs {
+            if s.dropped > 0 {
+                let _ = s.tx.send(AppEvent::Dropped { bytes: s.dropped });
+            }
+            let _ = s.tx.send(AppEvent::Ended(Box::new(rec.clone())));
+        }
+    }
+
+    /// Queue `data` for each subscriber of `app` that wants output; a
+    /// subscriber more than 8 MiB behind loses the chunk (counted), one that
+    /// hung up is dropped.
+    fn deliver_output(&self, app: AppId, stream: Stream, data: Vec<u8>) {
+        let mut subs = self.by_app.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = subs.get_mut(&app) else {
+            return;
+        };
+        list.retain_mut(|s| {
+            if !s.wants_output {
+                return true;
+            }
+            if s.queued.load(Ordering::Relaxed) + data.len() > MAX_QUEUED_OUTPUT {
+                s.dropped += data.len() as u64;
+                return true;
+            }
+            s.queued.fetch_add(data.len(), Ordering::Relaxed);
+            s.tx.send(AppEvent::Output {
+                stream,
+                data: data.clone(),
+            })
+            .is_ok()
+        });
+    }
+}
+
+impl Daemon {
+    /// Subscribe to app `app`'s events ([`Subscribers::subscribe`]).
+    pub fn subscribe(&self, app: AppId, wants_output: bool) -> Subscription {
+        self.subs.subscribe(app, wants_output)
     }
 
     /// Serve `launch_app` for `peer` (protocol.md §4.1): check the size limit
@@ -343,18 +414,7 @@ impl Daemon {
     }
 
     fn notify_end(&self, rec: AppRecord) {
-        let subs = self
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id)
-            .unwrap_or_default();
-        for s in subs {
-            if s.dropped > 0 {
-                let _ = s.tx.send(AppEvent::Dropped { bytes: s.dropped });
-            }
-            let _ = s.tx.send(AppEvent::Ended(Box::new(rec.clone())));
-        }
+        self.subs.notify_end(&rec);
     }
 
     /// Output the control process forwarded for `app` (called by the link
@@ -362,25 +422,7 @@ impl Daemon {
     /// than 8 MiB behind loses the chunk (counted and reported as
     /// `output_dropped`; the log file keeps everything).
     pub fn app_output(&self, app: AppId, stream: Stream, data: Vec<u8>) {
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = subs.get_mut(&app) else {
-            return;
-        };
-        list.retain_mut(|s| {
-            if !s.wants_output {
-                return true;
-            }
-            if s.queued.load(Ordering::Relaxed) + data.len() > MAX_QUEUED_OUTPUT {
-                s.dropped += data.len() as u64;
-                return true;
-            }
-            s.queued.fetch_add(data.len(), Ordering::Relaxed);
-            s.tx.send(AppEvent::Output {
-                stream,
-                data: data.clone(),
-            })
-            .is_ok()
-        });
+        self.subs.deliver_output(app, stream, data);
     }
 
     /// Forget the oldest finished apps beyond `MAX_FINISHED_APPS` (4096), and their logs,
@@ -468,10 +510,7 @@ impl Daemon {
         let sub = self.subscribe(id, false);
         let rec = self.nis.reader().app(id).map_err(internal)?;
         let Some(rec) = rec else {
-            self.subs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            self.subs.forget(id);
             return Err(refuse(ErrorCode::NotFound, format!("no app {id}")));
         };
         if rec.state.is_final() {

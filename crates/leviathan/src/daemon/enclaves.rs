@@ -332,10 +332,7 @@ impl Daemon {
     /// Stop an enclave at the OS level and mark its unfinished apps.
     fn teardown(&self, rec: &EnclaveRecord, why: &str) -> Result<(), Refusal> {
         self.drop_link(rec.id);
-        self.reattach_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
+        self.links.forget_reattach(rec.id);
         if let Some(driver) = self.driver(rec.kind) {
             // Not stopped: keep its directory (the replica it may still read) for a retry.
             driver

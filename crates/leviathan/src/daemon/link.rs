@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hobbes_proto::control::{AppReport, ControlDown, ControlUp, Seq};
@@ -108,16 +108,153 @@ impl Link {
     }
 }
 
+/// The link service's state: the live links to control processes, and the
+/// enclaves found alive at start whose control process has until a deadline to
+/// reattach. Each table has its own lock; neither is held while calling out.
+#[derive(Default)]
+pub struct Links {
+    /// Live links, by enclave, and a condition for "a link appeared".
+    live: Mutex<HashMap<EnclaveId, Arc<Link>>>,
+    changed: Condvar,
+    /// Enclaves found alive at start, waiting for their control process to reattach.
+    reattach_deadline: Mutex<HashMap<EnclaveId, Instant>>,
+}
+
+impl Links {
+    /// No links and no enclave waited for.
+    pub fn new() -> Links {
+        Links::default()
+    }
+
+    /// The link to enclave `id`, if it is attached now.
+    pub fn get(&self, id: EnclaveId) -> Option<Arc<Link>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every live link.
+    pub fn all(&self) -> Vec<Arc<Link>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Make `link` enclave `enclave`'s current link (closing an older one) and
+    /// wake whoever waits for it.
+    fn attach(&self, enclave: EnclaveId, link: Arc<Link>) {
+        if let Some(old) = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(enclave, link)
+        {
+            old.close();
+        }
+        // After the link is in place, so `live_link` never sees neither.
+        self.forget_reattach(enclave);
+        self.changed.notify_all();
+    }
+
+    /// Wait (bounded) for enclave `id`'s link to appear.
+    pub fn wait_for(&self, id: EnclaveId, timeout: Duration) -> Option<Arc<Link>> {
+        let deadline = Instant::now() + timeout;
+        let mut links = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(l) = links.get(&id) {
+                return Some(l.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            links = self
+                .changed
+                .wait_timeout(links, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Forget enclave `id`'s link and close it.
+    pub fn remove(&self, id: EnclaveId) {
+        if let Some(l) = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            l.close();
+        }
+    }
+
+    /// Forget `link` if it is still enclave `enclave`'s current link; says
+    /// whether it was (then its end means the control process died).
+    fn remove_if_current(&self, enclave: EnclaveId, link: &Arc<Link>) -> bool {
+        let mut links = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(&enclave).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            links.remove(&enclave);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Wait for enclave `id`'s control process to reattach until `deadline`
+    /// (after a daemon restart).
+    pub fn expect_reattach(&self, id: EnclaveId, deadline: Instant) {
+        self.reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, deadline);
+    }
+
+    /// How long enclave `id`'s reattach may still take, if one is awaited.
+    fn reattach_left(&self, id: EnclaveId) -> Option<Duration> {
+        let deadline = self
+            .reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
+        deadline?.checked_duration_since(Instant::now())
+    }
+
+    /// Stop waiting for enclave `id` to reattach.
+    pub fn forget_reattach(&self, id: EnclaveId) {
+        self.reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// The enclaves whose reattach deadline passed, no longer waited for.
+    fn take_overdue(&self) -> Vec<EnclaveId> {
+        let mut pending = self
+            .reattach_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let ids: Vec<_> = pending
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            pending.remove(id);
+        }
+        ids
+    }
+}
+
 impl Daemon {
     /// The live link to enclave `id`'s control process, if it is attached now
     /// (no waiting; see [`Daemon::live_link`] for the variant that waits after
     /// a restart).
     pub fn link(&self, id: EnclaveId) -> Option<Arc<Link>> {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
+        self.links.get(id)
     }
 
     /// The link to enclave `id`; right after a daemon restart, wait (bounded)
@@ -126,43 +263,18 @@ impl Daemon {
         if let Some(l) = self.link(id) {
             return Some(l);
         }
-        let pending = self
-            .reattach_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .copied();
-        let left = pending?.checked_duration_since(Instant::now())?;
+        let left = self.links.reattach_left(id)?;
         self.wait_for_link(id, left)
     }
 
     /// Wait (bounded) for enclave `id`'s control process to attach.
     pub fn wait_for_link(&self, id: EnclaveId, timeout: Duration) -> Option<Arc<Link>> {
-        let deadline = Instant::now() + timeout;
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(l) = links.get(&id) {
-                return Some(l.clone());
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            links = self
-                .links_changed
-                .wait_timeout(links, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.links.wait_for(id, timeout)
     }
 
     /// Forget a link (the enclave is going away).
     pub fn drop_link(&self, id: EnclaveId) {
-        if let Some(l) = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-        {
-            l.close();
-        }
+        self.links.remove(id);
     }
 
     /// Accept control processes on `control.sock`.
@@ -240,20 +352,7 @@ impl Daemon {
             tracing::error!(enclave, error = %e, "cannot record attach");
             return;
         }
-        if let Some(old) = self
-            .links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(enclave, link.clone())
-        {
-            old.close();
-        }
-        // After the link is in place, so `live_link` never sees neither.
-        self.reattach_deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&enclave);
-        self.links_changed.notify_all();
+        self.links.attach(enclave, link.clone());
         tracing::info!(
             enclave,
             pid = peer.pid,
@@ -303,15 +402,7 @@ impl Daemon {
             }
         }
         // The link is gone. If it is still the current one, the control process died.
-        let current = {
-            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            if links.get(&enclave).is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                links.remove(&enclave);
-                true
-            } else {
-                false
-            }
-        };
+        let current = self.links.remove_if_current(enclave, &link);
         link.close();
         if current && !self.is_shutting_down() {
             self.enclave_crashed(
@@ -415,14 +506,7 @@ impl Daemon {
         let mut last_reader_check = Instant::now();
         while !self.is_shutting_down() {
             std::thread::sleep(tick);
-            let links: Vec<Arc<Link>> = self
-                .links
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for link in links {
+            for link in self.links.all() {
                 let silent = link.since_heartbeat();
                 if silent > timeout {
                     self.drop_link(link.enclave);
@@ -436,22 +520,7 @@ impl Daemon {
                     );
                 }
             }
-            let overdue: Vec<EnclaveId> = {
-                let mut pending = self
-                    .reattach_deadline
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                let ids: Vec<_> = pending
-                    .iter()
-                    .filter(|(_, d)| **d <= now)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in &ids {
-                    pending.remove(id);
-                }
-                ids
-            };
+            let overdue = self.links.take_overdue();
             for id in overdue {
                 self.enclave_crashed(
                     id,

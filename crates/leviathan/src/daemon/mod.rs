@@ -9,11 +9,10 @@
 //! (`NisWriter::update`), which reads and writes atomically: allocation
 //! decisions and their records can never race.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hobbes_nis::NisWriter;
 use hobbes_proto::model::{AppId, EnclaveId};
@@ -105,13 +104,12 @@ pub struct Daemon {
     pub privileged: bool,
     /// One driver per enclave kind (`crate::kinds::registry`).
     kinds: KindRegistry,
-    /// Live links to control processes, and a condition for "a link appeared".
-    links: Mutex<HashMap<EnclaveId, Arc<link::Link>>>,
-    links_changed: Condvar,
-    /// Clients waiting on apps (wait, streamed output).
-    subs: Mutex<HashMap<AppId, Vec<apps::Subscriber>>>,
-    /// Enclaves found alive at start, waiting for their control process to reattach.
-    reattach_deadline: Mutex<HashMap<EnclaveId, Instant>>,
+    /// The link service (`link.rs`): live links to control processes, and
+    /// the enclaves awaited to reattach after a restart.
+    links: link::Links,
+    /// The apps service's subscribers (`apps.rs`): clients waiting on apps
+    /// (wait, streamed output).
+    subs: apps::Subscribers,
     shutting_down: AtomicBool,
     /// Client connections per uid, to refuse floods without locking anyone out.
     admission: std::sync::Arc<admission::Admission>,
@@ -119,10 +117,10 @@ pub struct Daemon {
     log_limiter: admission::LogLimiter,
     /// Descriptors held back for answering clients at `EMFILE` and for shutdown.
     fd_reserve: admission::FdReserve,
-    /// XEMEM: the name server's references to every segment's memory.
-    backings: Mutex<HashMap<hobbes_proto::model::SegId, xemem::Backing>>,
-    /// Remora jobs still running.
-    jobs: Mutex<HashMap<hobbes_proto::msg::JobId, Arc<remora::LiveJob>>>,
+    /// The XEMEM name server (`xemem.rs`): its references to every segment's memory.
+    xemem: xemem::NameServer,
+    /// The Remora service (`remora.rs`): jobs still running.
+    jobs: remora::Jobs,
 }
 
 impl Daemon {

@@ -84,6 +84,45 @@ pub struct LiveJob {
     pmi: crate::pmi::PmiJob,
 }
 
+/// The Remora service's own state: the jobs still running (their records are
+/// in the NIS), behind one lock that is never held while calling out.
+#[derive(Default)]
+pub struct Jobs {
+    running: Mutex<HashMap<JobId, Arc<LiveJob>>>,
+}
+
+impl Jobs {
+    /// No job running.
+    pub fn new() -> Jobs {
+        Jobs::default()
+    }
+
+    /// Job `id` has started.
+    fn insert(&self, id: JobId, job: LiveJob) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(job));
+    }
+
+    /// Running job `id`.
+    fn get(&self, id: JobId) -> Option<Arc<LiveJob>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Job `id` has ended: its live parts, if it was running.
+    fn remove(&self, id: JobId) -> Option<Arc<LiveJob>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+    }
+}
+
 /// The node's hardware topology as hwloc XML, exported once per daemon
 /// (`lstopo`), for every MPI rank to load instead of discovering it again.
 /// Discovery is the largest part of an MPICH process's start-up here: hwloc
@@ -407,14 +446,14 @@ impl Daemon {
             return Err(refusal);
         }
         self.put_job(&mut record)?;
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        self.jobs.insert(
             id,
-            Arc::new(LiveJob {
+            LiveJob {
                 owner_uid: peer.uid,
                 ranks,
                 signalled: Mutex::new(None),
                 pmi,
-            }),
+            },
         );
         tracing::info!(job = id, size, apps = spec.apps.len(), "remora job started");
         Ok((
@@ -595,9 +634,7 @@ impl Daemon {
         }
         let ranks = self
             .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.id)
+            .get(record.id)
             .map(|j| j.ranks.clone())
             .unwrap_or_default();
         for app in ranks {
@@ -606,11 +643,7 @@ impl Daemon {
     }
 
     fn finish_job(&self, record: &mut JobRecord) {
-        let live = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&record.id);
+        let live = self.jobs.remove(record.id);
         // Everything the ranks put and every barrier is in the NIS before the final record.
         if let Some(live) = &live {
             live.pmi.close_mirror();
@@ -658,13 +691,7 @@ impl Daemon {
     /// recorded as killed. Root or the job's owner only (`permission_denied`);
     /// `not_found` when no such job is running.
     pub fn remora_signal(&self, peer: &PeerCred, job: JobId, signal: i32) -> Result<(), Refusal> {
-        let live = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&job)
-            .cloned();
-        let live = live.ok_or_else(|| {
+        let live = self.jobs.get(job).ok_or_else(|| {
             refuse(
                 ErrorCode::NotFound,
                 format!("no running job {job} (remora list)"),

@@ -1,11 +1,10 @@
 //! Daemon start (fresh or after a restart), the main loop, and shutdown.
 
-use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
@@ -183,16 +182,14 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
         nis: Arc::new(nis),
         privileged,
         kinds,
-        links: Mutex::new(HashMap::new()),
-        links_changed: Condvar::new(),
-        subs: Mutex::new(HashMap::new()),
-        reattach_deadline: Mutex::new(HashMap::new()),
+        links: super::link::Links::new(),
+        subs: super::apps::Subscribers::new(),
         shutting_down: AtomicBool::new(false),
         admission: super::admission::Admission::new(cfg.max_clients_per_uid),
         fd_reserve: super::admission::FdReserve::new(),
         log_limiter: super::admission::LogLimiter::new(),
-        backings: Mutex::new(HashMap::new()),
-        jobs: Mutex::new(HashMap::new()),
+        xemem: super::xemem::NameServer::new(),
+        jobs: super::remora::Jobs::new(),
     });
     daemon.reconcile()?;
     daemon.recover_segments();
@@ -282,10 +279,7 @@ impl Daemon {
                         self.nis
                             .attach_replica(rec.id, self.paths.enclave_dir(rec.id).join("nis"))?;
                     }
-                    self.reattach_deadline
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(rec.id, Instant::now() + grace);
+                    self.links.expect_reattach(rec.id, Instant::now() + grace);
                     tracing::info!(enclave = rec.id, name = %rec.name, pid = ?rec.control_pid, "enclave still alive; waiting for its control process to reattach");
                 }
                 EnclaveState::Running | EnclaveState::Starting => dead.push(rec.id),

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hobbes_proto::model::{
@@ -36,6 +36,65 @@ pub struct Backing {
     eventfd: Option<OwnedFd>,
     /// Readable when the owner exits.
     owner: Option<OwnedFd>,
+}
+
+/// The name server's own state: its references to every segment's memory,
+/// behind one lock that is never held while calling out (the records
+/// themselves are in the NIS).
+#[derive(Default)]
+pub struct NameServer {
+    backings: Mutex<HashMap<SegId, Backing>>,
+}
+
+impl NameServer {
+    /// No segment held.
+    pub fn new() -> NameServer {
+        NameServer::default()
+    }
+
+    /// Hold `backing` as segment `segid`'s memory.
+    fn keep(&self, segid: SegId, backing: Backing) {
+        self.backings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(segid, backing);
+    }
+
+    /// Drop the references to segment `segid`'s memory.
+    fn drop_backing(&self, segid: SegId) {
+        self.backings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&segid);
+    }
+
+    /// `f` of segment `segid`'s backing, or `None` when none is held.
+    fn with_backing<T>(&self, segid: SegId, f: impl FnOnce(&Backing) -> T) -> Option<T> {
+        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        backings.get(&segid).map(f)
+    }
+
+    /// The segments whose owner has exited (its pidfd is readable).
+    fn exited_owners(&self) -> Vec<SegId> {
+        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids = Vec::new();
+        let mut polls: Vec<nix::poll::PollFd> = Vec::new();
+        for (segid, b) in backings.iter() {
+            if let Some(owner) = &b.owner {
+                ids.push(*segid);
+                polls.push(nix::poll::PollFd::new(
+                    owner.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
+        }
+        let _ = nix::poll::poll(&mut polls, nix::poll::PollTimeout::ZERO);
+        ids.into_iter()
+            .zip(&polls)
+            .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(id, _)| id)
+            .collect()
+    }
 }
 
 impl Daemon {
@@ -239,25 +298,19 @@ impl Daemon {
             t.put_segment(&mut rec)?;
             Ok::<_, TxError>(rec)
         })?;
-        self.backings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                record.segid,
-                Backing {
-                    memfd,
-                    pool,
-                    eventfd,
-                    owner: owner_pidfd,
-                },
-            );
+        self.xemem.keep(
+            record.segid,
+            Backing {
+                memfd,
+                pool,
+                eventfd,
+                owner: owner_pidfd,
+            },
+        );
         tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
-        if !make.retire.is_empty() {
-            let mut backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
-            for r in &make.retire {
-                backings.remove(r);
-                tracing::info!(segid = r, by = record.segid, "segment gone: retired");
-            }
+        for &r in &make.retire {
+            self.xemem.drop_backing(r);
+            tracing::info!(segid = r, by = record.segid, "segment gone: retired");
         }
         Ok(record)
     }
@@ -328,10 +381,7 @@ impl Daemon {
             t.delete_segment(segid)?;
             Ok::<_, TxError>(())
         });
-        self.backings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&segid);
+        self.xemem.drop_backing(segid);
         tracing::info!(segid, why, "segment gone");
     }
 
@@ -380,27 +430,29 @@ impl Daemon {
                 ),
             ));
         }
-        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
-        let b = backings.get(&segid).ok_or_else(|| {
+        let fds = self.xemem.with_backing(segid, |b| {
+            let mem = match access {
+                Access::ReadWrite => b.memfd.try_clone().map_err(internal)?,
+                // A new open file description, read-only: mmap(PROT_WRITE, MAP_SHARED) of it fails.
+                // For a composite segment it is also the grantee's own description of the
+                // table, which its hold (flock) is taken on.
+                Access::ReadOnly => reopen_read_only(&b.memfd)?,
+            };
+            let mut fds = vec![mem];
+            if let Some(pool) = &b.pool {
+                fds.push(reopen_read_only(pool)?);
+            }
+            if let Some(e) = &b.eventfd {
+                fds.push(e.try_clone().map_err(internal)?);
+            }
+            Ok::<_, Refusal>(fds)
+        });
+        let fds = fds.ok_or_else(|| {
             refuse(
                 ErrorCode::NotFound,
                 format!("segment {segid} has no backing (its owner is gone)"),
             )
-        })?;
-        let mem = match access {
-            Access::ReadWrite => b.memfd.try_clone().map_err(internal)?,
-            // A new open file description, read-only: mmap(PROT_WRITE, MAP_SHARED) of it fails.
-            // For a composite segment it is also the grantee's own description of the
-            // table, which its hold (flock) is taken on.
-            Access::ReadOnly => reopen_read_only(&b.memfd)?,
-        };
-        let mut fds = vec![mem];
-        if let Some(pool) = &b.pool {
-            fds.push(reopen_read_only(pool)?);
-        }
-        if let Some(e) = &b.eventfd {
-            fds.push(e.try_clone().map_err(internal)?);
-        }
+        })??;
         Ok((rec, fds))
     }
 
@@ -428,17 +480,19 @@ impl Daemon {
                 ),
             ));
         }
-        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
-        let e = backings
-            .get(&segid)
-            .and_then(|b| b.eventfd.as_ref())
+        let signalled = self.xemem.with_backing(segid, |b| {
+            b.eventfd
+                .as_ref()
+                .map(|e| nix::unistd::write(e, &1u64.to_ne_bytes()))
+        });
+        signalled
+            .flatten()
             .ok_or_else(|| {
                 refuse(
                     ErrorCode::NotFound,
                     format!("segment {segid} has no backing"),
                 )
-            })?;
-        nix::unistd::write(e, &1u64.to_ne_bytes())
+            })?
             .map_err(|e| internal(format!("signal segment {segid}: {e}")))?;
         Ok(())
     }
@@ -521,26 +575,7 @@ impl Daemon {
     /// Remove the segments of owners that exited. Runs forever.
     pub fn watch_segment_owners(self: Arc<Self>) {
         while !self.is_shutting_down() {
-            let gone: Vec<SegId> = {
-                let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
-                let mut ids = Vec::new();
-                let mut polls: Vec<nix::poll::PollFd> = Vec::new();
-                for (segid, b) in backings.iter() {
-                    if let Some(owner) = &b.owner {
-                        ids.push(*segid);
-                        polls.push(nix::poll::PollFd::new(
-                            owner.as_fd(),
-                            nix::poll::PollFlags::POLLIN,
-                        ));
-                    }
-                }
-                let _ = nix::poll::poll(&mut polls, nix::poll::PollTimeout::ZERO);
-                ids.into_iter()
-                    .zip(&polls)
-                    .filter(|(_, p)| p.revents().is_some_and(|r| !r.is_empty()))
-                    .map(|(id, _)| id)
-                    .collect()
-            };
+            let gone = self.xemem.exited_owners();
             for segid in gone {
                 self.forget_segment(segid, "its owner exited");
             }
@@ -559,10 +594,7 @@ impl Daemon {
                         owner = rec.owner_pid,
                         "segment recovered from its owner"
                     );
-                    self.backings
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(rec.segid, b);
+                    self.xemem.keep(rec.segid, b);
                 }
                 Err(why) => self.forget_segment(rec.segid, &why),
             }
