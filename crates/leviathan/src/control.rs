@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -375,7 +375,7 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
     // squeezing every app of the node into the daemon's session's one share.
     // SAFETY: between fork and exec the closure only calls setsid, a syscall.
     unsafe {
-        command.pre_exec(sys::new_session);
+        command.pre_exec(|| sys::new_session().map_err(io::Error::from));
     }
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
@@ -387,9 +387,15 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
             .as_raw_fd();
         // The descriptor arrived close-on-exec; the app keeps it at the same number.
         command.env("PMI_FD", fd.to_string());
+        let keep_open = move || {
+            // SAFETY: `fd` is open in the child (inherited through the
+            // fork, and `inherited` outlives the spawn) while this runs.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            sys::clear_cloexec(fd).map_err(io::Error::from)
+        };
         // SAFETY: between fork and exec, fcntl on a descriptor we own is async-signal-safe.
         unsafe {
-            command.pre_exec(move || sys::clear_cloexec(fd));
+            command.pre_exec(keep_open);
         }
     }
     if let Some(procs) = &app_cgroup {
@@ -406,7 +412,7 @@ fn launch(ctl: &Arc<Ctl>, cmd: &LaunchCommand, inherited: Option<OwnedFd>) -> Re
     // SAFETY: between fork and exec the closure only calls open/write/close,
     // which are async-signal-safe, on a static path and buffer.
     unsafe {
-        command.pre_exec(sys::reset_oom_score_adj);
+        command.pre_exec(|| sys::reset_oom_score_adj().map_err(io::Error::from));
     }
     if cmd.forward_output {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -1,0 +1,124 @@
+//! Processes: sessions, the child-subreaper and parent-death-signal
+//! settings, the OOM score, CPU affinity, and readers of
+//! `/proc/<pid>/status` (parent, supplementary groups, pids per PID
+//! namespace).
+//!
+//! The calls meant for the child between `fork` and `exec`
+//! ([`new_session`], [`reset_oom_score_adj`]) are async-signal-safe: they
+//! neither allocate nor lock.
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::Errno;
+
+/// Start a new session (and process group) led by the calling process,
+/// `setsid(2)`. Async-signal-safe (for use between `fork` and `exec`).
+pub fn new_session() -> Result<(), Errno> {
+    nix::unistd::setsid().map(drop)
+}
+
+/// Become the reaper of orphaned descendants,
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)` (for a manager that is not pid 1).
+pub fn set_child_subreaper() -> Result<(), Errno> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Ask the kernel to send `signal` to the calling thread's process when
+/// the thread that created it exits, `prctl(PR_SET_PDEATHSIG)`.
+pub fn set_parent_death_signal(signal: Signal) -> Result<(), Errno> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_int, 0, 0, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Reset the calling process's OOM score adjustment to 0 (writes
+/// `/proc/self/oom_score_adj`). Without `/proc` there is nothing to reset
+/// and it succeeds; so it does when the write is refused (the score then
+/// stays what it was). Async-signal-safe (for use between `fork` and
+/// `exec`): no allocation, only `open`/`write`/`close`.
+pub fn reset_oom_score_adj() -> Result<(), Errno> {
+    const PATH: &[u8] = b"/proc/self/oom_score_adj\0";
+    // SAFETY: PATH is NUL-terminated and static; the flags are plain integers.
+    let fd = unsafe { libc::open(PATH.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Ok(()); // no /proc: nothing was inherited worth resetting
+    }
+    // SAFETY: `fd` was just opened by us; the buffer is one static byte.
+    unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    // SAFETY: `fd` is ours and closed exactly once, here.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// Cores the calling thread may run on (`sched_getaffinity`).
+pub fn affinity() -> Result<Vec<u32>, Errno> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect())
+}
+
+/// The values of the `key:` line of `/proc/<pid>/status`, parsed one per
+/// whitespace-separated word (unparsable words skipped); empty when the
+/// process or the line does not exist.
+fn status_numbers(pid: u32, key: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| parse_status_line(&s, key))
+        .unwrap_or_default()
+}
+
+fn parse_status_line(status: &str, key: &str) -> Option<Vec<u32>> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        Some(
+            rest.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect(),
+        )
+    })
+}
+
+/// Parent pid of `pid` (the `PPid:` line), `None` when it is gone.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    status_numbers(pid, "PPid").first().copied()
+}
+
+/// Supplementary groups of `pid` (the `Groups:` line); empty when it is gone.
+pub fn groups_of(pid: u32) -> Vec<u32> {
+    status_numbers(pid, "Groups")
+}
+
+/// Pids of `pid` in every PID namespace from ours down (the `NSpid:`
+/// line): the last is its pid in its own namespace. Empty when it is gone.
+pub fn ns_pids(pid: u32) -> Vec<u32> {
+    status_numbers(pid, "NSpid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_parse() {
+        let s = "Name:\tx\nPPid:\t17\nGroups:\t4 24 27 \nNSpid:\t900\t1\n";
+        assert_eq!(parse_status_line(s, "PPid"), Some(vec![17]));
+        assert_eq!(parse_status_line(s, "Groups"), Some(vec![4, 24, 27]));
+        assert_eq!(parse_status_line(s, "NSpid"), Some(vec![900, 1]));
+        assert_eq!(parse_status_line(s, "Pid"), None);
+    }
+
+    #[test]
+    fn our_own_status() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw() as u32));
+        assert_eq!(ns_pids(me).first(), Some(&me));
+        assert!(parent_of(u32::MAX).is_none());
+        assert!(groups_of(u32::MAX).is_empty());
+        assert!(!affinity().unwrap().is_empty());
+    }
+}
