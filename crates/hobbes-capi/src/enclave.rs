@@ -114,7 +114,7 @@ pub unsafe extern "C" fn hobbes_get_enclave_id(name: *const c_char) -> HobbesId 
 pub unsafe extern "C" fn hobbes_ping_enclave(enclave_id: HobbesId, rtt_ns: *mut u64) -> c_int {
     guard("hobbes_ping_enclave", -1, || {
         let rec = record(enclave_id)?;
-        let rtt = if rec.control_socket.is_empty() {
+        let rtt = if rec.control.unix_socket_path().is_none() {
             daemon()?.ping_via_daemon(EnclaveRef::Id(enclave_id))?
         } else {
             let (answered, rtt) = EnclaveConn::to_enclave(&rec)
@@ -131,7 +131,7 @@ pub unsafe extern "C" fn hobbes_ping_enclave(enclave_id: HobbesId, rtt_ns: *mut 
                     libc::EPROTO,
                     format!(
                         "{} answered as enclave {answered}, not {enclave_id}",
-                        rec.control_socket
+                        rec.control
                     ),
                 ));
             }

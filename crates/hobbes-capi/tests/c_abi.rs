@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use hobbes::types::{AppInfo, CEnclaveState, EnclaveInfo};
 use hobbes_client::Client;
 use hobbes_nis::{
-    now_ms, AppRecord, AppState, CgroupMode, CoreId, CoreRecord, Counters, EnclaveKind,
-    EnclaveRecord, EnclaveState, ExitStatus, Isolation, NisHeader, NisReader, NisWriter, Ownership,
-    HOST_ENCLAVE, SCHEMA_VERSION,
+    now_ms, AppRecord, AppState, CgroupMode, ControlEndpoint, CoreId, CoreRecord, Counters,
+    EnclaveKind, EnclaveRecord, EnclaveState, ExitStatus, IsolationRecord, NisHeader, NisReader,
+    NisWriter, Ownership, HOST_ENCLAVE, SCHEMA_VERSION,
 };
 use hobbes_proto::spec::EnclaveSpec;
 
@@ -324,13 +324,15 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         mem_blocks: vec![],
         mem_bytes: 512 << 20,
         numa_nodes: vec![0],
-        isolation: Isolation::default(),
+        isolation: IsolationRecord::default(),
         control_pid: None,
         control_start_time: None,
-        control_socket: state_dir
-            .join("enclaves/1/control.sock")
-            .display()
-            .to_string(),
+        control: ControlEndpoint::unix_socket(
+            state_dir
+                .join("enclaves/1/control.sock")
+                .display()
+                .to_string(),
+        ),
         nis_dir: state_dir.join("enclaves/1/nis").display().to_string(),
         created_ms: now_ms(),
         last_heartbeat_ms: now_ms(),

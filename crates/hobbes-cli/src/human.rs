@@ -63,7 +63,7 @@ pub fn isolation_class(e: &EnclaveRecord) -> &'static str {
         "host"
     } else if e.shared {
         "shared"
-    } else if e.isolation.exclusive_cores && e.isolation.namespaces {
+    } else if e.isolation.exclusive_cores() && e.isolation.confined() {
         "exclusive"
     } else {
         "degraded"

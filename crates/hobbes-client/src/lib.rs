@@ -634,9 +634,24 @@ impl EnclaveConn {
         })
     }
 
-    /// Connect to the control process of `enclave`, found in the NIS.
+    /// Connect to the control process of `enclave` at the endpoint its kind
+    /// recorded (`record.control`). `Connect` (with `Unsupported`) when the
+    /// endpoint is not a Unix socket (none yet, or a transport this client
+    /// does not speak).
     pub fn to_enclave(record: &EnclaveRecord) -> Result<Self> {
-        Self::connect(&record.control_socket)
+        match record.control.unix_socket_path() {
+            Some(path) => Self::connect(path),
+            None => Err(ClientError::Connect {
+                path: PathBuf::from(record.control.to_string()),
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "enclave {} ({}) has no control endpoint this client can reach",
+                        record.id, record.name
+                    ),
+                ),
+            }),
+        }
     }
 
     fn call(&mut self, req: &EnclaveRequest) -> Result<EnclaveResponse> {

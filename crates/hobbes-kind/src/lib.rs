@@ -18,7 +18,8 @@
 use std::path::PathBuf;
 
 use hobbes_proto::model::{
-    BlockId, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, Isolation, NisHeader,
+    BlockId, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
+    NisHeader,
 };
 
 pub mod sys;
@@ -36,6 +37,10 @@ pub struct StartContext {
     pub mem_bytes: u64,
     /// The NUMA nodes its memory is on.
     pub numa_nodes: Vec<u32>,
+    /// The enclave's directory on the host (made by the daemon, removed with
+    /// the enclave): where the kind keeps its per-enclave files (the native
+    /// kind: its control socket).
+    pub enclave_dir: PathBuf,
     /// The enclave's NIS replica (a host path).
     pub nis_replica: PathBuf,
     /// The path the enclave sees its NIS at (the primary's path).
@@ -60,8 +65,13 @@ pub struct Started {
     /// Its start time (`/proc/PID/stat` field 22), so a recycled pid is never
     /// mistaken for it.
     pub control_start_time: Option<u64>,
-    /// The isolation really applied (recorded in the NIS, shown by `hobbes`).
-    pub isolation: Isolation,
+    /// The isolation really applied, described by the kind (recorded in the
+    /// NIS as the enclave's `isolation`, shown by `hobbes`; the daemon does
+    /// not look inside).
+    pub isolation: IsolationRecord,
+    /// Where the control process serves clients (recorded as the enclave's
+    /// `control`; clients connect by it).
+    pub control: ControlEndpoint,
 }
 
 /// What a driver returns: its errors are messages for the operator.

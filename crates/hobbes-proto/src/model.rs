@@ -8,7 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the record layout. Bump on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: an enclave's `isolation` is `{summary, detail}` with a kind-tagged,
+/// versioned `detail`, and `control` (a kind-tagged endpoint) replaces
+/// `control_socket`. Records written at version 1 still decode.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Node-global enclave id. 0 is the host.
 pub type EnclaveId = u64;
@@ -124,19 +128,215 @@ impl std::fmt::Display for EnclaveState {
     }
 }
 
-/// How an enclave is isolated, as really applied (not as requested).
+/// How an enclave is isolated, as its kind's driver describes what it really
+/// applied (not what was requested). The daemon stores it without looking
+/// inside; `summary` is kind-neutral, `detail` is typed per kind.
+///
+/// Decodes the flat shape of schema version 1 too (`exclusive_cores`,
+/// `cpuset`, `memory_limit`, `namespaces`, `summary` side by side; every
+/// enclave then was native): see `docs/nis-schema.md`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Isolation {
+#[serde(from = "IsolationWire")]
+pub struct IsolationRecord {
+    /// One line for people, written by the kind, e.g.
+    /// "exclusive cpuset + memory limit (cgroup v2); pid/mnt/ipc/uts namespaces".
+    pub summary: String,
+    /// The kind's own, typed and versioned, description.
+    pub detail: KindIsolation,
+}
+
+impl IsolationRecord {
+    /// The native kind's description, when this is one.
+    pub fn native(&self) -> Option<&NativeIsolation> {
+        match &self.detail {
+            KindIsolation::Native(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether the enclave owns its cores (no host task or other enclave runs
+    /// on them), as far as its kind says; false for a kind this build does
+    /// not know.
+    pub fn exclusive_cores(&self) -> bool {
+        self.native().is_some_and(|n| n.exclusive_cores)
+    }
+
+    /// Whether the enclave's processes are confined from the host's (their
+    /// own namespaces, for the native kind); false for a kind this build does
+    /// not know.
+    pub fn confined(&self) -> bool {
+        self.native().is_some_and(|n| n.namespaces)
+    }
+}
+
+/// A kind's description of the isolation it applied, tagged by kind
+/// (`{"kind":"native",...}`). Each kind's payload carries its own `version`,
+/// so a kind can change its description without touching the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KindIsolation {
+    /// No kind-specific description: the enclave's driver has not started it
+    /// yet, or its kind has nothing to say beyond `summary`.
+    #[default]
+    None,
+    /// The native kind: cgroups, namespaces and CPU affinity on the host kernel.
+    Native(NativeIsolation),
+    /// A kind this build does not know (written by a newer daemon): its
+    /// `summary` still reads. The daemon never writes it.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The native kind's isolation, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeIsolation {
+    /// Version of this description ([`NativeIsolation::VERSION`] when written;
+    /// 1 when absent).
+    #[serde(default = "version_1")]
+    pub version: u32,
     /// Owns its cores (host tasks and other enclaves kept off them).
     pub exclusive_cores: bool,
     /// Confined by a cpuset cgroup (otherwise by CPU affinity only).
     pub cpuset: bool,
     /// Has a memory limit (cgroup).
     pub memory_limit: bool,
-    /// Own PID, mount, IPC and UTS namespaces.
+    /// Own PID, mount and UTS namespaces, and its own IPC namespace unless
+    /// the record's `host_ipc`.
     pub namespaces: bool,
-    /// Human-readable summary, e.g. "exclusive cpuset+memory cgroup (v1), pid/mnt/ipc/uts ns".
-    pub summary: String,
+}
+
+impl NativeIsolation {
+    /// The version of [`NativeIsolation`] this build writes.
+    pub const VERSION: u32 = 1;
+}
+
+fn version_1() -> u32 {
+    1
+}
+
+/// What an [`IsolationRecord`] decodes from: the current shape, or the flat
+/// shape of schema version 1.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IsolationWire {
+    Current {
+        summary: String,
+        detail: KindIsolation,
+    },
+    Flat {
+        exclusive_cores: bool,
+        cpuset: bool,
+        memory_limit: bool,
+        namespaces: bool,
+        summary: String,
+    },
+}
+
+impl From<IsolationWire> for IsolationRecord {
+    fn from(w: IsolationWire) -> Self {
+        match w {
+            IsolationWire::Current { summary, detail } => IsolationRecord { summary, detail },
+            IsolationWire::Flat {
+                exclusive_cores,
+                cpuset,
+                memory_limit,
+                namespaces,
+                summary,
+            } => IsolationRecord {
+                // Schema version 1 knew one kind, and wrote the flags even
+                // before the driver had reported (all false, summary empty).
+                detail: if summary.is_empty()
+                    && !(exclusive_cores || cpuset || memory_limit || namespaces)
+                {
+                    KindIsolation::None
+                } else {
+                    KindIsolation::Native(NativeIsolation {
+                        version: 1,
+                        exclusive_cores,
+                        cpuset,
+                        memory_limit,
+                        namespaces,
+                    })
+                },
+                summary,
+            },
+        }
+    }
+}
+
+/// Where an enclave's control agent serves clients (ping, file access), as
+/// its kind's driver describes it, tagged by transport
+/// (`{"kind":"unix_socket","version":1,"path":"..."}`). The daemon stores it
+/// without looking inside; a client connects by it.
+///
+/// Schema version 1 stored a path string in `control_socket`; an
+/// [`EnclaveRecord`] still decodes that (as [`ControlEndpoint::UnixSocket`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlEndpoint {
+    /// None yet: the enclave's driver has not started it.
+    #[default]
+    None,
+    /// A Unix stream socket on the host (the native kind's).
+    UnixSocket {
+        /// Version of this description ([`ControlEndpoint::UNIX_SOCKET_VERSION`]
+        /// when written; 1 when absent).
+        #[serde(default = "version_1")]
+        version: u32,
+        /// The socket's path on the host.
+        path: String,
+    },
+    /// An endpoint of a kind this build does not know (written by a newer
+    /// daemon). The daemon never writes it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ControlEndpoint {
+    /// The version of [`ControlEndpoint::UnixSocket`] this build writes.
+    pub const UNIX_SOCKET_VERSION: u32 = 1;
+
+    /// A Unix socket endpoint at `path`.
+    pub fn unix_socket(path: impl Into<String>) -> Self {
+        ControlEndpoint::UnixSocket {
+            version: Self::UNIX_SOCKET_VERSION,
+            path: path.into(),
+        }
+    }
+
+    /// The socket's path, for a Unix socket endpoint.
+    pub fn unix_socket_path(&self) -> Option<&str> {
+        match self {
+            ControlEndpoint::UnixSocket { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ControlEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlEndpoint::None => f.write_str("none"),
+            ControlEndpoint::UnixSocket { path, .. } => write!(f, "socket {path}"),
+            ControlEndpoint::Unknown => f.write_str("unknown endpoint"),
+        }
+    }
+}
+
+/// Decode `control`: the tagged endpoint, or schema version 1's
+/// `control_socket` path (empty: none).
+fn control_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ControlEndpoint, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Endpoint(ControlEndpoint),
+        Path(String),
+    }
+    Ok(match Wire::deserialize(d)? {
+        Wire::Endpoint(e) => e,
+        Wire::Path(p) if p.is_empty() => ControlEndpoint::None,
+        Wire::Path(p) => ControlEndpoint::unix_socket(p),
+    })
 }
 
 /// One enclave.
@@ -170,15 +370,18 @@ pub struct EnclaveRecord {
     pub mem_bytes: u64,
     /// NUMA nodes of its memory (its cpuset's `mems`).
     pub numa_nodes: Vec<u32>,
-    /// The isolation really applied.
-    pub isolation: Isolation,
+    /// The isolation really applied, as its kind describes it.
+    pub isolation: IsolationRecord,
     /// Host pid of the enclave's control process.
     pub control_pid: Option<u32>,
     /// Start time of the control process (clock ticks since boot, /proc/PID/stat
     /// field 22), so a recycled pid is never mistaken for it.
     pub control_start_time: Option<u64>,
-    /// Unix socket served by the control process (ping, file access).
-    pub control_socket: String,
+    /// Where its control agent serves clients (ping, file access), as its
+    /// kind describes it. Schema version 1's `control_socket` (a path) decodes
+    /// as a Unix socket endpoint.
+    #[serde(alias = "control_socket", deserialize_with = "control_compat")]
+    pub control: ControlEndpoint,
     /// Directory of the NIS replica this enclave's processes read.
     pub nis_dir: String,
     /// When it was created, Unix ms.
@@ -581,6 +784,99 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An enclave record exactly as a schema-version-1 leviathan wrote it
+    /// into the NIS (flat `isolation`, `control_socket` path).
+    const V1_ENCLAVE: &str = r#"{"id":4,"name":"sim","kind":"native","state":"running",
+        "parent":0,"owner_uid":0,"owner_gid":0,"shared":false,"host_ipc":false,
+        "cores":[2,3],"mem_blocks":[8,9],"mem_bytes":268435456,"numa_nodes":[0],
+        "isolation":{"exclusive_cores":true,"cpuset":true,"memory_limit":true,"namespaces":true,
+            "summary":"exclusive cpuset + memory limit (cgroup v2); pid/mnt/ipc/uts namespaces"},
+        "control_pid":4242,"control_start_time":99,
+        "control_socket":"/run/hobbes/enclaves/4/control.sock",
+        "nis_dir":"/run/hobbes/nis","created_ms":1,"last_heartbeat_ms":2,
+        "crash_reason":null,"rev":7}"#;
+
+    #[test]
+    fn schema_1_enclave_records_decode_into_the_kind_descriptions() {
+        let rec: EnclaveRecord = serde_json::from_str(V1_ENCLAVE).unwrap();
+        assert_eq!(
+            rec.isolation,
+            IsolationRecord {
+                summary: "exclusive cpuset + memory limit (cgroup v2); pid/mnt/ipc/uts namespaces"
+                    .into(),
+                detail: KindIsolation::Native(NativeIsolation {
+                    version: 1,
+                    exclusive_cores: true,
+                    cpuset: true,
+                    memory_limit: true,
+                    namespaces: true,
+                }),
+            }
+        );
+        assert!(rec.isolation.exclusive_cores() && rec.isolation.confined());
+        assert_eq!(
+            rec.control,
+            ControlEndpoint::unix_socket("/run/hobbes/enclaves/4/control.sock")
+        );
+        assert_eq!(rec.rev, 7);
+        // Written back in the current shape, which decodes to the same record.
+        let json = serde_json::to_value(&rec).unwrap();
+        assert!(json.get("control_socket").is_none());
+        assert_eq!(json["control"]["kind"], "unix_socket");
+        assert_eq!(json["control"]["version"], 1);
+        assert_eq!(json["isolation"]["detail"]["kind"], "native");
+        assert_eq!(json["isolation"]["detail"]["version"], 1);
+        assert!(json["isolation"].get("exclusive_cores").is_none());
+        let again: EnclaveRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(again, rec);
+    }
+
+    #[test]
+    fn schema_1_records_of_unstarted_or_degraded_enclaves_decode() {
+        // Before its driver reported: default flags, empty summary and socket.
+        let v1 = V1_ENCLAVE
+            .replace(
+                r#""isolation":{"exclusive_cores":true,"cpuset":true,"memory_limit":true,"namespaces":true,
+            "summary":"exclusive cpuset + memory limit (cgroup v2); pid/mnt/ipc/uts namespaces"}"#,
+                r#""isolation":{"exclusive_cores":false,"cpuset":false,"memory_limit":false,"namespaces":false,"summary":""}"#,
+            )
+            .replace(r#""/run/hobbes/enclaves/4/control.sock""#, r#""""#);
+        let rec: EnclaveRecord = serde_json::from_str(&v1).unwrap();
+        assert_eq!(rec.isolation, IsolationRecord::default());
+        assert_eq!(rec.control, ControlEndpoint::None);
+        // Degraded (no root): flags false but a summary.
+        let v1 = V1_ENCLAVE.replace(
+            r#""exclusive_cores":true,"cpuset":true,"memory_limit":true,"namespaces":true"#,
+            r#""exclusive_cores":false,"cpuset":false,"memory_limit":false,"namespaces":false"#,
+        );
+        let rec: EnclaveRecord = serde_json::from_str(&v1).unwrap();
+        let native = rec.isolation.native().expect("a native description");
+        assert!(!native.exclusive_cores && !native.namespaces);
+    }
+
+    #[test]
+    fn descriptions_of_unknown_kinds_decode_with_their_summary() {
+        let iso: IsolationRecord = serde_json::from_str(
+            r#"{"summary":"kvm, 4 vcpus","detail":{"kind":"vm","version":3,"vcpus":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(iso.summary, "kvm, 4 vcpus");
+        assert_eq!(iso.detail, KindIsolation::Unknown);
+        assert!(!iso.exclusive_cores());
+        let ep: ControlEndpoint =
+            serde_json::from_str(r#"{"kind":"virtio_serial","version":1,"port":2}"#).unwrap();
+        assert_eq!(ep, ControlEndpoint::Unknown);
+        assert_eq!(ep.unix_socket_path(), None);
+        // A payload without `version` is version 1.
+        let ep: ControlEndpoint =
+            serde_json::from_str(r#"{"kind":"unix_socket","path":"/x"}"#).unwrap();
+        assert_eq!(ep, ControlEndpoint::unix_socket("/x"));
+        assert_eq!(
+            serde_json::to_string(&ControlEndpoint::None).unwrap(),
+            r#"{"kind":"none"}"#
+        );
+    }
 
     #[test]
     fn segment_records_without_composite_still_decode() {

@@ -21,7 +21,8 @@ use hobbes_kind::{
     CONTROL_CREDENTIAL_ENV,
 };
 use hobbes_proto::model::{
-    CgroupMode, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, Isolation, NisHeader,
+    CgroupMode, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
+    KindIsolation, NativeIsolation, NisHeader,
 };
 
 pub mod cgroup;
@@ -76,7 +77,7 @@ impl NativeKind {
             "--daemon-socket".into(),
             ctx.daemon_socket.display().to_string(),
             "--enclave-socket".into(),
-            rec.control_socket.clone(),
+            control_socket(ctx).display().to_string(),
             "--owner-uid".into(),
             rec.owner_uid.to_string(),
             "--owner-gid".into(),
@@ -106,15 +107,28 @@ impl NativeKind {
     }
 }
 
+/// The control process's socket: `control.sock` in the enclave's directory.
+fn control_socket(ctx: &StartContext) -> PathBuf {
+    ctx.enclave_dir.join("control.sock")
+}
+
+/// The endpoint clients reach the control process at.
+fn control_endpoint(ctx: &StartContext) -> ControlEndpoint {
+    ControlEndpoint::unix_socket(control_socket(ctx).display().to_string())
+}
+
 /// Describe what isolation was really applied.
-fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> Isolation {
+fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> IsolationRecord {
     if !privileged {
-        return Isolation {
-            exclusive_cores: false,
-            cpuset: false,
-            memory_limit: false,
-            namespaces: false,
+        return IsolationRecord {
             summary: "degraded (no root): CPU affinity + process group only; other tasks may share these cores; no memory limit".into(),
+            detail: KindIsolation::Native(NativeIsolation {
+                version: NativeIsolation::VERSION,
+                exclusive_cores: false,
+                cpuset: false,
+                memory_limit: false,
+                namespaces: false,
+            }),
         };
     }
     let cores = if rec.shared {
@@ -122,16 +136,19 @@ fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> Isolat
     } else {
         "exclusive cpuset"
     };
-    Isolation {
-        exclusive_cores: !rec.shared,
-        cpuset: true,
-        memory_limit: true,
-        namespaces: true,
+    IsolationRecord {
         summary: if rec.host_ipc {
             format!("{cores} + memory limit ({cgroup_mode}); pid/mnt/uts namespaces, host IPC namespace")
         } else {
             format!("{cores} + memory limit ({cgroup_mode}); pid/mnt/ipc/uts namespaces")
         },
+        detail: KindIsolation::Native(NativeIsolation {
+            version: NativeIsolation::VERSION,
+            exclusive_cores: !rec.shared,
+            cpuset: true,
+            memory_limit: true,
+            namespaces: true,
+        }),
     }
 }
 
@@ -263,6 +280,7 @@ impl EnclaveDriver for NativeKind {
                 control_pid: pid,
                 control_start_time: proc_sys::proc_start_time(pid),
                 isolation: isolation(rec, true, mode),
+                control: control_endpoint(ctx),
             };
             // Dropping `held` without releasing makes the child exit unexecuted.
             record(&started)?;
@@ -287,6 +305,7 @@ impl EnclaveDriver for NativeKind {
             control_pid: pid,
             control_start_time: proc_sys::proc_start_time(pid),
             isolation: isolation(rec, false, ""),
+            control: control_endpoint(ctx),
         };
         // Unprivileged start has no hold point; the control process retries its
         // attach until the daemon knows its pid.
@@ -382,5 +401,97 @@ impl EnclaveDriver for NativeKind {
     fn is_alive(&self, rec: &EnclaveRecord) -> bool {
         rec.control_pid
             .is_some_and(|p| proc_sys::same_process_alive(p, rec.control_start_time))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hobbes_proto::model::EnclaveState;
+
+    fn rec(shared: bool, host_ipc: bool) -> EnclaveRecord {
+        EnclaveRecord {
+            id: 3,
+            name: "sim".into(),
+            kind: EnclaveKind::Native,
+            state: EnclaveState::Starting,
+            parent: 0,
+            owner_uid: 0,
+            owner_gid: 0,
+            shared,
+            host_ipc,
+            cores: vec![1],
+            mem_blocks: vec![0],
+            mem_bytes: 128 << 20,
+            numa_nodes: vec![0],
+            isolation: IsolationRecord::default(),
+            control_pid: None,
+            control_start_time: None,
+            control: ControlEndpoint::None,
+            nis_dir: "/state/nis".into(),
+            created_ms: 0,
+            last_heartbeat_ms: 0,
+            crash_reason: None,
+            rev: 0,
+        }
+    }
+
+    #[test]
+    fn the_native_kind_describes_its_isolation() {
+        let iso = isolation(&rec(false, false), true, "cgroup v2");
+        assert_eq!(
+            iso.summary,
+            "exclusive cpuset + memory limit (cgroup v2); pid/mnt/ipc/uts namespaces"
+        );
+        assert_eq!(
+            iso.detail,
+            KindIsolation::Native(NativeIsolation {
+                version: NativeIsolation::VERSION,
+                exclusive_cores: true,
+                cpuset: true,
+                memory_limit: true,
+                namespaces: true,
+            })
+        );
+        let shared = isolation(&rec(true, true), true, "cgroup v1");
+        assert!(!shared.exclusive_cores() && shared.confined());
+        assert!(
+            shared.summary.contains("host IPC namespace"),
+            "{}",
+            shared.summary
+        );
+        let degraded = isolation(&rec(false, false), false, "");
+        assert!(degraded.summary.starts_with("degraded"));
+        assert!(!degraded.exclusive_cores() && !degraded.confined());
+        assert!(degraded
+            .native()
+            .is_some_and(|n| !n.cpuset && !n.memory_limit));
+    }
+
+    #[test]
+    fn its_control_endpoint_is_a_socket_in_the_enclave_dir() {
+        let ctx = StartContext {
+            daemon_socket: "/state/control.sock".into(),
+            cores: vec![1],
+            blocks: vec![0],
+            mem_bytes: 128 << 20,
+            numa_nodes: vec![0],
+            enclave_dir: "/state/enclaves/3".into(),
+            nis_replica: "/state/enclaves/3/nis".into(),
+            nis_mount: "/state/nis".into(),
+            control_credential: "secret".into(),
+        };
+        assert_eq!(
+            control_endpoint(&ctx),
+            ControlEndpoint::unix_socket("/state/enclaves/3/control.sock")
+        );
+        let kind = NativeKind {
+            cgroups: Cgroups::default(),
+            exe: "/bin/leviathan".into(),
+            privileged: false,
+        };
+        let argv = kind.control_argv(&rec(false, false), &ctx, false);
+        let at = argv.iter().position(|a| a == "--enclave-socket").unwrap();
+        assert_eq!(argv[at + 1], "/state/enclaves/3/control.sock");
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use hobbes_client::proto::model::{AppState, EnclaveState, ExitStatus, Ownership};
+use hobbes_client::proto::model::{AppState, EnclaveState, ExitStatus, NativeIsolation, Ownership};
 use hobbes_client::proto::msg::{EnclaveRef, ErrorCode, Request, Response};
 use hobbes_client::proto::spec::{CpuRequest, MemRequest};
 use hobbes_client::{ClientError, EnclaveConn, NisReader};
@@ -42,10 +42,23 @@ fn two_enclaves_see_their_cores_pid_namespace_and_memory_limit() {
         vec![0],
         "shared enclave is pinned to the host core"
     );
-    assert!(sim.isolation.exclusive_cores && sim.isolation.namespaces);
+    let native = sim
+        .isolation
+        .native()
+        .expect("the native kind describes its isolation");
+    assert!(native.exclusive_cores && native.namespaces && native.cpuset && native.memory_limit);
+    assert_eq!(native.version, NativeIsolation::VERSION);
     assert!(
-        !ana.isolation.exclusive_cores,
+        !ana.isolation.exclusive_cores() && ana.isolation.native().is_some(),
         "shared enclave is marked not isolated"
+    );
+    let socket = sim
+        .control
+        .unix_socket_path()
+        .expect("a Unix socket endpoint");
+    assert!(
+        socket.ends_with(&format!("enclaves/{}/control.sock", sim.id)),
+        "{socket}"
     );
 
     for (rec, cores, limit) in [(&sim, "1", 256u64 << 20), (&ana, "0", 128 << 20)] {
@@ -1009,7 +1022,12 @@ fn unprivileged_mode_degrades_to_affinity_and_says_so() {
     let st = c.status().unwrap();
     assert!(!st.header.privileged);
     let e = c.create_enclave(spec("soft", 1, 128, false)).unwrap();
-    assert!(!e.isolation.namespaces && !e.isolation.cpuset && !e.isolation.memory_limit);
+    let native = e
+        .isolation
+        .native()
+        .expect("the native kind describes its isolation");
+    assert!(!native.namespaces && !native.cpuset && !native.memory_limit);
+    assert!(e.control.unix_socket_path().is_some(), "{:?}", e.control);
     assert!(
         e.isolation.summary.contains("degraded"),
         "{}",

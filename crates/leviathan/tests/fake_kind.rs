@@ -18,7 +18,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hobbes_client::proto::model::{CoreId, EnclaveId, EnclaveKind, EnclaveRecord, Isolation};
+use hobbes_client::proto::model::{
+    ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord, KindIsolation,
+};
 use hobbes_client::proto::msg::EnclaveRef;
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::Client;
@@ -130,11 +132,14 @@ impl EnclaveDriver for FakeKind {
                 !ctx.control_credential.is_empty()
             ),
         );
+        // The kind picks its own endpoint; the daemon records it unread.
+        let socket = ctx.enclave_dir.join("fake-control.sock");
         let child = Command::new(&self.exe)
             .args(["enclave-init", "--enclave", &rec.id.to_string()])
             .arg("--daemon-socket")
             .arg(&ctx.daemon_socket)
-            .args(["--enclave-socket", &rec.control_socket])
+            .arg("--enclave-socket")
+            .arg(&socket)
             .args(["--owner-uid", &rec.owner_uid.to_string()])
             .args(["--owner-gid", &rec.owner_gid.to_string()])
             .env(CONTROL_CREDENTIAL_ENV, &ctx.control_credential)
@@ -143,10 +148,11 @@ impl EnclaveDriver for FakeKind {
         let started = Started {
             control_pid: child.id(),
             control_start_time: None,
-            isolation: Isolation {
+            isolation: IsolationRecord {
                 summary: "fake: none".into(),
-                ..Default::default()
+                detail: KindIsolation::None,
             },
+            control: ControlEndpoint::unix_socket(socket.display().to_string()),
         };
         if let Err(e) = record(&started) {
             kill_and_wait(child.id());
@@ -252,6 +258,16 @@ fn lifecycle_goes_through_the_registered_kind() {
         e.isolation.summary, "fake: none",
         "the kind's isolation is recorded"
     );
+    let endpoint = e.control.unix_socket_path().unwrap_or_default();
+    assert!(
+        endpoint.ends_with(&format!("enclaves/{}/fake-control.sock", e.id)),
+        "the kind's control endpoint is recorded: {:?}",
+        e.control
+    );
+    let (answered, _) = hobbes_client::EnclaveConn::to_enclave(&e)
+        .and_then(|mut conn| conn.ping())
+        .expect("the control agent answers at the kind's endpoint");
+    assert_eq!(answered, e.id);
     let grown = c
         .assign_memory(
             EnclaveRef::Name("fake".into()),

@@ -182,7 +182,7 @@ fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<
     for e in enclaves {
         match client.enclave(EnclaveRef::Name(e.name.clone())) {
             Ok(existing) => {
-                if enclaves.len() > 1 && !existing.host_ipc && existing.isolation.namespaces {
+                if enclaves.len() > 1 && !existing.host_ipc && existing.isolation.confined() {
                     eprintln!(
                         "[remora] warning: enclave {} has its own IPC namespace: MPICH's UCX netmod talks to it over TCP, \
                          and with several processes per enclave MPI_Finalize may hang (create it with --host-ipc, or let remora create it)",

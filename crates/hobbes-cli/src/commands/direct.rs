@@ -38,7 +38,9 @@ pub fn ping(ctx: &Ctx, args: PingArgs) -> Result<i32> {
         if !ctx.json {
             println!(
                 "PING enclave {} ({}) at {}",
-                rec.id, rec.name, rec.control_socket
+                rec.id,
+                rec.name,
+                rec.control.unix_socket_path().unwrap_or_default()
             );
         }
         Box::new(move || conn.ping().map(|(_, rtt)| rtt))

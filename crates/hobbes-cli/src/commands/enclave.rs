@@ -82,10 +82,7 @@ pub(super) fn describe(e: &EnclaveRecord) -> Vec<String> {
         format!("  isolation  {}", e.isolation.summary),
     ];
     if let Some(pid) = e.control_pid {
-        lines.push(format!(
-            "  control    pid {pid}, socket {}",
-            e.control_socket
-        ));
+        lines.push(format!("  control    pid {pid}, {}", e.control));
     }
     match class {
         "shared" => lines.push(

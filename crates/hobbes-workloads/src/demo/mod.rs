@@ -508,10 +508,7 @@ fn describe(e: &EnclaveRecord) -> Vec<String> {
         format!("  isolation  {}", e.isolation.summary),
     ];
     if let Some(pid) = e.control_pid {
-        lines.push(format!(
-            "  control    pid {pid}, socket {}",
-            e.control_socket
-        ));
+        lines.push(format!("  control    pid {pid}, {}", e.control));
     }
     match class {
         "shared" => lines.push(
@@ -532,7 +529,7 @@ fn isolation_class(e: &EnclaveRecord) -> &'static str {
         "host"
     } else if e.shared {
         "shared"
-    } else if e.isolation.exclusive_cores && e.isolation.namespaces {
+    } else if e.isolation.exclusive_cores() && e.isolation.confined() {
         "exclusive"
     } else {
         "degraded"

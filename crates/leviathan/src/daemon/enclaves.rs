@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use hobbes_nis::{NisError, NisTxn};
 use hobbes_proto::model::{
-    BlockId, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, EnclaveState, ExitStatus, Isolation,
-    Ownership, HOST_ENCLAVE,
+    BlockId, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, EnclaveState, ExitStatus, Ownership,
+    HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{EnclaveRef, ErrorCode};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
@@ -164,7 +164,6 @@ impl Daemon {
             header.updated_ms = now_ms();
             t.put_header(&header)?;
             let (mem_bytes, numa_nodes) = claim(t, id, &cores, &blocks, spec.shared)?;
-            let dir = paths.enclave_dir(id);
             let mut rec = EnclaveRecord {
                 id,
                 name: spec.name.clone(),
@@ -179,10 +178,11 @@ impl Daemon {
                 mem_blocks: blocks,
                 mem_bytes,
                 numa_nodes,
-                isolation: Isolation::default(),
+                // The kind's driver describes both when it starts the enclave.
+                isolation: Default::default(),
                 control_pid: None,
                 control_start_time: None,
-                control_socket: dir.join("control.sock").display().to_string(),
+                control: Default::default(),
                 // Inside a privileged enclave the primary's path shows its replica.
                 nis_dir: paths.nis().display().to_string(),
                 created_ms: now_ms(),
@@ -253,6 +253,7 @@ impl Daemon {
             blocks: rec.mem_blocks.clone(),
             mem_bytes: rec.mem_bytes,
             numa_nodes: rec.numa_nodes.clone(),
+            enclave_dir: dir.clone(),
             nis_replica: dir.join("nis"),
             nis_mount: self.paths.nis(),
             control_credential: credential.0,
@@ -265,6 +266,7 @@ impl Daemon {
                 r.control_pid = Some(started.control_pid);
                 r.control_start_time = started.control_start_time;
                 r.isolation = started.isolation.clone();
+                r.control = started.control.clone();
                 t.put_enclave(&mut r)?;
                 Ok(())
             })
