@@ -635,7 +635,7 @@ impl Drop for Reaped {
 fn get_attach_once(segid: SegId, size: usize) -> Result<f64> {
     let t = Instant::now();
     let apid = hobbes_xemem::get(segid, Access::ReadWrite)?;
-    let p = hobbes_xemem::attach(apid, 0, size, None);
+    let p = hobbes_xemem::attach(apid, 0, size);
     let detached = p.map(hobbes_xemem::detach);
     let released = hobbes_xemem::release(apid);
     let us = elapsed_us(t);

@@ -74,7 +74,7 @@ impl ChannelWriter {
             ..Default::default()
         };
         // Converted in place into a memfd: same address, now shared.
-        match hobbes_xemem::make(mem.as_mut_ptr(), page, &opts) {
+        match hobbes_xemem::make_mapping(&mut mem, &opts) {
             Ok(segid) => Ok(ChannelWriter { mem, segid }),
             Err(e) => Err(XasmError::xemem(OP, format!("channel segment {name:?}"))(e)),
         }
@@ -132,7 +132,7 @@ impl ChannelReader {
         let apid =
             hobbes_xemem::get(segid, Access::ReadOnly).map_err(XasmError::xemem(OP, what()))?;
         let page = hobbes_sys::page_size();
-        let addr = match hobbes_xemem::attach(apid, 0, page, None) {
+        let addr = match hobbes_xemem::attach(apid, 0, page) {
             Ok(a) => a as usize,
             Err(e) => {
                 let _ = hobbes_xemem::release(apid);

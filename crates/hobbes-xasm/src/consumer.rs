@@ -142,7 +142,7 @@ impl Consumer {
             e => XasmError::xemem(OP, format!("version {vname}"))(e),
         })?;
         let len = self.region_len();
-        match hobbes_xemem::attach(apid, 0, len, None) {
+        match hobbes_xemem::attach(apid, 0, len) {
             Ok(p) => Ok(Snapshot {
                 version,
                 apid,

@@ -75,9 +75,9 @@ const DEFAULT_MODE: u32 = 0o600;
 
 /// Export `[addr, addr+len)` as a segment and return its segid.
 ///
-/// The range must be page-aligned, mapped, and owned by the caller: any
-/// memory works (malloc'd, `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`, stack, a
-/// segment from [`alloc`]). Memory that is not already a memfd this crate
+/// The range must be page-aligned and mapped: any memory works (malloc'd,
+/// `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`, stack, a segment from [`alloc`]);
+/// [`make_mapping`] is the safe call for a [`hobbes_sys::Mapping`]. Memory that is not already a memfd this crate
 /// made is converted in place: copied into a new memfd that is then mapped
 /// `MAP_SHARED|MAP_FIXED` over the same addresses, so the pointer and the
 /// contents stay the same. While `make` runs no other thread may write the
@@ -90,13 +90,47 @@ const DEFAULT_MODE: u32 = 0o600;
 /// Errors: `InvalidArgument` (EINVAL) for a misaligned or empty range or a
 /// bad mode, `NotMapped` (EFAULT) for an unmapped part, `Exists` (EEXIST)
 /// when the name or requested segid is taken, `NoDaemon` (ECONNREFUSED).
-pub fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<SegId> {
-    make_kind(addr as usize, len, opts).map(|(segid, _)| segid)
+///
+/// # Safety
+///
+/// `[addr, addr+len)` must be the caller's to remap: memory it allocated
+/// or mapped itself and that nothing else (an allocator's bookkeeping,
+/// another thread's stack, a [`Mapping`] or buffer owned elsewhere) will
+/// unmap, free or reuse behind its back. While `make` runs no thread may
+/// write the range (the write could be lost) or unmap it. Afterwards the
+/// range is shared memory: its contents are the same, but a `fork()`
+/// child shares them, and every process the segment is granted to may read
+/// it (and write it, with a read-write permit), so the caller must treat
+/// it as memory others may change.
+pub unsafe fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<SegId> {
+    // SAFETY: passed on from our caller (see above).
+    unsafe { make_kind(addr as usize, len, opts) }.map(|(segid, _)| segid)
+}
+
+/// Export all of `mem` in place, as [`make`]: the mapping keeps its
+/// address and contents and becomes shared memory backed by the segment's
+/// memfd (read-write, whatever its protection was), still unmapped when
+/// `mem` is dropped. Dropping `mem` does not remove the segment: attachers
+/// keep their mappings until [`remove`].
+///
+/// Errors as for [`make`]; the mapping's length must be a multiple of the
+/// page size.
+pub fn make_mapping(mem: &mut Mapping, opts: &MakeOptions) -> Result<SegId> {
+    // SAFETY: `mem` owns its range (unmapped only when it is dropped) and
+    // is borrowed mutably, so no other safe code reads or writes it while
+    // it is copied and remapped; what it maps afterwards is at least as
+    // readable and writable as before.
+    unsafe { make_kind(mem.addr(), mem.len(), opts) }.map(|(segid, _)| segid)
 }
 
 const MAKE: &str = "xemem_make";
 
-fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegId, PageKind)> {
+/// [`make`], with the page kind of the memory.
+///
+/// # Safety
+///
+/// As for [`make`].
+unsafe fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegId, PageKind)> {
     let page = hobbes_sys::page_size();
     if len == 0 || !addr.is_multiple_of(page) || !len.is_multiple_of(page) {
         return Err(XememError::invalid(
@@ -119,14 +153,19 @@ fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegId, Page
         ));
     }
     let mut st = state::lock();
-    let (memfd, page_kind) = backing_for(&mut st, addr, len)?;
+    // SAFETY: passed on from our caller.
+    let (memfd, page_kind) = unsafe { backing_for(&mut st, addr, len) }?;
     let segid = export(&mut st, addr, len, memfd, page_kind, opts)?;
     Ok((segid, page_kind))
 }
 
 /// A descriptor of the memfd that backs exactly `[addr, addr+len)`,
 /// converting the range in place when no such memfd exists yet.
-fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, PageKind)> {
+///
+/// # Safety
+///
+/// As for [`make`].
+unsafe fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, PageKind)> {
     let maps = maps::current().map_err(|e| XememError::Other {
         op: MAKE,
         reason: format!("cannot read /proc/self/maps: {e}"),
@@ -161,7 +200,8 @@ fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, Page
         start: addr,
         len,
     })?;
-    let backing = convert_in_place(addr, len, &pieces)?;
+    // SAFETY: passed on from our caller.
+    let backing = unsafe { convert_in_place(addr, len, &pieces) }?;
     let fd = backing.memfd.try_clone().map_err(io_err(MAKE))?;
     st.backings
         .retain(|b| b.addr >= end || addr >= b.addr + b.len);
@@ -170,7 +210,11 @@ fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedFd, Page
 }
 
 /// Copy the range into a new memfd and map that over the range.
-fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> Result<Backing> {
+///
+/// # Safety
+///
+/// As for [`make`]; `pieces` cover the range as `/proc/self/maps` shows it.
+unsafe fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> Result<Backing> {
     let memfd = hobbes_sys::memfd_create(c"xemem", MemfdFlags::empty())
         .map_err(XememError::sys(MAKE, "memfd_create"))?;
     hobbes_sys::ftruncate(memfd.as_fd(), len as u64).map_err(XememError::sys(MAKE, "ftruncate"))?;
@@ -422,7 +466,8 @@ pub fn alloc(len: usize, opts: &MakeOptions) -> Result<Segment> {
             Ok(backing) => {
                 let (addr, size) = (backing.addr, backing.len);
                 state::lock().backings.push(backing);
-                return match make_kind(addr, size, opts) {
+                // SAFETY: memory we just mapped and nothing else refers to.
+                return match unsafe { make_kind(addr, size, opts) } {
                     Ok((segid, kind)) => Ok(Segment::new(segid, addr, size, kind, true)),
                     Err(e) => {
                         wrappers::unmap_backing(addr, size);
@@ -592,18 +637,41 @@ pub fn release(apid: ApId) -> Result<()> {
         .ok_or_else(|| XememError::not_found("xemem_release", format!("no access permit {apid}")))
 }
 
-/// Map `len` bytes of a segment from `offset`, at `at` or where the kernel
-/// chooses; read-only when the permit is. As in XPMEM, an offset that is not
+/// Map `len` bytes of a segment from `offset` where the kernel chooses;
+/// read-only when the permit is. As in XPMEM, an offset that is not
 /// page-aligned maps from its page's start and the returned pointer points
-/// `offset % page` bytes in; `at` must then have the same remainder.
-///
-/// With `at`, the mapping replaces whatever is mapped there (`MAP_FIXED`):
-/// the caller must own that range.
+/// `offset % page` bytes in. The mapping stays until [`detach`].
 ///
 /// A composite segment's range is reserved, then the part of each extent
 /// inside it is mapped read-only from the pool (one mapping per part); the
 /// attachment keeps the hold until it is detached.
-pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Result<*mut u8> {
+pub fn attach(apid: ApId, offset: u64, len: usize) -> Result<*mut u8> {
+    // SAFETY: without an address nothing is mapped over.
+    unsafe { attach_impl(apid, offset, len, None) }
+}
+
+/// [`attach`] at `at` (`MAP_FIXED`): the mapping replaces whatever is
+/// mapped in the page-rounded range there. `at` must be `offset % unit`
+/// bytes past a page boundary (the segment's page size), like `offset`.
+///
+/// # Safety
+///
+/// The page-rounded range at `at` must be the caller's to replace: mapped
+/// or reserved by it (an earlier attachment, a reservation), with no
+/// reference into it alive and nothing else (an allocator, a
+/// [`Mapping`], another thread) that will use or unmap it as its own
+/// afterwards.
+pub unsafe fn attach_at(apid: ApId, offset: u64, len: usize, at: *mut u8) -> Result<*mut u8> {
+    // SAFETY: passed on from our caller.
+    unsafe { attach_impl(apid, offset, len, Some(at)) }
+}
+
+/// [`attach`] or [`attach_at`].
+///
+/// # Safety
+///
+/// With `at`, as for [`attach_at`].
+unsafe fn attach_impl(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Result<*mut u8> {
     const OP: &str = "xemem_attach";
     let mut st = state::lock();
     let grant = st
@@ -642,7 +710,8 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
     let (base, hold) = match &grant.composite {
         Some(c) => {
             let hold = grant.memfd.try_clone().map_err(io_err(OP))?;
-            let base = map_composite(base_at, map_offset, map_len, c)?;
+            // SAFETY: with an address, our caller owns the range.
+            let base = unsafe { map_composite(base_at, map_offset, map_len, c) }?;
             (base, Some(hold))
         }
         None => {
@@ -654,8 +723,8 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
             let base = match base_at {
                 // The attachment table owns the mapping from here.
                 None => Mapping::shared(fd, map_len, map_offset, prot).map(|m| m.into_raw().0),
-                // SAFETY: with `at`, `attach`'s caller owns the range it
-                // replaces (documented on `attach`).
+                // SAFETY: with `at`, `attach_at`'s caller owns the range it
+                // replaces (documented on `attach_at`).
                 Some(at) => unsafe { mm::mmap_shared_fixed(at, map_len, prot, fd, map_offset) },
             }
             .map_err(XememError::sys(OP, "mmap"))?;
@@ -689,7 +758,11 @@ pub fn attach(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) -> Resul
 /// Map `[offset, offset+len)` of a composite segment (page-aligned) into
 /// one range: reserve it (at `at`, or where the kernel picks), then map the
 /// part of each extent that falls inside read-only from the pool, in place.
-fn map_composite(
+///
+/// # Safety
+///
+/// With `at`, as for [`attach_at`].
+unsafe fn map_composite(
     at: Option<usize>,
     offset: u64,
     len: usize,
@@ -699,7 +772,7 @@ fn map_composite(
     let base = match at {
         // The attachment table owns the reservation from here.
         None => Mapping::reserve(len).map(|m| m.into_raw().0),
-        // SAFETY: with `at`, `attach`'s caller owns the range it replaces.
+        // SAFETY: with `at`, `attach_at`'s caller owns the range it replaces.
         Some(at) => unsafe { mm::reserve_fixed(at, len) },
     }
     .map_err(XememError::sys(OP, "mmap"))?;
@@ -860,13 +933,18 @@ mod tests {
     fn converts_private_memory_in_place() {
         let page = hobbes_sys::page_size();
         let addr = mmap_private(4 * page);
-        fill(addr, 4 * page, 0x5a);
-        fill(addr + page, 1, 0x01);
+        // SAFETY: the test's own read-write mapping, nothing refers to it.
+        unsafe {
+            fill(addr, 4 * page, 0x5a);
+            fill(addr + page, 1, 0x01);
+        }
         let mut st = State::default_for_tests();
-        let (fd, kind) = backing_for(&mut st, addr, 4 * page).unwrap();
+        // SAFETY: the test's own mapping, not used during the call.
+        let (fd, kind) = unsafe { backing_for(&mut st, addr, 4 * page) }.unwrap();
         assert_eq!(kind, PageKind::Base);
         // Same pointer, same contents, now a shared mapping of the memfd.
-        let bytes = read(addr, 4 * page);
+        // SAFETY: still mapped (now shared), nothing writes it.
+        let bytes = unsafe { read(addr, 4 * page) };
         assert_eq!(bytes[page], 0x01);
         assert!(bytes
             .iter()
@@ -878,9 +956,11 @@ mod tests {
         // Writes through either view meet.
         let mut other = Mapping::shared(fd.as_fd(), 4 * page, 0, Prot::ReadWrite).unwrap();
         other.as_mut_slice()[2 * page] = 0x77;
-        assert_eq!(read(addr + 2 * page, 1), [0x77]);
+        // SAFETY: as above.
+        assert_eq!(unsafe { read(addr + 2 * page, 1) }, [0x77]);
         // Making the same range again reuses the memfd.
-        let (again, _) = backing_for(&mut st, addr, 4 * page).unwrap();
+        // SAFETY: as above.
+        let (again, _) = unsafe { backing_for(&mut st, addr, 4 * page) }.unwrap();
         assert_eq!(hobbes_sys::inode(again.as_fd()).unwrap(), inode);
         drop(other);
         // SAFETY: the test's own mapping, no longer used.
@@ -894,7 +974,8 @@ mod tests {
         // SAFETY: the test's own mapping, not used there.
         unsafe { mm::munmap(addr + page, page) }.unwrap();
         let mut st = State::default_for_tests();
-        match backing_for(&mut st, addr, 3 * page) {
+        // SAFETY: the test's own mapping (what is left of it), unused.
+        match unsafe { backing_for(&mut st, addr, 3 * page) } {
             Err(e @ XememError::NotMapped { .. }) => {
                 assert_eq!(e.errno(), libc::EFAULT);
                 assert!(
@@ -904,18 +985,20 @@ mod tests {
             }
             other => panic!("expected NotMapped, got {:?}", other.map(|_| ())),
         }
-        let e = make((addr + 1) as *mut u8, page, &MakeOptions::default()).unwrap_err();
+        // SAFETY: (and for the next two) refused before anything is touched; the
+        // range is the test's own mapping in any case.
+        let e = unsafe { make((addr + 1) as *mut u8, page, &MakeOptions::default()) }.unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL);
-        let e = make(addr as *mut u8, 0, &MakeOptions::default()).unwrap_err();
+        // SAFETY: as above.
+        let e = unsafe { make(addr as *mut u8, 0, &MakeOptions::default()) }.unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL);
         let opts = MakeOptions {
             mode: 0o4777,
             ..Default::default()
         };
-        assert_eq!(
-            make(addr as *mut u8, page, &opts).unwrap_err().errno(),
-            libc::EINVAL
-        );
+        // SAFETY: as above.
+        let e = unsafe { make(addr as *mut u8, page, &opts) }.unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
         // SAFETY: the test's own mapping, no longer used.
         unsafe { mm::munmap(addr, 3 * page) }.unwrap();
     }
@@ -923,10 +1006,7 @@ mod tests {
     #[test]
     fn unknown_permits_and_attachments() {
         assert_eq!(release(987_654).unwrap_err().errno(), libc::ENOENT);
-        assert_eq!(
-            attach(987_654, 0, 4096, None).unwrap_err().errno(),
-            libc::ENOENT
-        );
+        assert_eq!(attach(987_654, 0, 4096).unwrap_err().errno(), libc::ENOENT);
         assert_eq!(detach(8 as *mut u8).unwrap_err().errno(), libc::EINVAL);
         assert_eq!(
             wait(987_654, Some(Duration::ZERO)).unwrap_err().errno(),

@@ -88,13 +88,25 @@ pub mod testing {
         hobbes_sys::Mapping::anon(len).unwrap().into_raw().0
     }
 
-    pub fn fill(addr: usize, len: usize, byte: u8) {
-        // SAFETY: tests pass ranges they mapped read-write.
+    /// Set `len` bytes at `addr` to `byte`.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr+len)` must be mapped read-write, and no reference into
+    /// it may be alive.
+    pub unsafe fn fill(addr: usize, len: usize, byte: u8) {
+        // SAFETY: passed on from our caller.
         unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) };
     }
 
-    pub fn read(addr: usize, len: usize) -> Vec<u8> {
-        // SAFETY: tests pass ranges they mapped readable.
+    /// A copy of the `len` bytes at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr+len)` must be mapped readable, and not written during
+    /// the call.
+    pub unsafe fn read(addr: usize, len: usize) -> Vec<u8> {
+        // SAFETY: passed on from our caller.
         unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec()
     }
 }

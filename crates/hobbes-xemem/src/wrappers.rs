@@ -39,8 +39,13 @@ impl Segment {
 
     /// Export caller-owned memory, as [`crate::make`] (in place). Dropping
     /// the segment removes it but leaves the memory mapped.
-    pub fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<Segment> {
-        let (segid, kind) = crate::make_kind(addr as usize, len, opts)?;
+    ///
+    /// # Safety
+    ///
+    /// As for [`crate::make`].
+    pub unsafe fn make(addr: *mut u8, len: usize, opts: &MakeOptions) -> Result<Segment> {
+        // SAFETY: passed on from our caller.
+        let (segid, kind) = unsafe { crate::make_kind(addr as usize, len, opts) }?;
         Ok(Segment::new(segid, addr as usize, len, kind, false))
     }
 
@@ -130,7 +135,7 @@ impl Grant {
 
     /// Map `len` bytes from `offset` where the kernel chooses (see [`crate::attach`]).
     pub fn attach(&self, offset: u64, len: usize) -> Result<Attachment> {
-        let ptr = crate::attach(self.apid, offset, len, None)?;
+        let ptr = crate::attach(self.apid, offset, len)?;
         Ok(Attachment {
             addr: ptr as usize,
             len,

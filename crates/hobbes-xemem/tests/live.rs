@@ -113,7 +113,8 @@ fn xemem_between_host_processes() {
         mode: 0o644,
         ..Default::default()
     };
-    let segid = hobbes_xemem::make(mem, len, &opts).expect("make in place");
+    // SAFETY: the test's own private pages, which no other thread uses.
+    let segid = unsafe { hobbes_xemem::make(mem, len, &opts) }.expect("make in place");
     assert!(segid > 0);
     assert!(
         all(&bytes(mem, len), 0x11),
@@ -155,13 +156,15 @@ fn xemem_between_host_processes() {
 
     // A name or segid already taken.
     let (other, olen) = private_pages(1, 0);
-    let e = hobbes_xemem::make(other, olen, &opts).unwrap_err();
+    // SAFETY: the test's own private page, which no other thread uses.
+    let e = unsafe { hobbes_xemem::make(other, olen, &opts) }.unwrap_err();
     assert_eq!(e.errno(), libc::EEXIST, "{e}");
     let want = MakeOptions {
         segid: Some(segid),
         ..Default::default()
     };
-    let e = hobbes_xemem::make(other, olen, &want).unwrap_err();
+    // SAFETY: as above.
+    let e = unsafe { hobbes_xemem::make(other, olen, &want) }.unwrap_err();
     assert_eq!(e.errno(), libc::EEXIST, "{e}");
 
     // Read-only: reading works, a write faults.
@@ -222,14 +225,17 @@ fn xemem_between_host_processes() {
 
     // A second segment, independent of the first.
     let (mem2, len2) = private_pages(2, 0x22);
-    let seg2 = hobbes_xemem::make(
-        mem2,
-        len2,
-        &MakeOptions {
-            name: Some("t-second".into()),
-            ..Default::default()
-        },
-    )
+    // SAFETY: the test's own private pages, which no other thread uses.
+    let seg2 = unsafe {
+        hobbes_xemem::make(
+            mem2,
+            len2,
+            &MakeOptions {
+                name: Some("t-second".into()),
+                ..Default::default()
+            },
+        )
+    }
     .unwrap();
     assert_ne!(seg2, segid);
     env.ok(&[
@@ -274,15 +280,18 @@ fn xemem_between_host_processes() {
 
     // Signals: an attacher signals, the owner waits (and consumes it).
     let (mem3, len3) = private_pages(1, 0);
-    let seg3 = hobbes_xemem::make(
-        mem3,
-        len3,
-        &MakeOptions {
-            name: Some("t-signal".into()),
-            signalled: true,
-            ..Default::default()
-        },
-    )
+    // SAFETY: the test's own private page, which no other thread uses.
+    let seg3 = unsafe {
+        hobbes_xemem::make(
+            mem3,
+            len3,
+            &MakeOptions {
+                name: Some("t-signal".into()),
+                signalled: true,
+                ..Default::default()
+            },
+        )
+    }
     .unwrap();
     assert!(hobbes_xemem::signal_fd(seg3).unwrap() >= 0);
     assert!(!hobbes_xemem::wait(seg3, Some(Duration::from_millis(10))).unwrap());
@@ -328,7 +337,7 @@ fn detach_and_release_orders(segid: i64, mem: *mut u8) {
     let pg = page();
     // Detach, then release.
     let apid = hobbes_xemem::get(segid, Access::ReadWrite).unwrap();
-    let p = hobbes_xemem::attach(apid, 0, pg, None).unwrap();
+    let p = hobbes_xemem::attach(apid, 0, pg).unwrap();
     assert_ne!(p, mem, "a second mapping of the same memory");
     assert_eq!(bytes(p, 1), bytes(mem, 1));
     hobbes_xemem::detach(p).unwrap();
@@ -341,11 +350,11 @@ fn detach_and_release_orders(segid: i64, mem: *mut u8) {
 
     // Release first: the attachments stay valid until detached.
     let apid = hobbes_xemem::get(segid, Access::ReadWrite).unwrap();
-    let p1 = hobbes_xemem::attach(apid, 0, pg, None).unwrap();
-    let p2 = hobbes_xemem::attach(apid, pg as u64, pg, None).unwrap();
+    let p1 = hobbes_xemem::attach(apid, 0, pg).unwrap();
+    let p2 = hobbes_xemem::attach(apid, pg as u64, pg).unwrap();
     hobbes_xemem::release(apid).unwrap();
     assert_eq!(
-        hobbes_xemem::attach(apid, 0, pg, None).unwrap_err().errno(),
+        hobbes_xemem::attach(apid, 0, pg).unwrap_err().errno(),
         libc::ENOENT
     );
     set(p2, 1, 0x61);
@@ -359,11 +368,12 @@ fn detach_and_release_orders(segid: i64, mem: *mut u8) {
     // A fixed address, and bounds.
     let apid = hobbes_xemem::get(segid, Access::ReadOnly).unwrap();
     let (spot, _) = private_pages(1, 0);
-    let p = hobbes_xemem::attach(apid, 0, pg, Some(spot)).unwrap();
+    // SAFETY: `spot` is the test's own private page, no longer used as such.
+    let p = unsafe { hobbes_xemem::attach_at(apid, 0, pg, spot) }.unwrap();
     assert_eq!(p, spot);
     assert_eq!(bytes(p, 1), bytes(mem, 1));
     hobbes_xemem::detach(p).unwrap();
-    let e = hobbes_xemem::attach(apid, 0, 5 * pg, None).unwrap_err();
+    let e = hobbes_xemem::attach(apid, 0, 5 * pg).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
     hobbes_xemem::release(apid).unwrap();
 
@@ -437,7 +447,9 @@ fn alloc_path(env: &Env<'_>) {
     ]);
     assert!(all(&bytes(seg.as_ptr(), seg.len()), 102));
     // Making exactly the allocated range again shares the same memory.
-    let again = hobbes_xemem::make(seg.as_ptr(), seg.len(), &MakeOptions::default()).unwrap();
+    // SAFETY: the segment's memory, ours while `seg` lives; no other thread uses it.
+    let again =
+        unsafe { hobbes_xemem::make(seg.as_ptr(), seg.len(), &MakeOptions::default()) }.unwrap();
     env.ok(&["attach", "--segid", &again.to_string(), "--expect", "102"]);
     hobbes_xemem::remove(again).unwrap();
     let segid = seg.segid();

@@ -266,13 +266,15 @@ fn versions_read_right(v1: SegId, v2: SegId, pool: &OwnedFd) {
     assert_eq!(pages_of(mid.as_ptr(), p), [0xa3]);
     let tail = g2.attach(p as u64, 2 * p).unwrap();
     assert_eq!(pages_of(tail.as_ptr(), 2 * p), [0xa3, 0xa2]);
-    let inner = hobbes_xemem::attach(g2.apid(), p as u64 + 5, 10, None).unwrap();
+    let inner = hobbes_xemem::attach(g2.apid(), p as u64 + 5, 10).unwrap();
     assert_eq!(inner as usize % p, 5);
     assert_eq!(read(inner, 10), [0xa3; 10]);
     hobbes_xemem::detach(inner).unwrap();
     // At a fixed address: the range is replaced (here another attachment's).
-    let over = hobbes_xemem::attach(g2.apid(), 0, 3 * p, None).unwrap();
-    let fixed = hobbes_xemem::attach(g1.apid(), 0, 3 * p, Some(over)).unwrap();
+    let over = hobbes_xemem::attach(g2.apid(), 0, 3 * p).unwrap();
+    // SAFETY: `over` is this test's own attachment of 3 pages, unused from
+    // here on: the fixed attachment replaces it.
+    let fixed = unsafe { hobbes_xemem::attach_at(g1.apid(), 0, 3 * p, over) }.unwrap();
     assert_eq!(fixed, over);
     assert_eq!(pages_of(fixed, 3 * p), [0xa0, 0xa1, 0xa2]);
     hobbes_xemem::detach(fixed).unwrap();
@@ -314,7 +316,7 @@ fn holds(d: &Daemon, probe: &str, v1: SegId, t1: &OwnedFd) {
     released(t1, "release + detach drop the hold");
     // The same through the plain calls, detach first.
     let apid = hobbes_xemem::get(v1, Access::ReadOnly).unwrap();
-    let at = hobbes_xemem::attach(apid, 0, p, None).unwrap();
+    let at = hobbes_xemem::attach(apid, 0, p).unwrap();
     hobbes_xemem::detach(at).unwrap();
     assert!(!reclaimable(t1), "the grant still holds");
     hobbes_xemem::release(apid).unwrap();

@@ -66,7 +66,15 @@ const ATTACH_FAILED: *mut c_void = usize::MAX as *mut c_void;
 /// `HOBBES_INVALID_ID`, for segments of processes Hobbes did not launch.
 const INVALID_ID: u64 = u64::MAX;
 
-fn make(
+/// Export `[vaddr, vaddr+size)` (or publish the copy of the XASM region
+/// there) for the `xemem_make*` calls.
+///
+/// # Safety
+///
+/// The C caller's contract of `xemem_make`: `name` is NULL or a
+/// NUL-terminated string, and the range is the caller's (see
+/// [`xemem_make`]).
+unsafe fn make(
     op: &'static str,
     vaddr: *mut c_void,
     size: usize,
@@ -102,15 +110,30 @@ fn make(
         mode: 0,
         signalled,
     };
-    hobbes_xemem::make(vaddr.cast(), size, &opts)
+    // SAFETY: the C caller's contract (documented on `xemem_make`): the
+    // range is its own memory, remapped in place, and no thread writes it
+    // while the call runs.
+    unsafe { hobbes_xemem::make(vaddr.cast(), size, &opts) }
 }
 
 /// Export `[vaddr, vaddr+size)` (page-aligned) under `name` (or none, NULL).
 /// The segment is accessible to the owner's uid and root (mode 0600).
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string. The range is the caller's
+/// own memory (malloc'd, mmap'd, static, stack it keeps alive): it is
+/// copied into shared memory and remapped in place (same address, same
+/// contents), so no other thread may write or unmap it while the call
+/// runs, and afterwards others granted the segment may read (or write) it.
 #[no_mangle]
-pub extern "C" fn xemem_make(vaddr: *mut c_void, size: usize, name: *mut c_char) -> XememSegid {
+pub unsafe extern "C" fn xemem_make(
+    vaddr: *mut c_void,
+    size: usize,
+    name: *mut c_char,
+) -> XememSegid {
     guard("xemem_make", XEMEM_INVALID_SEGID, || {
-        make("xemem_make", vaddr, size, name, false, None)
+        // SAFETY: our caller's contract, as `make` requires.
+        unsafe { make("xemem_make", vaddr, size, name, false, None) }
     })
 }
 
@@ -118,7 +141,7 @@ pub extern "C" fn xemem_make(vaddr: *mut c_void, size: usize, name: *mut c_char)
 /// poll for signals and pass to `xemem_ack`. It stays open until remove.
 ///
 /// # Safety
-/// `name` is NULL or a NUL-terminated string; `fd` is writable.
+/// As `xemem_make` (`name`, the range); `fd` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn xemem_make_signalled(
     vaddr: *mut c_void,
@@ -134,7 +157,8 @@ pub unsafe extern "C" fn xemem_make_signalled(
                 reason: "fd is NULL".into(),
             });
         }
-        let segid = make(OP, vaddr, size, name, true, None)?;
+        // SAFETY: our caller's contract (as `xemem_make`'s), as `make` requires.
+        let segid = unsafe { make(OP, vaddr, size, name, true, None) }?;
         let efd = hobbes_xemem::signal_fd(segid)?;
         // SAFETY: fd is non-NULL and writable per the contract above.
         unsafe { ffi::write_out(OP, fd, efd) }?;
@@ -143,15 +167,19 @@ pub unsafe extern "C" fn xemem_make_signalled(
 }
 
 /// As `xemem_make`, under the segid `request` (EEXIST when taken). 0 or -1.
+///
+/// # Safety
+/// As `xemem_make`.
 #[no_mangle]
-pub extern "C" fn xemem_make_segid(
+pub unsafe extern "C" fn xemem_make_segid(
     vaddr: *mut c_void,
     size: usize,
     name: *mut c_char,
     request: XememSegid,
 ) -> c_int {
     guard("xemem_make_segid", -1, || {
-        make("xemem_make_segid", vaddr, size, name, false, Some(request)).map(|_| 0)
+        // SAFETY: our caller's contract (as `xemem_make`'s), as `make` requires.
+        unsafe { make("xemem_make_segid", vaddr, size, name, false, Some(request)) }.map(|_| 0)
     })
 }
 
@@ -199,26 +227,46 @@ pub extern "C" fn xemem_release(apid: XememApid) -> c_int {
 /// Map `size` bytes of the permit's segment from `addr.offset`, at `vaddr`
 /// (replacing what is there) or where the kernel picks (NULL).
 /// `(void *)-1` on failure.
+///
+/// # Safety
+/// A non-NULL `vaddr`: the page-rounded range there is the caller's to
+/// replace (its own mapping or reservation, or an earlier attachment),
+/// and nothing in the process uses or unmaps it as something else
+/// afterwards. NULL is always safe.
 #[no_mangle]
-pub extern "C" fn xemem_attach(addr: XememAddr, size: usize, vaddr: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn xemem_attach(
+    addr: XememAddr,
+    size: usize,
+    vaddr: *mut c_void,
+) -> *mut c_void {
     guard("xemem_attach", ATTACH_FAILED, || {
         let offset = u64::try_from(addr.offset).map_err(|_| XememError::InvalidArgument {
             op: "xemem_attach",
             reason: format!("negative offset {}", addr.offset),
         })?;
-        let at = (!vaddr.is_null()).then_some(vaddr.cast());
-        hobbes_xemem::attach(addr.apid, offset, size, at).map(|p| p.cast())
+        if vaddr.is_null() {
+            hobbes_xemem::attach(addr.apid, offset, size).map(|p| p.cast())
+        } else {
+            // SAFETY: the C caller's contract above: the range at `vaddr`
+            // is its own to replace.
+            unsafe { hobbes_xemem::attach_at(addr.apid, offset, size, vaddr.cast()) }
+                .map(|p| p.cast())
+        }
     })
 }
 
 /// Same as `xemem_attach`: Linux mappings of shared memory are always cached.
+///
+/// # Safety
+/// As `xemem_attach`.
 #[no_mangle]
-pub extern "C" fn xemem_attach_nocache(
+pub unsafe extern "C" fn xemem_attach_nocache(
     addr: XememAddr,
     size: usize,
     vaddr: *mut c_void,
 ) -> *mut c_void {
-    xemem_attach(addr, size, vaddr)
+    // SAFETY: our caller's contract is `xemem_attach`'s.
+    unsafe { xemem_attach(addr, size, vaddr) }
 }
 
 /// Unmap the attachment that contains `vaddr`. 0, or -1 with EINVAL when no

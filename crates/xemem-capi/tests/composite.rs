@@ -73,7 +73,8 @@ fn composite_versions_through_the_c_abi() {
     let apid = xemem::xemem_get(segid, XEMEM_RDONLY);
     assert!(apid > 0, "xemem_get: errno {}", errno());
     let addr = XememAddr { apid, offset: 0 };
-    let at = xemem::xemem_attach(addr, 2 * p as usize, std::ptr::null_mut());
+    // SAFETY: NULL: the kernel picks the address, nothing is replaced.
+    let at = unsafe { xemem::xemem_attach(addr, 2 * p as usize, std::ptr::null_mut()) };
     assert_ne!(at as usize, usize::MAX, "xemem_attach: errno {}", errno());
     let read = |i: u64| {
         // SAFETY: the attachment is mapped readable for 2 pages.

@@ -62,8 +62,15 @@ pub extern "C" fn xpmem_version() -> c_int {
 /// Share `[vaddr, vaddr+size)` with permit mode `permit_value` (octal bits
 /// cast to a pointer, as in `(void *)0666`). Sharing a whole address space
 /// (`vaddr == NULL`, `size == XPMEM_MAXADDR_SIZE`) is not supported: EINVAL.
+///
+/// # Safety
+/// The range is the caller's own memory (malloc'd, mmap'd, static, stack
+/// it keeps alive): it is copied into shared memory and remapped in place
+/// (same address, same contents), so no other thread may write or unmap it
+/// while the call runs, and afterwards others granted the segment may
+/// read (or write) it.
 #[no_mangle]
-pub extern "C" fn xpmem_make(
+pub unsafe extern "C" fn xpmem_make(
     vaddr: *mut c_void,
     size: usize,
     permit_type: c_int,
@@ -97,7 +104,9 @@ pub extern "C" fn xpmem_make(
             mode,
             ..Default::default()
         };
-        hobbes_xemem::make(vaddr.cast(), size, &opts)
+        // SAFETY: the C caller's contract above: the range is its own,
+        // and no thread writes or unmaps it during the call.
+        unsafe { hobbes_xemem::make(vaddr.cast(), size, &opts) }
     })
 }
 
@@ -153,14 +162,30 @@ pub extern "C" fn xpmem_release(apid: XpmemApid) -> c_int {
 }
 
 /// Map `size` bytes from `addr.offset` at `vaddr` (NULL: anywhere). `(void *)-1` on failure.
+///
+/// # Safety
+/// A non-NULL `vaddr`: the page-rounded range there is the caller's to
+/// replace (its own mapping or reservation, or an earlier attachment),
+/// and nothing in the process uses or unmaps it as something else
+/// afterwards. NULL is always safe.
 #[no_mangle]
-pub extern "C" fn xpmem_attach(addr: XpmemAddr, size: usize, vaddr: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn xpmem_attach(
+    addr: XpmemAddr,
+    size: usize,
+    vaddr: *mut c_void,
+) -> *mut c_void {
     const OP: &str = "xpmem_attach";
     guard(OP, ATTACH_FAILED, || {
         let offset = u64::try_from(addr.offset)
             .map_err(|_| invalid(OP, format!("negative offset {}", addr.offset)))?;
-        let at = (!vaddr.is_null()).then_some(vaddr.cast());
-        hobbes_xemem::attach(addr.apid, offset, size, at).map(|p| p.cast())
+        if vaddr.is_null() {
+            hobbes_xemem::attach(addr.apid, offset, size).map(|p| p.cast())
+        } else {
+            // SAFETY: the C caller's contract above: the range at `vaddr`
+            // is its own to replace.
+            unsafe { hobbes_xemem::attach_at(addr.apid, offset, size, vaddr.cast()) }
+                .map(|p| p.cast())
+        }
     })
 }
 
@@ -191,12 +216,15 @@ mod tests {
 
     #[test]
     fn whole_address_space_is_refused() {
-        let r = xpmem_make(
-            std::ptr::null_mut(),
-            XPMEM_MAXADDR_SIZE,
-            XPMEM_PERMIT_MODE,
-            0o666 as *mut c_void,
-        );
+        // SAFETY: refused before any memory is touched.
+        let r = unsafe {
+            xpmem_make(
+                std::ptr::null_mut(),
+                XPMEM_MAXADDR_SIZE,
+                XPMEM_PERMIT_MODE,
+                0o666 as *mut c_void,
+            )
+        };
         assert_eq!(r, -1);
         assert_eq!(errno(), Some(libc::EINVAL));
         // SAFETY: xpmem_last_error returns a valid NUL-terminated string.
@@ -206,14 +234,18 @@ mod tests {
 
     #[test]
     fn bad_permits_and_flags() {
-        let r = xpmem_make(4096 as *mut c_void, 4096, 2, 0o666 as *mut c_void);
+        // SAFETY: a bad permit type, refused before the range is touched.
+        let r = unsafe { xpmem_make(4096 as *mut c_void, 4096, 2, 0o666 as *mut c_void) };
         assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));
-        let r = xpmem_make(
-            4096 as *mut c_void,
-            4096,
-            XPMEM_PERMIT_MODE,
-            0o7777 as *mut c_void,
-        );
+        // SAFETY: a bad mode, refused before the range is touched.
+        let r = unsafe {
+            xpmem_make(
+                4096 as *mut c_void,
+                4096,
+                XPMEM_PERMIT_MODE,
+                0o7777 as *mut c_void,
+            )
+        };
         assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));
         let r = xpmem_get(1, 3, XPMEM_PERMIT_MODE, std::ptr::null_mut());
         assert_eq!((r, errno()), (-1, Some(libc::EINVAL)));

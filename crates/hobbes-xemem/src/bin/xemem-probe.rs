@@ -167,7 +167,9 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
     };
     bytes::fill(ptr, len, a.fill);
     // For --alloc this reuses the allocated memfd (same memory, named segid).
-    let segid = hobbes_xemem::make(ptr, len, &opts)?;
+    // SAFETY: our own memory (the private mapping made above, never
+    // unmapped, or the segment `unnamed` keeps), which no other thread uses.
+    let segid = unsafe { hobbes_xemem::make(ptr, len, &opts) }?;
     let mut out = std::io::stdout();
     let _ = writeln!(out, "SEGID {segid}");
     let _ = out.flush();
@@ -263,7 +265,7 @@ fn attach(a: AttachArgs) -> Result<(), Failure> {
             usize::try_from(size.saturating_sub(a.offset)).map_err(|e| fail(e.to_string()))?
         }
     };
-    let ptr = hobbes_xemem::attach(apid, a.offset, len, None)?;
+    let ptr = hobbes_xemem::attach(apid, a.offset, len)?;
     if let Some(want) = a.expect {
         if let Some((at, got)) = bytes::mismatch(ptr, len, want) {
             return Err(Failure {
