@@ -8,7 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use hobbes_client::proto::model::{AppState, EnclaveState, ExitStatus, NativeIsolation, Ownership};
+use hobbes_client::proto::model::{
+    AppState, EnclaveState, ExitStatus, NativeIsolation, Ownership, SCHEMA_VERSION,
+};
 use hobbes_client::proto::msg::{EnclaveRef, ErrorCode, Request, Response};
 use hobbes_client::proto::spec::{CpuRequest, MemRequest};
 use hobbes_client::{ClientError, EnclaveConn, NisReader};
@@ -414,6 +416,83 @@ fn daemon_kill9_and_restart_loses_nothing() {
         c.wait_app(long.id).unwrap().exit,
         Some(ExitStatus::Signal(libc::SIGTERM))
     );
+}
+
+/// Rewrite enclave `id`'s record and the header in `nis` (no daemon running,
+/// not opened by this process) the way a schema-version-1 leviathan wrote
+/// them: a flat `isolation`, a `control_socket` path. Returns the record's rev.
+fn rewrite_as_schema_1(nis: &std::path::Path, id: u64) -> u64 {
+    use heed::byteorder::BE;
+    use heed::types::{Str, U64};
+    let mut opts = heed::EnvOpenOptions::new().read_txn_without_tls();
+    opts.map_size(256 << 20).max_readers(1024).max_dbs(16);
+    // SAFETY: the daemon is dead and this process has not opened the NIS.
+    let env = unsafe { opts.open(nis) }.unwrap();
+    let mut w = env.write_txn().unwrap();
+    let header: heed::Database<Str, Str> = env.open_database(&w, Some("header")).unwrap().unwrap();
+    let enclaves: heed::Database<U64<BE>, Str> =
+        env.open_database(&w, Some("enclaves")).unwrap().unwrap();
+    let mut h: serde_json::Value =
+        serde_json::from_str(header.get(&w, "header").unwrap().unwrap()).unwrap();
+    h["schema_version"] = 1.into();
+    header.put(&mut w, "header", &h.to_string()).unwrap();
+    let mut r: serde_json::Value =
+        serde_json::from_str(enclaves.get(&w, &id).unwrap().unwrap()).unwrap();
+    let o = r.as_object_mut().unwrap();
+    let control = o.remove("control").unwrap();
+    o.insert("control_socket".into(), control["path"].clone());
+    let iso = o["isolation"].clone();
+    let mut flat = iso["detail"].clone();
+    let flat_o = flat.as_object_mut().unwrap();
+    flat_o.remove("kind");
+    flat_o.remove("version");
+    flat_o.insert("summary".into(), iso["summary"].clone());
+    o.insert("isolation".into(), flat);
+    let rev = o["rev"].as_u64().unwrap();
+    enclaves.put(&mut w, &id, &r.to_string()).unwrap();
+    w.commit().unwrap();
+    env.prepare_for_closing().wait();
+    rev
+}
+
+/// An upgrade: a daemon restarted on a state directory whose NIS a
+/// schema-version-1 daemon wrote, with an enclave still running, adopts the
+/// enclave and rewrites its record in the current shape.
+#[test]
+fn restart_on_a_schema_1_nis_adopts_its_enclaves() {
+    let t = "restart_on_a_schema_1_nis_adopts_its_enclaves";
+    if !require_root(t) || !need_two_cores(t) {
+        return;
+    }
+    let mut d = Daemon::start(&[]);
+    let e = d
+        .client()
+        .create_enclave(spec("old", 1, 256, false))
+        .unwrap();
+    d.kill9();
+    let rev = rewrite_as_schema_1(&d.nis_dir(), e.id);
+    d.spawn();
+    let mut c = d.client();
+    let rec = wait_for("reattach", Duration::from_secs(5), || {
+        c.enclave(EnclaveRef::Id(e.id))
+            .ok()
+            .filter(|r| r.state == EnclaveState::Running && r.rev > rev)
+    });
+    assert_eq!(rec.control_pid, e.control_pid, "the same control process");
+    assert_eq!(rec.isolation, e.isolation, "the flat isolation decoded");
+    assert_eq!(rec.control, e.control, "control_socket decoded");
+    assert_eq!(c.status().unwrap().header.schema_version, SCHEMA_VERSION);
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let stored = nis.enclave(e.id).unwrap().unwrap();
+    assert_eq!(
+        (stored.isolation, stored.control),
+        (e.isolation, e.control.clone())
+    );
+    let (answered, _) = EnclaveConn::to_enclave(&rec)
+        .and_then(|mut conn| conn.ping())
+        .expect("the control process answers at its recorded endpoint");
+    assert_eq!(answered, e.id);
+    c.destroy_enclave(EnclaveRef::Id(e.id)).unwrap();
 }
 
 #[test]
