@@ -18,7 +18,7 @@ use hobbes_client::proto::model::Access;
 use hobbes_client::proto::model::PageKind;
 use hobbes_client::proto::msg::{ErrorCode, XememComposite, XememMake};
 use hobbes_xemem::composite::{mark_retired, read_table, write_table, Extent};
-use hobbes_xemem::{Grant, MakeOptions, SegId, XememError};
+use hobbes_xemem::{Attachment, Grant, MakeOptions, SegId, XememError};
 use nix::fcntl::{Flock, FlockArg};
 
 const LIMIT: Duration = Duration::from_secs(15);
@@ -107,16 +107,44 @@ fn opts(name: &str) -> MakeOptions {
     }
 }
 
-fn read(p: *const u8, len: usize) -> Vec<u8> {
-    // SAFETY: callers pass attachments mapped readable for `len` bytes.
+/// The `len` bytes at `p`.
+///
+/// # Safety
+///
+/// `[p, p+len)` is mapped readable (an attachment of this process).
+unsafe fn read(p: *const u8, len: usize) -> Vec<u8> {
     (0..len)
+        // SAFETY: in bounds of a readable mapping (our caller's contract).
         .map(|i| unsafe { p.add(i).read_volatile() })
         .collect()
 }
 
-/// One byte per page of an attachment (after checking each page is uniform).
-fn pages_of(p: *const u8, len: usize) -> Vec<u8> {
-    let bytes = read(p, len);
+/// One byte per page of the first `len` bytes of `a` (after checking each
+/// page is uniform).
+fn pages_in(a: &Attachment, len: usize) -> Vec<u8> {
+    assert!(
+        len <= a.len(),
+        "{len} bytes of a {}-byte attachment",
+        a.len()
+    );
+    // SAFETY: an attachment is mapped readable for its length while it lives.
+    unsafe { pages_of(a.as_ptr(), len) }
+}
+
+/// One byte per page of all of `a`.
+fn pages(a: &Attachment) -> Vec<u8> {
+    pages_in(a, a.len())
+}
+
+/// One byte per page of the `len` bytes at `p` (after checking each page
+/// is uniform).
+///
+/// # Safety
+///
+/// As for [`read`].
+unsafe fn pages_of(p: *const u8, len: usize) -> Vec<u8> {
+    // SAFETY: our caller's contract.
+    let bytes = unsafe { read(p, len) };
     bytes
         .chunks(page() as usize)
         .map(|c| {
@@ -254,21 +282,22 @@ fn versions_read_right(v1: SegId, v2: SegId, pool: &OwnedFd) {
     let a1 = g1.attach(0, 3 * p).unwrap();
     let a2 = g2.attach(0, 3 * p).unwrap();
     assert!(a1.read_only() && a2.read_only());
-    assert_eq!(pages_of(a1.as_ptr(), a1.len()), [0xa0, 0xa1, 0xa2]);
-    assert_eq!(pages_of(a2.as_ptr(), a2.len()), [0xa0, 0xa3, 0xa2]);
+    assert_eq!(pages(&a1), [0xa0, 0xa1, 0xa2]);
+    assert_eq!(pages(&a2), [0xa0, 0xa3, 0xa2]);
     // Shared slots are the same memory: no copies anywhere.
     pwrite(pool, &vec![0x55; p], 0);
-    assert_eq!(pages_of(a1.as_ptr(), p), [0x55]);
-    assert_eq!(pages_of(a2.as_ptr(), p), [0x55]);
+    assert_eq!(pages_in(&a1, p), [0x55]);
+    assert_eq!(pages_in(&a2, p), [0x55]);
     pwrite(pool, &vec![0xa0; p], 0);
     // Partial attachments map the intersecting parts of the extents.
     let mid = g2.attach(p as u64, p).unwrap();
-    assert_eq!(pages_of(mid.as_ptr(), p), [0xa3]);
+    assert_eq!(pages_in(&mid, p), [0xa3]);
     let tail = g2.attach(p as u64, 2 * p).unwrap();
-    assert_eq!(pages_of(tail.as_ptr(), 2 * p), [0xa3, 0xa2]);
+    assert_eq!(pages_in(&tail, 2 * p), [0xa3, 0xa2]);
     let inner = hobbes_xemem::attach(g2.apid(), p as u64 + 5, 10).unwrap();
     assert_eq!(inner as usize % p, 5);
-    assert_eq!(read(inner, 10), [0xa3; 10]);
+    // SAFETY: `inner` is an attachment of 10 bytes, still mapped.
+    assert_eq!(unsafe { read(inner, 10) }, [0xa3; 10]);
     hobbes_xemem::detach(inner).unwrap();
     // At a fixed address: the range is replaced (here another attachment's).
     let over = hobbes_xemem::attach(g2.apid(), 0, 3 * p).unwrap();
@@ -276,7 +305,8 @@ fn versions_read_right(v1: SegId, v2: SegId, pool: &OwnedFd) {
     // here on: the fixed attachment replaces it.
     let fixed = unsafe { hobbes_xemem::attach_at(g1.apid(), 0, 3 * p, over) }.unwrap();
     assert_eq!(fixed, over);
-    assert_eq!(pages_of(fixed, 3 * p), [0xa0, 0xa1, 0xa2]);
+    // SAFETY: `fixed` is an attachment of 3 pages, still mapped.
+    assert_eq!(unsafe { pages_of(fixed, 3 * p) }, [0xa0, 0xa1, 0xa2]);
     hobbes_xemem::detach(fixed).unwrap();
     assert!(hobbes_xemem::detach(over).is_err(), "one attachment there");
     let e = g2.attach(2 * p as u64, 2 * p).unwrap_err();
@@ -311,7 +341,7 @@ fn holds(d: &Daemon, probe: &str, v1: SegId, t1: &OwnedFd) {
     let a = g.attach(0, p).unwrap();
     drop(g);
     assert!(!reclaimable(t1), "the attachment holds after release");
-    assert_eq!(pages_of(a.as_ptr(), p), [0xa0]);
+    assert_eq!(pages_in(&a, p), [0xa0]);
     drop(a);
     released(t1, "release + detach drop the hold");
     // The same through the plain calls, detach first.
@@ -456,7 +486,7 @@ fn malformed_tables_are_refused(pool: &OwnedFd) {
     pwrite(&t3, &p.to_le_bytes(), 64 + 8);
     let g = Grant::get(v3, Access::ReadOnly).unwrap();
     let a = g.attach(0, 2 * p as usize).unwrap();
-    assert_eq!(pages_of(a.as_ptr(), a.len()), [0xa1, 0xa0]);
+    assert_eq!(pages(&a), [0xa1, 0xa0]);
     drop((a, g));
     hobbes_xemem::remove(v3).unwrap();
 }
@@ -482,16 +512,12 @@ fn owner_exit(d: &Daemon, probe: &str) {
     let g = Grant::get(segid, Access::ReadOnly).unwrap();
     let a = g.attach(0, 4 * p).unwrap();
     // Segment page i is the probe's pool page 3 - i, filled with 48 + (3 - i).
-    assert_eq!(pages_of(a.as_ptr(), a.len()), [51, 50, 49, 48]);
+    assert_eq!(pages(&a), [51, 50, 49, 48]);
     drop(kid);
     wait_for("the dead owner's segment to go", LIMIT, || {
         lookup("other@1").is_none().then_some(())
     });
-    assert_eq!(
-        pages_of(a.as_ptr(), a.len()),
-        [51, 50, 49, 48],
-        "still valid"
-    );
+    assert_eq!(pages(&a), [51, 50, 49, 48], "still valid");
     drop((a, g));
 }
 
@@ -509,11 +535,7 @@ fn retired(v1: SegId, t1: &OwnedFd) {
     );
     hobbes_xemem::remove(v1).unwrap();
     assert_eq!(lookup("field@1"), None);
-    assert_eq!(
-        pages_of(a.as_ptr(), a.len()),
-        [0xa0, 0xa1, 0xa2],
-        "still valid"
-    );
+    assert_eq!(pages(&a), [0xa0, 0xa1, 0xa2], "still valid");
 }
 
 fn restart(d: &mut Daemon, v2: SegId, t2: &OwnedFd) {
@@ -527,8 +549,8 @@ fn restart(d: &mut Daemon, v2: SegId, t2: &OwnedFd) {
     // The new daemon took both descriptors back from this process.
     let g = Grant::get(v2, Access::ReadOnly).unwrap();
     let a = g.attach(0, 3 * p).unwrap();
-    assert_eq!(pages_of(a.as_ptr(), a.len()), [0xa0, 0xa3, 0xa2]);
-    assert_eq!(pages_of(before.as_ptr(), before.len()), [0xa0, 0xa3, 0xa2]);
+    assert_eq!(pages(&a), [0xa0, 0xa3, 0xa2]);
+    assert_eq!(pages(&before), [0xa0, 0xa3, 0xa2]);
     assert_eq!(
         Grant::get(v2, Access::ReadWrite).unwrap_err().errno(),
         libc::EACCES

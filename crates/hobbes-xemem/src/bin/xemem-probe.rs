@@ -165,7 +165,9 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
         let len = a.size.div_ceil(bytes::page()) * bytes::page();
         (bytes::map_private(len).map_err(fail)?, len, None)
     };
-    bytes::fill(ptr, len, a.fill);
+    // SAFETY: our own read-write memory of `len` bytes (mapped above, or
+    // the segment `unnamed` keeps).
+    unsafe { bytes::fill(ptr, len, a.fill) };
     // For --alloc this reuses the allocated memfd (same memory, named segid).
     // SAFETY: our own memory (the private mapping made above, never
     // unmapped, or the segment `unnamed` keeps), which no other thread uses.
@@ -176,7 +178,11 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
 
     let outcome = if a.wait_signal {
         hobbes_xemem::wait(segid, None)?;
-        match a.check.map(|want| (want, bytes::mismatch(ptr, len, want))) {
+        let check = |want| {
+            // SAFETY: the memory exported above, still mapped.
+            (want, unsafe { bytes::mismatch(ptr, len, want) })
+        };
+        match a.check.map(check) {
             Some((_, Some((at, got)))) => Err(Failure {
                 code: 3,
                 message: format!("CHECK FAILED at {at}: {got}"),
@@ -267,7 +273,8 @@ fn attach(a: AttachArgs) -> Result<(), Failure> {
     };
     let ptr = hobbes_xemem::attach(apid, a.offset, len)?;
     if let Some(want) = a.expect {
-        if let Some((at, got)) = bytes::mismatch(ptr, len, want) {
+        // SAFETY: the attachment just made, `len` bytes, readable.
+        if let Some((at, got)) = unsafe { bytes::mismatch(ptr, len, want) } {
             return Err(Failure {
                 code: 3,
                 message: format!("byte {at} of the attachment is {got}, expected {want}"),
@@ -275,9 +282,12 @@ fn attach(a: AttachArgs) -> Result<(), Failure> {
         }
     }
     if let Some(v) = a.write {
-        bytes::fill(ptr, len, v);
+        // SAFETY: the attachment just made, `len` bytes (read-only ones
+        // fault, as the probe means them to).
+        unsafe { bytes::fill(ptr, len, v) };
     } else if a.increment {
-        bytes::increment(ptr, len);
+        // SAFETY: as above.
+        unsafe { bytes::increment(ptr, len) };
     }
     if a.signal {
         hobbes_xemem::signal(segid)?;
@@ -344,21 +354,31 @@ mod bytes {
         Ok(p.cast())
     }
 
-    // The callers below pass ranges this process mapped (a private mapping,
-    // a segment, an attachment) of at least `len` bytes. Volatile accesses:
-    // other processes change the memory, and a write to a read-only
-    // attachment must really happen (and fault).
+    // Volatile accesses: other processes change the memory, and a write to
+    // a read-only attachment must really happen (and fault).
 
-    pub fn fill(p: *mut u8, len: usize, v: u8) {
+    /// Set the `len` bytes at `p` to `v`.
+    ///
+    /// # Safety
+    ///
+    /// `[p, p+len)` is mapped (a private mapping, a segment or an
+    /// attachment of this process) and no reference into it is alive. A
+    /// read-only attachment faults: the probe's way to show it is one.
+    pub unsafe fn fill(p: *mut u8, len: usize, v: u8) {
         for i in 0..len {
-            // SAFETY: in bounds of a mapping of `len` bytes (see above).
+            // SAFETY: in bounds of a mapping of `len` bytes (our caller's contract).
             unsafe { p.add(i).write_volatile(v) };
         }
     }
 
-    pub fn increment(p: *mut u8, len: usize) {
+    /// Add 1 to each of the `len` bytes at `p`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`fill`].
+    pub unsafe fn increment(p: *mut u8, len: usize) {
         for i in 0..len {
-            // SAFETY: in bounds of a mapping of `len` bytes (see above).
+            // SAFETY: in bounds of a mapping of `len` bytes (our caller's contract).
             unsafe {
                 let b = p.add(i);
                 b.write_volatile(b.read_volatile().wrapping_add(1));
@@ -367,9 +387,14 @@ mod bytes {
     }
 
     /// The first byte that differs from `want`: (offset, value).
-    pub fn mismatch(p: *const u8, len: usize, want: u8) -> Option<(usize, u8)> {
+    ///
+    /// # Safety
+    ///
+    /// `[p, p+len)` is mapped readable (a private mapping, a segment or an
+    /// attachment of this process).
+    pub unsafe fn mismatch(p: *const u8, len: usize, want: u8) -> Option<(usize, u8)> {
         (0..len)
-            // SAFETY: in bounds of a readable mapping of `len` bytes (see above).
+            // SAFETY: in bounds of a readable mapping of `len` bytes (our caller's contract).
             .map(|i| (i, unsafe { p.add(i).read_volatile() }))
             .find(|(_, v)| *v != want)
     }
