@@ -17,7 +17,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use hobbes_proto::frame::{write_frame, FrameError};
-use hobbes_proto::model::{AppRecord, EnclaveState, ExitStatus, JobAppRecord, JobRecord, JobState};
+use hobbes_proto::model::{
+    AppRecord, EnclaveRecord, EnclaveState, ExitStatus, JobAppRecord, JobRecord, JobState,
+};
 use hobbes_proto::msg::{ErrorCode, JobId, JobSpec, LaunchSpec, Response};
 
 use super::apps::{AppEvent, Subscription};
@@ -220,6 +222,117 @@ struct RankLaunch {
     fd: Mutex<Option<OwnedFd>>,
 }
 
+/// A running job's first record, before its ranks start.
+fn new_job_record(id: JobId, peer: &PeerCred, spec: &JobSpec, kvsname: String) -> JobRecord {
+    JobRecord {
+        id,
+        name: spec.name.clone(),
+        owner_uid: peer.uid,
+        state: JobState::Running,
+        kvsname,
+        size: spec.apps.iter().map(|a| a.np).sum(),
+        apps: vec![],
+        exit_code: None,
+        failure: None,
+        started_ms: now_ms(),
+        ended_ms: None,
+        barriers: 0,
+        rev: 0,
+    }
+}
+
+/// The rank-space library to preload when the job asks for rank spaces (by
+/// default when it has several applications); `unavailable` when it is missing.
+fn rank_space_preload(spec: &JobSpec) -> Result<Option<PathBuf>, Refusal> {
+    if !spec.rank_spaces.unwrap_or(spec.apps.len() > 1) {
+        return Ok(None);
+    }
+    rank_space_library().map(Some).ok_or_else(|| {
+        refuse(
+            ErrorCode::Unavailable,
+            "the rank-space library libremora.so was not found (HOBBES_REMORA_LIB, next to leviathan, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces",
+        )
+    })
+}
+
+/// The environment every rank of `app` starts from: UCX settings for a job
+/// across PID namespaces and the shared topology, each unless the
+/// application sets the variable itself.
+fn rank_defaults(app: &hobbes_proto::msg::JobApp, spans_namespaces: bool) -> Vec<(String, String)> {
+    let ucx_defaults: &[(&str, &str)] = if spans_namespaces {
+        &[("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")]
+    } else {
+        &[]
+    };
+    let topology = TOPOLOGY.get().cloned().flatten();
+    // The program's own hwloc settings win over the shared topology.
+    let own_hwloc = app.env.iter().any(|(k, _)| k.starts_with("HWLOC_"));
+    ucx_defaults
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(
+            topology
+                .as_deref()
+                .filter(|_| !own_hwloc)
+                .map(topology_env)
+                .into_iter()
+                .flatten(),
+        )
+        .filter(|(k, _)| !app.env.iter().any(|(ak, _)| ak == k))
+        .collect()
+}
+
+/// A rank could not be launched: why, and the apps of the ranks that were.
+struct LaunchFailed {
+    refusal: Refusal,
+    ranks: Vec<u64>,
+}
+
+/// Sort the launch results (in rank order): each started rank's app goes
+/// into `record` and its subscription into the list. The first failure,
+/// named by rank and application, comes back with every app started (to be
+/// killed).
+fn collect_launched(
+    spec: &JobSpec,
+    launches: &[RankLaunch],
+    results: Vec<Option<Launched>>,
+    record: &mut JobRecord,
+) -> Result<(Vec<Subscription>, Vec<u64>), LaunchFailed> {
+    let mut subs = Vec::with_capacity(launches.len());
+    let mut ranks = Vec::with_capacity(launches.len());
+    let mut failure = None;
+    for (launch, result) in launches.iter().zip(results) {
+        match result {
+            Some(Ok((a, Some(sub)))) => {
+                record.apps[launch.app].app_ids.push(a.id);
+                ranks.push(a.id);
+                subs.push(sub);
+            }
+            Some(Ok((a, None))) => {
+                ranks.push(a.id);
+                failure.get_or_insert_with(|| internal("streamed launch without a subscription"));
+            }
+            Some(Err(e)) => {
+                failure.get_or_insert_with(|| {
+                    refuse(
+                        e.code,
+                        format!(
+                            "rank {} of {}: {}",
+                            launch.rank, spec.apps[launch.app].name, e.message
+                        ),
+                    )
+                });
+            }
+            // Not launched: an earlier rank failed.
+            None => {}
+        }
+    }
+    match failure {
+        Some(refusal) => Err(LaunchFailed { refusal, ranks }),
+        None => Ok((subs, ranks)),
+    }
+}
+
 /// The rank-space library: `HOBBES_REMORA_LIB`, else next to `leviathan`, else installed.
 fn rank_space_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HOBBES_REMORA_LIB") {
@@ -249,11 +362,68 @@ impl Daemon {
         }
     }
 
+    /// Start job `spec` for `peer`: check it, record it (before any rank
+    /// runs), launch every rank, and keep its live parts. A rank that cannot
+    /// be launched fails the whole job: the ranks already started are killed
+    /// and the record says why.
     fn start_job(
         &self,
         peer: &PeerCred,
         spec: &JobSpec,
     ) -> Result<(JobRecord, Vec<Subscription>, Events), Refusal> {
+        let enclaves = self.check_job(peer, spec)?;
+        let preload = rank_space_preload(spec)?;
+        let id = self.new_job_id()?;
+        let (events_tx, events) = mpsc::channel();
+        let kvsname = format!("kvs_{}_{id}", std::process::id());
+        let app_sizes: Vec<u32> = spec.apps.iter().map(|a| a.np).collect();
+        let pmi = crate::pmi::PmiJob::start(
+            self.nis.clone(),
+            id,
+            &kvsname,
+            &app_sizes,
+            spec.pmi,
+            events_tx.clone(),
+        )
+        .map_err(|e| internal(format!("cannot start the PMI server: {e}")))?;
+        let mut record = new_job_record(id, peer, spec, kvsname);
+        // Written before any rank runs, so the PMI server can count barriers in it.
+        self.put_job(&mut record)?;
+        let launches = self.rank_launches(spec, &enclaves, &pmi, preload, &mut record)?;
+        let results = self.launch_ranks(peer, &pmi, &launches);
+        let (subs, ranks) = match collect_launched(spec, &launches, results, &mut record) {
+            Ok(started) => started,
+            Err(LaunchFailed { refusal, ranks }) => {
+                return Err(self.abandon_job(record, &pmi, &ranks, refusal))
+            }
+        };
+        self.put_job(&mut record)?;
+        self.jobs.insert(
+            id,
+            LiveJob {
+                owner_uid: peer.uid,
+                ranks,
+                signalled: Mutex::new(None),
+                pmi,
+            },
+        );
+        tracing::info!(
+            job = id,
+            size = record.size,
+            apps = spec.apps.len(),
+            "remora job started"
+        );
+        let events = Events {
+            tx: events_tx,
+            rx: events,
+        };
+        Ok((record, subs, events))
+    }
+
+    /// A job needs applications of at least one rank, at most
+    /// [`MAX_JOB_RANKS`] in all (`invalid_spec`), each in a running enclave
+    /// (`conflict`) that `peer` owns; returns each application's enclave.
+    fn check_job(&self, peer: &PeerCred, spec: &JobSpec) -> Result<Vec<EnclaveRecord>, Refusal> {
         if spec.apps.is_empty() {
             return Err(refuse(
                 ErrorCode::InvalidSpec,
@@ -276,71 +446,38 @@ impl Daemon {
             }
             enclaves.push(e);
         }
-        let rank_spaces = spec.rank_spaces.unwrap_or(spec.apps.len() > 1);
-        let preload = if rank_spaces {
-            Some(rank_space_library().ok_or_else(|| {
-                refuse(
-                    ErrorCode::Unavailable,
-                    "the rank-space library libremora.so was not found (HOBBES_REMORA_LIB, next to leviathan, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces",
-                )
-            })?)
-        } else {
-            None
-        };
+        Ok(enclaves)
+    }
 
-        let id = self.tx(|t| {
+    /// Take the next job id (one NIS transaction).
+    fn new_job_id(&self) -> Result<JobId, Refusal> {
+        self.tx(|t| {
             let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
             h.counters.next_job_id = h.counters.next_job_id.max(1);
             let id = h.counters.next_job_id;
             h.counters.next_job_id += 1;
             t.put_header(&h)?;
             Ok::<_, TxError>(id)
-        })?;
-        let kvsname = format!("kvs_{}_{id}", std::process::id());
-        let app_sizes: Vec<u32> = spec.apps.iter().map(|a| a.np).collect();
-        let (events_tx, events) = mpsc::channel();
-        let pmi = crate::pmi::PmiJob::start(
-            self.nis.clone(),
-            id,
-            &kvsname,
-            &app_sizes,
-            spec.pmi,
-            events_tx.clone(),
-        )
-        .map_err(|e| internal(format!("cannot start the PMI server: {e}")))?;
+        })
+    }
 
-        let mut record = JobRecord {
-            id,
-            name: spec.name.clone(),
-            owner_uid: peer.uid,
-            state: JobState::Running,
-            kvsname: kvsname.clone(),
-            size,
-            apps: vec![],
-            exit_code: None,
-            failure: None,
-            started_ms: now_ms(),
-            ended_ms: None,
-            barriers: 0,
-            rev: 0,
-        };
+    /// Every rank's launch, in rank order, with its environment; adds each
+    /// application to `record`.
+    fn rank_launches(
+        &self,
+        spec: &JobSpec,
+        enclaves: &[EnclaveRecord],
+        pmi: &crate::pmi::PmiJob,
+        preload: Option<PathBuf>,
+        record: &mut JobRecord,
+    ) -> Result<Vec<RankLaunch>, Refusal> {
         // Ranks in different PID namespaces cannot use UCX's pid-based transports
         // (its /proc/PID/fd shm links, and CMA's process_vm_readv): measured
         // here, MPI_Finalize then hangs. Named /dev/shm segments and TCP work.
         let spans_namespaces = self.privileged && enclaves.iter().any(|e| e.id != enclaves[0].id);
-        let ucx_defaults: &[(&str, &str)] = if spans_namespaces {
-            &[("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")]
-        } else {
-            &[]
-        };
-        let topology = TOPOLOGY.get().cloned().flatten();
-        // Written before any rank runs, so the PMI server can count barriers in it.
-        self.put_job(&mut record)?;
-
-        // Every rank's launch, in rank order.
-        let mut launches = Vec::with_capacity(size as usize);
+        let mut launches = Vec::with_capacity(record.size as usize);
         let mut rank = 0u32;
-        for (appnum, (app, enclave)) in spec.apps.iter().zip(&enclaves).enumerate() {
+        for (appnum, (app, enclave)) in spec.apps.iter().zip(enclaves).enumerate() {
             record.apps.push(JobAppRecord {
                 name: app.name.clone(),
                 enclave: enclave.id,
@@ -349,27 +486,13 @@ impl Daemon {
                 np: app.np,
                 app_ids: vec![],
             });
-            // The program's own hwloc settings win over the shared topology.
-            let own_hwloc = app.env.iter().any(|(k, _)| k.starts_with("HWLOC_"));
-            let defaults: Vec<(String, String)> = ucx_defaults
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .chain(
-                    topology
-                        .as_deref()
-                        .filter(|_| !own_hwloc)
-                        .map(topology_env)
-                        .into_iter()
-                        .flatten(),
-                )
-                .filter(|(k, _)| !app.env.iter().any(|(ak, _)| ak == k))
-                .collect();
+            let defaults = rank_defaults(app, spans_namespaces);
             let first_rank = rank;
             for _ in 0..app.np {
                 let mut env = defaults.clone();
                 env.extend(app.env.iter().cloned());
                 env.extend(pmi.env_for_rank(rank));
-                env.push(("REMORA_JOB".into(), id.to_string()));
+                env.push(("REMORA_JOB".into(), record.id.to_string()));
                 env.push(("REMORA_APP".into(), app.name.clone()));
                 // The application's place in the job, so libremora builds its
                 // world from the group alone (no split of the whole job).
@@ -397,73 +520,33 @@ impl Daemon {
                 rank += 1;
             }
         }
+        Ok(launches)
+    }
 
-        let results = self.launch_ranks(peer, &pmi, &launches);
-        let mut subs = Vec::with_capacity(launches.len());
-        let mut ranks = Vec::with_capacity(launches.len());
-        let mut failure = None;
-        for (launch, result) in launches.iter().zip(results) {
-            match result {
-                Some(Ok((a, Some(sub)))) => {
-                    record.apps[launch.app].app_ids.push(a.id);
-                    ranks.push(a.id);
-                    subs.push(sub);
-                }
-                Some(Ok((a, None))) => {
-                    ranks.push(a.id);
-                    failure
-                        .get_or_insert_with(|| internal("streamed launch without a subscription"));
-                }
-                Some(Err(e)) => {
-                    failure.get_or_insert_with(|| {
-                        refuse(
-                            e.code,
-                            format!(
-                                "rank {} of {}: {}",
-                                launch.rank, spec.apps[launch.app].name, e.message
-                            ),
-                        )
-                    });
-                }
-                // Not launched: an earlier rank failed.
-                None => {}
-            }
+    /// A rank failed to launch: kill the ranks that did, end the job as
+    /// failed with `refusal`'s message, and answer with `refusal`.
+    fn abandon_job(
+        &self,
+        mut record: JobRecord,
+        pmi: &crate::pmi::PmiJob,
+        ranks: &[u64],
+        refusal: Refusal,
+    ) -> Refusal {
+        for app in ranks {
+            let _ = self.kill_app(&AS_DAEMON, *app, libc::SIGKILL);
         }
-        if let Some(refusal) = failure {
-            for app in &ranks {
-                let _ = self.kill_app(&AS_DAEMON, *app, libc::SIGKILL);
-            }
-            pmi.close_mirror();
-            record.state = JobState::Failed;
-            record.failure = Some(refusal.message.clone());
-            record.exit_code = Some(1);
-            record.ended_ms = Some(now_ms());
-            let _ = self.put_job(&mut record);
-            let _ = self.tx(|t| {
-                t.delete_kvs(&kvsname)?;
-                Ok::<_, TxError>(())
-            });
-            return Err(refusal);
-        }
-        self.put_job(&mut record)?;
-        self.jobs.insert(
-            id,
-            LiveJob {
-                owner_uid: peer.uid,
-                ranks,
-                signalled: Mutex::new(None),
-                pmi,
-            },
-        );
-        tracing::info!(job = id, size, apps = spec.apps.len(), "remora job started");
-        Ok((
-            record,
-            subs,
-            Events {
-                tx: events_tx,
-                rx: events,
-            },
-        ))
+        // Everything the ranks put is in the NIS before the final record.
+        pmi.close_mirror();
+        record.state = JobState::Failed;
+        record.failure = Some(refusal.message.clone());
+        record.exit_code = Some(1);
+        record.ended_ms = Some(now_ms());
+        let _ = self.put_job(&mut record);
+        let _ = self.tx(|t| {
+            t.delete_kvs(&record.kvsname)?;
+            Ok::<_, TxError>(())
+        });
+        refusal
     }
 
     /// Launch every rank, [`PARALLEL_LAUNCHES`] at a time; after a failure

@@ -37,6 +37,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// Run the daemon until SIGTERM/SIGINT with the kinds `kinds` registers.
+///
+/// The order matters: signals are blocked before any thread starts (they
+/// inherit the mask); the state directory is locked before the NIS opens;
+/// leftovers are checked before anything on the node changes; the inventory
+/// is recorded before the kinds set the node up; the daemon reconciles its
+/// records before the sockets accept anyone.
 pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> anyhow::Result<()> {
     cfg.validate()?;
     let signals = block_signals();
@@ -44,6 +50,66 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     let paths = StatePaths {
         root: cfg.state_dir.clone(),
     };
+    make_state_dir(&paths)?;
+    let mut recovered = Vec::new();
+    // Held until the daemon stops: one daemon per state directory, and per node.
+    let _state_lock = lock_state_dir(&paths, &mut recovered)?;
+    let kinds = kinds(&KindEnv {
+        privileged,
+        exe: std::fs::read_link("/proc/self/exe")?,
+    });
+    let nis = NisWriter::open(paths.nis())?;
+    let _node_lock = match privileged {
+        true => Some(take_node(&kinds, &paths, &nis, &mut recovered)?),
+        false => None,
+    };
+    for note in &recovered {
+        tracing::warn!("recovered at start: {note}");
+    }
+    let header = node_header(&cfg, &paths, privileged, &nis, &kinds);
+    record_inventory(&cfg, privileged, &nis, &header)?;
+    super::remora::init_topology(&paths.root);
+    let node = node_setup(&nis)?;
+    for kind in kinds.iter() {
+        kind.setup(&node).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+
+    let thp_restore = if cfg.shmem_thp && privileged {
+        set_shmem_thp("advise")
+    } else {
+        None
+    };
+    let daemon = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        paths: paths.clone(),
+        nis: Arc::new(nis),
+        privileged,
+        kinds,
+        links: super::link::Links::new(),
+        subs: super::apps::Subscribers::new(),
+        shutting_down: AtomicBool::new(false),
+        admission: super::admission::Admission::new(cfg.max_clients_per_uid),
+        fd_reserve: super::admission::FdReserve::new(),
+        log_limiter: super::admission::LogLimiter::new(),
+        xemem: super::xemem::NameServer::new(),
+        jobs: super::remora::Jobs::new(),
+    });
+    daemon.reconcile()?;
+    daemon.recover_segments();
+    start_threads(&daemon, &paths)?;
+    tracing::info!(socket = %paths.socket().display(), pid = std::process::id(), "leviathan ready");
+
+    let sig = signals.wait().unwrap_or(Signal::SIGTERM);
+    tracing::info!(signal = ?sig, "shutting down");
+    daemon.shutdown();
+    if let Some(previous) = thp_restore {
+        set_shmem_thp(&previous);
+    }
+    Ok(())
+}
+
+/// Create the state directory (mode 0755: clients must reach the socket).
+fn make_state_dir(paths: &StatePaths) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.root).map_err(|e| {
         anyhow::anyhow!(
             "cannot create state directory {}: {e}",
@@ -51,39 +117,32 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
         )
     })?;
     std::fs::set_permissions(&paths.root, std::fs::Permissions::from_mode(0o755))?;
-    let mut recovered = Vec::new();
-    let _state_lock = lock_state_dir(&paths, &mut recovered)?;
-    let kinds = kinds(&KindEnv {
-        privileged,
-        exe: std::fs::read_link("/proc/self/exe")?,
-    });
-    let nis = NisWriter::open(paths.nis())?;
-    let _node_lock = if privileged {
-        let lock = take_node_lock(&paths.root, &mut recovered)?;
-        // Before anything on the node changes: whose cgroups are these?
-        let ours = nis.reader().enclaves()?;
-        check_leftovers(
-            &kinds,
-            &paths,
-            &ours,
-            lock.previous.as_ref(),
-            &mut recovered,
-        )?;
-        Some(lock)
-    } else {
-        None
-    };
-    for note in &recovered {
-        tracing::warn!("recovered at start: {note}");
-    }
+    Ok(())
+}
 
-    let mut inv = inventory::scan()?;
-    if !privileged {
-        // Without cgroups we can only pin to cores we may run on ourselves
-        // (a batch job's cpuset, say): the others are not ours to hand out.
-        let allowed = sys::affinity()?;
-        inv.cores.retain(|c| allowed.contains(&c.id));
-    }
+/// Privileged: take the node lock, then, before anything on the node
+/// changes, check whose cgroups are there (`check_leftovers`).
+fn take_node(
+    kinds: &KindRegistry,
+    paths: &StatePaths,
+    nis: &NisWriter,
+    recovered: &mut Vec<String>,
+) -> anyhow::Result<super::locks::NodeLock> {
+    let lock = take_node_lock(&paths.root, recovered)?;
+    let ours = nis.reader().enclaves()?;
+    check_leftovers(kinds, paths, &ours, lock.previous.as_ref(), recovered)?;
+    Ok(lock)
+}
+
+/// The NIS header of this start: a new generation, the counters kept from
+/// the previous one, the kinds' descriptions of the node.
+fn node_header(
+    cfg: &Config,
+    paths: &StatePaths,
+    privileged: bool,
+    nis: &NisWriter,
+    kinds: &KindRegistry,
+) -> NisHeader {
     let existing = nis.reader().header().ok();
     let generation = existing.as_ref().map(|h| h.generation + 1).unwrap_or(1);
     let counters = existing
@@ -113,47 +172,67 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     for kind in kinds.iter() {
         kind.describe_node(&mut header);
     }
-    if nis.reader().cores()?.is_empty() {
-        // First start in this state directory: take the inventory.
-        let (host_cores, host_blocks) = resources::host_share(
-            &inv.cores,
-            &inv.blocks,
-            cfg.host_cores.as_deref(),
-            cfg.host_memory_mib,
-        )?;
-        nis.update(|t| -> Result<(), NisError> {
-            t.put_header(&header)?;
-            for mut c in inv.cores.clone() {
-                c.ownership = if host_cores.contains(&c.id) {
-                    Ownership::Host
-                } else {
-                    Ownership::Free
-                };
-                t.put_core(&mut c)?;
-            }
-            for mut b in inv.blocks.clone() {
-                b.ownership = if host_blocks.contains(&b.id) {
-                    Ownership::Host
-                } else {
-                    Ownership::Free
-                };
-                t.put_block(&mut b)?;
-            }
-            Ok(())
-        })?;
-        tracing::info!(host_cores = %format_cpu_list(&host_cores), host_blocks = host_blocks.len(), synthetic_blocks = inv.synthetic_blocks, "inventory taken");
-    } else {
-        nis.update(|t| t.put_header(&header))?;
+    header
+}
+
+/// Write `header`; on the first start in this state directory also take the
+/// inventory (one transaction: cores and memory blocks, the host's share
+/// marked), on a restart keep the recorded one.
+fn record_inventory(
+    cfg: &Config,
+    privileged: bool,
+    nis: &NisWriter,
+    header: &NisHeader,
+) -> anyhow::Result<()> {
+    let mut inv = inventory::scan()?;
+    if !privileged {
+        // Without cgroups we can only pin to cores we may run on ourselves
+        // (a batch job's cpuset, say): the others are not ours to hand out.
+        let allowed = sys::affinity()?;
+        inv.cores.retain(|c| allowed.contains(&c.id));
+    }
+    if !nis.reader().cores()?.is_empty() {
+        nis.update(|t| t.put_header(header))?;
         if cfg.host_cores.is_some() || cfg.host_memory_mib.is_some() {
             tracing::warn!("state directory has an inventory already: --host-cores/--host-memory apply to a fresh state directory only");
         }
-        tracing::info!(generation, "restarting on existing state");
+        tracing::info!(
+            generation = header.generation,
+            "restarting on existing state"
+        );
+        return Ok(());
     }
+    let (host_cores, host_blocks) = resources::host_share(
+        &inv.cores,
+        &inv.blocks,
+        cfg.host_cores.as_deref(),
+        cfg.host_memory_mib,
+    )?;
+    let owner = |host: bool| match host {
+        true => Ownership::Host,
+        false => Ownership::Free,
+    };
+    nis.update(|t| -> Result<(), NisError> {
+        t.put_header(header)?;
+        for mut c in inv.cores.clone() {
+            c.ownership = owner(host_cores.contains(&c.id));
+            t.put_core(&mut c)?;
+        }
+        for mut b in inv.blocks.clone() {
+            b.ownership = owner(host_blocks.contains(&b.id));
+            t.put_block(&mut b)?;
+        }
+        Ok(())
+    })?;
+    tracing::info!(host_cores = %format_cpu_list(&host_cores), host_blocks = host_blocks.len(), synthetic_blocks = inv.synthetic_blocks, "inventory taken");
+    Ok(())
+}
 
-    let all_cores: Vec<CoreId> = nis.reader().cores()?.iter().map(|c| c.id).collect();
-    let host_cores: Vec<CoreId> = nis
-        .reader()
-        .cores()?
+/// What the kinds' set-up needs from the recorded inventory.
+fn node_setup(nis: &NisWriter) -> anyhow::Result<NodeSetup> {
+    let cores = nis.reader().cores()?;
+    let all_cores: Vec<CoreId> = cores.iter().map(|c| c.id).collect();
+    let host_cores: Vec<CoreId> = cores
         .iter()
         .filter(|c| c.ownership == Ownership::Host)
         .map(|c| c.id)
@@ -161,84 +240,47 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     let mut nodes: Vec<u32> = nis.reader().memory()?.iter().map(|b| b.numa_node).collect();
     nodes.sort_unstable();
     nodes.dedup();
-    super::remora::init_topology(&paths.root);
-    let node = NodeSetup {
+    Ok(NodeSetup {
         all_cores,
         host_cores,
         numa_nodes: nodes,
-    };
-    for kind in kinds.iter() {
-        kind.setup(&node).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    })
+}
 
-    let thp_restore = if cfg.shmem_thp && privileged {
-        set_shmem_thp("advise")
-    } else {
-        None
-    };
-    let daemon = Arc::new(Daemon {
-        cfg: cfg.clone(),
-        paths: paths.clone(),
-        nis: Arc::new(nis),
-        privileged,
-        kinds,
-        links: super::link::Links::new(),
-        subs: super::apps::Subscribers::new(),
-        shutting_down: AtomicBool::new(false),
-        admission: super::admission::Admission::new(cfg.max_clients_per_uid),
-        fd_reserve: super::admission::FdReserve::new(),
-        log_limiter: super::admission::LogLimiter::new(),
-        xemem: super::xemem::NameServer::new(),
-        jobs: super::remora::Jobs::new(),
-    });
-    daemon.reconcile()?;
-    daemon.recover_segments();
+/// Bind a socket at `path` (replacing a stale one) with `mode`.
+fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
 
-    let bind = |path: &Path, mode: u32| -> anyhow::Result<UnixListener> {
-        let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path)
-            .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        Ok(l)
-    };
+/// Bind the sockets and start the daemon's threads; clients last, once
+/// control processes can attach and the health checks run.
+fn start_threads(daemon: &Arc<Daemon>, paths: &StatePaths) -> anyhow::Result<()> {
     // Anyone may connect to the client socket: every request is authorized by SO_PEERCRED.
     let clients = bind(&paths.socket(), 0o666)?;
     let controls = bind(&paths.control_socket(), 0o600)?;
-    {
-        let d = daemon.clone();
-        std::thread::Builder::new()
-            .name("control-accept".into())
-            .spawn(move || d.serve_control(controls))?;
-    }
-    {
-        let d = daemon.clone();
-        std::thread::Builder::new()
-            .name("health".into())
-            .spawn(move || d.health_loop())?;
-    }
-    {
-        let d = daemon.clone();
-        std::thread::Builder::new()
-            .name("segment-owners".into())
-            .spawn(move || d.watch_segment_owners())?;
-    }
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("control-accept".into())
+        .spawn(move || d.serve_control(controls))?;
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || d.health_loop())?;
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("segment-owners".into())
+        .spawn(move || d.watch_segment_owners())?;
     std::thread::Builder::new()
         .name("reaper".into())
         .spawn(reap_children)?;
-    {
-        let d = daemon.clone();
-        std::thread::Builder::new()
-            .name("client-accept".into())
-            .spawn(move || d.serve_clients(clients))?;
-    }
-    tracing::info!(socket = %paths.socket().display(), pid = std::process::id(), "leviathan ready");
-
-    let sig = signals.wait().unwrap_or(Signal::SIGTERM);
-    tracing::info!(signal = ?sig, "shutting down");
-    daemon.shutdown();
-    if let Some(previous) = thp_restore {
-        set_shmem_thp(&previous);
-    }
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("client-accept".into())
+        .spawn(move || d.serve_clients(clients))?;
     Ok(())
 }
 

@@ -20,6 +20,8 @@ use hobbes_proto::model::{
 use hobbes_proto::msg::{ErrorCode, XememComposite, XememMake, MAX_RETIRE};
 use hobbes_proto::xemem_table;
 
+use hobbes_nis::NisTxn;
+
 use super::enclaves::TxError;
 use super::{internal, now_ms, refuse, Daemon, Refusal};
 use crate::sys::{self, PeerCred};
@@ -153,101 +155,37 @@ impl Daemon {
         make: &XememMake,
         fds: Vec<OwnedFd>,
     ) -> Result<SegmentRecord, Refusal> {
-        let composite = make.composite.is_some();
-        let want = 1 + usize::from(composite) + usize::from(make.signalled);
-        if fds.len() != want {
-            return Err(refuse(
-                ErrorCode::BadRequest,
-                format!(
-                    "xemem_make carries {} descriptors; expected {want} (the {}{})",
-                    fds.len(),
-                    if composite {
-                        "table memfd, the pool memfd"
-                    } else {
-                        "memfd"
-                    },
-                    if make.signalled {
-                        " and the eventfd"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-        let mut fds = fds.into_iter();
-        let memfd = fds.next().ok_or_else(|| internal("descriptor vanished"))?;
-        let pool = match composite {
-            true => Some(fds.next().ok_or_else(|| internal("descriptor vanished"))?),
-            false => None,
-        };
-        let eventfd = fds.next();
-        if !sys::is_memfd(memfd.as_fd()) {
-            return Err(refuse(
-                ErrorCode::InvalidSpec,
-                match composite {
-                    true => "the composite segment's table descriptor is not a memfd",
-                    false => "the segment's descriptor is not a memfd",
-                },
-            ));
-        }
-        let meta = std::fs::File::from(memfd.try_clone().map_err(internal)?)
-            .metadata()
-            .map_err(internal)?;
-        let composite_info = match (&pool, make.composite) {
-            (Some(pool), Some(c)) => Some(check_composite(make.size, &memfd, pool, c)?),
-            _ => {
-                if make.size == 0 || make.size > meta.len() {
-                    return Err(refuse(
-                        ErrorCode::InvalidSpec,
-                        format!(
-                            "segment size {} is zero or larger than its memfd ({} bytes)",
-                            make.size,
-                            meta.len()
-                        ),
-                    ));
-                }
-                None
-            }
-        };
-        if let Some(name) = &make.name {
-            if name.is_empty()
-                || name.len() > MAX_SEGMENT_NAME
-                || name.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(refuse(
-                    ErrorCode::InvalidSpec,
-                    format!(
-                        "segment name {name:?} must be 1-{MAX_SEGMENT_NAME} characters, no spaces"
-                    ),
-                ));
-            }
-        }
-        if make.segid.is_some_and(|s| s <= 0) {
-            return Err(refuse(
-                ErrorCode::InvalidSpec,
-                "a requested segid must be positive",
-            ));
-        }
+        // Validation first, all of it before the NIS changes: a refused make
+        // changes nothing (not even the retired segments).
+        let fds = MakeFds::split(make, fds)?;
+        let (inode, composite) = check_make(make, &fds)?;
         self.check_retire(peer, &make.retire)?;
+        // The owner's pidfd is opened while it waits for this answer (so it
+        // is alive): its exit then removes the segment (`watch_segment_owners`).
         let owner_pidfd = sys::pidfd_open(peer.pid).ok();
+        let record = self.record_segment(peer, make, inode, composite)?;
+        self.keep_backing(&record, make, fds, owner_pidfd);
+        Ok(record)
+    }
+
+    /// The one NIS transaction of a make: retire `make.retire`, check the
+    /// name, take a segid, count it, write the record.
+    fn record_segment(
+        &self,
+        peer: &PeerCred,
+        make: &XememMake,
+        inode: u64,
+        composite: Option<CompositeInfo>,
+    ) -> Result<SegmentRecord, Refusal> {
         let (owner_enclave, owner_app) = self.locate(peer.pid);
         let mode = if make.mode == 0 {
             0o600
         } else {
             make.mode & 0o777
         };
-        let record = self.tx(|t| {
+        self.tx(|t| {
             // First, so the new segment may take a retired one's name.
-            for &r in &make.retire {
-                if t.segment(r)?.is_none() {
-                    return Err(refuse(
-                        ErrorCode::NotFound,
-                        format!("cannot retire segment {r}: no such segment"),
-                    )
-                    .into());
-                }
-                t.delete_segment(r)?;
-            }
+            retire_in(t, &make.retire)?;
             if let Some(name) = &make.name {
                 if let Some(other) = t.segment_by_name(name)? {
                     return Err(refuse(
@@ -257,23 +195,7 @@ impl Daemon {
                     .into());
                 }
             }
-            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
-            let segid = match make.segid {
-                Some(s) if t.segment(s)?.is_some() => {
-                    return Err(refuse(ErrorCode::Conflict, format!("segid {s} is taken")).into());
-                }
-                Some(s) => s,
-                None => {
-                    let mut s = h.counters.next_segid.max(1);
-                    while t.segment(s)?.is_some() {
-                        s += 1;
-                    }
-                    s
-                }
-            };
-            h.counters.next_segid = h.counters.next_segid.max(segid + 1);
-            h.counters.segments_made += 1;
-            t.put_header(&h)?;
+            let segid = take_segid(t, make.segid)?;
             let mut rec = SegmentRecord {
                 segid,
                 name: make.name.clone(),
@@ -289,30 +211,40 @@ impl Daemon {
                 owner_fd: make.owner_fd,
                 owner_event_fd: make.owner_event_fd,
                 owner_addr: make.owner_addr,
-                backing_inode: meta.ino(),
+                backing_inode: inode,
                 signalled: make.signalled,
                 created_ms: now_ms(),
                 rev: 0,
-                composite: composite_info,
+                composite,
             };
             t.put_segment(&mut rec)?;
             Ok::<_, TxError>(rec)
-        })?;
+        })
+    }
+
+    /// After the record: hold the new segment's memory, and let go of the
+    /// retired segments' (their records went in the same transaction).
+    fn keep_backing(
+        &self,
+        record: &SegmentRecord,
+        make: &XememMake,
+        fds: MakeFds,
+        owner: Option<OwnedFd>,
+    ) {
         self.xemem.keep(
             record.segid,
             Backing {
-                memfd,
-                pool,
-                eventfd,
-                owner: owner_pidfd,
+                memfd: fds.memfd,
+                pool: fds.pool,
+                eventfd: fds.eventfd,
+                owner,
             },
         );
-        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = peer.pid, enclave = owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
+        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
         for &r in &make.retire {
             self.xemem.drop_backing(r);
             tracing::info!(segid = r, by = record.segid, "segment gone: retired");
         }
-        Ok(record)
     }
 
     /// A make may retire at most MAX_RETIRE segments, each of which the
@@ -654,6 +586,146 @@ impl Daemon {
             owner: Some(pidfd),
         })
     }
+}
+
+/// The descriptors that came with an `xemem_make`, by role.
+struct MakeFds {
+    /// The segment's memfd; a composite segment's extent table.
+    memfd: OwnedFd,
+    /// A composite segment's pool memfd.
+    pool: Option<OwnedFd>,
+    /// The signal channel of a `signalled` segment.
+    eventfd: Option<OwnedFd>,
+}
+
+impl MakeFds {
+    /// Check the number of descriptors (`bad_request`) and that the first is
+    /// a memfd (`invalid_spec`); name each by its role.
+    fn split(make: &XememMake, fds: Vec<OwnedFd>) -> Result<MakeFds, Refusal> {
+        let composite = make.composite.is_some();
+        let want = 1 + usize::from(composite) + usize::from(make.signalled);
+        if fds.len() != want {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "xemem_make carries {} descriptors; expected {want} (the {}{})",
+                    fds.len(),
+                    if composite {
+                        "table memfd, the pool memfd"
+                    } else {
+                        "memfd"
+                    },
+                    if make.signalled {
+                        " and the eventfd"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let memfd = fds.next().ok_or_else(|| internal("descriptor vanished"))?;
+        let pool = match composite {
+            true => Some(fds.next().ok_or_else(|| internal("descriptor vanished"))?),
+            false => None,
+        };
+        let eventfd = fds.next();
+        if !sys::is_memfd(memfd.as_fd()) {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                match composite {
+                    true => "the composite segment's table descriptor is not a memfd",
+                    false => "the segment's descriptor is not a memfd",
+                },
+            ));
+        }
+        Ok(MakeFds {
+            memfd,
+            pool,
+            eventfd,
+        })
+    }
+}
+
+/// Check an `xemem_make`'s size (or composite table), name and segid
+/// (`invalid_spec`); returns the memfd's inode and the composite's shape.
+fn check_make(make: &XememMake, fds: &MakeFds) -> Result<(u64, Option<CompositeInfo>), Refusal> {
+    let meta = std::fs::File::from(fds.memfd.try_clone().map_err(internal)?)
+        .metadata()
+        .map_err(internal)?;
+    let composite = match (&fds.pool, make.composite) {
+        (Some(pool), Some(c)) => Some(check_composite(make.size, &fds.memfd, pool, c)?),
+        _ => {
+            if make.size == 0 || make.size > meta.len() {
+                return Err(refuse(
+                    ErrorCode::InvalidSpec,
+                    format!(
+                        "segment size {} is zero or larger than its memfd ({} bytes)",
+                        make.size,
+                        meta.len()
+                    ),
+                ));
+            }
+            None
+        }
+    };
+    if let Some(name) = &make.name {
+        if name.is_empty()
+            || name.len() > MAX_SEGMENT_NAME
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!("segment name {name:?} must be 1-{MAX_SEGMENT_NAME} characters, no spaces"),
+            ));
+        }
+    }
+    if make.segid.is_some_and(|s| s <= 0) {
+        return Err(refuse(
+            ErrorCode::InvalidSpec,
+            "a requested segid must be positive",
+        ));
+    }
+    Ok((meta.ino(), composite))
+}
+
+/// Inside a make's transaction: delete the retired segments' records
+/// (`not_found` for one that is gone, undoing the whole make).
+fn retire_in(t: &mut NisTxn, retire: &[SegId]) -> Result<(), TxError> {
+    for &r in retire {
+        if t.segment(r)?.is_none() {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("cannot retire segment {r}: no such segment"),
+            )
+            .into());
+        }
+        t.delete_segment(r)?;
+    }
+    Ok(())
+}
+
+/// Inside a make's transaction: the requested segid if free (else
+/// `conflict`), or the next free one; the header's counters follow.
+fn take_segid(t: &mut NisTxn, requested: Option<SegId>) -> Result<SegId, TxError> {
+    let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
+    let segid = match requested {
+        Some(s) if t.segment(s)?.is_some() => {
+            return Err(refuse(ErrorCode::Conflict, format!("segid {s} is taken")).into());
+        }
+        Some(s) => s,
+        None => {
+            let mut s = h.counters.next_segid.max(1);
+            while t.segment(s)?.is_some() {
+                s += 1;
+            }
+            s
+        }
+    };
+    h.counters.next_segid = h.counters.next_segid.max(segid + 1);
+    h.counters.segments_made += 1;
+    t.put_header(&h)?;
+    Ok(segid)
 }
 
 /// `(pid, inode)` of each granted shared flock in /proc/locks, whose lines
