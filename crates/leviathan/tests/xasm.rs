@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -20,15 +19,7 @@ use hobbes_client::Client;
 
 /// `xasm-probe`, built by the workspace next to `leviathan`.
 fn probe(test: &str) -> Option<String> {
-    let path = PathBuf::from(leviathan()).with_file_name("xasm-probe");
-    let built = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "hobbes-xasm", "--bin", "xasm-probe"])
-        .status();
-    if !built.is_ok_and(|s| s.success()) || !path.exists() {
-        skip(test, "xasm-probe is not built (cargo build -p hobbes-xasm)");
-        return None;
-    }
-    Some(path.display().to_string())
+    workspace_bin(test, "hobbes-xasm", "xasm-probe")
 }
 
 /// The mechanisms this kernel supports, as the probe reports them.

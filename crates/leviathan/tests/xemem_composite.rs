@@ -9,7 +9,6 @@
 mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -185,20 +184,7 @@ fn holds_of(segid: SegId) -> (u32, Vec<u32>) {
 
 /// `xemem-probe`, built by the workspace next to `leviathan`.
 fn probe(test: &str) -> Option<String> {
-    let path = PathBuf::from(leviathan()).with_file_name("xemem-probe");
-    if !path.exists() {
-        let built = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "hobbes-xemem", "--bin", "xemem-probe"])
-            .status();
-        if !built.is_ok_and(|s| s.success()) || !path.exists() {
-            skip(
-                test,
-                "xemem-probe is not built (cargo build -p hobbes-xemem)",
-            );
-            return None;
-        }
-    }
-    Some(path.display().to_string())
+    workspace_bin(test, "hobbes-xemem", "xemem-probe")
 }
 
 /// A child process killed (and reaped) when dropped, also when a test fails.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -12,20 +11,7 @@ use hobbes_client::{Client, NisReader};
 
 /// `xemem-probe`, built by the workspace next to `leviathan`.
 fn probe(test: &str) -> Option<String> {
-    let path = PathBuf::from(leviathan()).with_file_name("xemem-probe");
-    if !path.exists() {
-        let built = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "hobbes-xemem", "--bin", "xemem-probe"])
-            .status();
-        if !built.is_ok_and(|s| s.success()) || !path.exists() {
-            skip(
-                test,
-                "xemem-probe is not built (cargo build -p hobbes-xemem)",
-            );
-            return None;
-        }
-    }
-    Some(path.display().to_string())
+    workspace_bin(test, "hobbes-xemem", "xemem-probe")
 }
 
 fn setup(test: &str) -> Option<(Daemon, Client, String)> {

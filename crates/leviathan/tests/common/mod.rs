@@ -252,6 +252,25 @@ impl Drop for Daemon {
     }
 }
 
+/// A binary of another workspace package, built next to `leviathan`. Always
+/// asks cargo (a no-op when it is up to date): a probe left from an older
+/// build would speak an older NIS schema. `None` (after a SKIP line) when it
+/// cannot be built.
+pub fn workspace_bin(test: &str, package: &str, bin: &str) -> Option<String> {
+    let path = PathBuf::from(leviathan()).with_file_name(bin);
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .status();
+    if !built.is_ok_and(|s| s.success()) || !path.exists() {
+        skip(
+            test,
+            &format!("{bin} is not built (cargo build -p {package})"),
+        );
+        return None;
+    }
+    Some(path.display().to_string())
+}
+
 /// One privileged leviathan per node: if another one (a benchmark, another
 /// test binary) holds the node, wait for it to stop rather than fail.
 pub fn wait_for_node_lock() {
