@@ -173,7 +173,11 @@ impl IsolationRecord {
 /// (`{"kind":"native",...}`). Each kind's payload carries its own `version`,
 /// so a kind can change its description without touching the others.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    try_from = "KindIsolationWire"
+)]
 pub enum KindIsolation {
     /// No kind-specific description: the enclave's driver has not started it
     /// yet, or its kind has nothing to say beyond `summary`.
@@ -212,6 +216,62 @@ impl NativeIsolation {
 
 fn version_1() -> u32 {
     1
+}
+
+/// What a [`KindIsolation`] decodes from: the same JSON (`{"kind": ...}` and
+/// the kind's fields), read as one flat struct. serde's internally tagged
+/// enums buffer the whole object to find the tag first; records are decoded
+/// on every NIS read, so this path stays allocation-light.
+#[derive(Deserialize)]
+struct KindIsolationWire {
+    kind: String,
+    version: Option<u32>,
+    exclusive_cores: Option<bool>,
+    cpuset: Option<bool>,
+    memory_limit: Option<bool>,
+    namespaces: Option<bool>,
+}
+
+impl TryFrom<KindIsolationWire> for KindIsolation {
+    type Error = String;
+    fn try_from(w: KindIsolationWire) -> Result<Self, String> {
+        let need = |v: Option<bool>, field: &str| {
+            v.ok_or_else(|| format!("native isolation without `{field}`"))
+        };
+        Ok(match w.kind.as_str() {
+            "none" => KindIsolation::None,
+            "native" => KindIsolation::Native(NativeIsolation {
+                version: w.version.unwrap_or(1),
+                exclusive_cores: need(w.exclusive_cores, "exclusive_cores")?,
+                cpuset: need(w.cpuset, "cpuset")?,
+                memory_limit: need(w.memory_limit, "memory_limit")?,
+                namespaces: need(w.namespaces, "namespaces")?,
+            }),
+            _ => KindIsolation::Unknown,
+        })
+    }
+}
+
+/// What a [`ControlEndpoint`] decodes from (see [`KindIsolationWire`] for why).
+#[derive(Deserialize)]
+struct ControlEndpointWire {
+    kind: String,
+    version: Option<u32>,
+    path: Option<String>,
+}
+
+impl TryFrom<ControlEndpointWire> for ControlEndpoint {
+    type Error = String;
+    fn try_from(w: ControlEndpointWire) -> Result<Self, String> {
+        Ok(match w.kind.as_str() {
+            "none" => ControlEndpoint::None,
+            "unix_socket" => ControlEndpoint::UnixSocket {
+                version: w.version.unwrap_or(1),
+                path: w.path.ok_or("unix_socket endpoint without `path`")?,
+            },
+            _ => ControlEndpoint::Unknown,
+        })
+    }
 }
 
 /// What an [`IsolationRecord`] decodes from: the current shape (`summary`,
@@ -277,7 +337,11 @@ impl From<IsolationWire> for IsolationRecord {
 /// Schema version 1 stored a path string in `control_socket`; an
 /// [`EnclaveRecord`] still decodes that (as [`ControlEndpoint::UnixSocket`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    try_from = "ControlEndpointWire"
+)]
 pub enum ControlEndpoint {
     /// None yet: the enclave's driver has not started it.
     #[default]
