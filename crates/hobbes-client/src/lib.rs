@@ -171,34 +171,41 @@ impl Client {
     /// Send one request (with descriptors for `xemem_make`).
     ///
     /// The daemon closes connections that stay idle (see leviathan's
-    /// `client_idle_timeout_s`): a connection found closed before anything was
-    /// sent on it is opened again, so no request is ever lost or sent twice.
-    /// A daemon that refused the connection (too many from this user) left its
-    /// reason in the socket: that reason is the error, on every request.
+    /// `client_idle_timeout_s`). Writing to a connection its peer closed fails
+    /// at once (`EPIPE`, nothing sent), so then the connection is opened again
+    /// and the request sent once: no request is ever lost or sent twice, and
+    /// a live connection costs no extra system call. A daemon that refused the
+    /// connection (too many from this user) left its reason in the socket:
+    /// that reason is the error, on every request.
     fn send(&mut self, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<()> {
-        match pending(&self.stream) {
-            Pending::Nothing => {}
-            Pending::Closed => self.reconnect()?,
-            Pending::Data => return Err(self.refusal()),
-        }
-        match fdpass::write_frame_with_fds(&self.stream, req, fds) {
-            Ok(()) => Ok(()),
-            Err(e) => match frame::read_frame::<_, Response>(&mut self.stream) {
-                Ok(Response::Error(reason)) => Err(ClientError::Refused(reason)),
-                _ => Err(self.frame_err()(e)),
-            },
-        }
-    }
-
-    /// What the daemon said before we asked anything: a refusal, or garbage.
-    fn refusal(&mut self) -> ClientError {
-        match frame::read_frame::<_, Response>(&mut self.stream) {
-            Ok(Response::Error(reason)) => ClientError::Refused(reason),
-            Ok(other) => ClientError::Unexpected {
-                peer: self.peer.clone(),
-                got: format!("{other:?} before any request"),
-            },
-            Err(e) => self.frame_err()(e),
+        let mut reopened = false;
+        loop {
+            let e = match fdpass::write_frame_with_fds(&self.stream, req, fds) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let peer_gone = matches!(&e, FrameError::Io(io) if matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ));
+            if !peer_gone {
+                return Err(self.frame_err()(e));
+            }
+            match frame::read_frame::<_, Response>(&mut self.stream) {
+                Ok(Response::Error(reason)) => return Err(ClientError::Refused(reason)),
+                Err(FrameError::Closed) if !reopened => {
+                    // Closed while idle, without a word: nothing of ours was read.
+                    self.reconnect()?;
+                    reopened = true;
+                }
+                Ok(other) => {
+                    return Err(ClientError::Unexpected {
+                        peer: self.peer.clone(),
+                        got: format!("{other:?} before any request"),
+                    })
+                }
+                Err(_) => return Err(self.frame_err()(e)),
+            }
         }
     }
 
@@ -572,41 +579,6 @@ impl Client {
             Response::Pong { rtt_us, .. } => Ok(Duration::from_micros(rtt_us)),
             other => unexpected(&self.peer, other),
         }
-    }
-}
-
-/// What waits on a connection before we send a request.
-enum Pending {
-    /// Nothing: the connection is open and quiet, as it should be.
-    Nothing,
-    /// The daemon closed it (idle timeout) and said nothing.
-    Closed,
-    /// Bytes nobody asked for: the daemon's refusal of the connection.
-    Data,
-}
-
-fn pending(stream: &UnixStream) -> Pending {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) if n > 0 => {
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            let mut byte = [0u8; 1];
-            // A readable socket at end of stream peeks 0 bytes.
-            let peeked = nix::sys::socket::recv(
-                std::os::fd::AsRawFd::as_raw_fd(stream),
-                &mut byte,
-                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            );
-            match peeked {
-                Ok(n) if n > 0 => Pending::Data,
-                Ok(_) => Pending::Closed,
-                Err(_) if revents.contains(PollFlags::POLLHUP) => Pending::Closed,
-                Err(_) => Pending::Nothing,
-            }
-        }
-        _ => Pending::Nothing,
     }
 }
 

@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use rustix::io::Errno;
 use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -84,137 +85,195 @@ pub fn read_payload_with_fds(stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedF
     read_payload_with_fds_limited(stream, ReadLimits::default())
 }
 
-/// Read one frame's payload and its descriptors, within `limits`.
-///
-/// Descriptors may ride on any byte of the frame; all are collected, and more
-/// than [`MAX_FDS`] is [`FrameError::TooManyFds`]. On every error path the
-/// descriptors received so far are closed (they are owned from the moment the
-/// kernel installs them).
+/// Read one frame's payload and its descriptors, within `limits` (a fresh
+/// [`FrameReader`] for one frame; a server reading many frames from one
+/// connection keeps one reader, which saves setting the socket's timeout for
+/// each).
 pub fn read_payload_with_fds_limited(
     stream: &UnixStream,
     limits: ReadLimits,
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), FrameError> {
-    let mut fds = Vec::new();
-    let mut header = [0u8; HEADER_LEN];
-    let mut reader = LimitedReader::new(stream, limits);
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = reader.recv(&mut header[got..], &mut fds)?;
-        if n == 0 {
-            return Err(if got == 0 {
-                FrameError::Closed
-            } else {
-                FrameError::Malformed("truncated frame header".into())
-            });
-        }
-        got += n;
-    }
-    let len = decode_header(&header)? as usize;
-    // Grow the buffer as bytes arrive rather than trusting the length: a peer
-    // that announces 4 MiB and sends nothing costs us nothing.
-    let mut payload = Vec::with_capacity(len.min(64 << 10));
-    let mut chunk = vec![0u8; len.min(64 << 10)];
-    while payload.len() < len {
-        let want = (len - payload.len()).min(chunk.len());
-        let n = reader.recv(&mut chunk[..want], &mut fds)?;
-        if n == 0 {
-            return Err(FrameError::Malformed("truncated frame payload".into()));
-        }
-        payload.extend_from_slice(&chunk[..n]);
-    }
-    Ok((payload, fds))
+    FrameReader::new(limits).read(stream)
 }
 
-/// `EMFILE`, without a libc dependency for one constant.
-fn libc_emfile() -> i32 {
-    rustix::io::Errno::MFILE.raw_os_error()
-}
-
-/// `recvmsg` with the deadlines of [`ReadLimits`]: the idle one until the
-/// first byte, the frame one after it.
-struct LimitedReader<'a> {
-    stream: &'a UnixStream,
+/// Reads frames and their descriptors from one connection within
+/// [`ReadLimits`]: the idle deadline until a frame's first byte, the frame
+/// deadline from there to its last.
+///
+/// Descriptors may ride on any byte of a frame; all are collected, and more
+/// than [`MAX_FDS`] is [`FrameError::TooManyFds`]. On every error path the
+/// descriptors received so far are closed (they are owned from the moment the
+/// kernel installs them).
+///
+/// The socket's receive timeout is set only when it must change: the idle
+/// one stays set between frames, and the rest of a frame is read without
+/// blocking first, so a request that arrives whole costs no extra system
+/// call.
+pub struct FrameReader {
     limits: ReadLimits,
-    /// Set when the first byte arrived.
-    frame_deadline: Option<Instant>,
-    started: bool,
+    /// The receive timeout set on the socket (`None`: not known yet).
+    timeout_set: Option<Option<Duration>>,
 }
 
-impl<'a> LimitedReader<'a> {
-    fn new(stream: &'a UnixStream, limits: ReadLimits) -> Self {
-        LimitedReader {
-            stream,
+impl FrameReader {
+    /// A reader within `limits`, for one connection (the socket's timeout it
+    /// sets is remembered between frames).
+    pub fn new(limits: ReadLimits) -> Self {
+        FrameReader {
             limits,
-            frame_deadline: None,
-            started: false,
+            // No limits: the socket's default (no timeout) is right as it is.
+            timeout_set: (limits == ReadLimits::default()).then_some(None),
         }
     }
 
-    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, FrameError> {
-        loop {
-            let timeout = if self.started {
-                match self.frame_deadline {
-                    Some(d) => Some(
-                        d.checked_duration_since(Instant::now())
-                            .filter(|left| !left.is_zero())
-                            .ok_or(FrameError::Stalled(self.limits.frame.unwrap_or_default()))?,
-                    ),
-                    None => None,
-                }
-            } else {
-                self.limits.idle
-            };
-            if self.limits != ReadLimits::default() {
-                self.stream.set_read_timeout(timeout)?;
-            }
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(KERNEL_MAX_FDS))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let result = recvmsg(
-                self.stream,
-                &mut [IoSliceMut::new(buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            );
-            // Take ownership of whatever arrived before looking at the result;
-            // dropping `control` would close them too.
-            for msg in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(received) = msg {
-                    fds.extend(received);
-                }
-            }
-            if fds.len() > MAX_FDS {
-                return Err(FrameError::TooManyFds {
-                    got: fds.len(),
-                    max: MAX_FDS,
+    /// Read one frame's payload and the descriptors that came with it from
+    /// `stream` (always the same connection).
+    pub fn read(&mut self, stream: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), FrameError> {
+        let mut fds = Vec::new();
+        let mut header = [0u8; HEADER_LEN];
+        let mut frame = FrameDeadline::default();
+        let mut got = 0;
+        while got < HEADER_LEN {
+            let n = self.recv(stream, &mut header[got..], &mut fds, &mut frame)?;
+            if n == 0 {
+                return Err(if got == 0 {
+                    FrameError::Closed
+                } else {
+                    FrameError::Malformed("truncated frame header".into())
                 });
             }
-            match result {
-                Ok(msg) if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) => {
-                    // Our buffer holds any SCM_RIGHTS message, so the kernel
-                    // dropped descriptors because it could not install them:
-                    // this process is out of descriptors.
-                    return Err(FrameError::Io(std::io::Error::from_raw_os_error(
-                        libc_emfile(),
-                    )));
-                }
-                Ok(msg) => {
-                    if msg.bytes > 0 && !self.started {
-                        self.started = true;
-                        self.frame_deadline = self.limits.frame.map(|d| Instant::now() + d);
+            got += n;
+        }
+        let len = decode_header(&header)? as usize;
+        // Grow the buffer as bytes arrive rather than trusting the length: a peer
+        // that announces 4 MiB and sends nothing costs us nothing.
+        let mut payload = Vec::with_capacity(len.min(64 << 10));
+        let mut chunk = vec![0u8; len.min(64 << 10)];
+        while payload.len() < len {
+            let want = (len - payload.len()).min(chunk.len());
+            let n = self.recv(stream, &mut chunk[..want], &mut fds, &mut frame)?;
+            if n == 0 {
+                return Err(FrameError::Malformed("truncated frame payload".into()));
+            }
+            payload.extend_from_slice(&chunk[..n]);
+        }
+        Ok((payload, fds))
+    }
+
+    fn set_timeout(
+        &mut self,
+        stream: &UnixStream,
+        timeout: Option<Duration>,
+    ) -> Result<(), FrameError> {
+        if self.timeout_set != Some(timeout) {
+            stream.set_read_timeout(timeout)?;
+            self.timeout_set = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// One `recvmsg`: blocking until the idle deadline before the frame's
+    /// first byte; after it, without blocking first, then until the frame
+    /// deadline.
+    fn recv(
+        &mut self,
+        stream: &UnixStream,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        frame: &mut FrameDeadline,
+    ) -> Result<usize, FrameError> {
+        let mut flags = RecvFlags::CMSG_CLOEXEC;
+        if frame.started {
+            flags |= RecvFlags::DONTWAIT;
+        } else {
+            self.set_timeout(stream, self.limits.idle)?;
+        }
+        loop {
+            match recv_owning_fds(stream, buf, fds, flags) {
+                Ok(n) => {
+                    if n > 0 && !frame.started {
+                        frame.started = true;
+                        frame.deadline = self.limits.frame.map(|d| Instant::now() + d);
                     }
-                    return Ok(msg.bytes);
+                    return Ok(n);
                 }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(rustix::io::Errno::AGAIN) if self.started => {
+                Err(Errno::INTR) => continue,
+                Err(Errno::TOOMANYREFS) => {
+                    return Err(FrameError::TooManyFds {
+                        got: fds.len(),
+                        max: MAX_FDS,
+                    })
+                }
+                Err(Errno::AGAIN) if flags.contains(RecvFlags::DONTWAIT) => {
+                    // The rest of the frame is not here yet: wait for it, but
+                    // only until the frame's deadline.
+                    let left = match frame.deadline {
+                        Some(d) => Some(
+                            d.checked_duration_since(Instant::now())
+                                .filter(|left| !left.is_zero())
+                                .ok_or(FrameError::Stalled(
+                                    self.limits.frame.unwrap_or_default(),
+                                ))?,
+                        ),
+                        None => None,
+                    };
+                    self.set_timeout(stream, left)?;
+                    flags.remove(RecvFlags::DONTWAIT);
+                }
+                Err(Errno::AGAIN) if frame.started => {
                     return Err(FrameError::Stalled(self.limits.frame.unwrap_or_default()))
                 }
-                Err(rustix::io::Errno::AGAIN) => {
+                Err(Errno::AGAIN) => {
                     return Err(FrameError::Idle(self.limits.idle.unwrap_or_default()))
+                }
+                Err(Errno::MFILE) => {
+                    return Err(FrameError::Io(std::io::Error::from_raw_os_error(
+                        Errno::MFILE.raw_os_error(),
+                    )))
                 }
                 Err(e) => return Err(FrameError::Io(e.into())),
             }
         }
     }
+}
+
+/// Where one frame's read stands.
+#[derive(Default)]
+struct FrameDeadline {
+    /// Its first byte arrived.
+    started: bool,
+    /// When it must be complete (set at its first byte).
+    deadline: Option<Instant>,
+}
+
+/// One `recvmsg`, every descriptor that came with it appended to `fds`
+/// (owned: closed if dropped) before anything else is looked at. More than
+/// [`MAX_FDS`] in all is an error; control data the kernel truncated means
+/// descriptors were dropped for want of room in our table: `EMFILE`.
+fn recv_owning_fds(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    flags: RecvFlags,
+) -> Result<usize, Errno> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(KERNEL_MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let result = recvmsg(stream, &mut [IoSliceMut::new(buf)], &mut control, flags);
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
+        }
+    }
+    let msg = result?;
+    if fds.len() > MAX_FDS {
+        return Err(Errno::TOOMANYREFS);
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        // Our buffer holds any SCM_RIGHTS message, so the kernel dropped
+        // descriptors because it could not install them.
+        return Err(Errno::MFILE);
+    }
+    Ok(msg.bytes)
 }
 
 /// Read and decode one frame with its descriptors.
@@ -318,5 +377,29 @@ mod tests {
         let (payload, fds) = read_payload_with_fds_limited(&b, limits).unwrap();
         let req: Request = decode_payload(&payload).unwrap();
         assert_eq!((req, fds.len()), (Request::ListEnclaves, 0));
+    }
+
+    /// One reader for a connection: whole frames pass without touching the
+    /// socket's timeout again, and a frame that stops half-way still times out.
+    #[test]
+    fn one_reader_many_frames_then_a_stalled_one() {
+        let limits = ReadLimits {
+            idle: Some(Duration::from_secs(5)),
+            frame: Some(Duration::from_millis(30)),
+        };
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut reader = FrameReader::new(limits);
+        for _ in 0..3 {
+            write_frame_with_fds(&a, &Request::Status, &[]).unwrap();
+            let (payload, _) = reader.read(&b).unwrap();
+            assert_eq!(
+                decode_payload::<Request>(&payload).unwrap(),
+                Request::Status
+            );
+        }
+        let frame = encode(&Request::ListEnclaves).unwrap();
+        (&a).write_all(&frame[..frame.len() - 1]).unwrap();
+        let err = reader.read(&b).unwrap_err();
+        assert!(matches!(err, FrameError::Stalled(_)), "{err}");
     }
 }

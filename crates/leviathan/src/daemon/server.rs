@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hobbes_proto::control::ControlUp;
-use hobbes_proto::fdpass::{read_payload_with_fds_limited, write_frame_with_fds, ReadLimits};
+use hobbes_proto::fdpass::{write_frame_with_fds, FrameReader, ReadLimits};
 use hobbes_proto::frame::{decode_payload, write_frame, FrameError};
 use hobbes_proto::model::{AppId, AppState, Ownership};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, NodeStatus, Request, Response};
@@ -102,10 +102,10 @@ impl Daemon {
     }
 
     fn client_connection(&self, mut stream: UnixStream, peer: PeerCred) {
-        let limits = self.read_limits();
+        let mut reader = FrameReader::new(self.read_limits());
         loop {
             // Descriptors ride along only with xemem_make; any others are closed when dropped.
-            let (payload, fds) = match read_payload_with_fds_limited(&stream, limits) {
+            let (payload, fds) = match reader.read(&stream) {
                 Ok(p) => p,
                 Err(FrameError::Closed) => return,
                 Err(FrameError::Idle(after)) => {
