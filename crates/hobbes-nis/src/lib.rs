@@ -50,9 +50,9 @@ pub enum NisError {
         /// LMDB's (heed's) error.
         source: heed::Error,
     },
-    /// The header's schema version is not [`SCHEMA_VERSION`]: the daemon and
+    /// The header's schema version is outside [`OLDEST_READABLE_SCHEMA_VERSION`]..=[`SCHEMA_VERSION`]: the daemon and
     /// this reader are different builds; [`NisReader::open`] refuses it.
-    #[error("NIS at {path} has schema version {found}, this build reads version {SCHEMA_VERSION}")]
+    #[error("NIS at {path} has schema version {found}, this build reads versions {OLDEST_READABLE_SCHEMA_VERSION} to {SCHEMA_VERSION}")]
     Schema {
         /// The environment's directory.
         path: PathBuf,
@@ -236,7 +236,7 @@ impl NisReader {
         let (env, t) = open_env(&dir, false)?;
         let reader = NisReader { dir, env, t };
         if let Some(h) = reader.header_opt()? {
-            if h.schema_version != SCHEMA_VERSION {
+            if !(OLDEST_READABLE_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&h.schema_version) {
                 return Err(NisError::Schema {
                     path: reader.dir.clone(),
                     found: h.schema_version,
@@ -925,6 +925,30 @@ mod tests {
             .unwrap();
         assert!(r.segment_by_name("field").unwrap().is_none());
         assert!(r.segments().unwrap().is_empty());
+    }
+
+    /// A NIS from before an upgrade still opens (it is adopted and cleaned
+    /// up); one from a newer build is refused with both versions named.
+    #[test]
+    fn older_schemas_open_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = NisWriter::open(dir.path()).unwrap();
+        for (version, opens) in [
+            (OLDEST_READABLE_SCHEMA_VERSION, true),
+            (SCHEMA_VERSION, true),
+            (SCHEMA_VERSION + 1, false),
+        ] {
+            let mut h = header();
+            h.schema_version = version;
+            w.update(|t| t.put_header(&h)).unwrap();
+            match NisReader::open(dir.path()) {
+                Ok(_) => assert!(opens, "version {version} opened"),
+                Err(e) => {
+                    assert!(!opens, "version {version}: {e}");
+                    assert!(e.to_string().contains(&format!("schema version {version}")));
+                }
+            }
+        }
     }
 
     #[test]

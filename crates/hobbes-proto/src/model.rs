@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 /// `control_socket`. Records written at version 1 still decode.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// The oldest NIS layout this build still reads (its records decode into
+/// the current types): a NIS from before an upgrade can be read, adopted by
+/// a restarted daemon, and cleaned up.
+pub const OLDEST_READABLE_SCHEMA_VERSION: u32 = 1;
+
 /// Node-global enclave id. 0 is the host.
 pub type EnclaveId = u64;
 /// Node-global application id.
