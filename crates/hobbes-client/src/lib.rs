@@ -32,6 +32,7 @@ use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 pub use hobbes_nis::{NisError, NisReader, NisSnapshot};
 pub use hobbes_proto as proto;
 
+pub mod human;
 pub mod paths;
 
 /// What `xemem_get_grant` hands out.

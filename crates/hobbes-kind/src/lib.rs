@@ -206,28 +206,9 @@ pub struct KindEnv {
     pub exe: PathBuf,
 }
 
-/// Format core ids as a cpu list ("0-3,8").
+/// Format core ids as a cpu list ("0-3,8"), as cpusets take them.
 pub fn format_cpu_list(cores: &[CoreId]) -> String {
-    let mut sorted = cores.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    parts.join(",")
+    hobbes_proto::model::format_id_list(cores)
 }
 
 #[cfg(test)]

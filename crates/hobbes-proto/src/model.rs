@@ -858,6 +858,30 @@ pub struct Counters {
     pub next_job_id: u64,
 }
 
+/// Ids in the kernel's list syntax, sorted and without repeats:
+/// `[0, 1, 2, 5]` -> `"0-2,5"`; empty -> `""` (what cpusets, `hobbes` and the
+/// NIS tools all write).
+pub fn format_id_list(ids: &[u32]) -> String {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        parts.push(if sorted[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", sorted[i])
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use hobbes_client::human::{bytes, id_list, isolation_class};
 use hobbes_client::Client;
 use hobbes_proto::model::{AppRecord, EnclaveId, EnclaveKind, EnclaveRecord, ExitStatus};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, LaunchSpec, Stream};
@@ -521,61 +522,6 @@ fn describe(e: &EnclaveRecord) -> Vec<String> {
         _ => {}
     }
     lines
-}
-
-/// The one-word isolation class of an enclave, as really applied.
-fn isolation_class(e: &EnclaveRecord) -> &'static str {
-    if e.kind == EnclaveKind::Host {
-        "host"
-    } else if e.shared {
-        "shared"
-    } else if e.isolation.exclusive_cores() && e.isolation.confined() {
-        "exclusive"
-    } else {
-        "degraded"
-    }
-}
-
-/// Bytes in binary units: "512 MiB", "1.5 GiB".
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if v.fract() == 0.0 || unit == 0 {
-        format!("{v:.0} {}", UNITS[unit])
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// Ids in the kernel's list syntax: [0, 1, 2, 5] -> "0-2,5"; empty -> "-".
-fn id_list(ids: &[u32]) -> String {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < ids.len() {
-        let start = ids[i];
-        while i + 1 < ids.len() && ids[i + 1] == ids[i] + 1 {
-            i += 1;
-        }
-        parts.push(if ids[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", ids[i])
-        });
-        i += 1;
-    }
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(",")
-    }
 }
 
 /// An error and its causes on one line, skipping causes the message already
