@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use hobbes_client::proto::model::AppRecord;
+use hobbes_client::proto::model::{AppRecord, ExitStatus};
 use hobbes_client::Client;
 
 /// `xasm-probe`, built by the workspace next to `leviathan`.
@@ -116,6 +116,13 @@ fn finish(mut r: Reaped, rx: mpsc::Receiver<String>, limit: Duration) -> (Option
     (status.code(), text)
 }
 
+/// An app's exit and its stdout and stderr logs.
+fn app_output(rec: &AppRecord) -> String {
+    let out = std::fs::read_to_string(&rec.stdout_log).unwrap_or_default();
+    let err = std::fs::read_to_string(&rec.stderr_log).unwrap_or_default();
+    format!("exit {:?}\n{out}{err}", rec.exit)
+}
+
 /// Open descriptors of a process.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -163,7 +170,17 @@ fn consistency_across_processes_and_enclaves() {
     for m in mechanisms(&probe, t) {
         let name = format!("cons-{m}");
         let steps = "2000";
-        let consume = ["consume", "--name", &name, "--min-versions", "100"];
+        // Consumers start first and wait for the region as long as the
+        // producer waits for them (60 s), however slow its launch is.
+        let consume = [
+            "consume",
+            "--name",
+            &name,
+            "--open-ms",
+            "60000",
+            "--min-versions",
+            "100",
+        ];
         let hosts: Vec<_> = (0..2)
             .map(|_| spawn_collect(host(&d, &probe, &consume, None)))
             .collect();
@@ -193,6 +210,24 @@ fn consistency_across_processes_and_enclaves() {
             ],
             &[("HOBBES_XASM_MECHANISM", m)],
         );
+        let produced = c.wait_app(producer.id).unwrap();
+        if produced.exit != Some(ExitStatus::Code(0)) {
+            // Say what every consumer was doing: the producer's own output
+            // only says how many of them it saw.
+            let mut why = format!("producer: {}\n", app_output(&produced));
+            for (child, rx) in hosts {
+                let mut child = child;
+                if let Some(c) = child.0.as_mut() {
+                    let _ = c.kill();
+                }
+                let (code, text) = finish(child, rx, Duration::from_secs(10));
+                why += &format!("host consumer (exit {code:?}): {text}\n");
+            }
+            let _ = c.kill_app(remote.id, 9);
+            let remote = c.wait_app(remote.id).unwrap();
+            why += &format!("remote consumer: {}", app_output(&remote));
+            panic!("{m}: the producer failed\n{why}");
+        }
         let (_, out) = wait_ok(&mut c, &producer);
         let done = fields(&out, "DONE");
         assert_eq!(done["mechanism"], m, "{out}");
