@@ -911,6 +911,7 @@ mod tests {
             owner_event_fd: None,
             owner_addr: 0x1000,
             backing_inode: 7,
+            backing_offset: 0,
             signalled: false,
             created_ms: 0,
             rev: 0,

@@ -667,6 +667,11 @@ pub struct SegmentRecord {
     /// counts) and after a recovery.
     #[serde(default)]
     pub backing_inode: u64,
+    /// Where the segment starts in its backing file (page-aligned): 0 for a
+    /// memfd made for the segment, the range's start for a segment that is
+    /// part of a larger file (an enclave's RAM). Attachers map from here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backing_offset: u64,
     /// Has a signal channel (`xemem_make_signalled`).
     pub signalled: bool,
     /// When it was made, Unix ms.
@@ -677,6 +682,10 @@ pub struct SegmentRecord {
     /// extent table and this names the pool memfd the extents point into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub composite: Option<CompositeInfo>,
+}
+
+pub(crate) fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The pool of a composite segment (docs/xemem.md, "Composite segments").

@@ -278,8 +278,15 @@ pub struct JobSpec {
 /// What an owner exports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XememMake {
-    /// Segment length in bytes; the memfd sent along must be at least this long.
+    /// Segment length in bytes; `offset + size` must lie within the memfd
+    /// sent along.
     pub size: u64,
+    /// Where the segment starts in the memfd, page-aligned: 0 for a memfd
+    /// made for the segment; the range of a larger file otherwise (an
+    /// enclave's RAM file, for a segment in a guest's memory). Not with
+    /// `composite`.
+    #[serde(default, skip_serializing_if = "crate::model::is_zero")]
+    pub offset: u64,
     /// Unique name to look it up by (`xemem_lookup`); `None`: anonymous.
     #[serde(default)]
     pub name: Option<String>,

@@ -40,7 +40,8 @@ mod state;
 mod sys;
 mod wrappers;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use hobbes_proto::msg::{XememComposite, XememMake};
@@ -125,6 +126,41 @@ pub fn make_mapping(mem: &mut Mapping, opts: &MakeOptions) -> Result<SegId> {
 
 const MAKE: &str = "xemem_make";
 
+/// Export `[offset, offset+len)` of a memfd this process holds, without
+/// mapping or copying anything: the segment *is* that part of the file.
+/// This is how memory that already lives in a shareable file becomes a
+/// segment, such as a range of an enclave's RAM file exported on behalf of
+/// its guest. `offset` and `len` must be multiples of the file's page size
+/// (a hugetlb memfd's huge page) and the range inside the file; the name
+/// server refuses anything else, or a descriptor that is not a memfd, with
+/// `Invalid`. The process keeps its own duplicate of `file` until
+/// [`remove`] (a restarted name server recovers it from there), and
+/// attachers map from `offset` of the same file.
+pub fn make_file_range(
+    file: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    opts: &MakeOptions,
+) -> Result<SegId> {
+    if opts.mode & !0o777 != 0 {
+        return Err(XememError::invalid(
+            MAKE,
+            format!("mode {:o} has bits beyond 0777", opts.mode),
+        ));
+    }
+    let own = file.try_clone_to_owned().map_err(io_err(MAKE))?;
+    let meta = std::fs::File::from(own.try_clone().map_err(io_err(MAKE))?)
+        .metadata()
+        .map_err(io_err(MAKE))?;
+    // A hugetlbfs file reports its huge page size as its block size.
+    let page_kind = match meta.blksize() as usize > hobbes_sys::page_size() {
+        true => PageKind::Hugetlb,
+        false => PageKind::Base,
+    };
+    let mut st = state::lock();
+    export(&mut st, 0, offset, len, own, page_kind, opts)
+}
+
 /// [`make`], with the page kind of the memory.
 ///
 /// # Safety
@@ -155,7 +191,7 @@ unsafe fn make_kind(addr: usize, len: usize, opts: &MakeOptions) -> Result<(SegI
     let mut st = state::lock();
     // SAFETY: passed on from our caller.
     let (memfd, page_kind) = unsafe { backing_for(&mut st, addr, len) }?;
-    let segid = export(&mut st, addr, len, memfd, page_kind, opts)?;
+    let segid = export(&mut st, addr, 0, len, memfd, page_kind, opts)?;
     Ok((segid, page_kind))
 }
 
@@ -246,6 +282,7 @@ unsafe fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> R
 fn export(
     st: &mut State,
     addr: usize,
+    offset: u64,
     len: usize,
     memfd: OwnedFd,
     page_kind: PageKind,
@@ -258,6 +295,7 @@ fn export(
     let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
     let req = XememMake {
         size: len as u64,
+        offset,
         name: opts.name.clone(),
         segid: opts.segid,
         mode: if opts.mode == 0 {
@@ -349,6 +387,7 @@ pub fn make_composite_retiring(
     let inode = hobbes_sys::inode(table.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
     let req = XememMake {
         size,
+        offset: 0,
         name: opts.name.clone(),
         segid: opts.segid,
         mode: if opts.mode == 0 {
@@ -720,6 +759,8 @@ unsafe fn attach_impl(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) 
                 Access::ReadWrite => Prot::ReadWrite,
             };
             let fd = grant.memfd.as_fd();
+            // A segment that is part of a larger file starts at its offset.
+            let map_offset = grant.record.backing_offset + map_offset;
             let base = match base_at {
                 // The attachment table owns the mapping from here.
                 None => Mapping::shared(fd, map_len, map_offset, prot).map(|m| m.into_raw().0),

@@ -403,6 +403,7 @@ fn malformed_tables_are_refused(pool: &OwnedFd) {
         // The name server checks too (a client that skips the library's checks).
         let make = XememMake {
             size: *size,
+            offset: 0,
             name: Some("bad@1".into()),
             segid: None,
             mode: 0o644,
@@ -429,6 +430,7 @@ fn malformed_tables_are_refused(pool: &OwnedFd) {
     let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
     let make = XememMake {
         size: 2 * p,
+        offset: 0,
         name: None,
         segid: None,
         mode: 0o644,

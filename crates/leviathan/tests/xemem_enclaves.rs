@@ -104,6 +104,105 @@ fn share_across_enclaves_both_ways_without_copies() {
     }
 }
 
+/// A segment that is a range of a larger file (as a range of an LWK or VM
+/// enclave's RAM file will be): attachers map exactly that range, not the
+/// file's start; their mappings are counted as attachments of it alone;
+/// writes land in the owner's file at the range's offset, guard pages
+/// either side untouched; ranges past the segment are refused.
+#[test]
+fn a_range_of_a_larger_file_is_a_segment() {
+    let t = "a_range_of_a_larger_file_is_a_segment";
+    let Some((d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let o = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "ram-range",
+            "--size",
+            "16384",
+            "--fill",
+            "1",
+            "--file-range",
+            "--signalled",
+            "--wait-signal",
+            "--check",
+            "2",
+        ],
+    );
+    wait_segment(&nis, "ram-range");
+    let seg = nis.segment_by_name("ram-range").unwrap().unwrap();
+    assert_eq!(seg.backing_offset, 4096, "{seg:?}");
+    assert_eq!(seg.size, 16384);
+    // A reader holds the whole range (every byte 1, none of the guards').
+    let reader = start(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "ram-range",
+            "--ro",
+            "--expect",
+            "1",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    let info = wait_for("the reader's attachment", Duration::from_secs(10), || {
+        c.xemem_list()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.record.segid == seg.segid && s.attachments > 0)
+    });
+    assert_eq!(info.attachments, 1, "{info:?}");
+    c.kill_app(reader.id, 9).unwrap();
+    c.wait_app(reader.id).unwrap();
+    // Past the segment's end: refused, though the file goes on.
+    let (a, out, err) = run(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "ram-range",
+            "--offset",
+            "12288",
+            "--size",
+            "8192",
+        ],
+    );
+    assert_eq!(a.exit, Some(ExitStatus::Code(1)), "{out}{err}");
+    assert!(err.contains("do not fit segment"), "{err}");
+    // A writer: the owner sees its writes in the range, and only there.
+    let (a, out, err) = run(
+        &mut c,
+        "ana",
+        &[
+            &probe,
+            "attach",
+            "--name",
+            "ram-range",
+            "--expect",
+            "1",
+            "--write",
+            "2",
+            "--signal",
+        ],
+    );
+    assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
+    let (o, _) = wait_ok(&mut c, &o);
+    let out = std::fs::read_to_string(&o.stdout_log).unwrap();
+    assert!(out.contains("CHECK OK"), "{out}");
+}
+
 #[test]
 fn read_only_attachments_fault_on_write_and_permissions_are_checked() {
     let t = "read_only_attachments_fault_on_write_and_permissions_are_checked";

@@ -29,6 +29,7 @@ fn make(c: &mut Client, fd: &OwnedFd, name: &str, mode: u32, event: Option<&Owne
     use std::os::fd::AsRawFd;
     let req = XememMake {
         size: LEN as u64,
+        offset: 0,
         name: Some(name.into()),
         segid: None,
         mode,
@@ -133,6 +134,7 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
     use std::os::fd::AsRawFd;
     let dup = XememMake {
         size: LEN as u64,
+        offset: 0,
         name: Some("grid".into()),
         segid: None,
         mode: 0o600,
@@ -153,6 +155,7 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
     );
     let big = XememMake {
         size: LEN as u64 * 2,
+        offset: 0,
         name: None,
         ..dup.clone()
     };
@@ -161,6 +164,21 @@ fn grants_hand_out_the_segment_read_write_or_read_only() {
         Some(ErrorCode::InvalidSpec),
         "larger than its memfd"
     );
+    // A range of the memfd: page-aligned and inside it, or refused by name.
+    for (offset, size, why) in [
+        (100, 4096, "not a multiple of the page size"),
+        (4096, LEN as u64, "runs past its memfd"),
+    ] {
+        let range = XememMake {
+            offset,
+            size,
+            name: None,
+            ..dup.clone()
+        };
+        let e = c.xemem_make(range, other.as_fd(), None).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidSpec), "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
     let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
     let notmemfd = XememMake {
         name: None,
@@ -410,6 +428,7 @@ fn a_make_retires_segments_all_or_nothing() {
     let b = make(&mut c, &fb, "v@2", 0o600, None);
     let req = |fd: &OwnedFd, name: &str, retire: Vec<SegId>| XememMake {
         size: LEN as u64,
+        offset: 0,
         name: Some(name.into()),
         segid: None,
         mode: 0o600,

@@ -61,8 +61,13 @@ struct MakeArgs {
     #[arg(long)]
     signalled: bool,
     /// Use the allocator (huge pages where allowed) instead of private anonymous memory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "file_range")]
     alloc: bool,
+    /// Export the middle of a larger memfd (a guard page each side, filled
+    /// with the complement of `fill`) with `make_file_range`, as a range
+    /// of an enclave's RAM file is exported.
+    #[arg(long)]
+    file_range: bool,
     /// Wait for a signal on the segment before removing it.
     #[arg(long)]
     wait_signal: bool,
@@ -161,6 +166,8 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
         };
         let seg = hobbes_xemem::alloc(a.size, &quiet)?;
         (seg.as_ptr(), seg.len(), Some(seg))
+    } else if a.file_range {
+        return make_file_range(a, opts);
     } else {
         let len = a.size.div_ceil(bytes::page()) * bytes::page();
         (bytes::map_private(len).map_err(fail)?, len, None)
@@ -172,6 +179,51 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
     // SAFETY: our own memory (the private mapping made above, never
     // unmapped, or the segment `unnamed` keeps), which no other thread uses.
     let segid = unsafe { hobbes_xemem::make(ptr, len, &opts) }?;
+    let outcome = serve(&a, segid, ptr, len);
+    // Dropping the allocator's segment removes it and unmaps the memory.
+    drop(unnamed);
+    outcome
+}
+
+/// `make --file-range`: the segment is `[page, page+len)` of a memfd of
+/// `len + 2 pages`, exported without mapping or copying; this process maps
+/// the whole file to fill it and to check the guards stay untouched.
+fn make_file_range(a: MakeArgs, opts: MakeOptions) -> Result<(), Failure> {
+    use std::os::fd::AsFd;
+    let page = bytes::page();
+    let len = a.size.div_ceil(page) * page;
+    let file =
+        nix::sys::memfd::memfd_create(c"xemem-probe-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| fail(format!("memfd_create: {e}")))?;
+    let file_len = len + 2 * page;
+    nix::unistd::ftruncate(&file, file_len as i64).map_err(|e| fail(format!("ftruncate: {e}")))?;
+    let base = bytes::map_shared(&file, file_len).map_err(fail)?;
+    let guard = !a.fill;
+    // SAFETY: `base` maps `file_len` read-write bytes of our own memfd,
+    // never unmapped; the segment's range is filled before it is exported.
+    unsafe {
+        bytes::fill(base, page, guard);
+        bytes::fill(base.add(page), len, a.fill);
+        bytes::fill(base.add(page + len), page, guard);
+    }
+    let segid = hobbes_xemem::make_file_range(file.as_fd(), page as u64, len, &opts)?;
+    // SAFETY: as above; the segment is the middle of the mapping.
+    let outcome = serve(&a, segid, unsafe { base.add(page) }, len);
+    for at in [0, page + len] {
+        // SAFETY: the guard pages of the mapping above.
+        if let Some((i, got)) = unsafe { bytes::mismatch(base.add(at), page, guard) } {
+            return Err(Failure {
+                code: 3,
+                message: format!("CHECK FAILED: guard page byte {} is {got}", at + i),
+            });
+        }
+    }
+    outcome
+}
+
+/// Print the segid, then wait for a signal (and check the memory) or hold,
+/// then remove the segment.
+fn serve(a: &MakeArgs, segid: SegId, ptr: *mut u8, len: usize) -> Result<(), Failure> {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "SEGID {segid}");
     let _ = out.flush();
@@ -203,8 +255,6 @@ fn make(a: MakeArgs) -> Result<(), Failure> {
         let _ = writeln!(out, "{message}");
     }
     hobbes_xemem::remove(segid)?;
-    // Dropping the allocator's segment removes it and unmaps the memory.
-    drop(unnamed);
     outcome
 }
 
@@ -348,6 +398,30 @@ mod bytes {
         if p == libc::MAP_FAILED {
             return Err(format!(
                 "mmap {len} bytes: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(p.cast())
+    }
+
+    /// `mmap(MAP_SHARED)` of the first `len` bytes of `file`, read-write.
+    pub fn map_shared(file: &std::os::fd::OwnedFd, len: usize) -> Result<*mut u8, String> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of a descriptor we hold, at an
+        // address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap {len} bytes of a memfd: {}",
                 std::io::Error::last_os_error()
             ));
         }

@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
 use hobbes_proto::model::{
     AppId, AppRecord, AppState, EnclaveId, EnclaveState, ExitStatus, ProcId, ProcRecord,
+    HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{ErrorCode, LaunchSpec, Stream};
 use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
@@ -145,6 +146,46 @@ impl Subscribers {
 }
 
 impl Daemon {
+    /// Which enclave and app a host pid belongs to: the global process map,
+    /// else the nearest ancestor that is an app or a control process, else
+    /// the host. (A process of a kind whose apps are not host processes, a
+    /// guest's, is known by the link it speaks through instead.)
+    pub(super) fn whose_process(&self, pid: u32) -> (EnclaveId, Option<AppId>) {
+        let nis = self.nis.reader();
+        let enclaves = nis.enclaves().unwrap_or_default();
+        let mut cur = pid;
+        // The process just below `cur` on the way up.
+        let mut below = None;
+        for _ in 0..64 {
+            if cur <= 1 {
+                break;
+            }
+            if let Ok(Some(p)) = nis.proc_by_global(cur) {
+                return (p.enclave, Some(p.app));
+            }
+            if let Some(e) = enclaves.iter().find(|e| e.control_pid == Some(cur)) {
+                // `below` is one of the enclave's apps, which runs as soon as it is
+                // spawned and may not be recorded yet: give the launch a moment.
+                if let Some(app_pid) = below {
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    while Instant::now() < deadline {
+                        if let Ok(Some(p)) = nis.proc_by_global(app_pid) {
+                            return (p.enclave, Some(p.app));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                return (e.id, None);
+            }
+            below = Some(cur);
+            match sys::parent_of(cur) {
+                Some(parent) => cur = parent,
+                None => break,
+            }
+        }
+        (HOST_ENCLAVE, None)
+    }
+
     /// Subscribe to app `app`'s events ([`Subscribers::subscribe`]).
     pub fn subscribe(&self, app: AppId, wants_output: bool) -> Subscription {
         self.subs.subscribe(app, wants_output)

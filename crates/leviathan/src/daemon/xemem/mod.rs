@@ -1,24 +1,23 @@
-//! XEMEM name server: segment ids, names, permissions, and the segments'
-//! backing descriptors, handed to permitted requesters.
+//! XEMEM name server: segment ids, names, permissions and lifetimes.
 //!
-//! The daemon keeps a reference to every segment's memfd (and eventfd) while
+//! The daemon keeps every segment's memory ([`memory::SegmentMemory`]: where
+//! it lives and how a permitted requester gets it) and signal channel while
 //! the segment exists, watches each owner with a pidfd (the owner's exit
-//! removes its segments), and after a restart recovers the descriptors from
-//! their owners with `pidfd_getfd`. Attachments are the requesters' own
-//! mappings: they stay valid until detached, whatever happens to the owner or
-//! the daemon. See docs/xemem.md.
+//! removes its segments), and after a restart recovers the memory from the
+//! owners with `pidfd_getfd`. Attachments are the requesters' own mappings:
+//! they stay valid until detached, whatever happens to the owner or the
+//! daemon; `attachers` counts them. See docs/xemem.md.
+
+mod attachers;
+mod memory;
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hobbes_proto::model::{
-    Access, CompositeInfo, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE,
-};
-use hobbes_proto::msg::{ErrorCode, XememComposite, XememMake, MAX_RETIRE};
-use hobbes_proto::xemem_table;
+use hobbes_proto::model::{Access, SegId, SegmentInfo, SegmentRecord};
+use hobbes_proto::msg::{ErrorCode, XememMake, MAX_RETIRE};
 
 use hobbes_nis::NisTxn;
 
@@ -29,14 +28,15 @@ use crate::sys::{self, PeerCred};
 /// Longest segment name.
 const MAX_SEGMENT_NAME: usize = 128;
 
+use memory::{Described, SegmentMemory};
+
 /// The name server's references to one segment.
-pub struct Backing {
-    /// The segment's memfd; a composite segment's extent table.
-    memfd: OwnedFd,
-    /// A composite segment's pool memfd.
-    pool: Option<OwnedFd>,
+pub struct Held {
+    /// Its memory.
+    memory: SegmentMemory,
+    /// Its signal channel (an eventfd), when `signalled`.
     eventfd: Option<OwnedFd>,
-    /// Readable when the owner exits.
+    /// The owner's pidfd: readable when the owner exits.
     owner: Option<OwnedFd>,
 }
 
@@ -45,7 +45,7 @@ pub struct Backing {
 /// themselves are in the NIS).
 #[derive(Default)]
 pub struct NameServer {
-    backings: Mutex<HashMap<SegId, Backing>>,
+    held: Mutex<HashMap<SegId, Held>>,
 }
 
 impl NameServer {
@@ -55,8 +55,8 @@ impl NameServer {
     }
 
     /// Hold `backing` as segment `segid`'s memory.
-    fn keep(&self, segid: SegId, backing: Backing) {
-        self.backings
+    fn keep(&self, segid: SegId, backing: Held) {
+        self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(segid, backing);
@@ -64,24 +64,24 @@ impl NameServer {
 
     /// Drop the references to segment `segid`'s memory.
     fn drop_backing(&self, segid: SegId) {
-        self.backings
+        self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&segid);
     }
 
     /// `f` of segment `segid`'s backing, or `None` when none is held.
-    fn with_backing<T>(&self, segid: SegId, f: impl FnOnce(&Backing) -> T) -> Option<T> {
-        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
-        backings.get(&segid).map(f)
+    fn with_backing<T>(&self, segid: SegId, f: impl FnOnce(&Held) -> T) -> Option<T> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(&segid).map(f)
     }
 
     /// The segments whose owner has exited (its pidfd is readable).
     fn exited_owners(&self) -> Vec<SegId> {
-        let backings = self.backings.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids = Vec::new();
         let mut polls: Vec<nix::poll::PollFd> = Vec::new();
-        for (segid, b) in backings.iter() {
+        for (segid, b) in held.iter() {
             if let Some(owner) = &b.owner {
                 ids.push(*segid);
                 polls.push(nix::poll::PollFd::new(
@@ -100,44 +100,6 @@ impl NameServer {
 }
 
 impl Daemon {
-    /// Which enclave and app a host pid belongs to: the global process map,
-    /// else the nearest ancestor that is an app or a control process.
-    fn locate(&self, pid: u32) -> (EnclaveId, Option<hobbes_proto::model::AppId>) {
-        let nis = self.nis.reader();
-        let enclaves = nis.enclaves().unwrap_or_default();
-        let mut cur = pid;
-        // The process just below `cur` on the way up.
-        let mut below = None;
-        for _ in 0..64 {
-            if cur <= 1 {
-                break;
-            }
-            if let Ok(Some(p)) = nis.proc_by_global(cur) {
-                return (p.enclave, Some(p.app));
-            }
-            if let Some(e) = enclaves.iter().find(|e| e.control_pid == Some(cur)) {
-                // `below` is one of the enclave's apps, which runs as soon as it is
-                // spawned and may not be recorded yet: give the launch a moment.
-                if let Some(app_pid) = below {
-                    let deadline = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < deadline {
-                        if let Ok(Some(p)) = nis.proc_by_global(app_pid) {
-                            return (p.enclave, Some(p.app));
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-                return (e.id, None);
-            }
-            below = Some(cur);
-            match sys::parent_of(cur) {
-                Some(parent) => cur = parent,
-                None => break,
-            }
-        }
-        (HOST_ENCLAVE, None)
-    }
-
     /// Serve `xemem_make` (protocol.md §4.1, docs/xemem.md): record a segment
     /// owned by `peer` over the memfd in `fds` (for a composite segment the
     /// table memfd then the pool memfd; then the eventfd when `signalled`),
@@ -158,13 +120,19 @@ impl Daemon {
         // Validation first, all of it before the NIS changes: a refused make
         // changes nothing (not even the retired segments).
         let fds = MakeFds::split(make, fds)?;
-        let (inode, composite) = check_make(make, &fds)?;
+        let (memory, described) = SegmentMemory::from_make(make, fds.memfd, fds.pool)?;
+        check_name_and_segid(make)?;
         self.check_retire(peer, &make.retire)?;
         // The owner's pidfd is opened while it waits for this answer (so it
         // is alive): its exit then removes the segment (`watch_segment_owners`).
-        let owner_pidfd = sys::pidfd_open(peer.pid).ok();
-        let record = self.record_segment(peer, make, inode, composite)?;
-        self.keep_backing(&record, make, fds, owner_pidfd);
+        let owner = sys::pidfd_open(peer.pid).ok();
+        let record = self.record_segment(peer, make, described)?;
+        let held = Held {
+            memory,
+            eventfd: fds.eventfd,
+            owner,
+        };
+        self.keep_segment(&record, make, held);
         Ok(record)
     }
 
@@ -174,10 +142,9 @@ impl Daemon {
         &self,
         peer: &PeerCred,
         make: &XememMake,
-        inode: u64,
-        composite: Option<CompositeInfo>,
+        memory: Described,
     ) -> Result<SegmentRecord, Refusal> {
-        let (owner_enclave, owner_app) = self.locate(peer.pid);
+        let (owner_enclave, owner_app) = self.whose_process(peer.pid);
         let mode = if make.mode == 0 {
             0o600
         } else {
@@ -211,11 +178,12 @@ impl Daemon {
                 owner_fd: make.owner_fd,
                 owner_event_fd: make.owner_event_fd,
                 owner_addr: make.owner_addr,
-                backing_inode: inode,
+                backing_inode: memory.inode,
+                backing_offset: memory.offset,
                 signalled: make.signalled,
                 created_ms: now_ms(),
                 rev: 0,
-                composite,
+                composite: memory.composite,
             };
             t.put_segment(&mut rec)?;
             Ok::<_, TxError>(rec)
@@ -224,23 +192,9 @@ impl Daemon {
 
     /// After the record: hold the new segment's memory, and let go of the
     /// retired segments' (their records went in the same transaction).
-    fn keep_backing(
-        &self,
-        record: &SegmentRecord,
-        make: &XememMake,
-        fds: MakeFds,
-        owner: Option<OwnedFd>,
-    ) {
-        self.xemem.keep(
-            record.segid,
-            Backing {
-                memfd: fds.memfd,
-                pool: fds.pool,
-                eventfd: fds.eventfd,
-                owner,
-            },
-        );
-        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, extents = record.composite.map(|c| c.extents), "segment made");
+    fn keep_segment(&self, record: &SegmentRecord, make: &XememMake, held: Held) {
+        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory = %held.memory, extents = record.composite.map(|c| c.extents), "segment made");
+        self.xemem.keep(record.segid, held);
         for &r in &make.retire {
             self.xemem.drop_backing(r);
             tracing::info!(segid = r, by = record.segid, "segment gone: retired");
@@ -363,17 +317,7 @@ impl Daemon {
             ));
         }
         let fds = self.xemem.with_backing(segid, |b| {
-            let mem = match access {
-                Access::ReadWrite => b.memfd.try_clone().map_err(internal)?,
-                // A new open file description, read-only: mmap(PROT_WRITE, MAP_SHARED) of it fails.
-                // For a composite segment it is also the grantee's own description of the
-                // table, which its hold (flock) is taken on.
-                Access::ReadOnly => reopen_read_only(&b.memfd)?,
-            };
-            let mut fds = vec![mem];
-            if let Some(pool) = &b.pool {
-                fds.push(reopen_read_only(pool)?);
-            }
+            let mut fds = b.memory.grant(access)?;
             if let Some(e) = &b.eventfd {
                 fds.push(e.try_clone().map_err(internal)?);
             }
@@ -429,72 +373,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// Segments with their live attachments, counted from /proc/*/maps.
+    /// Segments with their live attachments (`attachers`).
     pub fn xemem_list(&self) -> Result<Vec<SegmentInfo>, Refusal> {
         let segments = self.nis.reader().segments().map_err(internal)?;
-        let mut attachers: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
-        let inodes: Vec<u64> = segments.iter().map(|s| s.backing_inode).collect();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-                    continue;
-                };
-                for line in maps.lines().filter(|l| l.contains("memfd:")) {
-                    let Some(inode) = line
-                        .split_whitespace()
-                        .nth(4)
-                        .and_then(|i| i.parse::<u64>().ok())
-                    else {
-                        continue;
-                    };
-                    if inodes.contains(&inode) {
-                        let list = attachers.entry(inode).or_default();
-                        match list.iter_mut().find(|(p, _)| *p == pid) {
-                            Some((_, n)) => *n += 1,
-                            None => list.push((pid, 1)),
-                        }
-                    }
-                }
-            }
-        }
-        // A composite segment's attachments map its pool, which versions share:
-        // count its holders instead, the shared flocks on its table.
-        if segments.iter().any(|s| s.composite.is_some()) {
-            let tables: Vec<u64> = segments
-                .iter()
-                .filter(|s| s.composite.is_some())
-                .map(|s| s.backing_inode)
-                .collect();
-            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-            for (pid, inode) in shared_flocks(&locks) {
-                if tables.contains(&inode) {
-                    let list = attachers.entry(inode).or_default();
-                    match list.iter_mut().find(|(p, _)| *p == pid) {
-                        Some((_, n)) => *n += 1,
-                        None => list.push((pid, 1)),
-                    }
-                }
-            }
-        }
+        let mut found = attachers::scan(&segments);
         Ok(segments
             .into_iter()
             .map(|record| {
-                let mine: Vec<(u32, u32)> = attachers
-                    .get(&record.backing_inode)
-                    .map(|l| {
-                        l.iter()
-                            .copied()
-                            .filter(|(p, _)| *p != record.owner_pid)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let mine = found.remove(&record.segid).unwrap_or_default();
                 SegmentInfo {
                     attachments: mine.iter().map(|(_, n)| n).sum(),
                     attachers: mine.iter().map(|(p, _)| *p).collect(),
@@ -533,55 +419,24 @@ impl Daemon {
         }
     }
 
-    fn recover(&self, rec: &SegmentRecord) -> Result<Backing, String> {
+    fn recover(&self, rec: &SegmentRecord) -> Result<Held, String> {
         if !sys::same_process_alive(rec.owner_pid, rec.owner_start_time) {
             return Err("its owner exited while leviathan was down".into());
         }
         let pidfd = sys::pidfd_open(rec.owner_pid)
             .map_err(|e| format!("pidfd_open({}): {e}", rec.owner_pid))?;
-        let take = |fd: i32, pidfd: BorrowedFd<'_>| {
-            sys::pidfd_getfd(pidfd, fd).map_err(|e| {
+        let take = |fd: i32| {
+            sys::pidfd_getfd(pidfd.as_fd(), fd).map_err(|e| {
                 format!(
                     "cannot recover descriptor {fd} from pid {}: {e}",
                     rec.owner_pid
                 )
             })
         };
-        let memfd = take(rec.owner_fd, pidfd.as_fd())?;
-        let ino = std::fs::File::from(memfd.try_clone().map_err(|e| e.to_string())?)
-            .metadata()
-            .map_err(|e| e.to_string())?
-            .ino();
-        if ino != rec.backing_inode {
-            return Err(format!(
-                "descriptor {} of pid {} is no longer the segment's memfd",
-                rec.owner_fd, rec.owner_pid
-            ));
-        }
-        let pool = match rec.composite {
-            Some(c) => {
-                let pool = take(c.pool_owner_fd, pidfd.as_fd())?;
-                let ino = std::fs::File::from(pool.try_clone().map_err(|e| e.to_string())?)
-                    .metadata()
-                    .map_err(|e| e.to_string())?
-                    .ino();
-                if ino != c.pool_inode {
-                    return Err(format!(
-                        "descriptor {} of pid {} is no longer the segment's pool memfd",
-                        c.pool_owner_fd, rec.owner_pid
-                    ));
-                }
-                Some(pool)
-            }
-            None => None,
-        };
-        let eventfd = rec
-            .owner_event_fd
-            .map(|fd| take(fd, pidfd.as_fd()))
-            .transpose()?;
-        Ok(Backing {
-            memfd,
-            pool,
+        let memory = SegmentMemory::recover(rec, take)?;
+        let eventfd = rec.owner_event_fd.map(take).transpose()?;
+        Ok(Held {
+            memory,
             eventfd,
             owner: Some(pidfd),
         })
@@ -599,8 +454,8 @@ struct MakeFds {
 }
 
 impl MakeFds {
-    /// Check the number of descriptors (`bad_request`) and that the first is
-    /// a memfd (`invalid_spec`); name each by its role.
+    /// Check the number of descriptors (`bad_request`); name each by its
+    /// role.
     fn split(make: &XememMake, fds: Vec<OwnedFd>) -> Result<MakeFds, Refusal> {
         let composite = make.composite.is_some();
         let want = 1 + usize::from(composite) + usize::from(make.signalled);
@@ -630,15 +485,6 @@ impl MakeFds {
             false => None,
         };
         let eventfd = fds.next();
-        if !sys::is_memfd(memfd.as_fd()) {
-            return Err(refuse(
-                ErrorCode::InvalidSpec,
-                match composite {
-                    true => "the composite segment's table descriptor is not a memfd",
-                    false => "the segment's descriptor is not a memfd",
-                },
-            ));
-        }
         Ok(MakeFds {
             memfd,
             pool,
@@ -647,28 +493,8 @@ impl MakeFds {
     }
 }
 
-/// Check an `xemem_make`'s size (or composite table), name and segid
-/// (`invalid_spec`); returns the memfd's inode and the composite's shape.
-fn check_make(make: &XememMake, fds: &MakeFds) -> Result<(u64, Option<CompositeInfo>), Refusal> {
-    let meta = std::fs::File::from(fds.memfd.try_clone().map_err(internal)?)
-        .metadata()
-        .map_err(internal)?;
-    let composite = match (&fds.pool, make.composite) {
-        (Some(pool), Some(c)) => Some(check_composite(make.size, &fds.memfd, pool, c)?),
-        _ => {
-            if make.size == 0 || make.size > meta.len() {
-                return Err(refuse(
-                    ErrorCode::InvalidSpec,
-                    format!(
-                        "segment size {} is zero or larger than its memfd ({} bytes)",
-                        make.size,
-                        meta.len()
-                    ),
-                ));
-            }
-            None
-        }
-    };
+/// Check an `xemem_make`'s name and segid (`invalid_spec`).
+fn check_name_and_segid(make: &XememMake) -> Result<(), Refusal> {
     if let Some(name) = &make.name {
         if name.is_empty()
             || name.len() > MAX_SEGMENT_NAME
@@ -686,7 +512,7 @@ fn check_make(make: &XememMake, fds: &MakeFds) -> Result<(u64, Option<CompositeI
             "a requested segid must be positive",
         ));
     }
-    Ok((meta.ino(), composite))
+    Ok(())
 }
 
 /// Inside a make's transaction: delete the retired segments' records
@@ -726,96 +552,4 @@ fn take_segid(t: &mut NisTxn, requested: Option<SegId>) -> Result<SegId, TxError
     h.counters.segments_made += 1;
     t.put_header(&h)?;
     Ok(segid)
-}
-
-/// `(pid, inode)` of each granted shared flock in /proc/locks, whose lines
-/// read `1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF` (waiters have `->`).
-fn shared_flocks(text: &str) -> impl Iterator<Item = (u32, u64)> + '_ {
-    text.lines().filter_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || f[1] != "FLOCK" || f[3] != "READ" {
-            return None;
-        }
-        let pid = f[4].parse().ok()?;
-        let inode = f[5].rsplit(':').next()?.parse().ok()?;
-        Some((pid, inode))
-    })
-}
-
-/// A new read-only open file description of `fd` (via /proc/self/fd).
-fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, Refusal> {
-    Ok(
-        std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(internal)?
-            .into(),
-    )
-}
-
-/// Check a composite make: both descriptors memfds, the table valid (read
-/// whole, bounded by `MAX_EXTENTS`), its size equal to `size`, not retired,
-/// and the pool long enough for every extent.
-fn check_composite(
-    size: u64,
-    table: &OwnedFd,
-    pool: &OwnedFd,
-    c: XememComposite,
-) -> Result<CompositeInfo, Refusal> {
-    let bad = |why: String| refuse(ErrorCode::InvalidSpec, why);
-    if !sys::is_memfd(pool.as_fd()) {
-        return Err(bad(
-            "the composite segment's pool descriptor is not a memfd".into(),
-        ));
-    }
-    let table = std::fs::File::from(table.try_clone().map_err(internal)?);
-    let len = table.metadata().map_err(internal)?.len();
-    let max = xemem_table::HEADER_SIZE as u64
-        + xemem_table::MAX_EXTENTS * xemem_table::EXTENT_SIZE as u64;
-    if len > max {
-        return Err(bad(format!(
-            "composite segment table is {len} bytes, more than {max} ({} extents)",
-            xemem_table::MAX_EXTENTS
-        )));
-    }
-    let mut bytes = vec![0u8; len as usize];
-    table.read_exact_at(&mut bytes, 0).map_err(internal)?;
-    let (header, extents) = xemem_table::parse_table(&bytes).map_err(|e| bad(e.to_string()))?;
-    if header.size != size {
-        return Err(bad(format!(
-            "composite segment size {size} differs from its table's size {}",
-            header.size
-        )));
-    }
-    if header.retired {
-        return Err(bad("composite segment table is marked retired".into()));
-    }
-    let pool_file = std::fs::File::from(pool.try_clone().map_err(internal)?);
-    let pool_meta = pool_file.metadata().map_err(internal)?;
-    if pool_meta.len() < header.pool_size {
-        return Err(bad(format!(
-            "composite segment pool is {} bytes; its table needs {}",
-            pool_meta.len(),
-            header.pool_size
-        )));
-    }
-    Ok(CompositeInfo {
-        pool_owner_fd: c.pool_owner_fd,
-        pool_inode: pool_meta.ino(),
-        extents: extents.len() as u64,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_flocks_are_parsed_from_proc_locks() {
-        let text = "1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF\n\
-                    1: -> FLOCK  ADVISORY  WRITE 99 00:01:5678 0 EOF\n\
-                    2: FLOCK  ADVISORY  WRITE 42 00:01:77 0 EOF\n\
-                    3: POSIX  ADVISORY  READ  7 fd:00:123 0 EOF\n\
-                    4: FLOCK  ADVISORY  READ  8 00:1a:90 0 EOF\n";
-        let got: Vec<(u32, u64)> = shared_flocks(text).collect();
-        assert_eq!(got, vec![(1234, 5678), (8, 90)]);
-    }
 }
