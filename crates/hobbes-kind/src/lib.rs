@@ -22,8 +22,6 @@ use hobbes_proto::model::{
     NisHeader,
 };
 
-pub mod sys;
-
 /// What a driver needs to start an enclave's control process.
 #[derive(Debug, Clone)]
 pub struct StartContext {

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hobbes_kind::sys as proc_sys;
 use hobbes_kind::{
     format_cpu_list, DriverResult, EnclaveDriver, Leftover, NodeSetup, StartContext, Started,
     CONTROL_CREDENTIAL_ENV,
@@ -24,6 +23,7 @@ use hobbes_proto::model::{
     CgroupMode, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
     KindIsolation, NativeIsolation, NisHeader,
 };
+use hobbes_sys::process as proc_sys;
 
 pub mod cgroup;
 mod sys;

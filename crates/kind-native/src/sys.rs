@@ -11,8 +11,8 @@ use std::process::Command;
 
 use nix::sched::CloneFlags;
 
-use hobbes_kind::sys::{pidfd_open, set_affinity};
 use hobbes_proto::model::CoreId;
+use hobbes_sys::process::{pidfd_open, set_affinity};
 
 /// A child created in new namespaces, stopped before `execve` until [`Held::release`].
 pub struct Held {

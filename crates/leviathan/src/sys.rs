@@ -1,18 +1,15 @@
 //! The system calls the daemon and the control process use. The generic
-//! wrappers live in `hobbes-sys` (descriptors, processes, credentials) and
-//! the process helpers every kind shares in `hobbes_kind::sys`; both are
+//! wrappers live in `hobbes-sys` (descriptors, processes, credentials),
 //! re-exported here so the daemon has one place to call. What remains here
 //! is leviathan's own: finding an app's host pid from its pid inside the
 //! enclave.
 
-pub use hobbes_kind::sys::{
-    children_of, kill, kill_group, pidfd_open, proc_start_time, same_process_alive, set_affinity,
-};
 pub use hobbes_sys::creds::{geteuid, peer_cred, peer_hung_up, with_fs_identity, PeerCred};
 pub use hobbes_sys::fd::{clear_cloexec, is_memfd, pidfd_getfd};
 pub use hobbes_sys::process::{
-    affinity, groups_of, new_session, ns_pids, parent_of, reset_oom_score_adj, set_child_subreaper,
-    set_parent_death_signal,
+    affinity, children_of, groups_of, kill, kill_group, new_session, ns_pids, parent_of,
+    pidfd_open, proc_start_time, reset_oom_score_adj, same_process_alive, set_affinity,
+    set_child_subreaper, set_parent_death_signal,
 };
 
 /// Find the host pid of the child of `parent` whose innermost pid is

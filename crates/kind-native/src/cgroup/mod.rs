@@ -327,7 +327,7 @@ fn wait_gone(
 
 /// SIGKILL, as `kill_all` sends it when the kernel cannot do it for us.
 fn sigkill(pid: u32) {
-    let _ = hobbes_kind::sys::kill(pid, libc::SIGKILL);
+    let _ = hobbes_sys::process::kill(pid, libc::SIGKILL);
 }
 
 /// Mounts found in /proc/self/mountinfo and our own cgroup paths.
