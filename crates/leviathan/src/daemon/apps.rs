@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
 use hobbes_proto::model::{
-    AppId, AppRecord, AppState, EnclaveId, EnclaveState, ExitStatus, ProcId, ProcRecord,
-    HOST_ENCLAVE,
+    AppId, AppRecord, AppState, EnclaveId, EnclaveRecord, EnclaveState, ExitStatus, ProcId,
+    ProcRecord, HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{ErrorCode, LaunchSpec, Stream};
 use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
@@ -218,111 +218,11 @@ impl Daemon {
         spec: &LaunchSpec,
         pmi_fd: Option<std::os::fd::OwnedFd>,
     ) -> Result<(AppRecord, Option<Subscription>), Refusal> {
-        let size: usize = spec.argv.iter().map(|a| a.len()).sum::<usize>()
-            + spec
-                .env
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if size > MAX_LAUNCH_BYTES {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                format!("argv and environment are {size} bytes; the limit is {MAX_LAUNCH_BYTES}"),
-            ));
-        }
-        let program =
-            spec.argv.first().filter(|p| !p.is_empty()).ok_or_else(|| {
-                refuse(ErrorCode::InvalidSpec, "nothing to launch: argv is empty")
-            })?;
-        if spec
-            .argv
-            .iter()
-            .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
-            .any(|s| s.contains('\0'))
-            || spec
-                .env
-                .iter()
-                .any(|(k, _)| k.is_empty() || k.contains('='))
-        {
-            return Err(refuse(ErrorCode::InvalidSpec, "argv and environment may not contain NUL bytes, and variable names may not be empty or contain '='"));
-        }
-        let enclave = self.resolve(&spec.enclave)?;
-        Self::authorize_owner(
-            peer,
-            enclave.owner_uid,
-            &format!("enclave {} ({})", enclave.id, enclave.name),
-        )?;
-        if enclave.state != EnclaveState::Running {
-            let hint = if enclave.state == EnclaveState::Crashed {
-                "; destroy it and create a new one"
-            } else {
-                ""
-            };
-            return Err(refuse(
-                ErrorCode::Conflict,
-                format!("enclave {} is {}{hint}", enclave.name, enclave.state),
-            ));
-        }
-        let link = self.live_link(enclave.id).ok_or_else(|| {
-            refuse(
-                ErrorCode::Unavailable,
-                format!(
-                    "enclave {}: control process not connected (yet)",
-                    enclave.name
-                ),
-            )
-        })?;
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string());
-
-        let rec = self.tx(|t| {
-            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
-            h.counters.next_app_id = h.counters.next_app_id.max(1);
-            let id = h.counters.next_app_id;
-            h.counters.next_app_id += 1;
-            h.counters.apps_launched += 1;
-            t.put_header(&h)?;
-            let dir = self.paths.app_dir(id);
-            let mut rec = AppRecord {
-                id,
-                name: name.clone(),
-                enclave: enclave.id,
-                owner_uid: peer.uid,
-                owner_gid: peer.gid,
-                argv: spec.argv.clone(),
-                cwd: spec.cwd.clone(),
-                state: AppState::Starting,
-                procs: vec![],
-                exit: None,
-                detail: None,
-                started_ms: now_ms(),
-                ended_ms: None,
-                stdout_log: dir.join("stdout").display().to_string(),
-                stderr_log: dir.join("stderr").display().to_string(),
-                rev: 0,
-            };
-            t.put_app(&mut rec)?;
-            Ok::<_, TxError>(rec)
-        })?;
-        let dir = self.paths.app_dir(rec.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
-        let _ = std::os::unix::fs::chown(&dir, Some(peer.uid), Some(peer.gid));
-
+        let program = check_launch_spec(spec)?;
+        let (enclave, link) = self.launchable(peer, spec)?;
+        let rec = self.record_app(peer, spec, &enclave, program)?;
         let sub = spec.stream.then(|| self.subscribe(rec.id, true));
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), DEFAULT_PATH.into()),
-            (ENV_ENCLAVE_ID.into(), enclave.id.to_string()),
-            (ENV_APP_ID.into(), rec.id.to_string()),
-            (ENV_SOCKET.into(), self.paths.socket().display().to_string()),
-            (ENV_NIS.into(), enclave.nis_dir.clone()),
-        ];
-        for (k, v) in &spec.env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.clone(), v.clone()));
-        }
+        let env = self.app_env(spec, &enclave, rec.id);
         let cmd = |seq| {
             ControlDown::Launch(Box::new(LaunchCommand {
                 seq,
@@ -367,6 +267,114 @@ impl Daemon {
                 Err(refuse(ErrorCode::Unavailable, e))
             }
         }
+    }
+
+    /// The enclave a launch names, if the peer may launch there
+    /// (`permission_denied`), it is running (`conflict`) and its control
+    /// process is connected (`unavailable`); with its link.
+    fn launchable(
+        &self,
+        peer: &PeerCred,
+        spec: &LaunchSpec,
+    ) -> Result<(EnclaveRecord, Arc<super::link::Link>), Refusal> {
+        let enclave = self.resolve(&spec.enclave)?;
+        Self::authorize_owner(
+            peer,
+            enclave.owner_uid,
+            &format!("enclave {} ({})", enclave.id, enclave.name),
+        )?;
+        if enclave.state != EnclaveState::Running {
+            let hint = if enclave.state == EnclaveState::Crashed {
+                "; destroy it and create a new one"
+            } else {
+                ""
+            };
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("enclave {} is {}{hint}", enclave.name, enclave.state),
+            ));
+        }
+        let link = self.live_link(enclave.id).ok_or_else(|| {
+            refuse(
+                ErrorCode::Unavailable,
+                format!(
+                    "enclave {}: control process not connected (yet)",
+                    enclave.name
+                ),
+            )
+        })?;
+        Ok((enclave, link))
+    }
+
+    /// Record a new app (state `starting`, named after `program` unless the
+    /// spec names it) and make its log directory, owned by the peer.
+    fn record_app(
+        &self,
+        peer: &PeerCred,
+        spec: &LaunchSpec,
+        enclave: &EnclaveRecord,
+        program: &str,
+    ) -> Result<AppRecord, Refusal> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| program.rsplit('/').next().unwrap_or(program).to_string());
+        let rec = self.tx(|t| {
+            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
+            h.counters.next_app_id = h.counters.next_app_id.max(1);
+            let id = h.counters.next_app_id;
+            h.counters.next_app_id += 1;
+            h.counters.apps_launched += 1;
+            t.put_header(&h)?;
+            let dir = self.paths.app_dir(id);
+            let mut rec = AppRecord {
+                id,
+                name: name.clone(),
+                enclave: enclave.id,
+                owner_uid: peer.uid,
+                owner_gid: peer.gid,
+                argv: spec.argv.clone(),
+                cwd: spec.cwd.clone(),
+                state: AppState::Starting,
+                procs: vec![],
+                exit: None,
+                detail: None,
+                started_ms: now_ms(),
+                ended_ms: None,
+                stdout_log: dir.join("stdout").display().to_string(),
+                stderr_log: dir.join("stderr").display().to_string(),
+                rev: 0,
+            };
+            t.put_app(&mut rec)?;
+            Ok::<_, TxError>(rec)
+        })?;
+        let dir = self.paths.app_dir(rec.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = std::os::unix::fs::chown(&dir, Some(peer.uid), Some(peer.gid));
+        Ok(rec)
+    }
+
+    /// An app's environment: a default `PATH` and the `HOBBES_*` variables,
+    /// then the spec's own (which win).
+    fn app_env(
+        &self,
+        spec: &LaunchSpec,
+        enclave: &EnclaveRecord,
+        app: AppId,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), DEFAULT_PATH.into()),
+            (ENV_ENCLAVE_ID.into(), enclave.id.to_string()),
+            (ENV_APP_ID.into(), app.to_string()),
+            (ENV_SOCKET.into(), self.paths.socket().display().to_string()),
+            (ENV_NIS.into(), enclave.nis_dir.clone()),
+        ];
+        for (k, v) in &spec.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
     }
 
     /// Record an app's start: its pid inside the enclave and on the host. Runs
@@ -565,4 +573,39 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Check a launch's size (`too_large`), argv and environment
+/// (`invalid_spec`); returns the program.
+fn check_launch_spec(spec: &LaunchSpec) -> Result<&str, Refusal> {
+    let size: usize = spec.argv.iter().map(|a| a.len()).sum::<usize>()
+        + spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > MAX_LAUNCH_BYTES {
+        return Err(refuse(
+            ErrorCode::TooLarge,
+            format!("argv and environment are {size} bytes; the limit is {MAX_LAUNCH_BYTES}"),
+        ));
+    }
+    let program = spec
+        .argv
+        .first()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| refuse(ErrorCode::InvalidSpec, "nothing to launch: argv is empty"))?;
+    if spec
+        .argv
+        .iter()
+        .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+        .any(|s| s.contains('\0'))
+        || spec
+            .env
+            .iter()
+            .any(|(k, _)| k.is_empty() || k.contains('='))
+    {
+        return Err(refuse(ErrorCode::InvalidSpec, "argv and environment may not contain NUL bytes, and variable names may not be empty or contain '='"));
+    }
+    Ok(program)
 }

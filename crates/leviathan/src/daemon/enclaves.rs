@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use hobbes_nis::{NisError, NisTxn};
 use hobbes_proto::model::{
-    BlockId, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, EnclaveState, ExitStatus, Ownership,
-    HOST_ENCLAVE,
+    BlockId, CoreId, EnclaveId, EnclaveRecord, EnclaveState, ExitStatus, Ownership, HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{EnclaveRef, ErrorCode};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
@@ -678,7 +677,7 @@ impl Daemon {
                 format!("enclave {} is {}, not running", rec.name, rec.state),
             ));
         }
-        if rec.kind == EnclaveKind::Host {
+        if rec.id == HOST_ENCLAVE {
             return Err(refuse(
                 ErrorCode::InvalidSpec,
                 "the host enclave is configured at daemon start",

@@ -291,114 +291,25 @@ impl Daemon {
         let Ok(peer) = sys::peer_cred(&stream) else {
             return;
         };
-        let (enclave, apps, credential) = match read_frame::<_, ControlUp>(&mut stream) {
-            Ok(ControlUp::Attach {
-                enclave,
-                apps,
-                credential,
-            }) => (enclave, apps, credential),
-            Ok(other) => {
-                tracing::warn!(pid = peer.pid, msg = ?other, "control connection did not start with attach");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(pid = peer.pid, error = %e, "bad frame on control socket");
-                return;
-            }
-        };
-        let rec = match self.nis.reader().enclave(enclave) {
-            Ok(Some(r)) => r,
-            _ => {
-                tracing::warn!(
-                    enclave,
-                    pid = peer.pid,
-                    "attach for unknown enclave refused"
-                );
-                return;
-            }
-        };
-        if let Err(why) = self.admit_link(&rec, &credential, peer.pid) {
-            tracing::warn!(enclave, pid = peer.pid, state = %rec.state, "attach refused: {why}");
-            return;
-        }
-        let Ok(writer) = stream.try_clone() else {
+        let Some((enclave, apps)) = self.admit(&mut stream, peer.pid) else {
             return;
         };
-        let link = Arc::new(Link {
-            enclave,
-            writer: Mutex::new(writer),
-            pending: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(0),
-            last_heartbeat: Mutex::new(Instant::now()),
-            closed: AtomicBool::new(false),
-        });
-        if link
-            .send(&ControlDown::Welcome {
-                heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
-            })
-            .is_err()
-        {
+        let Some(link) = self.open_link(&stream, enclave, &apps) else {
             return;
-        }
-        self.reconcile_reported_apps(enclave, &apps);
-        if let Err(e) = self.nis.update(|t| -> Result<(), hobbes_nis::NisError> {
-            if let Some(mut r) = t.enclave(enclave)? {
-                r.state = EnclaveState::Running;
-                r.last_heartbeat_ms = now_ms();
-                t.put_enclave(&mut r)?;
-            }
-            Ok(())
-        }) {
-            tracing::error!(enclave, error = %e, "cannot record attach");
-            return;
-        }
-        self.links.attach(enclave, link.clone());
+        };
         tracing::info!(
             enclave,
             pid = peer.pid,
             apps = apps.len(),
             "control process attached"
         );
-
         loop {
-            let msg: ControlUp = match read_frame(&mut stream) {
-                Ok(m) => m,
+            match read_frame(&mut stream) {
+                Ok(msg) => self.handle_control_message(&link, msg),
                 Err(e @ FrameError::Malformed(_)) => {
                     tracing::warn!(enclave, error = %e, "bad message from control process");
-                    continue;
                 }
                 Err(_) => break,
-            };
-            match msg {
-                ControlUp::Heartbeat { .. } => {
-                    *link
-                        .last_heartbeat
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                }
-                ControlUp::Started {
-                    seq,
-                    app,
-                    local_pid,
-                } => {
-                    self.app_started(enclave, app, local_pid);
-                    link.answer(seq, msg)
-                }
-                ControlUp::LaunchFailed { seq, .. }
-                | ControlUp::Pong { seq }
-                | ControlUp::Done { seq, .. } => link.answer(seq, msg),
-                ControlUp::Exited { app, status, .. } => {
-                    self.app_ended(app, Some(status), None);
-                    let _ = link.send(&ControlDown::Forget { app });
-                }
-                ControlUp::Output {
-                    app,
-                    stream: s,
-                    data,
-                } => self.app_output(app, s, data),
-                ControlUp::Attach { .. } => {
-                    tracing::warn!(enclave, "second attach on one link ignored")
-                }
             }
         }
         // The link is gone. If it is still the current one, the control process died.
@@ -409,6 +320,109 @@ impl Daemon {
                 enclave,
                 "control process connection lost (the control process died)",
             );
+        }
+    }
+
+    /// The handshake: the first frame must be an `attach` for a known
+    /// enclave with its credential. Returns the enclave and the apps the
+    /// control process reports; `None` (logged) hangs up.
+    fn admit(&self, stream: &mut UnixStream, pid: u32) -> Option<(EnclaveId, Vec<AppReport>)> {
+        let (enclave, apps, credential) = match read_frame::<_, ControlUp>(stream) {
+            Ok(ControlUp::Attach {
+                enclave,
+                apps,
+                credential,
+            }) => (enclave, apps, credential),
+            Ok(other) => {
+                tracing::warn!(pid, msg = ?other, "control connection did not start with attach");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "bad frame on control socket");
+                return None;
+            }
+        };
+        let Ok(Some(rec)) = self.nis.reader().enclave(enclave) else {
+            tracing::warn!(enclave, pid, "attach for unknown enclave refused");
+            return None;
+        };
+        if let Err(why) = self.admit_link(&rec, &credential, pid) {
+            tracing::warn!(enclave, pid, state = %rec.state, "attach refused: {why}");
+            return None;
+        }
+        Some((enclave, apps))
+    }
+
+    /// Welcome an admitted control process, reconcile the apps it reports,
+    /// mark its enclave running and make the link the enclave's current one.
+    fn open_link(
+        &self,
+        stream: &UnixStream,
+        enclave: EnclaveId,
+        apps: &[AppReport],
+    ) -> Option<Arc<Link>> {
+        let writer = stream.try_clone().ok()?;
+        let link = Arc::new(Link {
+            enclave,
+            writer: Mutex::new(writer),
+            pending: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            last_heartbeat: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        });
+        link.send(&ControlDown::Welcome {
+            heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+        })
+        .ok()?;
+        self.reconcile_reported_apps(enclave, apps);
+        if let Err(e) = self.nis.update(|t| -> Result<(), hobbes_nis::NisError> {
+            if let Some(mut r) = t.enclave(enclave)? {
+                r.state = EnclaveState::Running;
+                r.last_heartbeat_ms = now_ms();
+                t.put_enclave(&mut r)?;
+            }
+            Ok(())
+        }) {
+            tracing::error!(enclave, error = %e, "cannot record attach");
+            return None;
+        }
+        self.links.attach(enclave, link.clone());
+        Some(link)
+    }
+
+    /// One message from an enclave's control process.
+    fn handle_control_message(&self, link: &Link, msg: ControlUp) {
+        let enclave = link.enclave;
+        match msg {
+            ControlUp::Heartbeat { .. } => {
+                *link
+                    .last_heartbeat
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            }
+            ControlUp::Started {
+                seq,
+                app,
+                local_pid,
+            } => {
+                self.app_started(enclave, app, local_pid);
+                link.answer(seq, msg)
+            }
+            ControlUp::LaunchFailed { seq, .. }
+            | ControlUp::Pong { seq }
+            | ControlUp::Done { seq, .. } => link.answer(seq, msg),
+            ControlUp::Exited { app, status, .. } => {
+                self.app_ended(app, Some(status), None);
+                let _ = link.send(&ControlDown::Forget { app });
+            }
+            ControlUp::Output {
+                app,
+                stream: s,
+                data,
+            } => self.app_output(app, s, data),
+            ControlUp::Attach { .. } => {
+                tracing::warn!(enclave, "second attach on one link ignored")
+            }
         }
     }
 

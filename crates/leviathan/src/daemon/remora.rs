@@ -594,32 +594,7 @@ impl Daemon {
         events: Events,
     ) -> Result<(), FrameError> {
         let job = record.id;
-        // One forwarder per rank turns its app events into job events, next
-        // to the PMI server's (abort, protocol errors).
-        let Events {
-            tx: fwd_tx,
-            rx: fwd_rx,
-        } = events;
-        for (rank, sub) in subs.into_iter().enumerate() {
-            let fwd_tx = fwd_tx.clone();
-            std::thread::spawn(move || {
-                while let Ok(event) = sub.rx.recv() {
-                    sub.consumed(&event);
-                    let end = matches!(event, AppEvent::Ended(_));
-                    if fwd_tx
-                        .send(JobEvent::Output {
-                            rank: rank as u32,
-                            event,
-                        })
-                        .is_err()
-                        || end
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(fwd_tx);
+        let fwd_rx = forward_rank_events(subs, events);
         let _ = write_frame(stream, &Response::Job(Box::new(record.clone())));
         let names: HashMap<u32, String> = record
             .apps
@@ -665,21 +640,8 @@ impl Daemon {
                     let ok = app.exit == Some(ExitStatus::Code(0));
                     if !ok && record.failure.is_none() {
                         let code = app.exit.map(ExitStatus::shell_code).unwrap_or(1);
-                        let what = match app.exit {
-                            Some(ExitStatus::Signal(s)) => format!(
-                                "rank {rank} ({}) was killed by signal {s}",
-                                names.get(&rank).map(String::as_str).unwrap_or("?")
-                            ),
-                            Some(ExitStatus::Code(c)) => format!(
-                                "rank {rank} ({}) exited with code {c}",
-                                names.get(&rank).map(String::as_str).unwrap_or("?")
-                            ),
-                            None => format!(
-                                "rank {rank} was lost: {}",
-                                app.detail.clone().unwrap_or_default()
-                            ),
-                        };
-                        self.fail_job(&mut record, &what, code);
+                        let name = names.get(&rank).map(String::as_str).unwrap_or("?");
+                        self.fail_job(&mut record, &rank_failure(rank, name, &app), code);
                     }
                     ended[rank as usize] = Some(*app);
                 }
@@ -799,5 +761,37 @@ impl Daemon {
     /// Serve `list_jobs`: every Remora job record in the NIS, running or ended.
     pub fn list_jobs(&self) -> Result<Vec<JobRecord>, Refusal> {
         self.nis.reader().jobs().map_err(internal)
+    }
+}
+
+/// One forwarder thread per rank turns its app events into job events, next
+/// to the PMI server's (abort, protocol errors); the receiver of them all.
+fn forward_rank_events(subs: Vec<Subscription>, events: Events) -> mpsc::Receiver<JobEvent> {
+    let Events { tx, rx } = events;
+    for (rank, sub) in subs.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            while let Ok(event) = sub.rx.recv() {
+                sub.consumed(&event);
+                let end = matches!(event, AppEvent::Ended(_));
+                let rank = rank as u32;
+                if tx.send(JobEvent::Output { rank, event }).is_err() || end {
+                    return;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// What a rank's unsuccessful end says about the job.
+fn rank_failure(rank: u32, name: &str, app: &AppRecord) -> String {
+    match app.exit {
+        Some(ExitStatus::Signal(s)) => format!("rank {rank} ({name}) was killed by signal {s}"),
+        Some(ExitStatus::Code(c)) => format!("rank {rank} ({name}) exited with code {c}"),
+        None => format!(
+            "rank {rank} was lost: {}",
+            app.detail.clone().unwrap_or_default()
+        ),
     }
 }
