@@ -66,33 +66,16 @@ impl CgroupManager for V2 {
     }
 
     fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
-        let _ = write(
-            &self.parent.join("cgroup.subtree_control"),
-            "+cpuset +memory",
-        );
-        for dir in [&self.exclusive, &self.shared] {
-            self.ops.mkdir(dir)?;
-            let _ = write(&dir.join("cgroup.subtree_control"), "+cpuset +memory");
+        let mut made = Vec::new();
+        let result = self.make_parents(all_cores, host_cores, mems, &mut made);
+        if result.is_err() {
+            // Leave the node as it was: remove the parents this call made
+            // (and only those), innermost last made first.
+            for dir in made.iter().rev() {
+                let _ = self.ops.rmdir(dir);
+            }
         }
-        let managed: Vec<CoreId> = all_cores
-            .iter()
-            .copied()
-            .filter(|c| !host_cores.contains(c))
-            .collect();
-        write(
-            &self.shared.join("cpuset.cpus"),
-            &format_cpu_list(host_cores),
-        )?;
-        if !managed.is_empty() {
-            write(
-                &self.exclusive.join("cpuset.cpus"),
-                &format_cpu_list(&managed),
-            )?;
-            write(&self.exclusive.join("cpuset.mems"), mems)?;
-            // A partition root takes its cores away from every other cgroup.
-            write(&self.exclusive.join("cpuset.cpus.partition"), "root")?;
-        }
-        Ok(0)
+        result
     }
 
     fn teardown(&self) -> Result<()> {
@@ -117,6 +100,48 @@ impl CgroupManager for V2 {
             }
         }
         out
+    }
+}
+
+impl V2 {
+    /// `hobbes` (a partition root owning the managed cores) and
+    /// `hobbes-shared` (the host's cores), with cpuset and memory enabled
+    /// for their children. The directories it makes are pushed to `made`.
+    fn make_parents(
+        &self,
+        all_cores: &[CoreId],
+        host_cores: &[CoreId],
+        mems: &str,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<usize> {
+        let _ = write(
+            &self.parent.join("cgroup.subtree_control"),
+            "+cpuset +memory",
+        );
+        for dir in [&self.exclusive, &self.shared] {
+            self.ops.mkdir(dir)?;
+            made.push(dir.clone());
+            let _ = write(&dir.join("cgroup.subtree_control"), "+cpuset +memory");
+        }
+        let managed: Vec<CoreId> = all_cores
+            .iter()
+            .copied()
+            .filter(|c| !host_cores.contains(c))
+            .collect();
+        write(
+            &self.shared.join("cpuset.cpus"),
+            &format_cpu_list(host_cores),
+        )?;
+        if !managed.is_empty() {
+            write(
+                &self.exclusive.join("cpuset.cpus"),
+                &format_cpu_list(&managed),
+            )?;
+            write(&self.exclusive.join("cpuset.mems"), mems)?;
+            // A partition root takes its cores away from every other cgroup.
+            write(&self.exclusive.join("cpuset.cpus.partition"), "root")?;
+        }
+        Ok(0)
     }
 }
 
