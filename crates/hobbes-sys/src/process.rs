@@ -130,15 +130,25 @@ pub fn same_process_alive(pid: u32, start_time: Option<u64>) -> bool {
     }
 }
 
-/// Direct children of `pid` (needs CONFIG_PROC_CHILDREN, present in distro kernels).
+/// Direct children of `pid`, forked by any of its threads (each thread's
+/// own list in `/proc/PID/task/TID/children`; needs CONFIG_PROC_CHILDREN,
+/// present in distro kernels).
 pub fn children_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|s| {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
             s.split_whitespace()
                 .filter_map(|p| p.parse().ok())
-                .collect()
+                .collect::<Vec<u32>>()
         })
-        .unwrap_or_default()
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
 }
 
 /// Pin the calling thread (and what it execs) to `cores`.
@@ -189,6 +199,22 @@ pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_forked_by_any_thread_are_found() {
+        let mut child = std::thread::spawn(|| {
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        let found = children_of(std::process::id()).contains(&child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "a child forked by another thread is a child");
+    }
 
     #[test]
     fn status_lines_parse() {
