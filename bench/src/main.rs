@@ -18,6 +18,13 @@ mod remora;
 mod xasm;
 mod xemem;
 
+const USAGE: &str = "\
+usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm | insitu [--out DIR] [--reps N] [--sizes A,B,..]]
+
+Each bench runs Hobbes and its floor (the peer named in the issue) in the same run and
+prints medians and the ratio. All but insitu need root (they start a privileged
+leviathan in a temporary state directory); bench/README.md explains every row.";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -46,8 +53,12 @@ fn main() -> Result<()> {
             // Starts its own (unprivileged) daemon once the one above is gone.
             insitu::main(&[])
         }
+        Some("-h") | Some("--help") | Some("help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, insitu or all")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, insitu or all (--help says more)")
         }
     }
 }
