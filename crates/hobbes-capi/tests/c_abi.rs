@@ -291,6 +291,7 @@ fn header() -> NisHeader {
         heartbeat_interval_ms: 1000,
         heartbeat_timeout_ms: 3000,
         counters: Counters::default(),
+        segment_files: Default::default(),
     }
 }
 

@@ -839,6 +839,7 @@ mod tests {
             heartbeat_interval_ms: 100,
             heartbeat_timeout_ms: 300,
             counters: Counters::default(),
+            segment_files: Default::default(),
         }
     }
 

@@ -839,6 +839,25 @@ pub struct NisHeader {
     pub heartbeat_timeout_ms: u64,
     /// Id allocators and statistics.
     pub counters: Counters,
+    /// Where XEMEM segments and XASM versions get their memory.
+    #[serde(default)]
+    pub segment_files: SegmentFiles,
+}
+
+/// Where XEMEM segments and XASM versions get their memory on this node
+/// (docs/xemem.md, "Huge pages"), as `hobbes status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentFiles {
+    /// The daemon's huge-page tmpfs (`huge=within_size`): memory of 2 MiB
+    /// and more is made there, as unnamed files (`O_TMPFILE`), and gets
+    /// transparent huge pages whatever the node's shmem policy. `None`:
+    /// memfds (base pages unless the node enables shmem THP or reserves
+    /// hugetlb pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Why there is no such mount, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// Monotonic counters (ids are never reused).

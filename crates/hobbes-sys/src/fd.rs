@@ -1,5 +1,5 @@
-//! Descriptors: close-on-exec, memfd detection, and taking a descriptor
-//! out of another process (`pidfd_getfd`).
+//! Descriptors: close-on-exec, memfd and shared-memory-file detection, and
+//! taking a descriptor out of another process (`pidfd_getfd`).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -17,6 +17,28 @@ pub fn clear_cloexec(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// `F_GET_SEALS`.
 pub fn is_memfd(fd: BorrowedFd<'_>) -> bool {
     crate::file::seals(fd).is_ok()
+}
+
+/// `statfs` magic of tmpfs (and of the kernel's internal shmem mount).
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `statfs` magic of hugetlbfs.
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Is `fd` memory that can be shared by descriptor: a memfd, or a regular
+/// file on tmpfs or hugetlbfs (a file a daemon's huge-page tmpfs made with
+/// `O_TMPFILE`, say)? Files on disk, pipes and sockets are not.
+pub fn is_shared_memory_file(fd: BorrowedFd<'_>) -> bool {
+    if is_memfd(fd) {
+        return true;
+    }
+    let regular = rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    });
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let on_shmem = rustix::fs::fstatfs(fd)
+        .is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | HUGETLBFS_MAGIC));
+    regular && on_shmem
 }
 
 /// `pidfd_getfd(2)`: a duplicate (close-on-exec) of descriptor
@@ -37,6 +59,7 @@ mod tests {
     use super::*;
     use crate::file::{memfd_create, MemfdFlags};
     use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn memfds_are_told_apart() {
@@ -44,6 +67,25 @@ mod tests {
         assert!(is_memfd(fd.as_fd()));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert!(!is_memfd(file.as_fd()));
+    }
+
+    #[test]
+    fn shared_memory_files_are_told_apart() {
+        let fd = memfd_create(c"hobbes-sys-shm", MemfdFlags::empty()).unwrap();
+        assert!(is_shared_memory_file(fd.as_fd()));
+        let disk = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(!is_shared_memory_file(disk.as_fd()));
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(!is_shared_memory_file(r.as_fd()));
+        // /dev/shm is a tmpfs on every distribution we run on.
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open("/dev/shm")
+        {
+            assert!(is_shared_memory_file(f.as_fd()));
+        }
     }
 
     #[test]

@@ -61,8 +61,10 @@ pub fn thp_size() -> usize {
 }
 
 /// The kinds to try for `len` bytes, best first, with each one's page size.
-/// Base pages always come last.
-pub fn candidates(len: usize, base_page: usize) -> Vec<(PageKind, usize)> {
+/// Transparent huge pages when the node's shmem policy gives them to memfds
+/// or when the daemon has its huge-page tmpfs (`huge_tmpfs`). Base pages
+/// always come last.
+pub fn candidates(len: usize, base_page: usize, huge_tmpfs: bool) -> Vec<(PageKind, usize)> {
     let mut out = Vec::new();
     if let Some(h) = hugetlb().filter(|h| h.page_size > 0) {
         let need = len.div_ceil(h.page_size) as u64;
@@ -70,7 +72,9 @@ pub fn candidates(len: usize, base_page: usize) -> Vec<(PageKind, usize)> {
             out.push((PageKind::Hugetlb, h.page_size));
         }
     }
-    if std::fs::read_to_string(SHMEM_ENABLED).is_ok_and(|s| shmem_thp_enabled(&s)) {
+    if (huge_tmpfs && len >= thp_size())
+        || std::fs::read_to_string(SHMEM_ENABLED).is_ok_and(|s| shmem_thp_enabled(&s))
+    {
         out.push((PageKind::Thp, thp_size()));
     }
     out.push((PageKind::Base, base_page));
@@ -128,8 +132,15 @@ mod tests {
     }
 
     #[test]
+    fn the_daemons_tmpfs_offers_transparent_huge_pages_for_big_memory() {
+        let c = candidates(4 << 20, 4096, true);
+        assert!(c.iter().any(|(k, _)| *k == PageKind::Thp), "{c:?}");
+        assert_eq!(c.last(), Some(&(PageKind::Base, 4096)));
+    }
+
+    #[test]
     fn base_pages_always_last() {
-        let c = candidates(4096, 4096);
+        let c = candidates(4096, 4096, false);
         assert_eq!(c.last(), Some(&(PageKind::Base, 4096)));
     }
 }

@@ -34,6 +34,7 @@
 pub mod cabi;
 pub mod composite;
 mod error;
+mod files;
 mod hugepages;
 mod maps;
 mod state;
@@ -239,10 +240,11 @@ unsafe fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedF
     // SAFETY: passed on from our caller.
     let backing = unsafe { convert_in_place(addr, len, &pieces) }?;
     let fd = backing.memfd.try_clone().map_err(io_err(MAKE))?;
+    let page_kind = backing.page_kind;
     st.backings
         .retain(|b| b.addr >= end || addr >= b.addr + b.len);
     st.backings.push(backing);
-    Ok((fd, PageKind::Base))
+    Ok((fd, page_kind))
 }
 
 /// Copy the range into a new memfd and map that over the range.
@@ -251,8 +253,8 @@ unsafe fn backing_for(st: &mut State, addr: usize, len: usize) -> Result<(OwnedF
 ///
 /// As for [`make`]; `pieces` cover the range as `/proc/self/maps` shows it.
 unsafe fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> Result<Backing> {
-    let memfd = hobbes_sys::memfd_create(c"xemem", MemfdFlags::empty())
-        .map_err(XememError::sys(MAKE, "memfd_create"))?;
+    let (memfd, page_kind) =
+        files::new_file(c"xemem", len).map_err(XememError::sys(MAKE, "memfd_create"))?;
     hobbes_sys::ftruncate(memfd.as_fd(), len as u64).map_err(XememError::sys(MAKE, "ftruncate"))?;
     let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(MAKE, "fstat"))?;
     let mut tmp = Mapping::shared(memfd.as_fd(), len, 0, Prot::ReadWrite)
@@ -274,7 +276,7 @@ unsafe fn convert_in_place(addr: usize, len: usize, pieces: &[maps::Piece]) -> R
         len,
         memfd,
         inode,
-        page_kind: PageKind::Base,
+        page_kind,
     })
 }
 
@@ -500,7 +502,8 @@ pub fn alloc(len: usize, opts: &MakeOptions) -> Result<Segment> {
         return Err(XememError::invalid(OP, "length is zero"));
     }
     let mut last = None;
-    for (kind, unit) in hugepages::candidates(len, hobbes_sys::page_size()) {
+    let huge_tmpfs = files::huge_dir().is_some();
+    for (kind, unit) in hugepages::candidates(len, hobbes_sys::page_size(), huge_tmpfs) {
         match map_new(kind, unit, len) {
             Ok(backing) => {
                 let (addr, size) = (backing.addr, backing.len);
@@ -527,12 +530,14 @@ fn map_new(kind: PageKind, unit: usize, len: usize) -> Result<Backing> {
     const OP: &str = "xemem_alloc";
     let size = hugepages::round_up(len, unit)
         .ok_or_else(|| XememError::invalid(OP, format!("length {len} is too large")))?;
-    let flags = match kind {
-        PageKind::Hugetlb => MemfdFlags::HUGETLB,
-        _ => MemfdFlags::empty(),
-    };
-    let memfd =
-        hobbes_sys::memfd_create(c"xemem", flags).map_err(XememError::sys(OP, "memfd_create"))?;
+    let memfd = match kind {
+        PageKind::Hugetlb => hobbes_sys::memfd_create(c"xemem", MemfdFlags::HUGETLB),
+        // The daemon's huge-page tmpfs where there is one, else a memfd
+        // (the node's shmem policy gives it huge pages).
+        PageKind::Thp => files::new_file(c"xemem", size).map(|(fd, _)| fd),
+        PageKind::Base => hobbes_sys::memfd_create(c"xemem", MemfdFlags::empty()),
+    }
+    .map_err(XememError::sys(OP, "memfd_create"))?;
     hobbes_sys::ftruncate(memfd.as_fd(), size as u64).map_err(XememError::sys(OP, "ftruncate"))?;
     let inode = hobbes_sys::inode(memfd.as_fd()).map_err(XememError::sys(OP, "fstat"))?;
     let addr = if kind == PageKind::Base {
@@ -873,7 +878,7 @@ pub fn lookup(name: &str) -> Result<Option<SegId>> {
 
 /// The NIS, opened once per process: a read is then one LMDB read
 /// transaction.
-fn nis(op: &'static str) -> Result<&'static hobbes_client::NisReader> {
+pub(crate) fn nis(op: &'static str) -> Result<&'static hobbes_client::NisReader> {
     static NIS: std::sync::OnceLock<hobbes_client::NisReader> = std::sync::OnceLock::new();
     match NIS.get() {
         Some(nis) => Ok(nis),

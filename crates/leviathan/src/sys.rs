@@ -5,7 +5,7 @@
 //! enclave.
 
 pub use hobbes_sys::creds::{geteuid, peer_cred, peer_hung_up, with_fs_identity, PeerCred};
-pub use hobbes_sys::fd::{clear_cloexec, is_memfd, pidfd_getfd};
+pub use hobbes_sys::fd::{clear_cloexec, is_shared_memory_file, pidfd_getfd};
 pub use hobbes_sys::process::{
     affinity, children_of, groups_of, kill, kill_group, new_session, ns_pids, parent_of,
     pidfd_open, proc_start_time, reset_oom_score_adj, same_process_alive, set_affinity,

@@ -203,6 +203,86 @@ fn a_range_of_a_larger_file_is_a_segment() {
     assert!(out.contains("CHECK OK"), "{out}");
 }
 
+/// Segments of 2 MiB and more get transparent huge pages from the daemon's
+/// own tmpfs (`huge=within_size`), whatever the node's shmem policy says,
+/// and attach across enclaves as before; the mount goes with the daemon.
+/// An unprivileged daemon, which cannot mount, says it falls back to memfds.
+#[test]
+fn big_segments_get_huge_pages_from_the_daemons_tmpfs() {
+    let t = "big_segments_get_huge_pages_from_the_daemons_tmpfs";
+    let Some((mut d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    let dir = c.status().unwrap().header.segment_files.dir;
+    let dir = dir.expect("a privileged daemon mounts its huge-page tmpfs");
+    assert_eq!(dir, d.state_dir().join("shm").display().to_string());
+    let mounted = |dir: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(dir) && l.contains(" - tmpfs "))
+    };
+    assert!(mounted(&dir));
+    let size = (4u64 << 20).to_string();
+    let owner = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "big",
+            "--size",
+            &size,
+            "--fill",
+            "7",
+            "--alloc",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    wait_segment(&nis, "big");
+    let seg = nis.segment_by_name("big").unwrap().unwrap();
+    assert_eq!(seg.page_kind.to_string(), "thp", "{seg:?}");
+    // The owner's memory is a file of the tmpfs, mapped with huge pages.
+    let pid = owner.procs[0].global;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(maps.contains(&format!("{dir}/")), "{maps}");
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let pmd_kb: u64 = rollup
+        .lines()
+        .find(|l| l.starts_with("ShmemPmdMapped:") || l.starts_with("FilePmdMapped:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(pmd_kb >= 2048, "huge pages mapped: {rollup}");
+    // Attached from the other enclave, every byte as written.
+    let (a, out, err) = run(
+        &mut c,
+        "ana",
+        &[&probe, "attach", "--name", "big", "--ro", "--expect", "7"],
+    );
+    assert_eq!(a.exit, Some(ExitStatus::Code(0)), "{out}{err}");
+    c.kill_app(owner.id, 9).unwrap();
+    c.wait_app(owner.id).unwrap();
+    assert_eq!(d.stop(), Some(0));
+    assert!(!mounted(&dir), "the mount goes with the daemon");
+    drop((c, d));
+
+    let mut unprivileged = Daemon::start(&["--unprivileged"]);
+    let files = unprivileged.client().status().unwrap().header.segment_files;
+    assert_eq!(files.dir, None);
+    assert!(
+        files
+            .fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("unprivileged")),
+        "{files:?}"
+    );
+    assert_eq!(unprivileged.stop(), Some(0));
+}
+
 #[test]
 fn read_only_attachments_fault_on_write_and_permissions_are_checked() {
     let t = "read_only_attachments_fault_on_write_and_permissions_are_checked";

@@ -49,6 +49,13 @@ pub fn status(ctx: &Ctx, client: &mut Client) -> Result<i32> {
         human::bytes(st.mem_free),
         human::bytes(st.mem_allocated)
     );
+    match (&h.segment_files.dir, &h.segment_files.fallback) {
+        (Some(dir), _) => println!(
+            "segments    huge pages: XEMEM memory of 2 MiB and more is made in the tmpfs {dir} (huge=within_size)"
+        ),
+        (None, Some(why)) => println!("segments    {why}: 4 KiB pages unless the node enables shmem THP"),
+        (None, None) => println!("segments    memfds (a leviathan from before huge-page segments)"),
+    }
     println!(
         "heartbeat   every {} ms, timeout {} ms",
         h.heartbeat_interval_ms, h.heartbeat_timeout_ms

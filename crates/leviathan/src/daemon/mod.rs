@@ -27,6 +27,7 @@ mod enclaves;
 mod link;
 mod locks;
 pub mod remora;
+mod segment_mount;
 mod server;
 mod startup;
 mod xemem;

@@ -11,7 +11,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use hobbes_nis::{NisError, NisWriter};
 use hobbes_proto::model::{
-    CgroupMode, CoreId, Counters, EnclaveState, NisHeader, Ownership, SCHEMA_VERSION,
+    CgroupMode, CoreId, Counters, EnclaveState, NisHeader, Ownership, SegmentFiles, SCHEMA_VERSION,
 };
 
 use super::link::reap_children;
@@ -66,7 +66,8 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     for note in &recovered {
         tracing::warn!("recovered at start: {note}");
     }
-    let header = node_header(&cfg, &paths, privileged, &nis, &kinds);
+    let mut header = node_header(&cfg, &paths, privileged, &nis, &kinds);
+    header.segment_files = segment_files(&paths, privileged);
     record_inventory(&cfg, privileged, &nis, &header)?;
     super::remora::init_topology(&paths.root);
     let node = node_setup(&nis)?;
@@ -102,10 +103,39 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     let sig = signals.wait().unwrap_or(Signal::SIGTERM);
     tracing::info!(signal = ?sig, "shutting down");
     daemon.shutdown();
+    if privileged {
+        super::segment_mount::unmount(&paths.root);
+    }
     if let Some(previous) = thp_restore {
         set_shmem_thp(&previous);
     }
     Ok(())
+}
+
+/// Where segment memory is made: the daemon's huge-page tmpfs when it can
+/// mount one, else memfds, with the reason (`hobbes status` says it).
+fn segment_files(paths: &StatePaths, privileged: bool) -> SegmentFiles {
+    if !privileged {
+        return SegmentFiles {
+            dir: None,
+            fallback: Some(
+                "memfds: an unprivileged daemon cannot mount its huge-page tmpfs".into(),
+            ),
+        };
+    }
+    match super::segment_mount::mount(&paths.root) {
+        Ok(dir) => SegmentFiles {
+            dir: Some(dir.display().to_string()),
+            fallback: None,
+        },
+        Err(why) => {
+            tracing::warn!("segment memory falls back to memfds: {why}");
+            SegmentFiles {
+                dir: None,
+                fallback: Some(format!("memfds: {why}")),
+            }
+        }
+    }
 }
 
 /// Create the state directory (mode 0755: clients must reach the socket).
@@ -168,6 +198,7 @@ fn node_header(
         heartbeat_interval_ms: cfg.heartbeat_interval_ms,
         heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
         counters,
+        segment_files: Default::default(),
     };
     for kind in kinds.iter() {
         kind.describe_node(&mut header);
@@ -545,6 +576,12 @@ pub fn cleanup_with(
         if NodeRecord::read().is_some_and(|r| r.state_dir == paths.root || orphans) {
             let _ = std::fs::remove_file(super::locks::NODE_RECORD);
         }
+    }
+    if privileged && super::segment_mount::unmount(&paths.root) {
+        println!(
+            "unmounted the segment tmpfs {}",
+            super::segment_mount::dir(&paths.root).display()
+        );
     }
     if !keep_state {
         remove_tree(state_dir);

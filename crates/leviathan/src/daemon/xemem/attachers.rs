@@ -1,7 +1,9 @@
 //! Who has a segment attached, read from the kernel's own tables: the
-//! mappings in `/proc/PID/maps` of each segment's memfd range, and for a
+//! mappings in `/proc/PID/maps` of each segment's file range, and for a
 //! composite segment (whose versions share one pool) the shared flocks its
-//! holders take on their copy of its table (`/proc/locks`).
+//! holders take on their copy of its table (`/proc/locks`). Files are named
+//! by device and inode, as both tables name them: a memfd and a file in the
+//! daemon's tmpfs (or any other file system) may share an inode number.
 
 use std::collections::HashMap;
 
@@ -11,14 +13,17 @@ use hobbes_proto::model::{SegId, SegmentRecord};
 /// holds) each has, the owner left out.
 pub type Attachers = HashMap<SegId, Vec<(u32, u32)>>;
 
-/// Scan every process of the node for the attachers of `segments`.
-pub fn scan(segments: &[SegmentRecord]) -> Attachers {
+/// Scan every process of the node for the attachers of `segments`, whose
+/// files are on the devices `devices` gives (by segid; a segment the name
+/// server holds no memory for is matched by inode alone).
+pub fn scan(segments: &[SegmentRecord], devices: &HashMap<SegId, u64>) -> Attachers {
+    let dev = |s: &SegmentRecord| devices.get(&s.segid).map(|&d| split_dev(d));
     let mut found = Attachers::new();
     let plain: Vec<&SegmentRecord> = segments.iter().filter(|s| s.composite.is_none()).collect();
     if !plain.is_empty() {
         for (pid, maps) in every_process_maps() {
-            for m in memfd_mappings(&maps) {
-                for s in plain.iter().filter(|s| maps_segment(&m, s)) {
+            for m in file_mappings(&maps) {
+                for s in plain.iter().filter(|s| maps_segment(&m, s, dev(s))) {
                     add(&mut found, s, pid);
                 }
             }
@@ -28,8 +33,11 @@ pub fn scan(segments: &[SegmentRecord]) -> Attachers {
         segments.iter().filter(|s| s.composite.is_some()).collect();
     if !composites.is_empty() {
         let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-        for (pid, inode) in shared_flocks(&locks) {
-            for s in composites.iter().filter(|s| s.backing_inode == inode) {
+        for (pid, device, inode) in shared_flocks(&locks) {
+            let held = |s: &&&SegmentRecord| {
+                s.backing_inode == inode && dev(s).is_none_or(|d| d == device)
+            };
+            for s in composites.iter().filter(held) {
                 add(&mut found, s, pid);
             }
         }
@@ -61,54 +69,72 @@ fn every_process_maps() -> impl Iterator<Item = (u32, String)> {
         })
 }
 
-/// One mapping of a memfd: its inode and the file range it maps.
+/// `(major, minor)` of a `st_dev`, as the kernel's tables print it.
+fn split_dev(dev: u64) -> (u64, u64) {
+    (u64::from(libc::major(dev)), u64::from(libc::minor(dev)))
+}
+
+/// `(major, minor)` from `maj:min` in hex, as in `/proc/PID/maps`.
+fn parse_dev(text: &str) -> Option<(u64, u64)> {
+    let (major, minor) = text.split_once(':')?;
+    Some((
+        u64::from_str_radix(major, 16).ok()?,
+        u64::from_str_radix(minor, 16).ok()?,
+    ))
+}
+
+/// One mapping of a file: its device, inode and the file range it maps.
 #[derive(Debug, PartialEq, Eq)]
 struct FileMapping {
+    dev: (u64, u64),
     inode: u64,
     offset: u64,
     len: u64,
 }
 
-/// The memfd mappings of one `/proc/PID/maps`, whose lines read
-/// `7f..-7f.. rw-s 00002000 00:01 5678   /memfd:xemem (deleted)`.
-fn memfd_mappings(maps: &str) -> impl Iterator<Item = FileMapping> + '_ {
-    maps.lines()
-        .filter(|l| l.contains("memfd:"))
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (start, end) = f.next()?.split_once('-')?;
-            let start = u64::from_str_radix(start, 16).ok()?;
-            let end = u64::from_str_radix(end, 16).ok()?;
-            let offset = u64::from_str_radix(f.nth(1)?, 16).ok()?;
-            let inode = f.nth(1)?.parse().ok()?;
-            Some(FileMapping {
-                inode,
-                offset,
-                len: end.checked_sub(start)?,
-            })
+/// The file mappings of one `/proc/PID/maps`, whose lines read
+/// `7f..-7f.. rw-s 00002000 00:01 5678   /memfd:xemem (deleted)`
+/// (anonymous mappings have inode 0 and are skipped).
+fn file_mappings(maps: &str) -> impl Iterator<Item = FileMapping> + '_ {
+    maps.lines().filter_map(|line| {
+        let mut f = line.split_whitespace();
+        let (start, end) = f.next()?.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let offset = u64::from_str_radix(f.nth(1)?, 16).ok()?;
+        let dev = parse_dev(f.next()?)?;
+        let inode = f.next()?.parse().ok().filter(|&i: &u64| i != 0)?;
+        Some(FileMapping {
+            dev,
+            inode,
+            offset,
+            len: end.checked_sub(start)?,
         })
+    })
 }
 
-/// Whether mapping `m` covers any byte of segment `s` (the same memfd and
-/// an overlapping range: a segment that is part of a larger file is
-/// attached only by mappings of its own part).
-fn maps_segment(m: &FileMapping, s: &SegmentRecord) -> bool {
+/// Whether mapping `m` covers any byte of segment `s`, whose file is on
+/// `dev` when known: the same file and an overlapping range (a segment that
+/// is part of a larger file is attached only by mappings of its own part).
+fn maps_segment(m: &FileMapping, s: &SegmentRecord, dev: Option<(u64, u64)>) -> bool {
     m.inode == s.backing_inode
+        && dev.is_none_or(|d| d == m.dev)
         && m.offset < s.backing_offset + s.size
         && s.backing_offset < m.offset + m.len
 }
 
-/// `(pid, inode)` of each granted shared flock in /proc/locks, whose lines
-/// read `1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF` (waiters have `->`).
-fn shared_flocks(text: &str) -> impl Iterator<Item = (u32, u64)> + '_ {
+/// `(pid, device, inode)` of each granted shared flock in /proc/locks, whose
+/// lines read `1: FLOCK  ADVISORY  READ  1234 00:01:5678 0 EOF` (waiters
+/// have `->`).
+fn shared_flocks(text: &str) -> impl Iterator<Item = (u32, (u64, u64), u64)> + '_ {
     text.lines().filter_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 6 || f[1] != "FLOCK" || f[3] != "READ" {
             return None;
         }
         let pid = f[4].parse().ok()?;
-        let inode = f[5].rsplit(':').next()?.parse().ok()?;
-        Some((pid, inode))
+        let (dev, inode) = f[5].rsplit_once(':')?;
+        Some((pid, parse_dev(dev)?, inode.parse().ok()?))
     })
 }
 
@@ -123,27 +149,36 @@ mod tests {
                     2: FLOCK  ADVISORY  WRITE 42 00:01:77 0 EOF\n\
                     3: POSIX  ADVISORY  READ  7 fd:00:123 0 EOF\n\
                     4: FLOCK  ADVISORY  READ  8 00:1a:90 0 EOF\n";
-        let got: Vec<(u32, u64)> = shared_flocks(text).collect();
-        assert_eq!(got, vec![(1234, 5678), (8, 90)]);
+        let got: Vec<_> = shared_flocks(text).collect();
+        assert_eq!(got, vec![(1234, (0, 1), 5678), (8, (0, 0x1a), 90)]);
     }
 
     #[test]
-    fn memfd_mappings_give_inode_and_file_range() {
+    fn file_mappings_give_device_inode_and_file_range() {
         let maps = "\
 7f0000000000-7f0000002000 rw-s 00003000 00:01 5678                       /memfd:xemem (deleted)
 7f0000004000-7f0000005000 r--p 00000000 08:01 1234                       /usr/lib/libc.so.6
-7f0000006000-7f0000007000 r--s 00000000 00:01 91                         /memfd:xasm-pool (deleted)
+7f0000006000-7f0000007000 r--s 00000000 00:2d 91                         /run/hobbes/shm/#91 (deleted)
+7f0000008000-7f0000009000 rw-p 00000000 00:00 0                          [heap]
 garbage line\n";
-        let got: Vec<FileMapping> = memfd_mappings(maps).collect();
+        let got: Vec<FileMapping> = file_mappings(maps).collect();
         assert_eq!(
             got,
             vec![
                 FileMapping {
+                    dev: (0, 1),
                     inode: 5678,
                     offset: 0x3000,
                     len: 0x2000
                 },
                 FileMapping {
+                    dev: (8, 1),
+                    inode: 1234,
+                    offset: 0,
+                    len: 0x1000
+                },
+                FileMapping {
+                    dev: (0, 0x2d),
                     inode: 91,
                     offset: 0,
                     len: 0x1000
@@ -161,18 +196,36 @@ garbage line\n";
             ..test_record()
         };
         let m = FileMapping {
+            dev: (0, 1),
             inode: 7,
             offset: 0x2000,
             len: 0x2000,
         };
-        assert!(maps_segment(&m, &seg(0, 0x3000)));
-        assert!(maps_segment(&m, &seg(0x3000, 0x1000)));
-        assert!(!maps_segment(&m, &seg(0, 0x2000)));
-        assert!(!maps_segment(&m, &seg(0x4000, 0x1000)));
+        let on = Some((0, 1));
+        assert!(maps_segment(&m, &seg(0, 0x3000), on));
+        assert!(maps_segment(&m, &seg(0x3000, 0x1000), on));
+        assert!(maps_segment(&m, &seg(0x3000, 0x1000), None));
+        assert!(!maps_segment(&m, &seg(0, 0x2000), on));
+        assert!(!maps_segment(&m, &seg(0x4000, 0x1000), on));
+        assert!(!maps_segment(&m, &seg(0x2000, 0x1000), Some((0, 0x2d))));
         assert!(!maps_segment(
             &FileMapping { inode: 8, ..m },
-            &seg(0x2000, 0x1000)
+            &seg(0x2000, 0x1000),
+            on
         ));
+    }
+
+    #[test]
+    fn devices_split_as_the_kernel_prints_them() {
+        assert_eq!(split_dev(0x2d), (0, 0x2d));
+        assert_eq!(split_dev(0x801), (8, 1));
+        // What fstat says of a file is what /proc/self/maps prints for it.
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        let dev = std::os::unix::fs::MetadataExt::dev(&exe.metadata().unwrap());
+        let ino = std::os::unix::fs::MetadataExt::ino(&exe.metadata().unwrap());
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let printed = file_mappings(&maps).find(|m| m.inode == ino).unwrap();
+        assert_eq!(printed.dev, split_dev(dev));
     }
 
     fn test_record() -> SegmentRecord {

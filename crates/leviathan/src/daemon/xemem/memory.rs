@@ -4,11 +4,13 @@
 //! looks inside a [`SegmentMemory`]: it checks a make into one, asks it for
 //! the descriptors a permitted requester gets, and asks it to come back from
 //! its owner after a restart. Today every segment is host memory reached
-//! through a descriptor: a page-aligned range of a memfd (the whole of a
-//! memfd made for the segment, or part of a larger one such as an enclave's
-//! RAM file), or a composite segment's table and pool. Memory that only a
-//! guest can reach (a segment mapped into a VM) is a new variant here, with
-//! its own grant; nothing else in the name server changes.
+//! through a descriptor of a shared-memory file (a memfd, or an unnamed file
+//! in the daemon's huge-page tmpfs or on hugetlbfs; "memfd" below means any
+//! of them): a page-aligned range of one (the whole of a file made for the
+//! segment, or part of a larger one such as an enclave's RAM file), or a
+//! composite segment's table and pool. Memory that only a guest can reach
+//! (a segment mapped into a VM) is a new variant here, with its own grant;
+//! nothing else in the name server changes.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -19,6 +21,9 @@ use hobbes_proto::xemem_table;
 
 use super::super::{internal, refuse, Refusal};
 use crate::sys;
+
+/// What a descriptor that cannot back a segment is told.
+const NOT_SHARED: &str = "is not a memfd or a file on tmpfs or hugetlbfs";
 
 /// A segment's memory, as the name server holds it.
 pub enum SegmentMemory {
@@ -61,10 +66,10 @@ impl SegmentMemory {
         pool: Option<OwnedFd>,
     ) -> Result<(SegmentMemory, Described), Refusal> {
         let bad = |why: String| refuse(ErrorCode::InvalidSpec, why);
-        if !sys::is_memfd(memfd.as_fd()) {
+        if !sys::is_shared_memory_file(memfd.as_fd()) {
             return Err(bad(match pool.is_some() {
-                true => "the composite segment's table descriptor is not a memfd".into(),
-                false => "the segment's descriptor is not a memfd".into(),
+                true => format!("the composite segment's table descriptor {NOT_SHARED}"),
+                false => format!("the segment's descriptor {NOT_SHARED}"),
             }));
         }
         let meta = std::fs::File::from(memfd.try_clone().map_err(internal)?)
@@ -164,6 +169,18 @@ impl SegmentMemory {
     }
 }
 
+impl SegmentMemory {
+    /// The device of the file requesters map (`st_dev`): with the record's
+    /// inode it names the file in `/proc/PID/maps` and `/proc/locks`.
+    pub fn device(&self) -> Option<u64> {
+        let file = match self {
+            SegmentMemory::FileRange { file, .. } => file,
+            SegmentMemory::Composite { table, .. } => table,
+        };
+        nix::sys::stat::fstat(file).ok().map(|st| st.st_dev)
+    }
+}
+
 impl std::fmt::Display for SegmentMemory {
     /// For logs: where the memory lives.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,10 +239,10 @@ fn check_composite(
     c: XememComposite,
 ) -> Result<CompositeInfo, Refusal> {
     let bad = |why: String| refuse(ErrorCode::InvalidSpec, why);
-    if !sys::is_memfd(pool.as_fd()) {
-        return Err(bad(
-            "the composite segment's pool descriptor is not a memfd".into(),
-        ));
+    if !sys::is_shared_memory_file(pool.as_fd()) {
+        return Err(bad(format!(
+            "the composite segment's pool descriptor {NOT_SHARED}"
+        )));
     }
     let table = std::fs::File::from(table.try_clone().map_err(internal)?);
     let len = table.metadata().map_err(internal)?.len();

@@ -76,6 +76,14 @@ impl NameServer {
         held.get(&segid).map(f)
     }
 
+    /// The device each held segment's file is on (see `attachers`).
+    fn devices(&self) -> HashMap<SegId, u64> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter()
+            .filter_map(|(segid, h)| Some((*segid, h.memory.device()?)))
+            .collect()
+    }
+
     /// The segments whose owner has exited (its pidfd is readable).
     fn exited_owners(&self) -> Vec<SegId> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -376,7 +384,7 @@ impl Daemon {
     /// Segments with their live attachments (`attachers`).
     pub fn xemem_list(&self) -> Result<Vec<SegmentInfo>, Refusal> {
         let segments = self.nis.reader().segments().map_err(internal)?;
-        let mut found = attachers::scan(&segments);
+        let mut found = attachers::scan(&segments, &self.xemem.devices());
         Ok(segments
             .into_iter()
             .map(|record| {
