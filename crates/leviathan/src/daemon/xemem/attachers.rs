@@ -139,7 +139,7 @@ fn shared_flocks(text: &str) -> impl Iterator<Item = (u32, (u64, u64), u64)> + '
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -228,7 +228,7 @@ garbage line\n";
         assert_eq!(printed.dev, split_dev(dev));
     }
 
-    fn test_record() -> SegmentRecord {
+    pub(in crate::daemon::xemem) fn test_record() -> SegmentRecord {
         SegmentRecord {
             segid: 1,
             name: None,

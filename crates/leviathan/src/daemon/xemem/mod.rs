@@ -54,6 +54,20 @@ impl NameServer {
         NameServer::default()
     }
 
+    /// Record a new segment with `record` (its NIS transaction) and hold
+    /// `held` as its memory in one step: gets take this lock, so none finds
+    /// the record (lookups read the NIS directly) before the memory is held.
+    fn record_and_hold(
+        &self,
+        record: impl FnOnce() -> Result<SegmentRecord, Refusal>,
+        held: Held,
+    ) -> Result<SegmentRecord, Refusal> {
+        let mut map = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = record()?;
+        map.insert(rec.segid, held);
+        Ok(rec)
+    }
+
     /// Hold `backing` as segment `segid`'s memory.
     fn keep(&self, segid: SegId, backing: Held) {
         self.held
@@ -134,13 +148,16 @@ impl Daemon {
         // The owner's pidfd is opened while it waits for this answer (so it
         // is alive): its exit then removes the segment (`watch_segment_owners`).
         let owner = sys::pidfd_open(peer.pid).ok();
-        let record = self.record_segment(peer, make, described)?;
         let held = Held {
             memory,
             eventfd: fds.eventfd,
             owner,
         };
-        self.keep_segment(&record, make, held);
+        let memory = held.memory.to_string();
+        let record = self
+            .xemem
+            .record_and_hold(|| self.record_segment(peer, make, described), held)?;
+        self.made(&record, make, &memory);
         Ok(record)
     }
 
@@ -198,11 +215,10 @@ impl Daemon {
         })
     }
 
-    /// After the record: hold the new segment's memory, and let go of the
-    /// retired segments' (their records went in the same transaction).
-    fn keep_segment(&self, record: &SegmentRecord, make: &XememMake, held: Held) {
-        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory = %held.memory, extents = record.composite.map(|c| c.extents), "segment made");
-        self.xemem.keep(record.segid, held);
+    /// After the record and the memory are held: log, and let go of the
+    /// retired segments' memory (their records went in the same transaction).
+    fn made(&self, record: &SegmentRecord, make: &XememMake, memory: &str) {
+        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory, extents = record.composite.map(|c| c.extents), "segment made");
         for &r in &make.retire {
             self.xemem.drop_backing(r);
             tracing::info!(segid = r, by = record.segid, "segment gone: retired");
@@ -560,4 +576,44 @@ fn take_segid(t: &mut NisTxn, requested: Option<SegId>) -> Result<SegId, TxError
     h.counters.segments_made += 1;
     t.put_header(&h)?;
     Ok(segid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lookups read the NIS directly: while a new segment's record is
+    /// written, gets (which take the name server's lock) must wait, so no
+    /// get finds the record before the memory is held.
+    #[test]
+    fn a_new_segment_is_recorded_and_held_in_one_step() {
+        let ns = NameServer::new();
+        let file = hobbes_sys::memfd_create(c"test", hobbes_sys::MemfdFlags::empty()).unwrap();
+        let held = Held {
+            memory: SegmentMemory::FileRange {
+                file,
+                offset: 0,
+                len: 4096,
+            },
+            eventfd: None,
+            owner: None,
+        };
+        let rec = ns
+            .record_and_hold(
+                || {
+                    assert!(
+                        ns.held.try_lock().is_err(),
+                        "gets wait while the record is written"
+                    );
+                    Ok(SegmentRecord {
+                        segid: 7,
+                        ..attachers::tests::test_record()
+                    })
+                },
+                held,
+            )
+            .unwrap();
+        assert_eq!(rec.segid, 7);
+        assert_eq!(ns.with_backing(7, |_| ()), Some(()));
+    }
 }
