@@ -858,6 +858,10 @@ pub struct SegmentFiles {
     /// Why there is no such mount, when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Hugetlb pages the daemon reserved for its lifetime (`--hugepages`),
+    /// which `alloc` takes first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hugetlb_reserved: u64,
 }
 
 /// Monotonic counters (ids are never reused).

@@ -9,6 +9,7 @@
 //! unprivileged = false        # force the degraded mode even as root
 //! keep_enclaves_on_exit = false
 //! shmem_thp = false          # shmem THP "advise" while running (XEMEM huge pages)
+//! hugepages = 0               # hugetlb pages to reserve while running (XEMEM segments)
 //! client_idle_timeout_s = 300 # a client connection with no request this long is closed
 //! request_timeout_ms = 10000  # a request frame must arrive whole this soon after its first byte
 //! max_clients_per_uid = 64    # connections one user may hold (root has its own allowance)
@@ -54,6 +55,8 @@ pub struct FileConfig {
     pub keep_enclaves_on_exit: Option<bool>,
     /// See [`Config::shmem_thp`]; `true` here or the flag makes it true.
     pub shmem_thp: Option<bool>,
+    /// See [`Config::hugepages`]; a `--hugepages` flag wins over it.
+    pub hugepages: Option<u64>,
     /// See [`Config::client_idle_timeout_s`] (default [`DEFAULT_CLIENT_IDLE_TIMEOUT_S`]).
     pub client_idle_timeout_s: Option<u64>,
     /// See [`Config::request_timeout_ms`] (default [`DEFAULT_REQUEST_TIMEOUT_MS`]).
@@ -101,6 +104,11 @@ pub struct Config {
     /// Put shmem transparent huge pages in `advise` mode while running, so
     /// XEMEM's allocator gets huge pages (restored at a clean exit).
     pub shmem_thp: bool,
+    /// Default-size hugetlb pages to add to the node's reserve
+    /// (`vm.nr_hugepages`) for as long as the daemon runs (root; 0: none).
+    /// XEMEM's `alloc` takes them first. Given back at a clean exit, or by
+    /// `leviathan cleanup` after a crash.
+    pub hugepages: u64,
     /// A client connection that sends no request for this long is closed
     /// (clients reconnect transparently).
     pub client_idle_timeout_s: u64,

@@ -44,6 +44,10 @@ struct Cli {
     /// pages); the previous setting is restored at a clean exit.
     #[arg(long)]
     shmem_thp: bool,
+    /// Reserve N more hugetlb pages (vm.nr_hugepages) while running, for XEMEM
+    /// segments; given back at a clean exit (or by `leviathan cleanup`).
+    #[arg(long, value_name = "N")]
+    hugepages: Option<u64>,
     /// Close a client connection that sends no request for this many seconds
     /// (default 300; clients reconnect transparently).
     #[arg(long)]
@@ -184,6 +188,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         unprivileged: cli.unprivileged || file.unprivileged.unwrap_or(false),
         keep_enclaves_on_exit: cli.keep_enclaves || file.keep_enclaves_on_exit.unwrap_or(false),
         shmem_thp: cli.shmem_thp || file.shmem_thp.unwrap_or(false),
+        hugepages: cli.hugepages.or(file.hugepages).unwrap_or(0),
         client_idle_timeout_s: cli
             .client_idle_timeout_s
             .or(file.client_idle_timeout_s)

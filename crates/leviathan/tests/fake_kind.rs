@@ -206,6 +206,7 @@ fn config(state_dir: PathBuf) -> Config {
         unprivileged: true,
         keep_enclaves_on_exit: false,
         shmem_thp: false,
+        hugepages: 0,
         client_idle_timeout_s: leviathan::config::DEFAULT_CLIENT_IDLE_TIMEOUT_S,
         request_timeout_ms: leviathan::config::DEFAULT_REQUEST_TIMEOUT_MS,
         max_clients_per_uid: leviathan::config::DEFAULT_MAX_CLIENTS_PER_UID,

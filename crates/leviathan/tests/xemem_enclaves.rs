@@ -283,6 +283,93 @@ fn big_segments_get_huge_pages_from_the_daemons_tmpfs() {
     assert_eq!(unprivileged.stop(), Some(0));
 }
 
+/// `--hugepages N` adds N pages to the node's hugetlb reserve while the
+/// daemon runs, `alloc` takes them first, and the reserve goes back to what
+/// it was at a clean exit, and after a `kill -9` at the next start.
+#[test]
+fn hugepages_are_reserved_while_running_and_given_back() {
+    let t = "hugepages_are_reserved_while_running_and_given_back";
+    if !require_root(t) || ncpus() < 2 {
+        if ncpus() < 2 {
+            skip(t, "needs 2 cores");
+        }
+        return;
+    }
+    let Some(probe) = probe(t) else {
+        return;
+    };
+    let reserve = || -> u64 {
+        std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = reserve();
+    let mut d = Daemon::start(&["--hugepages", "4"]);
+    let mut c = d.client();
+    let reserved = c.status().unwrap().header.segment_files.hugetlb_reserved;
+    if reserved < 2 {
+        skip(
+            t,
+            &format!("the kernel found only {reserved} hugetlb pages"),
+        );
+        return;
+    }
+    assert_eq!(reserve(), before + reserved);
+    c.create_enclave(spec("sim", 1, 512, false)).unwrap();
+    let size = (4u64 << 20).to_string();
+    let owner = start(
+        &mut c,
+        "sim",
+        &[
+            &probe,
+            "make",
+            "--name",
+            "tlb",
+            "--size",
+            &size,
+            "--alloc",
+            "--hold-ms",
+            "60000",
+        ],
+    );
+    let nis = NisReader::open(d.nis_dir()).unwrap();
+    wait_segment(&nis, "tlb");
+    let seg = nis.segment_by_name("tlb").unwrap().unwrap();
+    assert_eq!(seg.page_kind.to_string(), "hugetlb", "{seg:?}");
+    c.kill_app(owner.id, 9).unwrap();
+    c.wait_app(owner.id).unwrap();
+    assert_eq!(d.stop(), Some(0));
+    assert_eq!(reserve(), before, "given back at a clean exit");
+
+    // Killed with pages reserved: the next start gives them back before it
+    // reserves, and cleanup gives them back.
+    d.spawn();
+    d.kill9();
+    assert_eq!(
+        reserve(),
+        before + reserved,
+        "a killed daemon cannot give back"
+    );
+    d.spawn();
+    assert_eq!(reserve(), before + reserved, "not reserved twice");
+    d.kill9();
+    let args = ["--state-dir", &d.state_dir().display().to_string()];
+    let out = std::process::Command::new(leviathan())
+        .arg("cleanup")
+        .arg("--keep-state")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("gave back the hugetlb pages"),
+        "{out:?}"
+    );
+    assert_eq!(reserve(), before, "given back by cleanup");
+}
+
 #[test]
 fn read_only_attachments_fault_on_write_and_permissions_are_checked() {
     let t = "read_only_attachments_fault_on_write_and_permissions_are_checked";

@@ -24,6 +24,7 @@ use crate::kinds::{EnclaveDriver, KindRegistry};
 mod admission;
 mod apps;
 mod enclaves;
+mod hugetlb;
 mod link;
 mod locks;
 pub mod remora;

@@ -68,6 +68,8 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     }
     let mut header = node_header(&cfg, &paths, privileged, &nis, &kinds);
     header.segment_files = segment_files(&paths, privileged);
+    let hugetlb = reserve_hugetlb(&cfg, &paths, privileged)?;
+    header.segment_files.hugetlb_reserved = hugetlb.as_ref().map_or(0, |r| r.added);
     record_inventory(&cfg, privileged, &nis, &header)?;
     super::remora::init_topology(&paths.root);
     let node = node_setup(&nis)?;
@@ -106,6 +108,9 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     if privileged {
         super::segment_mount::unmount(&paths.root);
     }
+    if let Some(reservation) = hugetlb {
+        reservation.release();
+    }
     if let Some(previous) = thp_restore {
         set_shmem_thp(&previous);
     }
@@ -121,21 +126,47 @@ fn segment_files(paths: &StatePaths, privileged: bool) -> SegmentFiles {
             fallback: Some(
                 "memfds: an unprivileged daemon cannot mount its huge-page tmpfs".into(),
             ),
+            hugetlb_reserved: 0,
         };
     }
     match super::segment_mount::mount(&paths.root) {
         Ok(dir) => SegmentFiles {
             dir: Some(dir.display().to_string()),
             fallback: None,
+            hugetlb_reserved: 0,
         },
         Err(why) => {
             tracing::warn!("segment memory falls back to memfds: {why}");
             SegmentFiles {
                 dir: None,
                 fallback: Some(format!("memfds: {why}")),
+                hugetlb_reserved: 0,
             }
         }
     }
+}
+
+/// `--hugepages N`: add N hugetlb pages to the node's reserve while we run,
+/// after giving back what a killed daemon on this state directory left.
+fn reserve_hugetlb(
+    cfg: &Config,
+    paths: &StatePaths,
+    privileged: bool,
+) -> anyhow::Result<Option<super::hugetlb::Reservation>> {
+    if !privileged {
+        anyhow::ensure!(
+            cfg.hugepages == 0,
+            "--hugepages needs a privileged daemon (root, without --unprivileged)"
+        );
+        return Ok(None);
+    }
+    if cfg.hugepages == 0 {
+        super::hugetlb::give_back(&paths.root);
+        return Ok(None);
+    }
+    super::hugetlb::reserve(&paths.root, cfg.hugepages)
+        .map(Some)
+        .map_err(|why| anyhow::anyhow!("--hugepages {}: {why}", cfg.hugepages))
 }
 
 /// Create the state directory (mode 0755: clients must reach the socket).
@@ -576,6 +607,9 @@ pub fn cleanup_with(
         if NodeRecord::read().is_some_and(|r| r.state_dir == paths.root || orphans) {
             let _ = std::fs::remove_file(super::locks::NODE_RECORD);
         }
+    }
+    if privileged && super::hugetlb::give_back(&paths.root) {
+        println!("gave back the hugetlb pages the daemon had reserved");
     }
     if privileged && super::segment_mount::unmount(&paths.root) {
         println!(
