@@ -3,6 +3,8 @@
 
 use std::str::FromStr;
 
+use hobbes_proto::model::EnclaveKind;
+
 /// A list of core or block ids: "3", "1,3", "4-7", "0,2-3".
 ///
 /// A newtype because clap would read a bare `Vec` as a repeated argument.
@@ -135,9 +137,31 @@ pub fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|| format!("signal {sig}"))
 }
 
+/// `--kind`: a kind an enclave can be created as.
+pub fn parse_kind(name: &str) -> Result<EnclaveKind, String> {
+    EnclaveKind::from_name(name)
+        .filter(|k| *k != EnclaveKind::Host)
+        .ok_or_else(|| {
+            format!(
+                "unknown enclave kind {name:?}: expected {}",
+                EnclaveKind::creatable_list("", "")
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_by_name() {
+        assert_eq!(parse_kind("native"), Ok(EnclaveKind::Native));
+        let e = parse_kind("host").unwrap_err();
+        assert!(e.contains("expected native"), "{e}");
+        assert!(parse_kind("vm-ish")
+            .unwrap_err()
+            .contains("unknown enclave kind"));
+    }
 
     #[test]
     fn id_lists() {

@@ -6,9 +6,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use hobbes_proto::model::AppId;
+use hobbes_proto::model::{AppId, EnclaveKind};
 
-use crate::args::{parse_env, parse_mode, parse_signal, parse_size_mib, IdList};
+use crate::args::{parse_env, parse_kind, parse_mode, parse_signal, parse_size_mib, IdList};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -177,6 +177,9 @@ pub struct CreateArgs {
     /// Enclave name (required without FILE).
     #[arg(long)]
     pub name: Option<String>,
+    /// Enclave kind (without FILE; a FILE's root element names it).
+    #[arg(long, default_value = "native", value_parser = parse_kind, conflicts_with = "file")]
+    pub kind: EnclaveKind,
     /// Number of cores to allocate.
     #[arg(long)]
     pub cores: Option<u32>,

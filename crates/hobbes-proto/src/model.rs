@@ -93,12 +93,32 @@ pub enum EnclaveKind {
 }
 
 impl EnclaveKind {
+    /// Every kind (a new kind is added here, in the enum and in `as_str`;
+    /// the XML spec and the `hobbes --kind` flag then know it).
+    pub const ALL: [EnclaveKind; 2] = [EnclaveKind::Host, EnclaveKind::Native];
+
     /// The kind's name as serialized and as the XML root element names it.
     pub fn as_str(self) -> &'static str {
         match self {
             EnclaveKind::Host => "host",
             EnclaveKind::Native => "native",
         }
+    }
+
+    /// The kind named `name` (as `as_str` spells it).
+    pub fn from_name(name: &str) -> Option<EnclaveKind> {
+        EnclaveKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The kinds an enclave can be created as (all but the host), as
+    /// `<native>, <lwk>`-style text for error messages.
+    pub fn creatable_list(open: &str, close: &str) -> String {
+        EnclaveKind::ALL
+            .iter()
+            .filter(|k| **k != EnclaveKind::Host)
+            .map(|k| format!("{open}{k}{close}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -164,16 +164,19 @@ impl EnclaveSpec {
             message: format!("malformed XML: {e}"),
         })?;
         let root = doc.root_element();
-        let kind = match root.tag_name().name() {
-            "native" => EnclaveKind::Native,
-            other => {
-                return Err(SpecError::at(
+        let tag = root.tag_name().name();
+        let kind = EnclaveKind::from_name(tag)
+            .filter(|k| *k != EnclaveKind::Host)
+            .ok_or_else(|| {
+                SpecError::at(
                     &doc,
                     root,
-                    format!("unknown enclave kind <{other}>: expected <native>"),
-                ))
-            }
-        };
+                    format!(
+                        "unknown enclave kind <{tag}>: expected {}",
+                        EnclaveKind::creatable_list("<", ">")
+                    ),
+                )
+            })?;
         let name = root
             .attribute("name")
             .ok_or_else(|| SpecError::at(&doc, root, "missing attribute name=\"...\""))?

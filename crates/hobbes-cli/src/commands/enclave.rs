@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hobbes_client::Client;
-use hobbes_proto::model::{AppRecord, EnclaveKind, EnclaveRecord};
+use hobbes_proto::model::{AppRecord, EnclaveRecord};
 use hobbes_proto::msg::EnclaveRef;
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
@@ -26,7 +26,7 @@ fn spec_of(args: CreateArgs) -> Result<EnclaveSpec> {
         .ok_or_else(|| anyhow!("give an enclave XML file, or --name with --cores and --memory"))?;
     let spec = EnclaveSpec {
         name,
-        kind: EnclaveKind::Native,
+        kind: args.kind,
         shared: args.shared,
         host_ipc: args.host_ipc,
         cpus: CpuRequest {
