@@ -57,7 +57,9 @@ pub fn mount(root: &Path) -> Result<PathBuf, String> {
         Some(SOURCE),
         &dir,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        // Not noexec: memfds may be mapped executable (code shared between
+        // processes), and segments made here must allow what memfds allow.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(OPTIONS),
     )
     .map_err(|e| {
