@@ -224,11 +224,17 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub fn new(region: &str) -> Result<Pool, (&'static str, Errno)> {
+    /// A pool for the versions of a region of `region_len` bytes: a file in
+    /// the daemon's huge-page tmpfs where the node has one (a first snapshot
+    /// copies the whole region in, a huge page at a time), else a memfd.
+    pub fn new(region: &str, region_len: u64) -> Result<Pool, (&'static str, Errno)> {
         let name = CString::new(format!("xasm-pool:{region}"))
             .map_err(|_| ("memfd_create", Errno::EINVAL))?;
-        let fd = hobbes_sys::memfd_create(&name, MemfdFlags::empty())
-            .map_err(|e| ("memfd_create", e))?;
+        let fd = match hobbes_xemem::new_segment_file(&name, region_len as usize) {
+            Ok((fd, _)) => fd,
+            Err(_) => hobbes_sys::memfd_create(&name, MemfdFlags::empty())
+                .map_err(|e| ("memfd_create", e))?,
+        };
         Ok(Pool {
             fd,
             slots: SlotAlloc::default(),
@@ -493,7 +499,7 @@ mod tests {
 
     #[test]
     fn pool_keeps_freed_slots_for_one_snapshot_then_punches() {
-        let mut p = Pool::new("unit").unwrap();
+        let mut p = Pool::new("unit", 0).unwrap();
         let page = p.page;
         let runs = p.alloc(8).unwrap();
         assert_eq!(

@@ -325,7 +325,8 @@ impl Producer {
                 XasmError::sys(op, what(), call)(e)
             }
         })?;
-        let pool = Pool::new(&name).map_err(|(call, e)| XasmError::sys(op, what(), call)(e))?;
+        let pool = Pool::new(&name, len as u64)
+            .map_err(|(call, e)| XasmError::sys(op, what(), call)(e))?;
         let mode = if opts.mode == 0 {
             DEFAULT_MODE
         } else {

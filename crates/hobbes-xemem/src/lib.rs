@@ -867,6 +867,14 @@ pub fn detach(addr: *mut u8) -> Result<()> {
     Ok(())
 }
 
+/// A new, empty file for `len` bytes of memory to export (XASM's version
+/// pools use it): in the daemon's huge-page tmpfs when the node has one and
+/// `len` holds a huge page, else a memfd named `name`; with the pages it will
+/// get. docs/xemem.md, "Huge pages".
+pub fn new_segment_file(name: &std::ffi::CStr, len: usize) -> Result<(OwnedFd, PageKind)> {
+    files::new_file(name, len).map_err(XememError::sys("xemem_make", "memfd_create"))
+}
+
 /// Find a segment by name in the Node Information Service (no IPC).
 pub fn lookup(name: &str) -> Result<Option<SegId>> {
     const OP: &str = "xemem_lookup";

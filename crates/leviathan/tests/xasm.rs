@@ -498,3 +498,71 @@ fn retention_holds_and_producer_exit() {
         assert_eq!(h.wait(), Some(0));
     }
 }
+
+/// A region of 2 MiB and more keeps its versions in the daemon's huge-page
+/// tmpfs (a first snapshot then copies a huge page at a time), and
+/// consumers check every version they attach, as with memfd pools.
+#[test]
+fn big_regions_keep_their_versions_in_huge_pages() {
+    let t = "big_regions_keep_their_versions_in_huge_pages";
+    let Some((d, mut c, probe)) = setup(t) else {
+        return;
+    };
+    let Some(dir) = c.status().unwrap().header.segment_files.dir else {
+        skip(t, "the daemon has no huge-page tmpfs");
+        return;
+    };
+    let consumer = spawn_collect(host(
+        &d,
+        &probe,
+        &[
+            "consume",
+            "--name",
+            "big",
+            "--open-ms",
+            "60000",
+            "--min-versions",
+            "3",
+        ],
+        None,
+    ));
+    let producer = Interactive::start(host(
+        &d,
+        &probe,
+        &[
+            "produce",
+            "--name",
+            "big",
+            "--pages",
+            "1024",
+            "--steps",
+            "20",
+            "--keep",
+            "2",
+            "--max-pool-mib",
+            "32",
+            "--wait-consumers",
+            "1",
+            "--linger-ms",
+            "60000",
+        ],
+        None,
+    ));
+    let done = loop {
+        let line = producer.line();
+        assert!(!line.starts_with("FAILED"), "{line}");
+        if line.starts_with("DONE") {
+            break line;
+        }
+    };
+    assert_eq!(num(&fields(&done, "DONE"), "steps"), 20, "{done}");
+    // While it lingers: its pool (and version tables' pool) is a file of
+    // the tmpfs.
+    let pid = producer.child.0.as_ref().unwrap().id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(maps.contains(&format!("{dir}/")), "{maps}");
+    producer.kill9();
+    let (code, text) = finish(consumer.0, consumer.1, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "consumer:\n{text}");
+    assert!(num(&fields(&text, "CONSUMED"), "checked") >= 3, "{text}");
+}
