@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use hobbes_proto::model::{now_ms, EnclaveId, EnclaveRecord, Ownership};
 
-pub use hobbes_client::human::{bytes, id_list, isolation_class};
+pub use hobbes_client::human::{bytes, describe_enclave, id_list, isolation_class};
 
 /// How long ago a Unix-ms timestamp was: "5s ago", "3m ago", "2h ago", "4d ago".
 pub fn age(ms: u64) -> String {

@@ -9,7 +9,7 @@ use hobbes_proto::model::{EnclaveId, EnclaveKind, EnclaveRecord};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, LaunchSpec};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
-use super::{app, enclave, node};
+use super::{app, node};
 use crate::Ctx;
 use hobbes_embedded::{self as embedded, Embedded};
 
@@ -94,7 +94,7 @@ impl Demo {
             }
             other => other?,
         };
-        for line in enclave::describe(&rec) {
+        for line in hobbes_client::human::describe_enclave(&rec) {
             println!("      {line}");
         }
 

@@ -57,44 +57,9 @@ pub fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&rec)?;
     } else {
-        println!("created {}", describe(&rec).join("\n"));
+        println!("created {}", human::describe_enclave(&rec).join("\n"));
     }
     Ok(0)
-}
-
-/// A few lines describing one enclave, including how isolated it really is;
-/// the first is a title, the others are indented under it.
-pub(super) fn describe(e: &EnclaveRecord) -> Vec<String> {
-    let class = human::isolation_class(e);
-    let mut lines = vec![
-        format!("enclave {} \"{}\" ({}, {class})", e.id, e.name, e.kind),
-        format!(
-            "  cores      {} (numa {})",
-            human::id_list(&e.cores),
-            human::id_list(&e.numa_nodes)
-        ),
-        format!(
-            "  memory     {} in {} block(s): {}",
-            human::bytes(e.mem_bytes),
-            e.mem_blocks.len(),
-            human::id_list(&e.mem_blocks)
-        ),
-        format!("  isolation  {}", e.isolation.summary),
-    ];
-    if let Some(pid) = e.control_pid {
-        lines.push(format!("  control    pid {pid}, {}", e.control));
-    }
-    match class {
-        "shared" => lines.push(
-            "  note       shared enclave: pinned to cores it does not own; it is NOT isolated"
-                .into(),
-        ),
-        "degraded" => lines.push(
-            "  note       degraded: leviathan lacks root, so this enclave is NOT isolated".into(),
-        ),
-        _ => {}
-    }
-    lines
 }
 
 pub fn destroy(ctx: &Ctx, enclave: &str) -> Result<i32> {

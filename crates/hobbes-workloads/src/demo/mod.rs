@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use hobbes_client::human::{bytes, id_list, isolation_class};
+
 use hobbes_client::Client;
 use hobbes_proto::model::{AppRecord, EnclaveId, EnclaveKind, EnclaveRecord, ExitStatus};
 use hobbes_proto::msg::{EnclaveRef, ErrorCode, LaunchSpec, Stream};
@@ -329,7 +329,7 @@ impl Insitu {
             other => other?,
         };
         self.enclaves.push(rec.id);
-        for line in describe(&rec) {
+        for line in hobbes_client::human::describe_enclave(&rec) {
             println!("      {line}");
         }
         Ok(rec)
@@ -489,41 +489,6 @@ fn flush() {
     let _ = std::io::stdout().flush();
 }
 
-/// A few lines describing one enclave, including how isolated it really is
-/// (as `hobbes create-enclave` prints it); the first is a title.
-fn describe(e: &EnclaveRecord) -> Vec<String> {
-    let class = isolation_class(e);
-    let mut lines = vec![
-        format!("enclave {} \"{}\" ({}, {class})", e.id, e.name, e.kind),
-        format!(
-            "  cores      {} (numa {})",
-            id_list(&e.cores),
-            id_list(&e.numa_nodes)
-        ),
-        format!(
-            "  memory     {} in {} block(s): {}",
-            bytes(e.mem_bytes),
-            e.mem_blocks.len(),
-            id_list(&e.mem_blocks)
-        ),
-        format!("  isolation  {}", e.isolation.summary),
-    ];
-    if let Some(pid) = e.control_pid {
-        lines.push(format!("  control    pid {pid}, {}", e.control));
-    }
-    match class {
-        "shared" => lines.push(
-            "  note       shared enclave: pinned to cores it does not own; it is NOT isolated"
-                .into(),
-        ),
-        "degraded" => lines.push(
-            "  note       degraded: leviathan lacks root, so this enclave is NOT isolated".into(),
-        ),
-        _ => {}
-    }
-    lines
-}
-
 /// An error and its causes on one line, skipping causes the message already
 /// quotes (client errors embed their source in their own text), as `hobbes`
 /// prints them.
@@ -599,13 +564,5 @@ mod tests {
         assert!(err(&["--repeat", "0"]).contains("must not be empty or zero"));
         assert!(err(&["--sizes", "1"]).contains("--size 1 is outside"));
         assert!(plan(&["--modes", "bogus"]).is_err());
-    }
-
-    #[test]
-    fn enclaves_are_described_as_hobbes_does() {
-        assert_eq!(bytes(256 << 20), "256 MiB");
-        assert_eq!(bytes(3 << 29), "1.5 GiB");
-        assert_eq!(id_list(&[5, 0, 1, 2]), "0-2,5");
-        assert_eq!(id_list(&[]), "-");
     }
 }
