@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use hobbes_client::proto::model::EnclaveId;
+use hobbes_client::proto::msg::EnclaveRef;
 use hobbes_client::Client;
 use tempfile::TempDir;
 
@@ -46,6 +48,18 @@ pub fn connect_or_start(
             let client = daemon.wait_ready()?;
             let socket = daemon.socket();
             Ok((client, Some(daemon), socket))
+        }
+    }
+}
+
+/// A demo's clean-up: destroy enclaves `ids`, each over a fresh connection
+/// to `socket` (after an error the demo's own may be mid-stream), saying
+/// what happened to each.
+pub fn destroy_enclaves(socket: &Path, ids: impl IntoIterator<Item = EnclaveId>) {
+    for id in ids {
+        match Client::connect(socket).and_then(|mut c| c.destroy_enclave(EnclaveRef::Id(id))) {
+            Ok(()) => println!("      destroyed enclave {id}"),
+            Err(e) => eprintln!("      could not destroy enclave {id}: {e}"),
         }
     }
 }

@@ -172,15 +172,7 @@ impl Demo {
             return;
         }
         step(5, "cleaning up");
-        if let Some(id) = self.enclave.take() {
-            // A fresh connection: after an error the old one may be mid-stream.
-            match Client::connect(&self.ctx.socket)
-                .and_then(|mut c| c.destroy_enclave(EnclaveRef::Id(id)))
-            {
-                Ok(()) => println!("      destroyed enclave {id}"),
-                Err(e) => eprintln!("      could not destroy enclave {id}: {e}"),
-            }
-        }
+        hobbes_embedded::destroy_enclaves(&self.ctx.socket, self.enclave.take());
         if let Some(mut daemon) = self.daemon.take() {
             daemon.stop();
         }

@@ -396,15 +396,7 @@ impl Insitu {
             return;
         }
         step(5, "cleaning up");
-        for id in std::mem::take(&mut self.enclaves) {
-            // A fresh connection: after an error the old one may be mid-stream.
-            match Client::connect(&self.socket)
-                .and_then(|mut c| c.destroy_enclave(EnclaveRef::Id(id)))
-            {
-                Ok(()) => println!("      destroyed enclave {id}"),
-                Err(e) => eprintln!("      could not destroy enclave {id}: {e}"),
-            }
-        }
+        hobbes_embedded::destroy_enclaves(&self.socket, std::mem::take(&mut self.enclaves));
         if let Some(mut daemon) = self.daemon.take() {
             daemon.stop();
         }
