@@ -316,16 +316,7 @@ fn kill9_during_creation_never_blocks_the_node() {
             assert!(c.list_enclaves().unwrap().is_empty());
         } else {
             // Clean up instead, then a fresh start on the same state directory.
-            let out = Command::new(leviathan())
-                .args(["cleanup", "--keep-state", "--state-dir"])
-                .arg(d.state_dir())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "cleanup: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            cleanup_ok(d.state_dir(), &[]);
             d.spawn();
             let mut c = d.client();
             for e in c.list_enclaves().unwrap() {
@@ -427,16 +418,7 @@ fn second_daemon_after_a_crashed_one() {
     // It changed nothing: the host still runs on its confined cores, the enclave lives.
     assert_eq!(host_affinity_of(std::process::id()), host_before);
     // The suggested command resolves it.
-    let out = Command::new(leviathan())
-        .args(["cleanup", "--keep-state", "--state-dir"])
-        .arg(first.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cleanup_ok(first.path(), &[]);
     drop(node);
     let mut b = Daemon::start(&[]);
     let status = b.client().status().unwrap();
@@ -456,17 +438,8 @@ fn second_daemon_after_a_crashed_one() {
     let _guard_third = CleanupOnDrop(third.path().to_path_buf());
     let err = raw_daemon(third.path(), &[]).expect_err("must refuse");
     assert!(err.contains("leviathan cleanup --orphans"), "{err}");
-    let out = Command::new(leviathan())
-        .args(["cleanup", "--keep-state", "--orphans", "--state-dir"])
-        .arg(third.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed orphan enclave cgroup"));
+    let stdout = cleanup_ok(third.path(), &["--orphans"]);
+    assert!(stdout.contains("removed orphan enclave cgroup"));
     // An empty leftover cgroup is simply removed.
     let c = raw_daemon(third.path(), &[]).expect("starts after --orphans");
     assert_eq!(sigterm(c), Some(0));
@@ -513,17 +486,7 @@ fn stale_lock_holders_are_recovered() {
                 assert!(log.contains("still held the node lock"), "{log}");
             }
             _ => {
-                let out = Command::new(leviathan())
-                    .args(["cleanup", "--keep-state", "--state-dir"])
-                    .arg(dir.path())
-                    .output()
-                    .unwrap();
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let stdout = cleanup_ok(dir.path(), &[]);
                 assert!(
                     stdout.contains("still held the state directory lock"),
                     "{stdout}"

@@ -355,18 +355,8 @@ fn hugepages_are_reserved_while_running_and_given_back() {
     d.spawn();
     assert_eq!(reserve(), before + reserved, "not reserved twice");
     d.kill9();
-    let args = ["--state-dir", &d.state_dir().display().to_string()];
-    let out = std::process::Command::new(leviathan())
-        .arg("cleanup")
-        .arg("--keep-state")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("gave back the hugetlb pages"),
-        "{out:?}"
-    );
+    let stdout = cleanup_ok(d.state_dir(), &[]);
+    assert!(stdout.contains("gave back the hugetlb pages"), "{stdout}");
     assert_eq!(reserve(), before, "given back by cleanup");
 }
 

@@ -252,6 +252,24 @@ impl Drop for Daemon {
     }
 }
 
+/// `leviathan cleanup --keep-state EXTRA --state-dir DIR`, which must
+/// succeed (the panic shows its stderr); returns what it printed.
+pub fn cleanup_ok(state_dir: &Path, extra: &[&str]) -> String {
+    let out = Command::new(leviathan())
+        .args(["cleanup", "--keep-state"])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .expect("run leviathan cleanup");
+    assert!(
+        out.status.success(),
+        "leviathan cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A binary of another workspace package, built next to `leviathan`. Always
 /// asks cargo (a no-op when it is up to date): a probe left from an older
 /// build would speak an older NIS schema. `None` (after a SKIP line) when it
