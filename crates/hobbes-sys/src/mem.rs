@@ -345,13 +345,29 @@ mod tests {
             Mapping::anon_noreserve(page, Some(m.addr())).unwrap_err(),
             Errno::EEXIST
         );
-        let (addr, len) = m.into_raw();
-        // SAFETY: we own the range given up by into_raw and hold no view.
-        unsafe { munmap(addr + page, page) }.unwrap();
-        let again = Mapping::anon_noreserve(page, Some(addr + page)).unwrap();
-        assert_eq!(again.addr(), addr + page);
-        // SAFETY: the first page is still ours (the second is `again`'s).
-        unsafe { munmap(addr, len - page) }.unwrap();
+        drop(m);
+        // A free range is taken exactly where asked. The hole is made by
+        // unmapping half of our own mapping; the test harness runs other tests
+        // on other threads of this process, and their mmap may land in the
+        // hole first (seen in CI), so that case tries a fresh hole.
+        for _ in 0..100 {
+            let m = Mapping::anon_noreserve(2 * page, None).unwrap();
+            let (addr, len) = m.into_raw();
+            // SAFETY: we own the range given up by into_raw and hold no view.
+            unsafe { munmap(addr + page, page) }.unwrap();
+            let placed = Mapping::anon_noreserve(page, Some(addr + page));
+            // SAFETY: the first page is still ours (the second is not).
+            unsafe { munmap(addr, len - page) }.unwrap();
+            match placed {
+                Ok(again) => {
+                    assert_eq!(again.addr(), addr + page);
+                    return;
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(e) => panic!("MAP_FIXED_NOREPLACE on a free range: {e}"),
+            }
+        }
+        panic!("another thread took each of 100 fresh holes first");
     }
 
     #[test]
