@@ -397,29 +397,34 @@ fn second_daemon_after_a_crashed_one() {
         skip("second_daemon_after_a_crashed_one", "needs 2 cores");
         return;
     }
-    let node = lock_node();
-    let first = state_tempdir();
-    let _guard_first = CleanupOnDrop(first.path().to_path_buf());
-    let mut a = raw_daemon(first.path(), &[]).expect("first daemon");
-    Client::connect(first.path().join("leviathan.sock"))
-        .unwrap()
-        .create_enclave(spec("left", 1, 64, false))
-        .unwrap();
-    a.kill().unwrap();
-    a.wait().unwrap();
+    // Each part's clean-up guards run before it gives the node back: a
+    // `leviathan cleanup` briefly binds the node lock to learn whether a
+    // daemon runs, and must not race the next test's daemon for it (seen in
+    // CI: "the node lock is held by pid N (leviathan)").
+    {
+        let _node = lock_node();
+        let first = state_tempdir();
+        let _guard_first = CleanupOnDrop(first.path().to_path_buf());
+        let mut a = raw_daemon(first.path(), &[]).expect("first daemon");
+        Client::connect(first.path().join("leviathan.sock"))
+            .unwrap()
+            .create_enclave(spec("left", 1, 64, false))
+            .unwrap();
+        a.kill().unwrap();
+        a.wait().unwrap();
 
-    let second = state_tempdir();
-    let _guard_second = CleanupOnDrop(second.path().to_path_buf());
-    let host_before = host_affinity_of(std::process::id());
-    let err = raw_daemon(second.path(), &[]).expect_err("must refuse");
-    let want = format!("leviathan cleanup --state-dir {}", first.path().display());
-    assert!(err.contains(&want), "{err}");
-    assert!(err.contains("hold cores"), "{err}");
-    // It changed nothing: the host still runs on its confined cores, the enclave lives.
-    assert_eq!(host_affinity_of(std::process::id()), host_before);
-    // The suggested command resolves it.
-    cleanup_ok(first.path(), &[]);
-    drop(node);
+        let second = state_tempdir();
+        let _guard_second = CleanupOnDrop(second.path().to_path_buf());
+        let host_before = host_affinity_of(std::process::id());
+        let err = raw_daemon(second.path(), &[]).expect_err("must refuse");
+        let want = format!("leviathan cleanup --state-dir {}", first.path().display());
+        assert!(err.contains(&want), "{err}");
+        assert!(err.contains("hold cores"), "{err}");
+        // It changed nothing: the host still runs on its confined cores, the enclave lives.
+        assert_eq!(host_affinity_of(std::process::id()), host_before);
+        // The suggested command resolves it.
+        cleanup_ok(first.path(), &[]);
+    }
     let mut b = Daemon::start(&[]);
     let status = b.client().status().unwrap();
     assert_eq!(
@@ -443,7 +448,6 @@ fn second_daemon_after_a_crashed_one() {
     // An empty leftover cgroup is simply removed.
     let c = raw_daemon(third.path(), &[]).expect("starts after --orphans");
     assert_eq!(sigterm(c), Some(0));
-    drop(b);
 }
 
 /// Item 2, recovery: a lock left held by a stray (a process running the
@@ -454,7 +458,7 @@ fn stale_lock_holders_are_recovered() {
     if !require_root("stale_lock_holders_are_recovered") {
         return;
     }
-    let node = lock_node();
+    let _node = lock_node();
     let dir = state_tempdir();
     let _guard = CleanupOnDrop(dir.path().to_path_buf());
     // A NIS for the stray to hold open, as a daemon's fork would.
@@ -501,7 +505,6 @@ fn stale_lock_holders_are_recovered() {
             );
         }
     }
-    drop(node);
 }
 
 /// A process like the strays of item 2: runs the leviathan executable, is
