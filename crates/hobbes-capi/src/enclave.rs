@@ -60,7 +60,7 @@ pub extern "C" fn hobbes_get_enclave_state(enclave_id: HobbesId) -> CEnclaveStat
     })
 }
 
-/// The enclave's kind (host or native), or `INVALID_ENCLAVE` (-1) on
+/// The enclave's kind (host, native or lwk), or `INVALID_ENCLAVE` (-1) on
 /// failure. Read from the NIS. On failure sets errno: ENOENT for an unknown id,
 /// ECONNREFUSED when no daemon has published a NIS.
 #[no_mangle]
@@ -160,7 +160,7 @@ pub extern "C" fn enclave_state_to_str(state: c_int) -> *const c_char {
     })
 }
 
-/// The name of an `enclave_type_t` value (`"host"`, `"native"`), a static
+/// The name of an `enclave_type_t` value (`"host"`, `"native"`, `"lwk"`), a static
 /// string the caller must not free; `"invalid"` for any other value. Never
 /// fails.
 #[no_mangle]
@@ -169,6 +169,7 @@ pub extern "C" fn enclave_type_to_str(kind: c_int) -> *const c_char {
         Ok(match kind {
             0 => c"host",
             1 => c"native",
+            2 => c"lwk",
             _ => c"invalid",
         }
         .as_ptr())
@@ -195,7 +196,7 @@ mod tests {
                 s.to_string()
             );
         }
-        for k in [EnclaveKind::Host, EnclaveKind::Native] {
+        for k in EnclaveKind::ALL {
             assert_eq!(
                 text(enclave_type_to_str(CEnclaveType::from(k) as c_int)),
                 k.as_str()

@@ -54,6 +54,9 @@ pub enum CEnclaveType {
     /// `NATIVE_ENCLAVE`: a partition of the node's cores and memory with its
     /// own namespaces.
     Native = 1,
+    /// `LWK_ENCLAVE`: a lightweight kernel on KVM on cores of its own (the
+    /// original's Kitten enclaves).
+    Lwk = 2,
 }
 
 impl From<EnclaveKind> for CEnclaveType {
@@ -61,6 +64,7 @@ impl From<EnclaveKind> for CEnclaveType {
         match k {
             EnclaveKind::Host => Self::Host,
             EnclaveKind::Native => Self::Native,
+            EnclaveKind::Lwk => Self::Lwk,
         }
     }
 }
@@ -109,7 +113,7 @@ pub struct EnclaveInfo {
     pub parent: HobbesId,
     /// Its name, NUL-terminated (enclave names always fit).
     pub name: [c_char; HOBBES_NAME_MAX],
-    /// Its kind: host or native.
+    /// Its kind: host, native or lwk.
     pub r#type: CEnclaveType,
     /// Its state when the NIS was read.
     pub state: CEnclaveState,

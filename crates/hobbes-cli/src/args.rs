@@ -156,8 +156,9 @@ mod tests {
     #[test]
     fn kinds_by_name() {
         assert_eq!(parse_kind("native"), Ok(EnclaveKind::Native));
+        assert_eq!(parse_kind("lwk"), Ok(EnclaveKind::Lwk));
         let e = parse_kind("host").unwrap_err();
-        assert!(e.contains("expected native"), "{e}");
+        assert!(e.contains("expected native, lwk"), "{e}");
         assert!(parse_kind("vm-ish")
             .unwrap_err()
             .contains("unknown enclave kind"));

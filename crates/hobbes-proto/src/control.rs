@@ -23,6 +23,11 @@ pub struct AppReport {
     pub local_pid: u32,
     /// `None` while running.
     pub exit: Option<ExitStatus>,
+    /// With `exit`: what the agent knows about the end beyond it, as
+    /// [`ControlUp::Exited`] would have said (absent when it has nothing to
+    /// say, and from agents older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A control agent's secret. Never printed: `Debug` shows only whether it is set.
@@ -106,6 +111,12 @@ pub enum ControlUp {
         local_pid: u32,
         /// How it ended.
         status: ExitStatus,
+        /// What the agent knows about the end beyond the status, for people
+        /// (becomes the app's `detail`): an LWK's guest fault and its summary
+        /// of system calls. Absent from agents that have nothing to add, and
+        /// from agents older than the field (a daemon older than it ignores it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// A chunk of an app's output, for apps launched with `forward_output`.
     Output {
@@ -257,3 +268,38 @@ pub enum EnclaveResponse {
 
 /// Largest chunk a file transfer moves per frame.
 pub const FILE_CHUNK: u32 = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exited_detail_is_optional_on_the_wire() {
+        // An agent from before `detail` existed.
+        let old: ControlUp = serde_json::from_str(
+            r#"{"msg":"exited","app":7,"local_pid":3,"status":{"how":"code","value":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old,
+            ControlUp::Exited {
+                app: 7,
+                local_pid: 3,
+                status: ExitStatus::Code(0),
+                detail: None,
+            }
+        );
+        // Without a detail nothing new goes on the wire, so an older daemon reads it.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("detail").is_none(), "{json}");
+        let with = ControlUp::Exited {
+            app: 7,
+            local_pid: 3,
+            status: ExitStatus::Signal(11),
+            detail: Some("page fault (vector 14) at rip 0x401136 accessing 0x0".into()),
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""detail":"page fault"#), "{json}");
+        assert_eq!(serde_json::from_str::<ControlUp>(&json).unwrap(), with);
+    }
+}

@@ -90,18 +90,23 @@ pub enum EnclaveKind {
     Host,
     /// A partition of the node's cores and memory with its own namespaces.
     Native,
+    /// A lightweight kernel on KVM (the Kitten analog) on exclusive cores,
+    /// running unmodified static Linux programs with their system calls
+    /// forwarded to the host.
+    Lwk,
 }
 
 impl EnclaveKind {
     /// Every kind (a new kind is added here, in the enum and in `as_str`;
     /// the XML spec and the `hobbes --kind` flag then know it).
-    pub const ALL: [EnclaveKind; 2] = [EnclaveKind::Host, EnclaveKind::Native];
+    pub const ALL: [EnclaveKind; 3] = [EnclaveKind::Host, EnclaveKind::Native, EnclaveKind::Lwk];
 
     /// The kind's name as serialized and as the XML root element names it.
     pub fn as_str(self) -> &'static str {
         match self {
             EnclaveKind::Host => "host",
             EnclaveKind::Native => "native",
+            EnclaveKind::Lwk => "lwk",
         }
     }
 
@@ -179,18 +184,34 @@ impl IsolationRecord {
         }
     }
 
+    /// The LWK kind's description, when this is one.
+    pub fn lwk(&self) -> Option<&LwkIsolation> {
+        match &self.detail {
+            KindIsolation::Lwk(l) => Some(l),
+            _ => None,
+        }
+    }
+
     /// Whether the enclave owns its cores (no host task or other enclave runs
     /// on them), as far as its kind says; false for a kind this build does
     /// not know.
     pub fn exclusive_cores(&self) -> bool {
-        self.native().is_some_and(|n| n.exclusive_cores)
+        match &self.detail {
+            KindIsolation::Native(n) => n.exclusive_cores,
+            KindIsolation::Lwk(l) => l.exclusive_cores,
+            _ => false,
+        }
     }
 
     /// Whether the enclave's processes are confined from the host's (their
-    /// own namespaces, for the native kind); false for a kind this build does
-    /// not know.
+    /// own namespaces, for the native kind; a guest in its own mount view,
+    /// for the LWK kind); false for a kind this build does not know.
     pub fn confined(&self) -> bool {
-        self.native().is_some_and(|n| n.namespaces)
+        match &self.detail {
+            KindIsolation::Native(n) => n.namespaces,
+            KindIsolation::Lwk(l) => l.mount_namespace,
+            _ => false,
+        }
     }
 }
 
@@ -210,6 +231,9 @@ pub enum KindIsolation {
     None,
     /// The native kind: cgroups, namespaces and CPU affinity on the host kernel.
     Native(NativeIsolation),
+    /// The LWK kind: a VM's vCPU threads on cgroup-confined cores, its RAM
+    /// under a memory limit, its forwarded calls in a mount namespace.
+    Lwk(LwkIsolation),
     /// A kind this build does not know (written by a newer daemon): its
     /// `summary` still reads. The daemon never writes it.
     #[serde(other)]
@@ -239,6 +263,35 @@ impl NativeIsolation {
     pub const VERSION: u32 = 1;
 }
 
+/// The LWK kind's isolation, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwkIsolation {
+    /// Version of this description ([`LwkIsolation::VERSION`] when written;
+    /// 1 when absent).
+    #[serde(default = "version_1")]
+    pub version: u32,
+    /// Owns its cores: no host task or other enclave runs on them (always
+    /// asked for: an LWK enclave is never shared).
+    pub exclusive_cores: bool,
+    /// Its vCPU threads are confined to its cores by a cpuset cgroup
+    /// (otherwise pinned by CPU affinity only).
+    pub cpuset: bool,
+    /// Its guest RAM is charged to a memory cgroup limited to the enclave's memory.
+    pub memory_limit: bool,
+    /// Its monitor, and so every forwarded system call, runs in a mount
+    /// namespace of its own that shows the enclave's NIS replica.
+    pub mount_namespace: bool,
+    /// System calls are forwarded through a polling proxy thread on the
+    /// host's cores (otherwise each one exits to its vCPU's thread).
+    #[serde(default)]
+    pub syscall_proxy: bool,
+}
+
+impl LwkIsolation {
+    /// The version of [`LwkIsolation`] this build writes.
+    pub const VERSION: u32 = 1;
+}
+
 fn version_1() -> u32 {
     1
 }
@@ -255,15 +308,18 @@ struct KindIsolationWire {
     cpuset: Option<bool>,
     memory_limit: Option<bool>,
     namespaces: Option<bool>,
+    mount_namespace: Option<bool>,
+    syscall_proxy: Option<bool>,
 }
 
 impl TryFrom<KindIsolationWire> for KindIsolation {
     type Error = String;
     fn try_from(w: KindIsolationWire) -> Result<Self, String> {
+        let kind = w.kind.as_str();
         let need = |v: Option<bool>, field: &str| {
-            v.ok_or_else(|| format!("native isolation without `{field}`"))
+            v.ok_or_else(|| format!("{kind} isolation without `{field}`"))
         };
-        Ok(match w.kind.as_str() {
+        Ok(match kind {
             "none" => KindIsolation::None,
             "native" => KindIsolation::Native(NativeIsolation {
                 version: w.version.unwrap_or(1),
@@ -271,6 +327,14 @@ impl TryFrom<KindIsolationWire> for KindIsolation {
                 cpuset: need(w.cpuset, "cpuset")?,
                 memory_limit: need(w.memory_limit, "memory_limit")?,
                 namespaces: need(w.namespaces, "namespaces")?,
+            }),
+            "lwk" => KindIsolation::Lwk(LwkIsolation {
+                version: w.version.unwrap_or(1),
+                exclusive_cores: need(w.exclusive_cores, "exclusive_cores")?,
+                cpuset: need(w.cpuset, "cpuset")?,
+                memory_limit: need(w.memory_limit, "memory_limit")?,
+                mount_namespace: need(w.mount_namespace, "mount_namespace")?,
+                syscall_proxy: w.syscall_proxy.unwrap_or(false),
             }),
             _ => KindIsolation::Unknown,
         })
@@ -991,6 +1055,47 @@ mod tests {
         assert!(json["isolation"].get("exclusive_cores").is_none());
         let again: EnclaveRecord = serde_json::from_value(json).unwrap();
         assert_eq!(again, rec);
+    }
+
+    #[test]
+    fn lwk_isolation_round_trips_and_counts_as_exclusive() {
+        let iso = IsolationRecord {
+            summary: "exclusive cores (vCPU threads in a cpuset, cgroup v1) + guest RAM under the memory limit; own mount namespace; syscall proxy on host cores".into(),
+            detail: KindIsolation::Lwk(LwkIsolation {
+                version: LwkIsolation::VERSION,
+                exclusive_cores: true,
+                cpuset: true,
+                memory_limit: true,
+                mount_namespace: true,
+                syscall_proxy: true,
+            }),
+        };
+        let json = serde_json::to_value(&iso).unwrap();
+        assert_eq!(json["detail"]["kind"], "lwk");
+        assert_eq!(json["detail"]["mount_namespace"], true);
+        let back: IsolationRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, iso);
+        assert!(back.exclusive_cores() && back.confined());
+        assert!(back.lwk().is_some() && back.native().is_none());
+        // syscall_proxy may be absent (defaults off); a required flag may not.
+        let lean: KindIsolation = serde_json::from_str(
+            r#"{"kind":"lwk","exclusive_cores":true,"cpuset":false,"memory_limit":false,"mount_namespace":false}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            lean,
+            KindIsolation::Lwk(LwkIsolation {
+                version: 1,
+                syscall_proxy: false,
+                ..
+            })
+        ));
+        let err = serde_json::from_str::<KindIsolation>(r#"{"kind":"lwk","exclusive_cores":true}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("lwk isolation without `cpuset`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! </native>
 //! ```
 //!
-//! The root element names the kind, as the original's `<pisces>` files did.
+//! The root element names the kind, as the original's `<pisces>` files did:
+//! `<native>` or `<lwk>` (an LWK enclave's cores are always its own, so it
+//! takes neither `shared="true"` nor `ipc="host"`).
 //! The schema is documented in `docs/nis-schema.md` ("Enclave spec and its XML form").
 
 use serde::{Deserialize, Serialize};
@@ -74,13 +76,15 @@ pub struct EnclaveSpec {
     /// Unique enclave name: 1-64 of `[A-Za-z0-9._-]`, not all digits, not
     /// starting with `-` or `.` ([`validate_name`]).
     pub name: String,
-    /// Which kind to create (`native`; `host` is refused). XML: the root element.
+    /// Which kind to create (`native` or `lwk`; `host` is refused). XML: the
+    /// root element.
     pub kind: EnclaveKind,
-    /// Pinned to host cores without owning them (not isolated).
+    /// Pinned to host cores without owning them (not isolated). Native only.
     #[serde(default)]
     pub shared: bool,
     /// Stay in the host's IPC namespace (instead of a new one), so MPI
     /// processes in several enclaves can use shared memory with each other.
+    /// Native only.
     #[serde(default)]
     pub host_ipc: bool,
     /// Its cores; at least one.
@@ -123,6 +127,20 @@ impl EnclaveSpec {
             return Err(SpecError::plain(
                 "the host enclave (0) exists already and cannot be created",
             ));
+        }
+        if self.kind == EnclaveKind::Lwk {
+            // Kitten's cores are its own; a lightweight kernel sharing its
+            // cores with the host's scheduler would lose the point of it.
+            if self.shared {
+                return Err(SpecError::plain(
+                    "an lwk enclave cannot be shared: its vCPUs always run on cores of its own; drop shared=\"true\" (--shared), or use a native enclave",
+                ));
+            }
+            if self.host_ipc {
+                return Err(SpecError::plain(
+                    "ipc=\"host\" does not apply to an lwk enclave: its programs run in a guest, which has no IPC namespace to share; drop ipc=\"host\" (--host-ipc)",
+                ));
+            }
         }
         if self.cpus.is_empty() {
             return Err(SpecError::plain(
@@ -500,6 +518,49 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("is not a boolean"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn parses_an_lwk_enclave() {
+        let spec = EnclaveSpec::from_xml(
+            r#"<lwk name="sim"><cpus><cores>1</cores></cpus><memory size="1024"/></lwk>"#,
+        )
+        .unwrap();
+        assert_eq!(spec.kind, EnclaveKind::Lwk);
+        assert_eq!((spec.cpus.count, spec.memory.size_mib), (1, 1024));
+        assert!(!spec.shared && !spec.host_ipc);
+    }
+
+    #[test]
+    fn refuses_what_an_lwk_enclave_cannot_be() {
+        let err = EnclaveSpec::from_xml(
+            "<lwk name=\"sim\" shared=\"true\">\n<cpus><cores>1</cores></cpus><memory size=\"1024\"/></lwk>",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(1), "{err}");
+        assert!(
+            err.message.contains("an lwk enclave cannot be shared"),
+            "{err}"
+        );
+        let err = EnclaveSpec::from_xml(
+            r#"<lwk name="sim" ipc="host"><cpus><cores>1</cores></cpus><memory size="1024"/></lwk>"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .contains("ipc=\"host\" does not apply to an lwk enclave"),
+            "{err}"
+        );
+        // The same rules hold for a spec that did not come from XML.
+        let mut spec = EnclaveSpec::from_xml(
+            r#"<lwk name="sim"><cpus><cores>1</cores></cpus><memory size="1024"/></lwk>"#,
+        )
+        .unwrap();
+        spec.shared = true;
+        assert!(spec.validate().is_err());
+        // Unknown kinds list lwk among the creatable ones.
+        let err = EnclaveSpec::from_xml("<kitten name=\"a\"/>").unwrap_err();
+        assert!(err.message.contains("expected <native>, <lwk>"), "{err}");
     }
 
     #[test]

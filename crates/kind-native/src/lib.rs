@@ -25,10 +25,11 @@ use hobbes_proto::model::{
 };
 use hobbes_sys::process as proc_sys;
 
-pub mod cgroup;
 mod sys;
 
-use cgroup::{Cgroups, EnclaveCgroup};
+// The cgroup managers live in `hobbes-cgroups`, shared with the other kinds
+// that confine host threads (they grew here).
+use hobbes_cgroups::{Cgroups, EnclaveCgroup};
 
 /// The native kind's driver.
 pub struct NativeKind {
@@ -40,17 +41,7 @@ pub struct NativeKind {
 }
 
 /// cpuset.mems for a set of NUMA nodes.
-pub fn mems_of(nodes: &[u32]) -> String {
-    if nodes.is_empty() {
-        "0".into()
-    } else {
-        nodes
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
+pub use hobbes_cgroups::mems_of;
 
 impl NativeKind {
     /// The native kind of a daemon: cgroups when `privileged` (found in

@@ -1,6 +1,7 @@
 //! `leviathan [FLAGS]` runs the daemon; `leviathan cleanup` recovers a node after
-//! a daemon was killed for good; `leviathan enclave-init` is the enclave control
-//! process (started by the daemon, not by hand).
+//! a daemon was killed for good; `leviathan enclave-init` is the native enclave
+//! control process and `leviathan lwk-monitor` an LWK enclave's monitor (both
+//! started by the daemon, not by hand).
 
 use std::path::PathBuf;
 
@@ -86,6 +87,9 @@ enum Command {
     /// The enclave control process (started by leviathan).
     #[command(hide = true)]
     EnclaveInit(leviathan::control::ControlArgs),
+    /// An LWK enclave's monitor: its VM and its control agent (started by leviathan).
+    #[command(hide = true)]
+    LwkMonitor(kind_lwk::monitor::MonitorArgs),
 }
 
 /// A CPU list as one argument (clap would read `Vec` as repeated values).
@@ -112,6 +116,7 @@ fn main() {
     init_logging();
     let result = match cli.command {
         Some(Command::EnclaveInit(args)) => leviathan::control::run(args),
+        Some(Command::LwkMonitor(args)) => kind_lwk::monitor::run(args),
         Some(Command::Cleanup {
             keep_state,
             orphans,

@@ -83,11 +83,17 @@ fn failure(rec: &AppRecord) -> String {
 pub(super) fn exit_code(rec: &AppRecord) -> Result<i32> {
     match rec.exit {
         Some(status @ ExitStatus::Signal(sig)) => {
+            // The detail says what killed it, where its enclave knows (an
+            // LWK names the guest fault).
             eprintln!(
-                "hobbes: app {} ({}) killed by {}",
+                "hobbes: app {} ({}) killed by {}{}",
                 rec.id,
                 rec.name,
-                signal_name(sig)
+                signal_name(sig),
+                rec.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
             );
             Ok(status.shell_code())
         }
@@ -103,7 +109,11 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
         return Ok(0);
     }
     let names = Names::new(&client.list_enclaves()?);
-    let mut t = Table::new(&["ID", "NAME", "ENCLAVE", "STATE", "PIDS", "EXIT", "STARTED"]);
+    // DETAIL last: it is the long one (why it failed or was lost; an LWK
+    // app's fault and system calls).
+    let mut t = Table::new(&[
+        "ID", "NAME", "ENCLAVE", "STATE", "PIDS", "EXIT", "STARTED", "DETAIL",
+    ]);
     for a in &apps {
         let pids: Vec<String> = a
             .procs
@@ -122,6 +132,7 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
             },
             a.exit.map_or("-".into(), |e| e.to_string()),
             human::age(a.started_ms),
+            a.detail.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     t.print_or("no apps");
@@ -141,7 +152,13 @@ pub fn wait(ctx: &Ctx, app: AppId) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&rec)?;
     } else if let Some(exit) = rec.exit {
-        println!("app {} ({}): {} ({exit})", rec.id, rec.name, rec.state);
+        match &rec.detail {
+            Some(detail) => println!(
+                "app {} ({}): {} ({exit}): {detail}",
+                rec.id, rec.name, rec.state
+            ),
+            None => println!("app {} ({}): {} ({exit})", rec.id, rec.name, rec.state),
+        }
     }
     exit_code(&rec)
 }

@@ -411,8 +411,15 @@ impl Daemon {
             ControlUp::LaunchFailed { seq, .. }
             | ControlUp::Pong { seq }
             | ControlUp::Done { seq, .. } => link.answer(seq, msg),
-            ControlUp::Exited { app, status, .. } => {
-                self.app_ended(app, Some(status), None);
+            ControlUp::Exited {
+                app,
+                status,
+                detail,
+                ..
+            } => {
+                // The agent's word on the end (an LWK's guest fault and call
+                // summary) becomes the app's `detail`, as a launch error does.
+                self.app_ended(app, Some(status), detail);
                 let _ = link.send(&ControlDown::Forget { app });
             }
             ControlUp::Output {
@@ -495,8 +502,10 @@ impl Daemon {
         {
             match reports.iter().find(|r| r.app == app.id) {
                 Some(AppReport {
-                    exit: Some(status), ..
-                }) => self.app_ended(app.id, Some(*status), None),
+                    exit: Some(status),
+                    detail,
+                    ..
+                }) => self.app_ended(app.id, Some(*status), detail.clone()),
                 Some(_) => {}
                 None if app.state == AppState::Starting => {}
                 None => self.app_ended(

@@ -15,5 +15,9 @@ pub fn registry(env: &KindEnv) -> KindRegistry {
         env.privileged,
         env.exe.clone(),
     )));
+    kinds.register(Box::new(kind_lwk::LwkKind::new(
+        env.privileged,
+        env.exe.clone(),
+    )));
     kinds
 }

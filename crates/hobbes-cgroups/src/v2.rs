@@ -10,10 +10,10 @@ use std::time::Duration;
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 use super::{
-    enclave_dir_name, enclave_ids_in, procs_tree, read, sigkill, wait_gone, write, CgroupManager,
-    DirOps, EnclaveCgroup, Result,
+    dir_name, enclave_ids_in, procs_tree, read, sigkill, wait_gone, write, CgroupManager, DirOps,
+    EnclaveCgroup, Result,
 };
-use hobbes_kind::format_cpu_list;
+use hobbes_proto::model::format_id_list as format_cpu_list;
 
 /// The node's cgroup v2 layout (see the module's documentation).
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct V2 {
     exclusive: PathBuf,
     /// `<parent>/hobbes-shared`: shared enclaves.
     shared: PathBuf,
+    /// Enclave cgroups are `<prefix>-N`.
+    prefix: &'static str,
     ops: DirOps,
 }
 
@@ -39,8 +41,15 @@ impl V2 {
             exclusive: parent.join("hobbes"),
             shared: parent.join("hobbes-shared"),
             parent,
+            prefix: super::ENCLAVE_PREFIX,
             ops,
         }
+    }
+
+    /// Name enclave cgroups `<prefix>-N` (default `enclave`).
+    pub fn with_prefix(mut self, prefix: &'static str) -> V2 {
+        self.prefix = prefix;
+        self
     }
 
     fn enclave_at(&self, id: EnclaveId, shared: bool) -> V2Enclave {
@@ -49,7 +58,7 @@ impl V2 {
         } else {
             &self.exclusive
         }
-        .join(enclave_dir_name(id));
+        .join(dir_name(self.prefix, id));
         V2Enclave {
             control: dir.join("control"),
             apps: dir.join("apps"),
@@ -94,7 +103,7 @@ impl CgroupManager for V2 {
     fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, Box<dyn EnclaveCgroup>)> {
         let mut out = Vec::new();
         for (dir, shared) in [(&self.exclusive, false), (&self.shared, true)] {
-            for id in enclave_ids_in(dir) {
+            for id in enclave_ids_in(dir, self.prefix) {
                 let cg: Box<dyn EnclaveCgroup> = Box::new(self.enclave_at(id, shared));
                 out.push((id, shared, cg));
             }
@@ -198,6 +207,14 @@ impl EnclaveCgroup for V2Enclave {
 
     fn app_cgroup(&self) -> &Path {
         &self.apps
+    }
+
+    fn control_cgroup(&self) -> &Path {
+        &self.control
+    }
+
+    fn thread_cgroup(&self) -> Option<&Path> {
+        None
     }
 
     fn set_cpus(&self, cores: &[CoreId]) -> Result<()> {

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use kind_native::cgroup::v2::V2;
-use kind_native::cgroup::CgroupManager;
+use hobbes_cgroups::v2::V2;
+use hobbes_cgroups::CgroupManager;
 
 const TEST: &str = "cgroup_v2_kernel";
 

@@ -9,10 +9,10 @@ use std::time::Duration;
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 use super::{
-    enclave_dir_name, enclave_ids_in, move_all, procs, procs_tree, read, sigkill, wait_gone, write,
+    dir_name, enclave_ids_in, move_all, procs, procs_tree, read, sigkill, wait_gone, write,
     CgroupManager, DirOps, EnclaveCgroup, Result,
 };
-use hobbes_kind::format_cpu_list;
+use hobbes_proto::model::format_id_list as format_cpu_list;
 
 /// The node's cgroup v1 layout (see the module's documentation).
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct V1 {
     cpuset: PathBuf,
     /// `<memory parent>/hobbes`.
     memory: PathBuf,
+    /// Enclave cgroups are `<prefix>-N`.
+    prefix: &'static str,
     ops: DirOps,
 }
 
@@ -39,12 +41,19 @@ impl V1 {
             cpuset: cpuset_parent.join("hobbes"),
             cpuset_parent,
             memory: memory_parent.join("hobbes"),
+            prefix: super::ENCLAVE_PREFIX,
             ops,
         }
     }
 
+    /// Name enclave cgroups `<prefix>-N` (default `enclave`).
+    pub fn with_prefix(mut self, prefix: &'static str) -> V1 {
+        self.prefix = prefix;
+        self
+    }
+
     fn enclave_at(&self, id: EnclaveId, exclusive: bool) -> V1Enclave {
-        let name = enclave_dir_name(id);
+        let name = dir_name(self.prefix, id);
         V1Enclave {
             cpuset: self.cpuset.join(&name),
             memory: self.memory.join(&name),
@@ -101,8 +110,8 @@ impl CgroupManager for V1 {
     }
 
     fn existing_enclaves(&self) -> Vec<(EnclaveId, bool, Box<dyn EnclaveCgroup>)> {
-        let mut ids = enclave_ids_in(&self.cpuset);
-        ids.extend(enclave_ids_in(&self.memory));
+        let mut ids = enclave_ids_in(&self.cpuset, self.prefix);
+        ids.extend(enclave_ids_in(&self.memory, self.prefix));
         ids.sort_unstable();
         ids.dedup();
         ids.into_iter()
@@ -110,7 +119,7 @@ impl CgroupManager for V1 {
                 let exclusive = read(
                     &self
                         .cpuset
-                        .join(enclave_dir_name(id))
+                        .join(dir_name(self.prefix, id))
                         .join("cpuset.cpu_exclusive"),
                 )
                 .is_ok_and(|v| v == "1");
@@ -172,6 +181,14 @@ impl EnclaveCgroup for V1Enclave {
 
     fn app_cgroup(&self) -> &Path {
         &self.memory
+    }
+
+    fn control_cgroup(&self) -> &Path {
+        &self.control_memory
+    }
+
+    fn thread_cgroup(&self) -> Option<&Path> {
+        Some(&self.cpuset)
     }
 
     fn set_cpus(&self, cores: &[CoreId]) -> Result<()> {
@@ -397,6 +414,43 @@ mod tests {
         nine.kill_all(Duration::from_secs(1)).unwrap();
         nine.remove().unwrap();
         assert!(!at(&dir, "memory/hobbes/enclave-9").exists());
+    }
+
+    #[test]
+    fn two_prefixes_share_the_parents_and_see_only_their_own_enclaves() {
+        let (dir, native) = node();
+        let lwk = V1::with_dir_ops(at(&dir, "cpuset"), at(&dir, "memory"), fixture::DIR_OPS)
+            .with_prefix("lwk");
+        native.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        // The second kind's set-up finds the node set up: nothing changes.
+        lwk.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        assert_eq!(read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")), "0");
+        native.enclave(1, false).create(&[1], "0", LIMIT).unwrap();
+        let l = lwk.enclave(2, false);
+        l.create(&[2], "0", LIMIT).unwrap();
+        assert_eq!(l.path(), at(&dir, "cpuset/hobbes/lwk-2"));
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/lwk-2/cpuset.cpu_exclusive")),
+            "1"
+        );
+        assert_eq!(l.app_cgroup(), at(&dir, "memory/hobbes/lwk-2"));
+        // Out of the limit again without leaving the cpuset it was in.
+        assert_eq!(l.control_cgroup(), at(&dir, "memory/hobbes"));
+        assert_eq!(
+            l.thread_cgroup(),
+            Some(at(&dir, "cpuset/hobbes/lwk-2").as_path())
+        );
+        let ids = |m: &V1| -> Vec<EnclaveId> {
+            m.existing_enclaves()
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect()
+        };
+        assert_eq!(ids(&native), vec![1]);
+        assert_eq!(ids(&lwk), vec![2]);
+        l.remove().unwrap();
+        assert!(!at(&dir, "memory/hobbes/lwk-2").exists());
+        assert!(at(&dir, "cpuset/hobbes/enclave-1").exists());
     }
 
     #[test]

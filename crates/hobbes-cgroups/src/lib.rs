@@ -1,4 +1,9 @@
-//! Enclave cgroups on cgroup v1 (legacy/hybrid) and v2 (unified).
+#![deny(missing_docs)]
+
+//! Enclave cgroups on cgroup v1 (legacy/hybrid) and v2 (unified), shared by
+//! the enclave kinds that confine host threads with them (`kind-native`'s
+//! apps, `kind-lwk`'s vCPU threads). It grew in `kind-native` and moved here
+//! when a second kind needed it; no kind's internals are in it.
 //!
 //! One trait for the node ([`CgroupManager`]: parents, host confinement,
 //! finding enclave cgroups) and one for an enclave ([`EnclaveCgroup`]), each
@@ -37,6 +42,13 @@
 //! <root>/hobbes-shared/enclave-N/{control,apps}/  shared enclaves (member, host cores)
 //! ```
 //!
+//! `enclave` is the prefix of the native kind's cgroups; another kind picks
+//! its own ([`Cgroups::detect_with_prefix`]: `lwk-N` for LWK enclaves), so
+//! each kind finds only its own cgroups as leftovers, and two kinds never
+//! claim one directory. The parents and the host's confinement are the
+//! node's, the same for every prefix: each kind's `setup` makes them if they
+//! are missing (idempotent), so no kind depends on another being registered.
+//!
 //! Unit tests run both managers against temporary directories laid out like
 //! cgroupfs ([`DirOps`] is the one seam: the kernel fills a new cgroup
 //! directory with its files, a plain filesystem does not).
@@ -52,6 +64,9 @@ use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 pub mod v1;
 pub mod v2;
+
+/// The prefix of the native kind's enclave cgroups (`enclave-N`), the default.
+pub const ENCLAVE_PREFIX: &str = "enclave";
 
 #[cfg(test)]
 mod fixture;
@@ -127,6 +142,21 @@ pub trait EnclaveCgroup: fmt::Debug + Send + Sync {
     /// The cgroup whose `cgroup.procs` an app joins, from the control
     /// process's cgroups, to come under the memory limit.
     fn app_cgroup(&self) -> &Path;
+    /// The cgroup whose `cgroup.procs` takes a process out of the memory
+    /// limit again, as [`EnclaveCgroup::add_control_pid`] puts the control
+    /// process (v1: the memory parent, which leaves the process's cpuset as
+    /// it is; v2: `control`, on the enclave's cores). An agent whose memory
+    /// must be charged to the enclave once (an LWK's guest RAM, populated at
+    /// start: the charge stays) joins [`EnclaveCgroup::app_cgroup`], makes
+    /// it, and moves here.
+    fn control_cgroup(&self) -> &Path;
+    /// The cgroup one thread can join alone (its `tasks` file takes a
+    /// thread id) to run on the enclave's cores while the other threads of
+    /// its process stay on the host's: v1, where each hierarchy places
+    /// threads one by one. `None` on v2, where a process's threads share its
+    /// cpuset (threaded cgroups could split them, but not across the
+    /// partition that makes the enclave's cores exclusive).
+    fn thread_cgroup(&self) -> Option<&Path>;
     /// Give it exactly these cores.
     fn set_cpus(&self, cores: &[CoreId]) -> Result<()>;
     /// Bind its memory to these NUMA nodes (`cpuset.mems` syntax).
@@ -256,19 +286,38 @@ fn procs_tree(dirs: &[&Path]) -> Vec<u32> {
     out
 }
 
-/// The enclave directory name.
-pub fn enclave_dir_name(id: EnclaveId) -> String {
-    format!("enclave-{id}")
+/// `cpuset.mems` for a set of NUMA nodes ("0" for none: every node has a 0).
+pub fn mems_of(nodes: &[u32]) -> String {
+    if nodes.is_empty() {
+        "0".into()
+    } else {
+        nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
-/// Enclave ids of the `enclave-N` directories in `dir`.
-fn enclave_ids_in(dir: &Path) -> Vec<EnclaveId> {
+/// The directory name of enclave `id`'s cgroups with the native kind's prefix.
+pub fn enclave_dir_name(id: EnclaveId) -> String {
+    dir_name(ENCLAVE_PREFIX, id)
+}
+
+/// The directory name of enclave `id`'s cgroups with `prefix` (`lwk-3`).
+pub fn dir_name(prefix: &str, id: EnclaveId) -> String {
+    format!("{prefix}-{id}")
+}
+
+/// Enclave ids of the `<prefix>-N` directories in `dir`.
+fn enclave_ids_in(dir: &Path, prefix: &str) -> Vec<EnclaveId> {
     let mut ids: Vec<EnclaveId> = subdirs(dir)
         .iter()
         .filter_map(|p| {
             p.file_name()?
                 .to_str()?
-                .strip_prefix("enclave-")?
+                .strip_prefix(prefix)?
+                .strip_prefix('-')?
                 .parse()
                 .ok()
         })
@@ -404,18 +453,23 @@ fn base_of(mount: &Path, own: Option<&str>) -> PathBuf {
 /// The manager for what was found: v1 when cpuset and memory are v1
 /// controllers (legacy or hybrid), v2 when the unified hierarchy offers both,
 /// else none.
-fn manager_for(f: &Found) -> Option<Arc<dyn CgroupManager>> {
+fn manager_for(f: &Found, prefix: &'static str) -> Option<Arc<dyn CgroupManager>> {
     if let (Some(cpuset), Some(memory)) = (&f.v1_cpuset, &f.v1_memory) {
-        return Some(Arc::new(v1::V1::new(
-            base_of(cpuset, f.own_v1_cpuset.as_deref()),
-            base_of(memory, f.own_v1_memory.as_deref()),
-        )));
+        return Some(Arc::new(
+            v1::V1::new(
+                base_of(cpuset, f.own_v1_cpuset.as_deref()),
+                base_of(memory, f.own_v1_memory.as_deref()),
+            )
+            .with_prefix(prefix),
+        ));
     }
     if let Some(v2) = &f.v2 {
         let controllers = fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if has("cpuset") && has("memory") {
-            return Some(Arc::new(v2::V2::new(base_of(v2, f.own_v2.as_deref()))));
+            return Some(Arc::new(
+                v2::V2::new(base_of(v2, f.own_v2.as_deref())).with_prefix(prefix),
+            ));
         }
     }
     None
@@ -427,12 +481,20 @@ fn manager_for(f: &Found) -> Option<Arc<dyn CgroupManager>> {
 pub struct Cgroups(Option<Arc<dyn CgroupManager>>);
 
 impl Cgroups {
-    /// Find the cgroup layout of this node (none when not privileged).
+    /// Find the cgroup layout of this node (none when not privileged), for
+    /// enclave cgroups named `enclave-N` (the native kind's).
     pub fn detect(privileged: bool) -> Cgroups {
+        Cgroups::detect_with_prefix(privileged, ENCLAVE_PREFIX)
+    }
+
+    /// As [`Cgroups::detect`], for enclave cgroups named `<prefix>-N`: a
+    /// kind's own family beside the native kind's (same parents, same host
+    /// confinement).
+    pub fn detect_with_prefix(privileged: bool, prefix: &'static str) -> Cgroups {
         if !privileged {
             return Cgroups(None);
         }
-        Cgroups(manager_for(&discover()))
+        Cgroups(manager_for(&discover(), prefix))
     }
 
     /// Drive this manager (tests, or a layout chosen by hand).
@@ -524,7 +586,7 @@ mod tests {
         assert_eq!(f.v1_memory, Some("/sys/fs/cgroup/memory".into()));
         assert_eq!(f.v2, Some("/sys/fs/cgroup/unified".into()));
         assert_eq!(f.own_v2.as_deref(), Some("/init.scope"));
-        let m = manager_for(&f).expect("v1");
+        let m = manager_for(&f, ENCLAVE_PREFIX).expect("v1");
         assert_eq!(m.mode(), CgroupMode::Legacy);
         let e = m.enclave(3, false);
         assert_eq!(
@@ -534,6 +596,14 @@ mod tests {
         assert_eq!(
             e.app_cgroup(),
             Path::new("/sys/fs/cgroup/memory/job7/hobbes/enclave-3")
+        );
+        assert_eq!(
+            e.control_cgroup(),
+            Path::new("/sys/fs/cgroup/memory/job7/hobbes")
+        );
+        assert_eq!(
+            e.thread_cgroup(),
+            Some(Path::new("/sys/fs/cgroup/cpuset/job7/hobbes/enclave-3"))
         );
     }
 
@@ -547,7 +617,7 @@ mod tests {
         let f = parse_found(&mounts, "0::/daemon.service\n");
         fs::write(root.path().join("cgroup.controllers"), "cpu io memory pids").unwrap();
         assert!(
-            manager_for(&f).is_none(),
+            manager_for(&f, ENCLAVE_PREFIX).is_none(),
             "no cpuset controller: no cgroups"
         );
         fs::write(
@@ -555,17 +625,22 @@ mod tests {
             "cpuset cpu io memory pids",
         )
         .unwrap();
-        let m = manager_for(&f).expect("v2");
+        let m = manager_for(&f, "lwk").expect("v2");
         assert_eq!(m.mode(), CgroupMode::Unified);
         let e = m.enclave(4, true);
         assert_eq!(
             e.path(),
-            root.path().join("daemon.service/hobbes-shared/enclave-4")
+            root.path().join("daemon.service/hobbes-shared/lwk-4")
         );
         assert_eq!(
             e.app_cgroup(),
-            root.path()
-                .join("daemon.service/hobbes-shared/enclave-4/apps")
+            root.path().join("daemon.service/hobbes-shared/lwk-4/apps")
         );
+        assert_eq!(
+            e.control_cgroup(),
+            root.path()
+                .join("daemon.service/hobbes-shared/lwk-4/control")
+        );
+        assert!(e.thread_cgroup().is_none());
     }
 }
