@@ -14,6 +14,13 @@ command -v gfortran >/dev/null || needed+=(gfortran)
 # leviathan exports the node's topology once (lstopo) for every MPI rank to load
 # instead of each rank discovering it again (most of an MPICH rank's start-up).
 command -v lstopo-no-graphics >/dev/null || needed+=(hwloc-nox)
+# The LWK kind's test programs (scripts/lwk-programs.sh) include musl static
+# executables. The rest need nothing more: static glibc (libc.a) comes with
+# libc6-dev, static libgomp with gcc, static libgfortran with gfortran, and a
+# static Rust program with the stable toolchain (-C target-feature=+crt-static;
+# no musl target needed); the 32-bit refusal test is freestanding (gcc -m32
+# -nostdlib), so no gcc-multilib.
+command -v musl-gcc >/dev/null || needed+=(musl-tools)
 if ((${#needed[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hobbes: please install: ${needed[*]} (needs root)" >&2

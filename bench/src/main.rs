@@ -13,13 +13,16 @@ use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{Client, EnclaveConn, NisReader};
 
 mod insitu;
+mod lwk;
 mod plot;
 mod remora;
 mod xasm;
 mod xemem;
 
 const USAGE: &str = "\
-usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm | insitu [--out DIR] [--reps N] [--sizes A,B,..]]
+usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm
+                    | lwk [--reps N] [--detour-secs S] [--memory MIB] [--trap-nr NR] [--programs DIR] [--native-only] [--json]
+                    | insitu [--out DIR] [--reps N] [--sizes A,B,..]]
 
 Each bench runs Hobbes and its floor (the peer named in the issue) in the same run and
 prints medians and the ratio. All but insitu need root (they start a privileged
@@ -38,6 +41,10 @@ fn main() -> Result<()> {
         }
         Some("remora") => with_daemon(remora::bench),
         Some("xasm") => with_daemon(xasm::bench),
+        Some("lwk") => {
+            let o = lwk::Opts::parse(&args[2..])?;
+            with_daemon(|d| lwk::bench(d, &o))
+        }
         Some("insitu") => insitu::main(&args[2..]),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
@@ -48,7 +55,8 @@ fn main() -> Result<()> {
                 bench_create(d)?;
                 xemem::bench(d, &xemem::out_dir(&[])?)?;
                 xasm::bench(d)?;
-                remora::bench(d)
+                remora::bench(d)?;
+                lwk::bench(d, &lwk::Opts::default())
             })?;
             // Starts its own (unprivileged) daemon once the one above is gone.
             insitu::main(&[])
@@ -58,7 +66,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, insitu or all (--help says more)")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, lwk, insitu or all (--help says more)")
         }
     }
 }
