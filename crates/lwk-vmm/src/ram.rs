@@ -207,7 +207,8 @@ impl GuestRam {
         let mut pool = self.pt_pages.lock().unwrap();
         if pool.fresh.is_empty() {
             let chunk = self.alloc_chunk()?;
-            pool.fresh.extend((0..HUGE / PAGE).rev().map(|i| chunk + i * PAGE));
+            pool.fresh
+                .extend((0..HUGE / PAGE).rev().map(|i| chunk + i * PAGE));
         }
         let page = pool.fresh.pop()?;
         self.zero(page, PAGE);
@@ -222,6 +223,11 @@ impl GuestRam {
     /// contents only after the shadow pages are flushed.
     pub fn free_pt_pages(&self, pages: impl IntoIterator<Item = u64>) {
         self.pt_pages.lock().unwrap().retired.extend(pages);
+    }
+
+    /// How many fresh page-table pages are left before a new chunk is needed.
+    pub fn fresh_pt_pages(&self) -> usize {
+        self.pt_pages.lock().unwrap().fresh.len()
     }
 
     /// Are there retired page-table pages (a flush would free them)?

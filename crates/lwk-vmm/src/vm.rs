@@ -61,6 +61,9 @@ pub struct Lwk {
     _kvm: Kvm,
     cpuid: CpuId,
     xcr0: u64,
+    /// A vCPU's extended state fits `kvm_xsave` (4 KiB: no AMX), so it can
+    /// be reset between apps with KVM_SET_XSAVE.
+    xsave_fits: bool,
     cores: Vec<u32>,
     doorbell_gpa: u64,
     /// vCPUs not running a thread, by slot (KVM cannot destroy one vCPU, so
@@ -93,6 +96,9 @@ impl Lwk {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(cpu::kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let xcr0 = supported_xcr0(&cpuid);
+        // KVM_CAP_XSAVE2 is the size KVM_SET_XSAVE reads (0: the old 4 KiB).
+        let xsave_size = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+        let xsave_fits = xsave_size <= std::mem::size_of::<kvm_bindings::kvm_xsave>() as i32;
         // The system area: IDT and exception handlers, shared by every app.
         let mem = ram.mem();
         use vm_memory::{Bytes, GuestAddress};
@@ -109,6 +115,7 @@ impl Lwk {
             _kvm: kvm,
             cpuid,
             xcr0,
+            xsave_fits,
             cores: cfg.cores.clone(),
             idle_vcpus: Mutex::new(Vec::new()),
             vcpus_made: Mutex::new(0),
@@ -188,6 +195,11 @@ impl Lwk {
         self.xcr0
     }
 
+    /// Can a vCPU's extended state be reset with KVM_SET_XSAVE?
+    pub(crate) fn xsave_fits(&self) -> bool {
+        self.xsave_fits
+    }
+
     /// Prepare vCPU `slot`'s system pages and map them into `space`.
     pub(crate) fn map_vcpu_pages(
         &self,
@@ -229,12 +241,17 @@ impl Lwk {
         crate::mailbox::Mailbox::at(self.ram.host_addr(VcpuPages::of(slot).stub))
     }
 
-    /// With no app running, drop every shadow page KVM keeps (by deleting and
-    /// re-adding the RAM's memory slot), so ended apps' page-table pages can
-    /// be reused (see `GuestRam::free_pt_pages`). While apps run, new apps
-    /// take fresh page-table pages instead.
+    /// When fresh page-table pages run low and no app runs, drop every shadow
+    /// page KVM keeps (by deleting and re-adding the RAM's memory slot), so
+    /// ended apps' page-table pages can be reused (see
+    /// `GuestRam::free_pt_pages`). It costs about 3 ms here, so it is done
+    /// only when a chunk's worth of pages (about 40 apps) is used up;
+    /// otherwise, and whenever apps run, new apps take fresh pages.
     fn recycle_page_tables(&self) -> Result<(), LwkError> {
-        if !self.apps.lock().unwrap().is_empty() || !self.ram.has_retired_pt_pages() {
+        if self.ram.fresh_pt_pages() >= RECYCLE_BELOW
+            || !self.apps.lock().unwrap().is_empty()
+            || !self.ram.has_retired_pt_pages()
+        {
             return Ok(());
         }
         set_ram_slot(&self.vm, &self.ram, 0)?;
@@ -493,6 +510,10 @@ fn set_ram_slot(vm: &VmFd, ram: &GuestRam, size: u64) -> Result<(), LwkError> {
     unsafe { vm.set_user_memory_region(region) }.map_err(cpu::kvm("KVM_SET_USER_MEMORY_REGION"))
 }
 
+/// Recycle retired page-table pages when fewer fresh ones are left (an app
+/// takes about a dozen).
+const RECYCLE_BELOW: usize = 64;
+
 /// `pause` iterations a stub waits for the proxy before it exits instead.
 const SPIN: u64 = 20_000;
 
@@ -508,21 +529,19 @@ fn supported_xcr0(cpuid: &CpuId) -> u64 {
 }
 
 /// Read the program as the launching user would (permissions checked with
-/// the app's credentials, not root's).
+/// the app's credentials, not root's): this thread's file-system ids are
+/// the app's while it reads, and its own again after.
 fn read_as(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
-    let path = path.to_path_buf();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            crate::host::set_fs_ids(uid, gid);
-            let meta = std::fs::metadata(&path)?;
-            if !meta.is_file() {
-                return Err(std::io::Error::other("not a regular file"));
-            }
-            std::fs::read(&path)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("reading the program failed")))
-    })
+    let (old_uid, old_gid) = crate::host::set_fs_ids(uid, gid);
+    let read = (|| {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        std::fs::read(path)
+    })();
+    crate::host::set_fs_ids(old_uid, old_gid);
+    read
 }
 
 /// A running (or ended) app.

@@ -353,9 +353,75 @@ fn many_apps_in_turn_each_run_cleanly() {
     )
     .unwrap();
     for i in 0..8 {
-        let (p, want) = if i % 3 == 2 { (&b, "b 1\n") } else { (&a, "a\n") };
+        let (p, want) = if i % 3 == 2 {
+            (&b, "b 1\n")
+        } else {
+            (&a, "a\n")
+        };
         let r = run(&l, p, &[], dir.path());
         assert_eq!(r.code, 0, "run {i}: {:?} {}", r.exit.fault, r.stderr);
         assert_eq!(r.stdout, want, "run {i}");
+    }
+}
+
+/// The programs of `scripts/lwk-programs.sh --tests`: a hello world in each
+/// language and libc, pthreads and OpenMP, each checked by its output.
+#[test]
+fn every_language_and_threading_runtime_runs() {
+    let test = "every_language_and_threading_runtime_runs";
+    let Some(l) = lwk(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/lwk-programs.sh"))
+        .arg("--tests")
+        .arg(dir.path())
+        .output()
+        .expect("bash");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in listing.lines().filter(|l| l.starts_with("skip")) {
+        // A compiler missing here (scripts/deps.sh installs them).
+        println!("SKIP {test} ({line})");
+    }
+    let built = |name: &str| {
+        let p = dir.path().join(name);
+        p.exists().then_some(p)
+    };
+    let hellos = [
+        "hello-glibc-static",
+        "hello-glibc-static-pie",
+        "hello-musl-static",
+        "hello-musl-static-pie",
+        "hello-rust",
+        "hello-rust-static",
+        "hello-fortran",
+    ];
+    let mut ran = 0;
+    for name in hellos {
+        let Some(p) = built(name) else { continue };
+        let r = run(&l, &p, &["a", "b c"], dir.path());
+        assert_eq!(r.code, 0, "{name}: {:?} {}", r.exit.fault, r.stderr);
+        assert!(r.stdout.contains("hello, world"), "{name}: {}", r.stdout);
+        assert!(r.stdout.contains("argv[2]=b c"), "{name}: {}", r.stdout);
+        ran += 1;
+    }
+    assert!(ran >= 2, "no hello world was built: {listing}");
+    // Four threads on one core exercise four vCPUs and cross-vCPU futexes.
+    for (name, args, threads) in [
+        ("threads", &["4"][..], "threads=4"),
+        ("omp", &[][..], "omp_threads=1"),
+    ] {
+        let Some(p) = built(name) else { continue };
+        let r = run(&l, &p, args, dir.path());
+        assert!(r.stdout.contains(threads), "{name}: {}", r.stdout);
+        assert_eq!(r.code, 0, "{name}: {:?} {}", r.exit.fault, r.stderr);
+        assert!(
+            r.stdout.contains("sum=") || r.stdout.contains("total="),
+            "{name}: {}",
+            r.stdout
+        );
+        assert!(r.stdout.trim_end().ends_with("ok"), "{name}: {}", r.stdout);
     }
 }
