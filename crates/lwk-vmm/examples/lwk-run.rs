@@ -41,6 +41,35 @@ fn main() {
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         b.try_clone_to_owned().expect("dup")
     };
+    // LWK_RUN_REPEAT=N: launch it N times first (launch-to-exit of each on stderr).
+    let repeat: usize = std::env::var("LWK_RUN_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..repeat {
+        let t = std::time::Instant::now();
+        let app = lwk
+            .launch(LaunchRequest {
+                program: args[0].clone().into(),
+                argv: args.clone(),
+                env: vec![],
+                cwd: std::env::current_dir().unwrap(),
+                uid: 0,
+                gid: 0,
+                stdin: dup(0),
+                stdout: std::fs::File::create("/dev/null").unwrap().into(),
+                stderr: dup(2),
+            })
+            .expect("launch");
+        let launched = t.elapsed();
+        let e = app.wait();
+        eprintln!(
+            "lwk-run: launch {:.3} ms, launch to exit {:.3} ms ({:?})",
+            launched.as_secs_f64() * 1e3,
+            t.elapsed().as_secs_f64() * 1e3,
+            e.kind
+        );
+    }
     let start = std::time::Instant::now();
     let app = lwk
         .launch(LaunchRequest {

@@ -190,7 +190,7 @@ impl Ctx<'_> {
         let want = (self.app.uid, self.app.gid);
         CURRENT.with(|c| {
             if c.get() != Some(want) {
-                host::set_fs_ids(want.0, want.1);
+                let _ = host::set_fs_ids(want.0, want.1);
                 c.set(Some(want));
             }
         });

@@ -219,7 +219,17 @@ pub fn set_syscall_msrs(vcpu: &VcpuFd, stub_va: u64) -> Result<(), LwkError> {
 }
 
 /// FPU and SSE control words as Linux starts a process; XCR0 as `xcr0`.
-pub fn set_fpu(vcpu: &VcpuFd, xcr0: u64) -> Result<(), LwkError> {
+/// With `reset_xsave`, every extended state component (AVX, AVX-512) goes
+/// back to its initial state first: a reused vCPU must not show one app the
+/// vector registers another app left.
+pub fn set_fpu(vcpu: &VcpuFd, xcr0: u64, reset_xsave: bool) -> Result<(), LwkError> {
+    if reset_xsave {
+        // An XSAVE header with XSTATE_BV 0: every component in its init state.
+        let xsave = kvm_bindings::kvm_xsave::default();
+        // SAFETY: the caller checked that KVM_CAP_XSAVE2 reports at most
+        // size_of::<kvm_xsave>() bytes, so KVM reads only within `xsave`.
+        unsafe { vcpu.set_xsave(&xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+    }
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,

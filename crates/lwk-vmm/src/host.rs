@@ -73,13 +73,16 @@ pub fn futex(
 }
 
 /// Set this thread's file-system uid and gid (the credentials the kernel
-/// checks file access with), so forwarded calls act as the app's user.
-/// Per thread: the raw system calls, not glibc's process-wide wrappers.
-pub fn set_fs_ids(uid: u32, gid: u32) {
-    // SAFETY: setfsgid/setfsuid take integers and change only this thread.
+/// checks file access with), so forwarded calls act as the app's user;
+/// returns the previous ones. Per thread: the raw system calls, not glibc's
+/// process-wide wrappers.
+pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: setfsgid/setfsuid take integers, change only this thread, and
+    // return the previous id.
     unsafe {
-        libc::syscall(libc::SYS_setfsgid, gid);
-        libc::syscall(libc::SYS_setfsuid, uid);
+        let old_gid = libc::syscall(libc::SYS_setfsgid, gid) as u32;
+        let old_uid = libc::syscall(libc::SYS_setfsuid, uid) as u32;
+        (old_uid, old_gid)
     }
 }
 

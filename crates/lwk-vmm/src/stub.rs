@@ -7,7 +7,8 @@
 //! the stub never touches the stack: the user's red zone (the 128 bytes
 //! below `rsp`) stays intact.
 //!
-//! The stub serves `arch_prctl(ARCH_SET_FS)` itself (`wrfsbase`) and hands
+//! The stub serves `arch_prctl(ARCH_SET_FS)` and `arch_prctl(ARCH_GET_FS)`
+//! itself (`wrfsbase`, `rdfsbase`) and hands
 //! every other call to the monitor through the mailbox in the second half of
 //! its own page (RIP-relative, so each vCPU's copy finds its own):
 //!
@@ -52,12 +53,21 @@ core::arch::global_asm!(
     ".set HLWK_EXITMAP, hobbes_lwk_stub_start + 0x880",
     "    mov qword ptr [rip + HLWK_RIP], rcx",
     "    mov qword ptr [rip + HLWK_RFLAGS], r11",
-    // arch_prctl(ARCH_SET_FS, base): served here, no monitor involved.
+    // arch_prctl(ARCH_SET_FS, base) and arch_prctl(ARCH_GET_FS, &base):
+    // served here, no monitor involved (a bad pointer for GET_FS faults in
+    // the stub and ends the app as a fault, where Linux says EFAULT).
     "    cmp rax, 158",
     "    jne 2f",
     "    cmp rdi, 0x1002",
-    "    jne 2f",
+    "    jne 11f",
     "    wrfsbase rsi",
+    "    xor eax, eax",
+    "    jmp 7f",
+    "11:",
+    "    cmp rdi, 0x1003",
+    "    jne 2f",
+    "    rdfsbase rcx",
+    "    mov qword ptr [rsi], rcx",
     "    xor eax, eax",
     "    jmp 7f",
     "2:",

@@ -143,7 +143,7 @@ fn prepare(
         .ok_or_else(|| LwkError::NoApp("the app has ended".into()))?;
     cpu::set_sregs(fd, cr3, tables, start.fs_base)?;
     cpu::set_syscall_msrs(fd, tables.stub_va)?;
-    cpu::set_fpu(fd, lwk.xcr0())?;
+    cpu::set_fpu(fd, lwk.xcr0(), lwk.xsave_fits())?;
     fd.set_regs(&start.regs).map_err(cpu::kvm("KVM_SET_REGS"))
 }
 
