@@ -43,6 +43,10 @@ pub struct StartContext {
     pub nis_replica: PathBuf,
     /// The path the enclave sees its NIS at (the primary's path).
     pub nis_mount: PathBuf,
+    /// The daemon's huge-page tmpfs (`huge=within_size`), when it has one: a
+    /// kind that makes large memory files (an LWK's guest RAM) makes them
+    /// there, so they get 2 MiB pages whatever the node's shmem policy.
+    pub memory_dir: Option<PathBuf>,
     /// The secret the enclave's control agent presents when it attaches
     /// (`ControlUp::Attach.credential`): links are admitted by it, over any
     /// byte stream, not by the peer's pid. The driver hands it to its agent

@@ -138,6 +138,10 @@ impl LwkKind {
             "--guest-mem-bytes".into(),
             plan.guest_bytes.to_string(),
         ];
+        if let Some(dir) = &ctx.memory_dir {
+            argv.push("--memory-dir".into());
+            argv.push(dir.display().to_string());
+        }
         if !plan.proxy_cores.is_empty() {
             argv.push("--proxy-cores".into());
             argv.push(format_cpu_list(&plan.proxy_cores));
@@ -537,6 +541,7 @@ mod tests {
 
     fn ctx() -> StartContext {
         StartContext {
+            memory_dir: None,
             daemon_socket: "/state/control.sock".into(),
             cores: vec![2, 3],
             blocks: vec![0],

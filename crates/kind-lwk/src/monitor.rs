@@ -54,6 +54,11 @@ pub struct MonitorArgs {
     /// Guest RAM, in bytes.
     #[arg(long)]
     pub guest_mem_bytes: u64,
+    /// Make guest RAM in this directory (the daemon's huge-page tmpfs, so the
+    /// guest's 2 MiB pages are 2 MiB on the host too and KVM maps them
+    /// whole); absent: a memfd.
+    #[arg(long)]
+    pub memory_dir: Option<PathBuf>,
     /// Run in a mount namespace of our own, with the NIS replica bound over
     /// the primary's path.
     #[arg(long, requires = "nis_replica")]
@@ -158,6 +163,7 @@ fn prepare(
     }
     let guest = crate::vmm::make(
         args.guest_mem_bytes,
+        args.memory_dir.as_deref(),
         &args.cores.0,
         args.proxy_cores.as_ref().map_or(&[][..], |c| &c.0[..]),
     )?;

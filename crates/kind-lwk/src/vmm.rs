@@ -11,19 +11,22 @@ use crate::monitor::{Guest, GuestApp};
 /// An enclave's VM.
 pub(crate) struct Vmm(Arc<Lwk>);
 
-/// Make the enclave's VM: `mem_bytes` of guest RAM, populated now (the
+/// Make the enclave's VM: `mem_bytes` of guest RAM (in `memory_dir` when
+/// given), populated now (the
 /// caller sits in the enclave's memory cgroup meanwhile), vCPUs on `cores`,
 /// the system-call proxy on `proxy_cores` (none: every call exits).
 pub(crate) fn make(
     mem_bytes: u64,
+    memory_dir: Option<&std::path::Path>,
     cores: &[CoreId],
     proxy_cores: &[CoreId],
 ) -> anyhow::Result<Arc<Vmm>> {
     let lwk = Lwk::new(LwkConfig {
         mem_bytes,
         cores: cores.to_vec(),
-        // A memfd: shareable as is with XEMEM, which takes memfds.
-        memory_dir: None,
+        // A file in the daemon's huge-page tmpfs (host 2 MiB pages: far fewer
+        // KVM page faults), or a memfd; either is shareable with XEMEM.
+        memory_dir: memory_dir.map(Into::into),
         proxy_cores: proxy_cores.to_vec(),
     })
     .map_err(|e| anyhow::anyhow!("cannot make the LWK: {e}"))?;

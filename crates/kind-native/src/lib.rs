@@ -462,6 +462,7 @@ mod tests {
     #[test]
     fn its_control_endpoint_is_a_socket_in_the_enclave_dir() {
         let ctx = StartContext {
+            memory_dir: None,
             daemon_socket: "/state/control.sock".into(),
             cores: vec![1],
             blocks: vec![0],

@@ -25,7 +25,8 @@ fn main() {
     let lwk = Lwk::new(LwkConfig {
         mem_bytes: mib << 20,
         cores: vec![core],
-        memory_dir: None,
+        // LWK_MEMORY_DIR: make guest RAM there (a huge-page tmpfs) instead of a memfd.
+        memory_dir: std::env::var_os("LWK_MEMORY_DIR").map(Into::into),
         proxy_cores: if std::env::var_os("LWK_NO_PROXY").is_some() {
             vec![]
         } else {

@@ -76,6 +76,9 @@ pub struct Lwk {
     pub(crate) proxy: Arc<Proxy>,
     /// Held while a launch checks whether apps run and flushes.
     launching: Mutex<()>,
+    /// Set when an app ended and its memory waits to be zeroed by the
+    /// scrubber thread (and when the LWK goes away, to end that thread).
+    scrub_needed: Arc<(Mutex<bool>, std::sync::Condvar)>,
     /// Ourselves, for threads that must hold the LWK (a new vCPU thread).
     me: std::sync::Weak<Lwk>,
     closed: AtomicBool,
@@ -123,11 +126,19 @@ impl Lwk {
             next_pid: AtomicU32::new(1),
             proxy,
             launching: Mutex::new(()),
+            scrub_needed: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
             closed: AtomicBool::new(false),
         });
         lwk.proxy
             .start(Arc::downgrade(&lwk), cfg.proxy_cores.clone())
             .map_err(|e| LwkError::Internal(format!("cannot start the proxy thread: {e}")))?;
+        let weak = Arc::downgrade(&lwk);
+        let cores = cfg.proxy_cores.clone();
+        let wake = lwk.scrub_needed.clone();
+        std::thread::Builder::new()
+            .name("lwk-scrubber".into())
+            .spawn(move || scrubber(weak, wake, cores))
+            .map_err(|e| LwkError::Internal(format!("cannot start the scrubber thread: {e}")))?;
         Ok(lwk)
     }
 
@@ -478,9 +489,12 @@ impl Lwk {
         self.apps.lock().unwrap().remove(&app.pid);
         *app.done.lock().unwrap() = Some(AppExit { kind, fault, calls });
         app.done_cv.notify_all();
-        // Zero what the app used now, while nothing waits, so the next launch
+        // Zero what the app used now, on the host's cores (not the
+        // enclave's, where the next app may already run), so the next launch
         // gets clean memory without zeroing it first.
-        self.ram.scrub();
+        let (lock, cv) = &*self.scrub_needed;
+        *lock.lock().unwrap() = true;
+        cv.notify_one();
     }
 
     /// Zero freed memory now (call when idle, e.g. after an app ended).
@@ -493,6 +507,41 @@ impl Drop for Lwk {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::SeqCst);
         self.proxy.stop();
+        let (lock, cv) = &*self.scrub_needed;
+        *lock.lock().unwrap() = true;
+        cv.notify_one();
+    }
+}
+
+/// The scrubber thread: zero ended apps' memory on the host's `cores`
+/// (where the LWK's service threads run) until the LWK goes away. It holds
+/// the LWK only while it scrubs, so the LWK can be dropped while it waits.
+fn scrubber(
+    lwk: std::sync::Weak<Lwk>,
+    wake: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    cores: Vec<u32>,
+) {
+    if !cores.is_empty() {
+        let mut set = rustix::thread::CpuSet::new();
+        for c in &cores {
+            set.set(*c as usize);
+        }
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+    loop {
+        {
+            let (lock, cv) = &*wake;
+            let mut needed = lock.lock().unwrap();
+            while !*needed {
+                needed = cv.wait(needed).unwrap();
+            }
+            *needed = false;
+        }
+        let Some(l) = lwk.upgrade() else { return };
+        if l.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        l.ram.scrub();
     }
 }
 

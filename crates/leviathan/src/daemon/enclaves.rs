@@ -1,5 +1,6 @@
 //! Enclave lifecycle: create, destroy, assign and revoke resources, crash.
 
+use std::path::PathBuf;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -255,6 +256,13 @@ impl Daemon {
             enclave_dir: dir.clone(),
             nis_replica: dir.join("nis"),
             nis_mount: self.paths.nis(),
+            memory_dir: self
+                .nis
+                .reader()
+                .header()
+                .ok()
+                .and_then(|h| h.segment_files.dir)
+                .map(PathBuf::from),
             control_credential: credential.0,
         };
         let record = |started: &crate::kinds::Started| {
