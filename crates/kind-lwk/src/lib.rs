@@ -138,6 +138,10 @@ impl LwkKind {
             "--guest-mem-bytes".into(),
             plan.guest_bytes.to_string(),
         ];
+        if !ctx.numa_nodes.is_empty() {
+            argv.push("--numa-nodes".into());
+            argv.push(format_cpu_list(&ctx.numa_nodes));
+        }
         if let Some(dir) = &ctx.memory_dir {
             argv.push("--memory-dir".into());
             argv.push(dir.display().to_string());

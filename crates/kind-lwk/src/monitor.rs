@@ -59,6 +59,9 @@ pub struct MonitorArgs {
     /// whole); absent: a memfd.
     #[arg(long)]
     pub memory_dir: Option<PathBuf>,
+    /// The enclave's NUMA nodes, as a list ("0-1"): guest RAM comes from them.
+    #[arg(long, value_parser = cpu_list)]
+    pub numa_nodes: Option<CpuList>,
     /// Run in a mount namespace of our own, with the NIS replica bound over
     /// the primary's path.
     #[arg(long, requires = "nis_replica")]
@@ -164,6 +167,7 @@ fn prepare(
     let guest = crate::vmm::make(
         args.guest_mem_bytes,
         args.memory_dir.as_deref(),
+        args.numa_nodes.as_ref().map_or(&[][..], |n| &n.0[..]),
         &args.cores.0,
         args.proxy_cores.as_ref().map_or(&[][..], |c| &c.0[..]),
     )?;

@@ -18,10 +18,12 @@ pub(crate) struct Vmm(Arc<Lwk>);
 pub(crate) fn make(
     mem_bytes: u64,
     memory_dir: Option<&std::path::Path>,
+    numa_nodes: &[u32],
     cores: &[CoreId],
     proxy_cores: &[CoreId],
 ) -> anyhow::Result<Arc<Vmm>> {
     let lwk = Lwk::new(LwkConfig {
+        numa_nodes: numa_nodes.to_vec(),
         mem_bytes,
         cores: cores.to_vec(),
         // A file in the daemon's huge-page tmpfs (host 2 MiB pages: far fewer

@@ -23,6 +23,7 @@ fn main() {
         std::process::exit(2);
     }
     let lwk = Lwk::new(LwkConfig {
+        numa_nodes: vec![],
         mem_bytes: mib << 20,
         cores: vec![core],
         // LWK_MEMORY_DIR: make guest RAM there (a huge-page tmpfs) instead of a memfd.

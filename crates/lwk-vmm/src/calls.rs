@@ -1343,7 +1343,7 @@ fn poll(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
 #[doc(hidden)]
 pub fn fuzz_calls(data: &[u8]) {
     use std::os::fd::OwnedFd;
-    let Ok(ram) = GuestRam::new(16 << 20, None) else {
+    let Ok(ram) = GuestRam::new(16 << 20, None, &[]) else {
         return;
     };
     let Ok(dir) = std::env::temp_dir()
@@ -1454,7 +1454,7 @@ mod tests {
         fn arbitrary_calls_never_panic_or_block(
             calls in proptest::collection::vec((0u64..460, proptest::array::uniform6(arg())), 1..20)
         ) {
-            let ram = GuestRam::new(16 << 20, None).unwrap();
+            let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let (app, base) = app(&ram, dir.path());
             let ctx = Ctx { ram: &ram, cores: &[1, 2], app: &app, tid: 1, cpu: 0, on_vcpu: false };
@@ -1473,7 +1473,7 @@ mod tests {
 
     #[test]
     fn bad_pointers_are_efault_and_fds_are_checked() {
-        let ram = GuestRam::new(16 << 20, None).unwrap();
+        let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (app, base) = app(&ram, dir.path());
         let ctx = Ctx {

@@ -127,3 +127,46 @@ fn ret(r: i64) -> i64 {
         r
     }
 }
+
+/// Bind this thread's memory policy to NUMA `nodes` (`MPOL_BIND`), so the
+/// pages it allocates next come from them; `Ok(false)` when `nodes` is
+/// empty (nothing to bind).
+pub fn bind_memory(nodes: &[u32]) -> std::io::Result<bool> {
+    if nodes.is_empty() {
+        return Ok(false);
+    }
+    let max = *nodes.iter().max().unwrap_or(&0) as usize + 1;
+    let mut mask = vec![0u64; max.div_ceil(64)];
+    for n in nodes {
+        mask[*n as usize / 64] |= 1 << (n % 64);
+    }
+    const MPOL_BIND: i32 = 2;
+    // SAFETY: `mask` is our own buffer of `mask.len() * 64` bits; the kernel
+    // reads `maxnode` bits of it (one more than the highest node).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            MPOL_BIND,
+            mask.as_ptr(),
+            (mask.len() * 64) as u64,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// Back to the default memory policy (after [`bind_memory`]).
+pub fn unbind_memory() {
+    const MPOL_DEFAULT: i32 = 0;
+    // SAFETY: MPOL_DEFAULT takes no node mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            MPOL_DEFAULT,
+            std::ptr::null::<u64>(),
+            0u64,
+        );
+    }
+}

@@ -58,6 +58,9 @@ pub struct LwkConfig {
     /// Where to make the guest RAM file (the daemon's huge-page tmpfs); `None`:
     /// a memfd.
     pub memory_dir: Option<PathBuf>,
+    /// The NUMA nodes guest RAM is allocated on (the enclave's); empty: the
+    /// host's default policy.
+    pub numa_nodes: Vec<u32>,
     /// The host cores the system-call proxy thread may run on (the host's
     /// cores, never the enclave's). Empty: no proxy; every call exits to its
     /// vCPU's thread.

@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn maps_and_translates() {
-        let ram = GuestRam::new(16 * HUGE, None).unwrap();
+        let ram = GuestRam::new(16 * HUGE, None, &[]).unwrap();
         let mut pt = PageTables::new(&ram).unwrap();
         let chunk = ram.alloc_chunk().unwrap();
         pt.map_huge(&ram, 0x40_0000, chunk).unwrap();

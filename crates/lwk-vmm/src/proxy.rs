@@ -123,6 +123,9 @@ impl Proxy {
         }
     }
 
+    /// The poll loop. Mailboxes are in guest RAM: every access to one is
+    /// made while holding the LWK (`l`), which keeps the RAM mapped; the LWK
+    /// is let go only while the proxy sleeps.
     fn run(&self, lwk: Weak<Lwk>) {
         let mut seen = u64::MAX;
         let mut clients: Vec<Client> = Vec::new();
@@ -131,6 +134,7 @@ impl Proxy {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
+            let Some(l) = lwk.upgrade() else { return };
             let g = self.generation.load(Ordering::Acquire);
             if g != seen {
                 clients = self.clients.lock().unwrap().clone();
@@ -139,10 +143,7 @@ impl Proxy {
                     self.set_awake(&clients, true);
                 }
             }
-            let Some(l) = lwk.upgrade() else { return };
-            let served = self.poll_once(&l, &clients);
-            drop(l);
-            if served {
+            if self.poll_once(&l, &clients) {
                 last_call = Instant::now();
                 continue;
             }
@@ -157,22 +158,23 @@ impl Proxy {
             // call posted before they saw it (a stub that still posts one
             // later times out and takes the exit path itself).
             self.set_awake(&clients, false);
-            if let Some(l) = lwk.upgrade() {
-                if self.poll_once(&l, &clients) {
-                    self.set_awake(&clients, true);
-                    last_call = Instant::now();
-                    continue;
-                }
+            if self.poll_once(&l, &clients) {
+                self.set_awake(&clients, true);
+                last_call = Instant::now();
+                continue;
             }
+            // Asleep, the proxy holds neither the LWK nor stale clients.
+            drop(l);
+            clients.clear();
+            seen = u64::MAX;
             let mut w = self.wake.lock().unwrap();
             while !*w && !self.stop.load(Ordering::SeqCst) {
                 w = self.wake_cv.wait(w).unwrap();
             }
             *w = false;
             drop(w);
-            clients = self.clients.lock().unwrap().clone();
-            seen = self.generation.load(Ordering::Acquire);
-            self.set_awake(&clients, true);
+            // Awake again: the next iteration re-reads the clients and tells
+            // their stubs (`awake` is still false until then).
             last_call = Instant::now();
         }
     }

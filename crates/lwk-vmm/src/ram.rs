@@ -66,8 +66,9 @@ impl ChunkMap {
 
 impl GuestRam {
     /// Make `size` bytes of guest RAM (a multiple of 2 MiB), in a file in
-    /// `dir` or in a memfd. Chunk 0 (the system area) is taken at once.
-    pub fn new(size: u64, dir: Option<&Path>) -> Result<GuestRam, LwkError> {
+    /// `dir` or in a memfd, on NUMA nodes `numa_nodes` (none: wherever the
+    /// host's policy puts it). Chunk 0 (the system area) is taken at once.
+    pub fn new(size: u64, dir: Option<&Path>, numa_nodes: &[u32]) -> Result<GuestRam, LwkError> {
         if size < 4 * HUGE || !size.is_multiple_of(HUGE) {
             return Err(LwkError::Config(format!(
                 "guest memory of {size} bytes: an LWK needs a multiple of 2 MiB, at least 8 MiB"
@@ -86,15 +87,22 @@ impl GuestRam {
                 .map_err(|e| LwkError::Memory(format!("memfd_create: {e}")))?,
         };
         // Allocate every page now: an enclave's memory is reserved when it is
-        // made, and a guest must never meet ENOSPC/SIGBUS at first touch.
-        rustix::fs::fallocate(fd.as_fd(), rustix::fs::FallocateFlags::empty(), 0, size).map_err(
-            |e| {
-                LwkError::Memory(format!(
-                    "cannot allocate {} MiB of guest memory: {e}",
-                    size >> 20
-                ))
-            },
-        )?;
+        // made, and a guest must never meet ENOSPC/SIGBUS at first touch. The
+        // pages come from the enclave's NUMA nodes: this thread's memory
+        // policy is bound to them while it allocates.
+        let bound = crate::host::bind_memory(numa_nodes)
+            .map_err(|e| LwkError::Memory(format!("binding to NUMA nodes {numa_nodes:?}: {e}")))?;
+        let allocated =
+            rustix::fs::fallocate(fd.as_fd(), rustix::fs::FallocateFlags::empty(), 0, size);
+        if bound {
+            crate::host::unbind_memory();
+        }
+        allocated.map_err(|e| {
+            LwkError::Memory(format!(
+                "cannot allocate {} MiB of guest memory: {e}",
+                size >> 20
+            ))
+        })?;
         // The mapping keeps the file (vm-memory holds it): XEMEM can share
         // an app's memory through it later.
         let region = MmapRegion::build(
@@ -273,7 +281,7 @@ mod tests {
 
     #[test]
     fn chunks_are_handed_out_zeroed_and_taken_back() {
-        let ram = GuestRam::new(16 * HUGE, None).unwrap();
+        let ram = GuestRam::new(16 * HUGE, None, &[]).unwrap();
         assert_eq!(ram.free_bytes(), 15 * HUGE);
         let a = ram.alloc_chunk().unwrap();
         assert_ne!(a, 0, "chunk 0 is the system area");
@@ -302,7 +310,7 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(GuestRam::new(3 * HUGE, None).is_err());
-        assert!(GuestRam::new(8 * HUGE + 1, None).is_err());
+        assert!(GuestRam::new(3 * HUGE, None, &[]).is_err());
+        assert!(GuestRam::new(8 * HUGE + 1, None, &[]).is_err());
     }
 }

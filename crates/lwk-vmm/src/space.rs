@@ -429,7 +429,7 @@ mod tests {
     use super::*;
 
     fn space() -> (GuestRam, AddressSpace) {
-        let ram = GuestRam::new(64 * HUGE, None).unwrap();
+        let ram = GuestRam::new(64 * HUGE, None, &[]).unwrap();
         let s = AddressSpace::new(&ram).unwrap();
         (ram, s)
     }

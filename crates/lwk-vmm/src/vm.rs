@@ -93,7 +93,7 @@ impl Lwk {
         let kvm = Kvm::new().map_err(|e| LwkError::Kvm(format!("cannot open /dev/kvm: {e}")))?;
         let vm = kvm.create_vm().map_err(cpu::kvm("KVM_CREATE_VM"))?;
         let size = align_down(cfg.mem_bytes, HUGE);
-        let ram = GuestRam::new(size, cfg.memory_dir.as_deref())?;
+        let ram = GuestRam::new(size, cfg.memory_dir.as_deref(), &cfg.numa_nodes)?;
         set_ram_slot(&vm, &ram, size)?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

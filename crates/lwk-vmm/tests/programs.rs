@@ -21,6 +21,7 @@ fn lwk(test: &str) -> Option<std::sync::Arc<Lwk>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     Some(
         Lwk::new(LwkConfig {
+            numa_nodes: vec![],
             mem_bytes: 256 << 20,
             cores: vec![cores - 1],
             memory_dir: None,
@@ -422,6 +423,112 @@ fn every_language_and_threading_runtime_runs() {
             "{name}: {}",
             r.stdout
         );
+        assert!(r.stdout.trim_end().ends_with("ok"), "{name}: {}", r.stdout);
+    }
+}
+
+/// What an LWK cannot run is refused at launch with the reason, and the
+/// LWK stays usable.
+#[test]
+fn unrunnable_programs_are_refused_with_their_reason() {
+    let test = "unrunnable_programs_are_refused_with_their_reason";
+    let Some(l) = lwk(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(big) = cc(
+        dir.path(),
+        "big",
+        "static char bss[512 << 20]; int main(void){ return bss[12345]; }\n",
+        &["-static", "-O0"],
+    ) else {
+        skip(test, "no C compiler");
+        return;
+    };
+    let dynamic = cc(dir.path(), "dyn", "int main(void){return 0;}\n", &[]).unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a program\n").unwrap();
+    let launch = |p: &Path| {
+        l.launch(LaunchRequest {
+            program: p.to_path_buf(),
+            argv: vec!["x".into()],
+            env: vec![],
+            cwd: dir.path().to_path_buf(),
+            uid: 0,
+            gid: 0,
+            stdin: std::fs::File::open("/dev/null").unwrap().into(),
+            stdout: std::fs::File::create("/dev/null").unwrap().into(),
+            stderr: std::fs::File::create("/dev/null").unwrap().into(),
+        })
+        .err()
+        .map(|e| e.to_string())
+    };
+    let free = l.free_bytes();
+    // 512 MiB of bss in a 256 MiB enclave.
+    let e = launch(&big).expect("refused");
+    assert!(e.contains("MiB") && e.contains("free"), "{e}");
+    let e = launch(&dynamic).expect("refused");
+    assert!(
+        e.contains("dynamically linked") && e.contains("-static"),
+        "{e}"
+    );
+    let e = launch(&text).expect("refused");
+    assert!(e.contains("not an ELF"), "{e}");
+    let e = launch(&dir.path().join("missing")).expect("refused");
+    assert!(e.contains("cannot read"), "{e}");
+    if let Some(i386) = cc(
+        dir.path(),
+        "i386",
+        "void _start(void){ for(;;); }\n",
+        &["-m32", "-nostdlib", "-static"],
+    ) {
+        let e = launch(&i386).expect("refused");
+        assert!(e.contains("32-bit"), "{e}");
+    }
+    assert_eq!(l.free_bytes(), free, "a refusal takes no memory");
+    let ok = p_true(dir.path());
+    assert_eq!(run(&l, &ok, &[], dir.path()).code, 0);
+}
+
+/// Threads spread over the enclave's cores (two here), each on its own
+/// vCPU, pinned; OpenMP starts one thread per core.
+#[test]
+fn threads_spread_over_the_enclaves_cores() {
+    let test = "threads_spread_over_the_enclaves_cores";
+    if let Err(e) = Lwk::available() {
+        skip(test, &format!("no /dev/kvm ({e})"));
+        return;
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if n < 2 {
+        skip(test, "needs 2 cores");
+        return;
+    }
+    let l = Lwk::new(LwkConfig {
+        numa_nodes: vec![0],
+        mem_bytes: 256 << 20,
+        cores: vec![0, 1],
+        memory_dir: None,
+        proxy_cores: vec![0],
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Command::new("bash")
+        .arg(root.join("scripts/lwk-programs.sh"))
+        .arg("--tests")
+        .arg(dir.path())
+        .output()
+        .expect("bash");
+    for (name, want) in [("threads", "threads=2"), ("omp", "omp_threads=2")] {
+        let p = dir.path().join(name);
+        if !p.exists() {
+            skip(test, &format!("{name} was not built"));
+            continue;
+        }
+        let r = run(&l, &p, &[], dir.path());
+        assert_eq!(r.code, 0, "{name}: {:?} {}", r.exit.fault, r.stderr);
+        assert!(r.stdout.contains(want), "{name}: {}", r.stdout);
         assert!(r.stdout.trim_end().ends_with("ok"), "{name}: {}", r.stdout);
     }
 }

@@ -1,7 +1,7 @@
 //! Enclave lifecycle: create, destroy, assign and revoke resources, crash.
 
-use std::path::PathBuf;
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hobbes_nis::{NisError, NisTxn};
