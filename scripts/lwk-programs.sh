@@ -132,10 +132,18 @@ fi
 
 if [[ $what != tests ]]; then
     if have gcc; then
-        for p in triad dgemm fpchain detour getppid hello; do
+        for p in triad dgemm fpchain detour getppid hello cpuid; do
             build "$p" "benchmark, C, glibc, static" \
                 gcc "${CFLAGS[@]}" -static -o "$out/$p" "$bench/$p.c"
         done
+        # musl's start-up probes no CPU features: launch-to-exit without the
+        # CPUIDs glibc's start-up makes.
+        if have musl-gcc; then
+            build hello-musl "benchmark, C, musl, static" \
+                musl-gcc "${CFLAGS[@]}" -static -o "$out/hello-musl" "$bench/hello.c"
+        else
+            skip hello-musl "musl-gcc not found (apt-get install musl-tools)"
+        fi
     else
         skip "benchmark programs" "gcc not installed (apt-get install gcc libc6-dev)"
     fi

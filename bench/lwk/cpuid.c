@@ -1,0 +1,45 @@
+/* Cost of one CPUID instruction, for `hobbes-bench lwk`: every CPUID leaves
+ * the guest (or, on a virtual node, the node's own VM), so it is what
+ * glibc's start-up pays for its CPU feature and cache probing (dozens of
+ * CPUIDs before main). Prints one line:
+ *   bench=cpuid count=N median_ns=... best_ns=...
+ */
+#include <cpuid.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define BATCHES 5
+#define PER 500
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(void)
+{
+    unsigned a, b, c, d, sink = 0;
+    double t[BATCHES];
+    for (int k = 0; k < BATCHES; k++) {
+        double t0 = now_ns();
+        for (int i = 0; i < PER; i++) {
+            /* Leaf 4 (cache parameters), as glibc's cache probing asks. */
+            __cpuid_count(4, i & 3, a, b, c, d);
+            sink += a;
+        }
+        t[k] = (now_ns() - t0) / PER;
+    }
+    qsort(t, BATCHES, sizeof t[0], cmp);
+    printf("bench=cpuid count=%d median_ns=%.1f best_ns=%.1f sink=%u\n", BATCHES * PER,
+           t[BATCHES / 2], t[0], sink & 1);
+    return 0;
+}
