@@ -303,14 +303,16 @@ fn threads_of(pid: u32) -> Vec<(u32, String)> {
 
 /// While an app computes: its vCPU thread is on the enclave's core and in
 /// the LWK's cpuset; the proxy and every other monitor thread on the host's.
-fn assert_vcpu_threads_alone_on_the_enclave_cores(d: &Daemon, e: &EnclaveRecord, app_pid: u32) {
+fn assert_vcpu_threads_alone_on_the_enclave_cores(d: &Daemon, e: &EnclaveRecord) {
     let monitor = e.control_pid.unwrap();
     let core = e.cores[0].to_string();
     let threads = threads_of(monitor);
-    let vcpu_prefix = format!("lwk-{app_pid}-");
+    // vCPU threads are workers named by their vCPU, reused across apps
+    // (idle ones wait on the enclave's core too); one runs the app.
+    let vcpu_prefix = "lwk-vcpu-";
     let vcpus: Vec<u32> = threads
         .iter()
-        .filter(|(_, n)| n.starts_with(&vcpu_prefix))
+        .filter(|(_, n)| n.starts_with(vcpu_prefix))
         .map(|(t, _)| *t)
         .collect();
     assert!(!vcpus.is_empty(), "no vCPU thread among {threads:?}");
@@ -667,7 +669,7 @@ fn kill_app_ends_a_computing_and_a_blocked_lwk_app() {
     let app = start_lwk(&mut c, "sim", &[&spin]);
     assert_eq!(app.state, AppState::Running);
     wait_output(&mut c, app.id, "spinning");
-    assert_vcpu_threads_alone_on_the_enclave_cores(&d, &e, app.procs[0].local);
+    assert_vcpu_threads_alone_on_the_enclave_cores(&d, &e);
     c.kill_app(app.id, libc::SIGTERM).unwrap();
     let rec = ended(&mut c, app.id);
     assert_eq!(rec.exit, Some(ExitStatus::Signal(libc::SIGTERM)), "{rec:?}");

@@ -2,7 +2,7 @@
 //! enclave's cores (as Kitten pins threads), until the thread or its app ends.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use kvm_bindings::kvm_regs;
@@ -28,9 +28,43 @@ pub struct ThreadStart {
     pub clear_tid: Option<u64>,
 }
 
+/// One guest thread for a vCPU worker to run.
+pub struct Job {
+    lwk: Arc<Lwk>,
+    app: Arc<AppState>,
+    start: ThreadStart,
+    tables: cpu::SystemTables,
+    cpu: u32,
+    core: u32,
+    /// The worker's own job queue, handed back to the pool with the worker
+    /// when the job ends (while idle, only the pool holds it, so dropping the
+    /// LWK ends the worker).
+    queue: mpsc::Sender<Job>,
+}
+
+/// An idle vCPU worker: a host thread that owns one vCPU and runs guest
+/// threads on it one after another. Reusing it saves a thread's creation
+/// and teardown per app (a clone, a stack mapped and unmapped, TLB
+/// shootdowns that reach the enclave's core).
+pub struct Worker {
+    /// Its vCPU's slot.
+    pub slot: usize,
+    queue: mpsc::Sender<Job>,
+}
+
 /// Start a thread of `app` on a vCPU of its own.
 pub fn spawn(lwk: Arc<Lwk>, app: Arc<AppState>, start: ThreadStart) -> Result<(), LwkError> {
-    let (slot, fd) = lwk.take_vcpu()?;
+    let (slot, vcpu) = match lwk.idle_worker() {
+        Some(w) => (w.slot, Ok(w.queue)),
+        None => {
+            let (slot, fd) = lwk.new_vcpu()?;
+            (slot, Err(fd))
+        }
+    };
+    let give_back = |vcpu: Result<mpsc::Sender<Job>, VcpuFd>| match vcpu {
+        Ok(queue) => lwk.worker_idle(Worker { slot, queue }),
+        Err(fd) => lwk.vcpu_unused(slot, fd),
+    };
     let tables = {
         let mut c = app.core.lock().unwrap();
         let mapped = match c.space.as_mut() {
@@ -47,7 +81,7 @@ pub fn spawn(lwk: Arc<Lwk>, app: Arc<AppState>, start: ThreadStart) -> Result<()
             }
             Err(e) => {
                 drop(c);
-                lwk.return_vcpu(slot, fd);
+                give_back(vcpu);
                 return Err(e);
             }
         }
@@ -56,17 +90,78 @@ pub fn spawn(lwk: Arc<Lwk>, app: Arc<AppState>, start: ThreadStart) -> Result<()
     let cpu = (index % lwk.cores().len()) as u32;
     let core = lwk.cores()[cpu as usize];
     let tid = start.tid;
-    let (l2, a2) = (lwk.clone(), app.clone());
-    let spawned = std::thread::Builder::new()
-        .name(format!("lwk-{}-{}", app.pid, tid))
-        .spawn(move || run(l2, a2, slot, fd, tables, start, cpu, core));
-    if let Err(e) = spawned {
-        app.core.lock().unwrap().threads.remove(&tid);
-        return Err(LwkError::Internal(format!(
-            "cannot start a vCPU thread: {e}"
-        )));
+    let unregister = |app: &AppState| {
+        let mut c = app.core.lock().unwrap();
+        c.threads.remove(&tid);
+        c.clear_tid.remove(&tid);
+    };
+    match vcpu {
+        Ok(queue) => {
+            let job = Job {
+                lwk: lwk.clone(),
+                app: app.clone(),
+                start,
+                tables,
+                cpu,
+                core,
+                queue: queue.clone(),
+            };
+            if queue.send(job).is_err() {
+                unregister(&app);
+                return Err(LwkError::Internal("a vCPU worker is gone".into()));
+            }
+        }
+        Err(fd) => {
+            let (queue, jobs) = mpsc::channel();
+            let job = Job {
+                lwk: lwk.clone(),
+                app: app.clone(),
+                start,
+                tables,
+                cpu,
+                core,
+                queue,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("lwk-vcpu-{slot}"))
+                .spawn(move || worker(slot, fd, job, jobs));
+            if let Err(e) = spawned {
+                unregister(&app);
+                return Err(LwkError::Internal(format!(
+                    "cannot start a vCPU thread: {e}"
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// A vCPU worker's life: run its first job, go idle, run the next job it is
+/// given, until its LWK goes away (its queue closes).
+fn worker(slot: usize, mut fd: VcpuFd, first: Job, jobs: mpsc::Receiver<Job>) {
+    let mut job = first;
+    loop {
+        let Job {
+            lwk,
+            app,
+            start,
+            tables,
+            cpu,
+            core,
+            queue,
+        } = job;
+        run(&lwk, &app, slot, &mut fd, tables, start, cpu, core);
+        // Idle before the app's end is published, so a launch that follows
+        // at once finds this worker.
+        lwk.worker_idle(Worker { slot, queue });
+        lwk.finish_if_done(&app);
+        drop(app);
+        drop(lwk);
+        match jobs.recv() {
+            Ok(next) => job = next,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Why a thread stopped running guest code.
@@ -79,10 +174,10 @@ enum Stop {
 
 #[allow(clippy::too_many_arguments)]
 fn run(
-    lwk: Arc<Lwk>,
-    app: Arc<AppState>,
+    lwk: &Arc<Lwk>,
+    app: &Arc<AppState>,
     slot: usize,
-    mut fd: VcpuFd,
+    fd: &mut VcpuFd,
     tables: cpu::SystemTables,
     start: ThreadStart,
     cpu: u32,
@@ -103,7 +198,7 @@ fn run(
     }
     let tid = start.tid;
     let mailbox = lwk.mailbox(slot);
-    let stop = match prepare(&lwk, &app, &fd, &tables, &start) {
+    let stop = match prepare(lwk, app, fd, &tables, &start) {
         Ok(()) => {
             lwk.proxy.add(Client {
                 mailbox,
@@ -111,7 +206,7 @@ fn run(
                 tid,
                 cpu,
             });
-            let s = guest_loop(&lwk, &app, &mut fd, slot, tid, cpu);
+            let s = guest_loop(lwk, app, fd, slot, tid, cpu);
             lwk.proxy.remove(&mailbox);
             s
         }
@@ -121,9 +216,7 @@ fn run(
             Stop::AppEnds
         }
     };
-    thread_ended(&lwk, &app, tid, stop);
-    lwk.return_vcpu(slot, fd);
-    lwk.finish_if_done(&app);
+    thread_ended(lwk, app, tid, stop);
 }
 
 fn prepare(

@@ -66,9 +66,11 @@ pub struct Lwk {
     xsave_fits: bool,
     cores: Vec<u32>,
     doorbell_gpa: u64,
-    /// vCPUs not running a thread, by slot (KVM cannot destroy one vCPU, so
-    /// they are reused).
-    idle_vcpus: Mutex<Vec<(usize, VcpuFd)>>,
+    /// Idle vCPU workers (KVM cannot destroy one vCPU, so vCPUs, and the
+    /// host threads that run them, are reused).
+    idle_workers: Mutex<Vec<vcpu::Worker>>,
+    /// vCPUs made but with no worker (a spawn that failed after making one).
+    spare_vcpus: Mutex<Vec<(usize, VcpuFd)>>,
     /// How many vCPUs exist.
     vcpus_made: Mutex<usize>,
     apps: Mutex<BTreeMap<u32, Arc<AppState>>>,
@@ -120,7 +122,8 @@ impl Lwk {
             xcr0,
             xsave_fits,
             cores: cfg.cores.clone(),
-            idle_vcpus: Mutex::new(Vec::new()),
+            idle_workers: Mutex::new(Vec::new()),
+            spare_vcpus: Mutex::new(Vec::new()),
             vcpus_made: Mutex::new(0),
             apps: Mutex::new(BTreeMap::new()),
             next_pid: AtomicU32::new(1),
@@ -174,9 +177,19 @@ impl Lwk {
             .map_err(|e| format!("cannot open /dev/kvm: {e}"))
     }
 
-    /// A vCPU for a new thread: an idle one, or a new one.
-    pub(crate) fn take_vcpu(&self) -> Result<(usize, VcpuFd), LwkError> {
-        if let Some(v) = self.idle_vcpus.lock().unwrap().pop() {
+    /// An idle vCPU worker, if there is one.
+    pub(crate) fn idle_worker(&self) -> Option<vcpu::Worker> {
+        self.idle_workers.lock().unwrap().pop()
+    }
+
+    /// A worker finished its guest thread and waits for the next.
+    pub(crate) fn worker_idle(&self, w: vcpu::Worker) {
+        self.idle_workers.lock().unwrap().push(w);
+    }
+
+    /// A vCPU for a new worker: a spare one, or a new one.
+    pub(crate) fn new_vcpu(&self) -> Result<(usize, VcpuFd), LwkError> {
+        if let Some(v) = self.spare_vcpus.lock().unwrap().pop() {
             return Ok(v);
         }
         let mut made = self.vcpus_made.lock().unwrap();
@@ -196,9 +209,9 @@ impl Lwk {
         Ok((slot, fd))
     }
 
-    /// Give a vCPU back for reuse.
-    pub(crate) fn return_vcpu(&self, slot: usize, fd: VcpuFd) {
-        self.idle_vcpus.lock().unwrap().push((slot, fd));
+    /// A vCPU made for a worker that could not start.
+    pub(crate) fn vcpu_unused(&self, slot: usize, fd: VcpuFd) {
+        self.spare_vcpus.lock().unwrap().push((slot, fd));
     }
 
     /// XCR0 for the guest.
