@@ -170,3 +170,14 @@ pub fn unbind_memory() {
         );
     }
 }
+
+/// Run this thread only when its cores have nothing else to run
+/// (`SCHED_IDLE`): for background work such as zeroing freed memory.
+pub fn make_idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param on our stack; pid 0 is the
+    // calling thread, whose policy alone changes.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}

@@ -17,6 +17,11 @@ use crate::mailbox::Mailbox;
 use crate::stub::mailbox as mb;
 use crate::vm::Lwk;
 
+/// How long after a call the proxy polls without yielding its core: about
+/// three times the `syscall` trap on this node (30 µs), so back-to-back
+/// calls always find it polling.
+pub const HOT: Duration = Duration::from_micros(100);
+
 /// How long the proxy polls without a call before it sleeps.
 pub const IDLE: Duration = Duration::from_millis(2);
 
@@ -147,11 +152,21 @@ impl Proxy {
                 last_call = Instant::now();
                 continue;
             }
-            if last_call.elapsed() < IDLE {
-                // No `pause` (spin_loop): on this node, a nested virtual
-                // machine, pause loops make the outer hypervisor deschedule
-                // the core (pause-loop exiting), and a posted call then
-                // waits tens of microseconds for the proxy.
+            let quiet = last_call.elapsed();
+            if quiet < HOT {
+                // A call-heavy app posts its next call within a trap's time:
+                // poll flat out. No `pause` (spin_loop): on this node, a
+                // nested virtual machine, pause loops make the outer
+                // hypervisor deschedule the core (pause-loop exiting), and a
+                // posted call then waits tens of microseconds for the proxy.
+                continue;
+            }
+            if quiet < IDLE {
+                // Still polling, but letting the other threads of this host
+                // core run between polls (the monitor's own: an app's waiter,
+                // the agent), or they wait until the proxy sleeps (measured:
+                // an app's exit reported 2 ms late).
+                std::thread::yield_now();
                 continue;
             }
             // Going to sleep: tell the stubs first, then look once more for a

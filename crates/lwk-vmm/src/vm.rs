@@ -541,6 +541,9 @@ fn scrubber(
         }
         let _ = rustix::thread::sched_setaffinity(None, &set);
     }
+    // Zeroing takes a millisecond or more: it must not delay the monitor's
+    // other threads on these cores (an app's waiter, the agent, the proxy).
+    crate::host::make_idle_priority();
     loop {
         {
             let (lock, cv) = &*wake;
