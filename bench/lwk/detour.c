@@ -22,16 +22,11 @@
 #include <time.h>
 #include <x86intrin.h>
 
+#include "timing.h"
+
 #define MAX_RECORDED (1u << 20) /* beyond: counted, in the sum and max, not in p50/p99 */
 
 static uint64_t detours[MAX_RECORDED];
-
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
 static int cmp_u64(const void *a, const void *b)
 {

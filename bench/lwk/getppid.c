@@ -23,21 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timing.h"
+
 #define BATCHES 5
 #define MIN_BATCH_NS 20e6
-
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static long ret;
 

@@ -62,6 +62,50 @@ pub struct AgentConfig {
     pub credential: Credential,
 }
 
+/// The arguments every control agent is started with (`leviathan
+/// enclave-init` and `leviathan lwk-monitor` flatten them into theirs).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The id of the enclave this agent runs; sent in its `attach`.
+    #[arg(long)]
+    pub enclave: EnclaveId,
+    /// The daemon's socket for control agents.
+    #[arg(long)]
+    pub daemon_socket: PathBuf,
+    /// The enclave socket this agent serves (ping, files in its view).
+    #[arg(long)]
+    pub enclave_socket: PathBuf,
+    /// Uid of the enclave's owner: besides root, the only peer that may read
+    /// and write files through the enclave socket.
+    #[arg(long)]
+    pub owner_uid: u32,
+    /// Gid of the enclave's owner, passed along with the uid (apps run with
+    /// the uid/gid the daemon sends in each launch, not with these).
+    #[arg(long)]
+    pub owner_gid: u32,
+}
+
+impl AgentArgs {
+    /// The agent these arguments describe, admitted by `credential`, with
+    /// `runner` for its kind, serving its enclave socket already.
+    pub fn start(
+        &self,
+        credential: Credential,
+        runner: Arc<dyn AppRunner>,
+    ) -> anyhow::Result<Agent> {
+        let agent = Agent::new(
+            AgentConfig {
+                enclave: self.enclave,
+                daemon_socket: self.daemon_socket.clone(),
+                credential,
+            },
+            runner,
+        );
+        agent.serve_enclave_socket(&self.enclave_socket, self.owner_uid)?;
+        Ok(agent)
+    }
+}
+
 /// Take the control credential out of environment variable `var` (the
 /// daemon puts it there; `hobbes_kind::CONTROL_CREDENTIAL_ENV`) and remove
 /// it, so no copy of the environment made later (an app's, a child's) has

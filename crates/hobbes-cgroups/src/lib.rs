@@ -60,6 +60,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hobbes_kind::{DriverResult, Leftover};
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 pub mod v1;
@@ -533,6 +534,52 @@ impl Cgroups {
         self.manager()
             .map(|m| m.existing_enclaves())
             .unwrap_or_default()
+    }
+
+    /// Every enclave cgroup of this kind on the node, as a kind reports its
+    /// leftovers ([`hobbes_kind::EnclaveDriver::leftovers`]).
+    pub fn leftovers(&self) -> Vec<Box<dyn Leftover>> {
+        self.existing_enclaves()
+            .into_iter()
+            .map(|(id, _, cg)| Box::new(CgroupLeftover { id, cg }) as Box<dyn Leftover>)
+            .collect()
+    }
+}
+
+/// How long [`kill_and_remove`] waits for an enclave's processes to die.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kill every process in `cg` (waiting [`KILL_TIMEOUT`] at most) and remove
+/// it: how every kind takes an enclave's cgroups off the node.
+pub fn kill_and_remove(cg: &dyn EnclaveCgroup) -> std::result::Result<(), String> {
+    cg.kill_all(KILL_TIMEOUT).map_err(|e| e.to_string())?;
+    cg.remove().map_err(|e| e.to_string())
+}
+
+/// An enclave's cgroup found on the node.
+struct CgroupLeftover {
+    id: EnclaveId,
+    cg: Box<dyn EnclaveCgroup>,
+}
+
+impl Leftover for CgroupLeftover {
+    fn enclave(&self) -> EnclaveId {
+        self.id
+    }
+    fn noun(&self) -> &str {
+        "cgroup"
+    }
+    fn location(&self) -> String {
+        self.cg.path().display().to_string()
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.cg.all_procs()
+    }
+    fn remove(&self) -> DriverResult<()> {
+        self.cg.remove().map_err(|e| e.to_string())
+    }
+    fn kill_and_remove(&self) -> DriverResult<()> {
+        kill_and_remove(self.cg.as_ref())
     }
 }
 

@@ -50,7 +50,7 @@ use hobbes_kind::{
     CONTROL_CREDENTIAL_ENV,
 };
 use hobbes_proto::model::{
-    CgroupMode, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
+    CgroupMode, ControlEndpoint, CoreId, EnclaveKind, EnclaveRecord, IsolationRecord,
     KindIsolation, LwkIsolation, NisHeader,
 };
 use hobbes_sys::process as proc_sys;
@@ -255,36 +255,6 @@ fn isolation(privileged: bool, mode: CgroupMode, plan: &Plan) -> IsolationRecord
     }
 }
 
-/// An LWK enclave's cgroups found on the node.
-struct LeftoverCgroup {
-    id: EnclaveId,
-    cg: Box<dyn EnclaveCgroup>,
-}
-
-impl Leftover for LeftoverCgroup {
-    fn enclave(&self) -> EnclaveId {
-        self.id
-    }
-    fn noun(&self) -> &str {
-        "cgroup"
-    }
-    fn location(&self) -> String {
-        self.cg.path().display().to_string()
-    }
-    fn pids(&self) -> Vec<u32> {
-        self.cg.all_procs()
-    }
-    fn remove(&self) -> DriverResult<()> {
-        self.cg.remove().map_err(|e| e.to_string())
-    }
-    fn kill_and_remove(&self) -> DriverResult<()> {
-        self.cg
-            .kill_all(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        self.cg.remove().map_err(|e| e.to_string())
-    }
-}
-
 /// Kill the recorded monitor of `rec` (if it still runs) and wait until it
 /// is gone: its VM, and so its guest RAM and its cores, go with it.
 fn kill_monitor(rec: &EnclaveRecord) -> DriverResult<()> {
@@ -339,11 +309,7 @@ impl EnclaveDriver for LwkKind {
     }
 
     fn leftovers(&self) -> Vec<Box<dyn Leftover>> {
-        self.cgroups
-            .existing_enclaves()
-            .into_iter()
-            .map(|(id, _, cg)| Box::new(LeftoverCgroup { id, cg }) as Box<dyn Leftover>)
-            .collect()
+        self.cgroups.leftovers()
     }
 
     fn clean_up(&self, rec: &EnclaveRecord, node_is_ours: bool) -> DriverResult<()> {
@@ -351,9 +317,7 @@ impl EnclaveDriver for LwkKind {
         if let Some(cg) = self.cgroups.enclave(rec.id, false) {
             // With another daemon running, lwk-N may be its own: leave it.
             if cg.exists() && node_is_ours {
-                cg.kill_all(Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                cg.remove().map_err(|e| e.to_string())?;
+                hobbes_cgroups::kill_and_remove(cg.as_ref())?;
             }
         }
         Ok(())
@@ -445,9 +409,7 @@ impl EnclaveDriver for LwkKind {
     fn stop(&self, rec: &EnclaveRecord) -> DriverResult<()> {
         kill_monitor(rec)?;
         if let Some(cg) = self.cgroups.enclave(rec.id, false) {
-            cg.kill_all(Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            cg.remove().map_err(|e| e.to_string())?;
+            hobbes_cgroups::kill_and_remove(cg.as_ref())?;
         }
         Ok(())
     }

@@ -21,29 +21,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
-use hobbes_agent::{Agent, AgentConfig, AppIo, AppRunner, ExitReporter};
+use hobbes_agent::{Agent, AppIo, AppRunner, ExitReporter};
 use hobbes_proto::control::LaunchCommand;
-use hobbes_proto::model::{AppId, CoreId, EnclaveId, ExitStatus};
+use hobbes_proto::model::{AppId, CoreId, ExitStatus};
 
 /// How the driver starts the monitor (`leviathan lwk-monitor ...`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MonitorArgs {
-    /// The id of the enclave this monitor runs; sent in its `attach`.
-    #[arg(long)]
-    pub enclave: EnclaveId,
-    /// The daemon's socket for control agents.
-    #[arg(long)]
-    pub daemon_socket: PathBuf,
-    /// The enclave socket this monitor serves (ping, files in its view).
-    #[arg(long)]
-    pub enclave_socket: PathBuf,
-    /// Uid of the enclave's owner (besides root, the only peer that may use
-    /// files through the enclave socket).
-    #[arg(long)]
-    pub owner_uid: u32,
-    /// Gid of the enclave's owner.
-    #[arg(long)]
-    pub owner_gid: u32,
+    /// What every control agent takes (enclave, sockets, owner).
+    #[command(flatten)]
+    pub agent: hobbes_agent::AgentArgs,
     /// The enclave's cores, as a CPU list ("2-3"): the vCPUs run there.
     #[arg(long, value_parser = cpu_list)]
     pub cores: CpuList,
@@ -179,16 +166,7 @@ fn prepare(
         None => None,
     };
     let runner = Arc::new(LwkRunner::new(guest, launcher));
-    let agent = Agent::new(
-        AgentConfig {
-            enclave: args.enclave,
-            daemon_socket: args.daemon_socket.clone(),
-            credential,
-        },
-        runner,
-    );
-    agent.serve_enclave_socket(&args.enclave_socket, args.owner_uid)?;
-    Ok(agent)
+    args.agent.start(credential, runner)
 }
 
 /// Move this whole process into the cgroup `dir`.

@@ -20,7 +20,7 @@ use hobbes_kind::{
     CONTROL_CREDENTIAL_ENV,
 };
 use hobbes_proto::model::{
-    CgroupMode, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
+    CgroupMode, ControlEndpoint, CoreId, EnclaveKind, EnclaveRecord, IsolationRecord,
     KindIsolation, NativeIsolation, NisHeader,
 };
 use hobbes_sys::process as proc_sys;
@@ -29,7 +29,7 @@ mod sys;
 
 // The cgroup managers live in `hobbes-cgroups`, shared with the other kinds
 // that confine host threads (they grew here).
-use hobbes_cgroups::{Cgroups, EnclaveCgroup};
+use hobbes_cgroups::Cgroups;
 
 /// The native kind's driver.
 pub struct NativeKind {
@@ -143,36 +143,6 @@ fn isolation(rec: &EnclaveRecord, privileged: bool, cgroup_mode: &str) -> Isolat
     }
 }
 
-/// An enclave cgroup found on the node.
-struct LeftoverCgroup {
-    id: EnclaveId,
-    cg: Box<dyn EnclaveCgroup>,
-}
-
-impl Leftover for LeftoverCgroup {
-    fn enclave(&self) -> EnclaveId {
-        self.id
-    }
-    fn noun(&self) -> &str {
-        "cgroup"
-    }
-    fn location(&self) -> String {
-        self.cg.path().display().to_string()
-    }
-    fn pids(&self) -> Vec<u32> {
-        self.cg.all_procs()
-    }
-    fn remove(&self) -> DriverResult<()> {
-        self.cg.remove().map_err(|e| e.to_string())
-    }
-    fn kill_and_remove(&self) -> DriverResult<()> {
-        self.cg
-            .kill_all(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        self.cg.remove().map_err(|e| e.to_string())
-    }
-}
-
 impl EnclaveDriver for NativeKind {
     fn kind(&self) -> EnclaveKind {
         EnclaveKind::Native
@@ -202,11 +172,7 @@ impl EnclaveDriver for NativeKind {
     }
 
     fn leftovers(&self) -> Vec<Box<dyn Leftover>> {
-        self.cgroups
-            .existing_enclaves()
-            .into_iter()
-            .map(|(id, _, cg)| Box::new(LeftoverCgroup { id, cg }) as Box<dyn Leftover>)
-            .collect()
+        self.cgroups.leftovers()
     }
 
     fn clean_up(&self, rec: &EnclaveRecord, node_is_ours: bool) -> DriverResult<()> {
@@ -221,9 +187,7 @@ impl EnclaveDriver for NativeKind {
                 // With another daemon running, enclave-N may be its own: leave
                 // cgroups alone (killing pid 1 ended the enclave's namespace).
                 if cg.exists() && node_is_ours {
-                    cg.kill_all(Duration::from_secs(5))
-                        .map_err(|e| e.to_string())?;
-                    cg.remove().map_err(|e| e.to_string())?;
+                    hobbes_cgroups::kill_and_remove(cg.as_ref())?;
                 }
             }
         }
@@ -352,9 +316,7 @@ impl EnclaveDriver for NativeKind {
             {
                 let _ = proc_sys::kill(pid, libc::SIGKILL);
             }
-            cg.kill_all(Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
-            return cg.remove().map_err(|e| e.to_string());
+            return hobbes_cgroups::kill_and_remove(cg.as_ref());
         }
         // Unprivileged: the control process, its group, and every descendant
         // (apps run in process groups of their own).

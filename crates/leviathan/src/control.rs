@@ -22,7 +22,7 @@ use std::time::Duration;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use hobbes_agent::{Agent, AgentConfig, AppIo, AppRunner, ExitReporter};
+use hobbes_agent::{AppIo, AppRunner, ExitReporter};
 use hobbes_proto::control::LaunchCommand;
 use hobbes_proto::model::{AppId, EnclaveId, ExitStatus};
 
@@ -31,23 +31,9 @@ use crate::sys;
 /// How the daemon started us (command line of `leviathan enclave-init`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
-    /// The id of the enclave this process controls; sent in its `attach`.
-    #[arg(long)]
-    pub enclave: EnclaveId,
-    /// The daemon's socket for control processes.
-    #[arg(long)]
-    pub daemon_socket: PathBuf,
-    /// The socket this control process serves.
-    #[arg(long)]
-    pub enclave_socket: PathBuf,
-    /// Uid of the enclave's owner: besides root, the only peer allowed to
-    /// read and write files through the enclave socket.
-    #[arg(long)]
-    pub owner_uid: u32,
-    /// Gid of the enclave's owner, passed along with the uid (apps run with
-    /// the uid/gid the daemon sends in each launch, not with these).
-    #[arg(long)]
-    pub owner_gid: u32,
+    /// What every control agent takes (enclave, sockets, owner).
+    #[command(flatten)]
+    pub agent: hobbes_agent::AgentArgs,
     /// We run in new namespaces (pid 1): mount our own /proc, and bind the
     /// enclave's NIS replica over the primary's path.
     #[arg(long)]
@@ -96,23 +82,14 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         spawned: Condvar::new(),
         launcher: OnceLock::new(),
     });
-    start_launcher(&runner, args.enclave);
+    start_launcher(&runner, args.agent.enclave);
     {
         let runner = runner.clone();
         std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || runner.reap())?;
     }
-    let agent = Agent::new(
-        AgentConfig {
-            enclave: args.enclave,
-            daemon_socket: args.daemon_socket.clone(),
-            credential,
-        },
-        runner,
-    );
-    agent.serve_enclave_socket(&args.enclave_socket, args.owner_uid)?;
-    agent.run()
+    args.agent.start(credential, runner)?.run()
 }
 
 /// Apps as host processes: forked and exec'd under the enclave's memory
