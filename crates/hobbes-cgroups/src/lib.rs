@@ -536,6 +536,21 @@ impl Cgroups {
             .unwrap_or_default()
     }
 
+    /// `leviathan cleanup` of enclave `id`'s cgroups (shared or not): kill
+    /// and remove them, but only when `node_is_ours` (with another daemon
+    /// running, a cgroup of this name may be its own).
+    pub fn clean_up(
+        &self,
+        id: EnclaveId,
+        shared: bool,
+        node_is_ours: bool,
+    ) -> std::result::Result<(), String> {
+        match self.enclave(id, shared) {
+            Some(cg) if cg.exists() && node_is_ours => kill_and_remove(cg.as_ref()),
+            _ => Ok(()),
+        }
+    }
+
     /// Every enclave cgroup of this kind on the node, as a kind reports its
     /// leftovers ([`hobbes_kind::EnclaveDriver::leftovers`]).
     pub fn leftovers(&self) -> Vec<Box<dyn Leftover>> {

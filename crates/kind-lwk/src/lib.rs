@@ -314,13 +314,7 @@ impl EnclaveDriver for LwkKind {
 
     fn clean_up(&self, rec: &EnclaveRecord, node_is_ours: bool) -> DriverResult<()> {
         kill_monitor(rec)?;
-        if let Some(cg) = self.cgroups.enclave(rec.id, false) {
-            // With another daemon running, lwk-N may be its own: leave it.
-            if cg.exists() && node_is_ours {
-                hobbes_cgroups::kill_and_remove(cg.as_ref())?;
-            }
-        }
-        Ok(())
+        self.cgroups.clean_up(rec.id, false, node_is_ours)
     }
 
     fn start(

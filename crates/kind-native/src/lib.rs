@@ -182,14 +182,10 @@ impl EnclaveDriver for NativeKind {
         {
             let _ = proc_sys::kill(pid, libc::SIGKILL);
         }
+        // Killing pid 1 ended the enclave's namespace; the cgroups go too when
+        // no other daemon may own cgroups of these names.
         for shared in [false, true] {
-            if let Some(cg) = self.cgroups.enclave(rec.id, shared) {
-                // With another daemon running, enclave-N may be its own: leave
-                // cgroups alone (killing pid 1 ended the enclave's namespace).
-                if cg.exists() && node_is_ours {
-                    hobbes_cgroups::kill_and_remove(cg.as_ref())?;
-                }
-            }
+            self.cgroups.clean_up(rec.id, shared, node_is_ours)?;
         }
         Ok(())
     }

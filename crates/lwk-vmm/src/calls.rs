@@ -380,11 +380,7 @@ fn dispatch_inner(ctx: &Ctx<'_>, nr: u64, a: [u64; 6]) -> Option<Outcome> {
         }
         2 | 257 => {
             ctx.as_user();
-            let (dir, path, flags, mode) = if nr == 2 {
-                (libc::AT_FDCWD as i64 as u64, a[0], a[1], a[2])
-            } else {
-                (a[0], a[1], a[2], a[3])
-            };
+            let [dir, path, flags, mode] = at_form(nr == 2, a);
             ctx.forwarded(nr, open(ctx, dir, path, flags, mode))
         }
         3 => {
@@ -423,11 +419,7 @@ fn dispatch_inner(ctx: &Ctx<'_>, nr: u64, a: [u64; 6]) -> Option<Outcome> {
         }
         89 | 267 => {
             ctx.as_user();
-            let (dir, path, buf, len) = if nr == 89 {
-                (libc::AT_FDCWD as i64 as u64, a[0], a[1], a[2])
-            } else {
-                (a[0], a[1], a[2], a[3])
-            };
+            let [dir, path, buf, len] = at_form(nr == 89, a);
             ctx.forwarded(nr, readlink(ctx, dir, path, buf, len))
         }
         83 | 258 | 84 | 87 | 263 | 82 | 264 | 316 => {
@@ -456,6 +448,16 @@ fn dispatch_inner(ctx: &Ctx<'_>, nr: u64, a: [u64; 6]) -> Option<Outcome> {
         _ => return None,
     };
     Some(o)
+}
+
+/// The arguments of a `*at` call (directory first): a legacy call's
+/// (`open`, `readlink`, ...) with `AT_FDCWD` in front, or the `*at` call's own.
+fn at_form(legacy: bool, a: [u64; 6]) -> [u64; 4] {
+    if legacy {
+        [libc::AT_FDCWD as i64 as u64, a[0], a[1], a[2]]
+    } else {
+        [a[0], a[1], a[2], a[3]]
+    }
 }
 
 fn mmap(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
