@@ -150,6 +150,7 @@ fn spec(side: Side, core: u32, mib: u64) -> Result<EnclaveSpec> {
                 size_mib: mib,
                 ..Default::default()
             },
+            vm: None,
         }),
         // Through the XML form, as a user writes it: this compiles whether or
         // not this build's EnclaveKind has the variant, and says why when not.

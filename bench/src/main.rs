@@ -196,6 +196,7 @@ fn spec(name: &str, shared: bool) -> EnclaveSpec {
             size_mib: 128,
             ..Default::default()
         },
+        vm: None,
     }
 }
 

@@ -149,6 +149,71 @@ pub trait AppRunner: Send + Sync + 'static {
     /// The daemon asked for the enclave's end: kill every app. The agent's
     /// process exits right after.
     fn kill_all(&self);
+
+    /// A client pinged the enclave (its socket's `ping`): check that the
+    /// enclave answers, beyond this agent (a VM's guest agent). Default: the
+    /// agent answering is the enclave answering.
+    fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Read up to `len` bytes at `offset` of `path` as the enclave sees it,
+    /// with `uid`/`gid` as the file-system identity. Default: in this
+    /// process's mount view (the enclave's, for kinds whose agent lives in it).
+    fn read_file(
+        &self,
+        uid: u32,
+        gid: u32,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<EnclaveResponse, String> {
+        hobbes_sys::creds::with_fs_identity(uid, gid, || read_chunk(path, offset, len))
+    }
+
+    /// Write `data` to `path` as the enclave sees it, as `uid`/`gid`
+    /// (default: in this process's mount view).
+    fn write_file(
+        &self,
+        uid: u32,
+        gid: u32,
+        path: &str,
+        data: &[u8],
+        append: bool,
+        mode: u32,
+    ) -> Result<EnclaveResponse, String> {
+        hobbes_sys::creds::with_fs_identity(uid, gid, || write_chunk(path, data, append, mode))
+    }
+
+    /// The enclave's console, for `hobbes console`: a relay that carries a
+    /// client's connection to the console and back until either side closes
+    /// it, or why there is none (the default: this kind has no console).
+    fn console(&self) -> Result<ConsoleRelay, String> {
+        Err("this kind of enclave has no console".into())
+    }
+}
+
+/// Relays one client's connection (after `console_attached`) to an
+/// enclave's console until either side closes; from [`AppRunner::console`].
+pub type ConsoleRelay = Box<dyn FnOnce(UnixStream) + Send>;
+
+/// What a kind's runner may ask of the agent that drives it.
+#[derive(Clone)]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+}
+
+impl AgentHandle {
+    /// The enclave is lost (a VM's guest died): tell the daemon why, so the
+    /// enclave is marked crashed with `reason`, kill what is left and exit.
+    pub fn fatal(&self, reason: &str) -> ! {
+        eprintln!("enclave {}: {reason}", self.shared.cfg.enclave);
+        self.shared.send(&ControlUp::Fatal {
+            reason: reason.to_string(),
+        });
+        self.shared.runner.kill_all();
+        std::process::exit(1);
+    }
 }
 
 /// Where a runner reports one app's end. Cheap to clone, usable from any
@@ -242,6 +307,13 @@ impl Agent {
         }
     }
 
+    /// A handle for the kind's runner (see [`AgentHandle`]).
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Bind the enclave socket at `path` (replacing a stale one; anyone may
     /// connect, each request is authorized by the peer's credentials) and
     /// serve it on a thread: ping for anyone; file access for root and
@@ -253,14 +325,16 @@ impl Agent {
             .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
         let enclave = self.shared.cfg.enclave;
+        let runner = self.shared.runner.clone();
         std::thread::Builder::new()
             .name("enclave-socket".into())
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
+                    let runner = runner.clone();
                     let _ = std::thread::Builder::new()
                         .name("enclave-client".into())
                         .spawn(move || {
-                            let _ = serve_client(enclave, owner_uid, stream);
+                            let _ = serve_client(enclave, owner_uid, &*runner, stream);
                         });
                 }
             })?;
@@ -658,7 +732,12 @@ fn heartbeat(shared: &Shared) {
     }
 }
 
-fn serve_client(enclave: EnclaveId, owner_uid: u32, mut stream: UnixStream) -> anyhow::Result<()> {
+fn serve_client(
+    enclave: EnclaveId,
+    owner_uid: u32,
+    runner: &dyn AppRunner,
+    mut stream: UnixStream,
+) -> anyhow::Result<()> {
     let peer = hobbes_sys::creds::peer_cred(&stream)?;
     loop {
         let req: EnclaveRequest = match read_frame(&mut stream) {
@@ -678,28 +757,35 @@ fn serve_client(enclave: EnclaveId, owner_uid: u32, mut stream: UnixStream) -> a
             }
         };
         let reply = match req {
-            EnclaveRequest::Ping { seq } => EnclaveResponse::Pong { seq, enclave },
+            EnclaveRequest::Ping { seq } => match runner.ping() {
+                Ok(()) => EnclaveResponse::Pong { seq, enclave },
+                Err(message) => EnclaveResponse::Error { message },
+            },
             _ if peer.uid != 0 && peer.uid != owner_uid => EnclaveResponse::Error {
                 message: format!(
                     "permission denied: uid {} is neither root nor the owner (uid {owner_uid}) of enclave {enclave}",
                     peer.uid
                 ),
             },
-            EnclaveRequest::ReadFile { path, offset, len } => {
-                hobbes_sys::creds::with_fs_identity(peer.uid, peer.gid, || {
-                    read_chunk(&path, offset, len.min(FILE_CHUNK))
-                })
-                .unwrap_or_else(|message| EnclaveResponse::Error { message })
-            }
+            EnclaveRequest::ReadFile { path, offset, len } => runner
+                .read_file(peer.uid, peer.gid, &path, offset, len.min(FILE_CHUNK))
+                .unwrap_or_else(|message| EnclaveResponse::Error { message }),
             EnclaveRequest::WriteFile {
                 path,
                 data,
                 append,
                 mode,
-            } => hobbes_sys::creds::with_fs_identity(peer.uid, peer.gid, || {
-                write_chunk(&path, &data, append, mode)
-            })
-            .unwrap_or_else(|message| EnclaveResponse::Error { message }),
+            } => runner
+                .write_file(peer.uid, peer.gid, &path, &data, append, mode)
+                .unwrap_or_else(|message| EnclaveResponse::Error { message }),
+            EnclaveRequest::Console => match runner.console() {
+                Ok(relay) => {
+                    write_frame(&mut stream, &EnclaveResponse::ConsoleAttached)?;
+                    relay(stream);
+                    return Ok(());
+                }
+                Err(message) => EnclaveResponse::Error { message },
+            },
         };
         write_frame(&mut stream, &reply)?;
     }

@@ -97,7 +97,8 @@ typedef enum {
     INVALID_ENCLAVE = -1, /* error return */
     HOST_ENCLAVE    = 0,  /* the Linux host itself (enclave 0) */
     NATIVE_ENCLAVE  = 1,  /* a partition of cores and memory with its own namespaces */
-    LWK_ENCLAVE     = 2   /* a lightweight kernel on KVM on cores of its own (Kitten's analog) */
+    LWK_ENCLAVE     = 2,  /* a lightweight kernel on KVM on cores of its own (Kitten's analog) */
+    VM_ENCLAVE      = 3   /* a Linux virtual machine under QEMU (Palacios' analog) */
 } enclave_type_t;
 
 struct enclave_info {

@@ -57,6 +57,9 @@ pub enum CEnclaveType {
     /// `LWK_ENCLAVE`: a lightweight kernel on KVM on cores of its own (the
     /// original's Kitten enclaves).
     Lwk = 2,
+    /// `VM_ENCLAVE`: a Linux virtual machine under QEMU (the original's
+    /// Palacios enclaves).
+    Vm = 3,
 }
 
 impl From<EnclaveKind> for CEnclaveType {
@@ -65,6 +68,7 @@ impl From<EnclaveKind> for CEnclaveType {
             EnclaveKind::Host => Self::Host,
             EnclaveKind::Native => Self::Native,
             EnclaveKind::Lwk => Self::Lwk,
+            EnclaveKind::Vm => Self::Vm,
         }
     }
 }

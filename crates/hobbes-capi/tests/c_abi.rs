@@ -338,6 +338,7 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         created_ms: now_ms(),
         last_heartbeat_ms: now_ms(),
         crash_reason: None,
+        vm: None,
         rev: 0,
     };
     let mut app = AppRecord {

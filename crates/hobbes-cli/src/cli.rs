@@ -121,6 +121,12 @@ pub enum Command {
         /// Path as the enclave sees it (output is cut at 64 MiB).
         path: String,
     },
+    /// Attach to an enclave's console (a VM's serial console, a shell in
+    /// the guest); detach with Ctrl-] (the console keeps running).
+    Console {
+        /// Enclave id or name.
+        enclave: String,
+    },
     /// Write a file in the enclave's view, from a local file or stdin.
     #[command(aliases = ["write_file", "write-file"])]
     Write {
@@ -202,6 +208,23 @@ pub struct CreateArgs {
     /// Keep the host's IPC namespace, so MPI jobs spanning enclaves use shared memory.
     #[arg(long)]
     pub host_ipc: bool,
+    /// VM: the guest kernel (default: the node's image, scripts/vm-image.sh).
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
+    pub kernel: Option<String>,
+    /// VM: the guest initramfs (default: the node's image; one of your own
+    /// must start the Hobbes guest agent).
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
+    pub initrd: Option<String>,
+    /// VM: appended to the guest kernel's command line.
+    #[arg(long, value_name = "ARGS", conflicts_with = "file")]
+    pub cmdline: Option<String>,
+    /// VM: accelerator: auto (KVM where the CPU virtualizes, else TCG), kvm or tcg.
+    #[arg(long, value_name = "ACCEL", conflicts_with = "file")]
+    pub accel: Option<String>,
+    /// VM: a host directory the guest sees at the same path, read-only
+    /// unless suffixed ":rw" (repeatable).
+    #[arg(long = "share", value_name = "DIR[:rw]", conflicts_with = "file")]
+    pub shares: Vec<String>,
 }
 
 /// Arguments of `launch-app`.

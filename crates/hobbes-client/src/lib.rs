@@ -658,6 +658,18 @@ impl EnclaveConn {
         }
     }
 
+    /// Attach to the enclave's console (a VM's serial console): the
+    /// connection, from now on a raw byte stream both ways.
+    pub fn console(mut self) -> Result<std::os::unix::net::UnixStream> {
+        match self.call(&EnclaveRequest::Console)? {
+            EnclaveResponse::ConsoleAttached => Ok(self.stream),
+            other => Err(ClientError::Unexpected {
+                peer: self.peer.clone(),
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
     /// Read a whole file as the enclave sees it, in chunks, up to `limit` bytes.
     pub fn read_file(&mut self, path: &str, limit: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();

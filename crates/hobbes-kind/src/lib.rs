@@ -17,6 +17,8 @@
 
 use std::path::PathBuf;
 
+pub mod monitor;
+
 use hobbes_proto::model::{
     BlockId, ControlEndpoint, CoreId, EnclaveId, EnclaveKind, EnclaveRecord, IsolationRecord,
     NisHeader,

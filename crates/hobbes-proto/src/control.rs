@@ -140,6 +140,14 @@ pub enum ControlUp {
         /// Why it failed; `None` on success.
         error: Option<String>,
     },
+    /// The enclave is lost for a reason the agent knows (a VM's guest kernel
+    /// panicked, its QEMU died): the daemon marks it crashed with `reason`.
+    /// The agent exits right after sending it. A daemon older than this
+    /// message sees the link drop instead, and says less.
+    Fatal {
+        /// What happened, for people.
+        reason: String,
+    },
 }
 
 /// Daemon -> control process.
@@ -236,6 +244,11 @@ pub enum EnclaveRequest {
         /// Permission bits (masked to `0o7777`) for a file this write creates.
         mode: u32,
     },
+    /// Attach to the enclave's console (a VM's serial console): answered by
+    /// [`EnclaveResponse::ConsoleAttached`], after which the connection is a
+    /// raw byte stream; an error when the kind has no console or another
+    /// client holds it. Root or the enclave's owner.
+    Console,
 }
 
 /// Control process -> client.
@@ -264,6 +277,10 @@ pub enum EnclaveResponse {
         /// What failed, naming the path.
         message: String,
     },
+    /// Answer to [`EnclaveRequest::Console`]: from the next byte on, the
+    /// connection carries the console's raw bytes both ways, until either
+    /// side closes it.
+    ConsoleAttached,
 }
 
 /// Largest chunk a file transfer moves per frame.

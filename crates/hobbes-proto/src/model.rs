@@ -94,12 +94,20 @@ pub enum EnclaveKind {
     /// running unmodified static Linux programs with their system calls
     /// forwarded to the host.
     Lwk,
+    /// A Linux virtual machine under QEMU (the Palacios analog): its own
+    /// guest kernel and OS/R stack, its apps run by an agent in the guest.
+    Vm,
 }
 
 impl EnclaveKind {
     /// Every kind (a new kind is added here, in the enum and in `as_str`;
     /// the XML spec and the `hobbes --kind` flag then know it).
-    pub const ALL: [EnclaveKind; 3] = [EnclaveKind::Host, EnclaveKind::Native, EnclaveKind::Lwk];
+    pub const ALL: [EnclaveKind; 4] = [
+        EnclaveKind::Host,
+        EnclaveKind::Native,
+        EnclaveKind::Lwk,
+        EnclaveKind::Vm,
+    ];
 
     /// The kind's name as serialized and as the XML root element names it.
     pub fn as_str(self) -> &'static str {
@@ -107,6 +115,7 @@ impl EnclaveKind {
             EnclaveKind::Host => "host",
             EnclaveKind::Native => "native",
             EnclaveKind::Lwk => "lwk",
+            EnclaveKind::Vm => "vm",
         }
     }
 
@@ -192,6 +201,14 @@ impl IsolationRecord {
         }
     }
 
+    /// The VM kind's description, when this is one.
+    pub fn vm(&self) -> Option<&VmIsolation> {
+        match &self.detail {
+            KindIsolation::Vm(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Whether the enclave owns its cores (no host task or other enclave runs
     /// on them), as far as its kind says; false for a kind this build does
     /// not know.
@@ -199,6 +216,7 @@ impl IsolationRecord {
         match &self.detail {
             KindIsolation::Native(n) => n.exclusive_cores,
             KindIsolation::Lwk(l) => l.exclusive_cores,
+            KindIsolation::Vm(v) => v.exclusive_cores,
             _ => false,
         }
     }
@@ -210,6 +228,8 @@ impl IsolationRecord {
         match &self.detail {
             KindIsolation::Native(n) => n.namespaces,
             KindIsolation::Lwk(l) => l.mount_namespace,
+            // A guest kernel of its own: its processes see only the guest.
+            KindIsolation::Vm(_) => true,
             _ => false,
         }
     }
@@ -234,6 +254,9 @@ pub enum KindIsolation {
     /// The LWK kind: a VM's vCPU threads on cgroup-confined cores, its RAM
     /// under a memory limit, its forwarded calls in a mount namespace.
     Lwk(LwkIsolation),
+    /// The VM kind: a guest under QEMU on an accelerator, its vCPU threads
+    /// pinned to cgroup-confined cores, its RAM under a memory limit.
+    Vm(VmIsolation),
     /// A kind this build does not know (written by a newer daemon): its
     /// `summary` still reads. The daemon never writes it.
     #[serde(other)]
@@ -292,6 +315,33 @@ impl LwkIsolation {
     pub const VERSION: u32 = 1;
 }
 
+/// The VM kind's isolation, as applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmIsolation {
+    /// Version of this description ([`VmIsolation::VERSION`] when written).
+    #[serde(default = "version_1")]
+    pub version: u32,
+    /// What runs the guest: `kvm` (hardware virtualization) or `tcg`
+    /// (QEMU's emulation: every guest instruction translated, far slower).
+    pub accelerator: String,
+    /// Owns its cores: no host task or other enclave runs on them.
+    pub exclusive_cores: bool,
+    /// QEMU is confined to the cores by a cpuset cgroup (otherwise its vCPU
+    /// threads are pinned by CPU affinity only).
+    pub cpuset: bool,
+    /// Guest RAM and QEMU are charged to a memory cgroup limited to the
+    /// enclave's memory.
+    pub memory_limit: bool,
+    /// Host directories are visible in the guest (virtiofs): the host's
+    /// `/usr` read-only, and the spec's shares.
+    pub host_files: bool,
+}
+
+impl VmIsolation {
+    /// The version of [`VmIsolation`] this build writes.
+    pub const VERSION: u32 = 1;
+}
+
 fn version_1() -> u32 {
     1
 }
@@ -310,6 +360,8 @@ struct KindIsolationWire {
     namespaces: Option<bool>,
     mount_namespace: Option<bool>,
     syscall_proxy: Option<bool>,
+    accelerator: Option<String>,
+    host_files: Option<bool>,
 }
 
 impl TryFrom<KindIsolationWire> for KindIsolation {
@@ -335,6 +387,16 @@ impl TryFrom<KindIsolationWire> for KindIsolation {
                 memory_limit: need(w.memory_limit, "memory_limit")?,
                 mount_namespace: need(w.mount_namespace, "mount_namespace")?,
                 syscall_proxy: w.syscall_proxy.unwrap_or(false),
+            }),
+            "vm" => KindIsolation::Vm(VmIsolation {
+                version: w.version.unwrap_or(1),
+                accelerator: w
+                    .accelerator
+                    .ok_or_else(|| "vm isolation without `accelerator`".to_string())?,
+                exclusive_cores: need(w.exclusive_cores, "exclusive_cores")?,
+                cpuset: need(w.cpuset, "cpuset")?,
+                memory_limit: need(w.memory_limit, "memory_limit")?,
+                host_files: w.host_files.unwrap_or(false),
             }),
             _ => KindIsolation::Unknown,
         })
@@ -559,6 +621,10 @@ pub struct EnclaveRecord {
     pub last_heartbeat_ms: u64,
     /// Why it crashed, when it did.
     pub crash_reason: Option<String>,
+    /// The VM kind's settings (guest kernel, shares, accelerator), from its
+    /// spec; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<crate::spec::VmSpec>,
     /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
@@ -1124,7 +1190,7 @@ mod tests {
     #[test]
     fn descriptions_of_unknown_kinds_decode_with_their_summary() {
         let iso: IsolationRecord = serde_json::from_str(
-            r#"{"summary":"kvm, 4 vcpus","detail":{"kind":"vm","version":3,"vcpus":4}}"#,
+            r#"{"summary":"kvm, 4 vcpus","detail":{"kind":"unikernel","version":3,"vcpus":4}}"#,
         )
         .unwrap();
         assert_eq!(iso.summary, "kvm, 4 vcpus");

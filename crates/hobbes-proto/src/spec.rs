@@ -12,8 +12,21 @@
 //! ```
 //!
 //! The root element names the kind, as the original's `<pisces>` files did:
-//! `<native>` or `<lwk>` (an LWK enclave's cores are always its own, so it
-//! takes neither `shared="true"` nor `ipc="host"`).
+//! `<native>`, `<lwk>` (an LWK enclave's cores are always its own, so it
+//! takes neither `shared="true"` nor `ipc="host"`) or `<vm>`, which also
+//! takes the guest's OS/R stack and what of the host it sees:
+//!
+//! ```xml
+//! <vm name="ana">
+//!   <cpus><cores>1</cores></cpus>
+//!   <memory size="1024"/>
+//!   <kernel>/boot/vmlinuz-6.1.0-47-cloud-amd64</kernel>  <!-- default: the node's image -->
+//!   <initrd>/path/initrd.img</initrd>                    <!-- default: the node's image -->
+//!   <cmdline>mitigations=off</cmdline>                  <!-- appended to the base line -->
+//!   <accel>auto</accel>                                  <!-- auto (default), kvm or tcg -->
+//!   <share path="/home/u/run" writable="true"/>          <!-- same path in the guest -->
+//! </vm>
+//! ```
 //! The schema is documented in `docs/nis-schema.md` ("Enclave spec and its XML form").
 
 use serde::{Deserialize, Serialize};
@@ -91,6 +104,135 @@ pub struct EnclaveSpec {
     pub cpus: CpuRequest,
     /// Its memory; some is required.
     pub memory: MemRequest,
+    /// The VM kind's settings; `None` means the defaults for a `vm`, and
+    /// must be `None` for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSpec>,
+}
+
+/// What a VM enclave runs and sees of the host (`<vm>` only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Guest kernel (a host path the owner can read); `None`: the node's image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Guest initramfs (a host path the owner can read); `None`: the node's
+    /// image, whose init is the Hobbes guest agent. One of your own must
+    /// start that agent too, or the enclave never becomes ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Appended to the base kernel command line (console, panic handling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// What runs the guest.
+    #[serde(default)]
+    pub accel: VmAccel,
+    /// Host directories visible in the guest, each at its host path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<VmShare>,
+}
+
+/// The accelerator a VM runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAccel {
+    /// KVM where the CPU has hardware virtualization, TCG otherwise.
+    #[default]
+    Auto,
+    /// KVM, or refuse.
+    Kvm,
+    /// QEMU's emulation, even where KVM would work.
+    Tcg,
+}
+
+impl VmAccel {
+    /// The name as the spec spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAccel::Auto => "auto",
+            VmAccel::Kvm => "kvm",
+            VmAccel::Tcg => "tcg",
+        }
+    }
+
+    /// Parse `auto`, `kvm` or `tcg`; the error names the choices.
+    pub fn parse(name: &str) -> Result<VmAccel, String> {
+        match name.trim() {
+            "auto" => Ok(VmAccel::Auto),
+            "kvm" => Ok(VmAccel::Kvm),
+            "tcg" => Ok(VmAccel::Tcg),
+            other => Err(format!(
+                "unknown accelerator {other:?}: expected auto, kvm or tcg"
+            )),
+        }
+    }
+}
+
+/// A host directory shared with a VM's guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmShare {
+    /// Absolute host path; the guest sees it at the same path.
+    pub path: String,
+    /// The guest may write it (read-only otherwise).
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Most shares one VM may have.
+pub const MAX_VM_SHARES: usize = 16;
+
+impl VmSpec {
+    /// Check what can be checked without the node.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, path) in [("kernel", &self.kernel), ("initrd", &self.initrd)] {
+            if let Some(p) = path {
+                if !p.starts_with('/') {
+                    return Err(format!("<{what}> must be an absolute path, got {p:?}"));
+                }
+            }
+        }
+        if let Some(c) = &self.cmdline {
+            if c.len() > 1024 || c.contains(['\n', '\0']) {
+                return Err("<cmdline> must be one line of at most 1024 bytes".to_string());
+            }
+        }
+        if self.shares.len() > MAX_VM_SHARES {
+            return Err(format!(
+                "{} shares: a VM takes at most {MAX_VM_SHARES}",
+                self.shares.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for share in &self.shares {
+            let p = share.path.as_str();
+            if !p.starts_with('/') || p.split('/').any(|c| c == "." || c == "..") {
+                return Err(format!(
+                    "share path {p:?} must be absolute, without \".\" or \"..\""
+                ));
+            }
+            if p.contains(['\0', ',', '\n']) {
+                return Err(format!("share path {p:?} has a character QEMU cannot take"));
+            }
+            let norm = p.trim_end_matches('/');
+            // The guest's own tree lives there: sharing over it would break the guest.
+            const GUEST_OWN: [&str; 11] = [
+                "", "/bin", "/sbin", "/lib", "/lib64", "/usr", "/proc", "/sys", "/dev", "/etc",
+                "/.hobbes",
+            ];
+            if GUEST_OWN.contains(&norm)
+                || norm.starts_with("/usr/")
+                || norm.starts_with("/.hobbes/")
+            {
+                return Err(format!(
+                    "share path {p:?} would cover the guest's own files (the host's /usr is shared read-only already); share a directory of your own"
+                ));
+            }
+            if !seen.insert(norm.to_string()) {
+                return Err(format!("share path {p:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A spec that cannot be used, with the line it came from when it came from XML.
@@ -141,6 +283,20 @@ impl EnclaveSpec {
                     "ipc=\"host\" does not apply to an lwk enclave: its programs run in a guest, which has no IPC namespace to share; drop ipc=\"host\" (--host-ipc)",
                 ));
             }
+        }
+        match (&self.vm, self.kind) {
+            (Some(vm), EnclaveKind::Vm) => vm.validate().map_err(SpecError::plain)?,
+            (Some(_), kind) => {
+                return Err(SpecError::plain(format!(
+                    "<kernel>, <initrd>, <cmdline>, <accel> and <share> are for vm enclaves, not {kind}"
+                )))
+            }
+            (None, _) => {}
+        }
+        if self.kind == EnclaveKind::Vm && (self.shared || self.host_ipc) {
+            return Err(SpecError::plain(
+                "a vm enclave cannot be shared and has no IPC namespace to share: drop shared=\"true\" (--shared) and ipc=\"host\" (--host-ipc)",
+            ));
         }
         if self.cpus.is_empty() {
             return Err(SpecError::plain(
@@ -230,17 +386,29 @@ impl EnclaveSpec {
             },
             cpus: CpuRequest::default(),
             memory: MemRequest::default(),
+            vm: None,
         };
         for child in root.children().filter(|n| n.is_element()) {
             match child.tag_name().name() {
                 "cpus" => parse_cpus(&doc, child, &mut spec.cpus)?,
                 "memory" => parse_memory(&doc, child, &mut spec.memory)?,
+                tag @ ("kernel" | "initrd" | "cmdline" | "accel" | "share")
+                    if kind == EnclaveKind::Vm =>
+                {
+                    let vm = spec.vm.get_or_insert_with(VmSpec::default);
+                    parse_vm_setting(&doc, child, tag, vm)?
+                }
                 other => {
+                    let expected = if kind == EnclaveKind::Vm {
+                        "<cpus>, <memory>, <kernel>, <initrd>, <cmdline>, <accel> or <share>"
+                    } else {
+                        "<cpus> or <memory>"
+                    };
                     return Err(SpecError::at(
                         &doc,
                         child,
-                        format!("unknown element <{other}>: expected <cpus> or <memory>"),
-                    ))
+                        format!("unknown element <{other}> in <{tag}>: expected {expected}"),
+                    ));
                 }
             }
         }
@@ -344,6 +512,57 @@ fn id_of(doc: &roxmltree::Document, node: roxmltree::Node) -> Result<u32, SpecEr
             )
         })?;
     num(doc, node, "id", text)
+}
+
+/// One of `<vm>`'s own elements.
+fn parse_vm_setting(
+    doc: &roxmltree::Document,
+    node: roxmltree::Node,
+    tag: &str,
+    vm: &mut VmSpec,
+) -> Result<(), SpecError> {
+    let text = || node.text().unwrap_or("").trim().to_string();
+    let once = |slot: &Option<String>| {
+        if slot.is_some() {
+            Err(SpecError::at(doc, node, format!("<{tag}> is given twice")))
+        } else {
+            Ok(())
+        }
+    };
+    match tag {
+        "kernel" => {
+            once(&vm.kernel)?;
+            vm.kernel = Some(text());
+        }
+        "initrd" => {
+            once(&vm.initrd)?;
+            vm.initrd = Some(text());
+        }
+        "cmdline" => {
+            once(&vm.cmdline)?;
+            vm.cmdline = Some(text());
+        }
+        "accel" => vm.accel = VmAccel::parse(&text()).map_err(|e| SpecError::at(doc, node, e))?,
+        _ => {
+            let path = node
+                .attribute("path")
+                .ok_or_else(|| SpecError::at(doc, node, "<share> needs path=\"/host/dir\""))?;
+            for attr in node.attributes() {
+                if !matches!(attr.name(), "path" | "writable") {
+                    return Err(SpecError::at(
+                        doc,
+                        node,
+                        format!("unknown attribute {}= on <share>", attr.name()),
+                    ));
+                }
+            }
+            vm.shares.push(VmShare {
+                path: path.to_string(),
+                writable: bool_attr(doc, node, "writable")?.unwrap_or(false),
+            });
+        }
+    }
+    vm.validate().map_err(|e| SpecError::at(doc, node, e))
 }
 
 fn parse_cpus(
@@ -589,5 +808,84 @@ mod tests {
             let doc = format!("<native name=\"{name}\"><cpus><cores>{count}</cores></cpus><memory size=\"{size}\"/></native>");
             let _ = EnclaveSpec::from_xml(&doc);
         }
+    }
+}
+
+#[cfg(test)]
+mod vm_tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_spec_reads_its_kernel_shares_and_accelerator() {
+        let spec = EnclaveSpec::from_xml(
+            r#"<vm name="ana">
+                 <cpus><cores>1</cores></cpus>
+                 <memory size="1G"/>
+                 <kernel>/boot/vmlinuz</kernel>
+                 <cmdline>mitigations=off</cmdline>
+                 <accel>tcg</accel>
+                 <share path="/home/u/run" writable="true"/>
+                 <share path="/data"/>
+               </vm>"#,
+        )
+        .unwrap();
+        assert_eq!(spec.kind, EnclaveKind::Vm);
+        let vm = spec.vm.unwrap();
+        assert_eq!(vm.kernel.as_deref(), Some("/boot/vmlinuz"));
+        assert_eq!(vm.initrd, None);
+        assert_eq!(vm.cmdline.as_deref(), Some("mitigations=off"));
+        assert_eq!(vm.accel, VmAccel::Tcg);
+        assert_eq!(
+            vm.shares,
+            vec![
+                VmShare {
+                    path: "/home/u/run".into(),
+                    writable: true
+                },
+                VmShare {
+                    path: "/data".into(),
+                    writable: false
+                }
+            ]
+        );
+        // Defaults: no settings at all.
+        let plain = EnclaveSpec::from_xml(
+            r#"<vm name="a"><cpus><cores>1</cores></cpus><memory size="512"/></vm>"#,
+        )
+        .unwrap();
+        assert_eq!(plain.vm, None);
+    }
+
+    #[test]
+    fn bad_vm_specs_name_the_problem_and_the_line() {
+        let err = |xml: &str| EnclaveSpec::from_xml(xml).unwrap_err().to_string();
+        let e = err(
+            "<vm name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/>\n<accel>xen</accel></vm>",
+        );
+        assert!(e.starts_with("line 2: unknown accelerator \"xen\""), "{e}");
+        let e = err("<vm name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><kernel>vmlinuz</kernel></vm>");
+        assert!(e.contains("<kernel> must be an absolute path"), "{e}");
+        let e = err("<vm name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><share path=\"/usr/lib\"/></vm>");
+        assert!(e.contains("would cover the guest's own files"), "{e}");
+        let e = err("<vm name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><share path=\"/d\"/><share path=\"/d/\"/></vm>");
+        assert!(e.contains("listed twice"), "{e}");
+        let e =
+            err("<vm name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><share/></vm>");
+        assert!(e.contains("<share> needs path="), "{e}");
+        let e = err("<native name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><kernel>/k</kernel></native>");
+        assert!(e.contains("unknown element <kernel> in <native>"), "{e}");
+        let e = err("<vm name=\"a\" shared=\"true\"><cpus><cores>1</cores></cpus><memory size=\"512\"/></vm>");
+        assert!(e.contains("a vm enclave cannot be shared"), "{e}");
+        // Settings for a VM on another kind's spec (the JSON form).
+        let mut spec = EnclaveSpec::from_xml(
+            "<native name=\"a\"><cpus><cores>1</cores></cpus><memory size=\"512\"/></native>",
+        )
+        .unwrap();
+        spec.vm = Some(VmSpec::default());
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("are for vm enclaves"));
     }
 }

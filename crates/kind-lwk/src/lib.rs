@@ -36,18 +36,16 @@
 //! An LWK's cores and memory are fixed while it runs:
 //! [`EnclaveDriver::set_cpus`] and [`EnclaveDriver::set_memory`] refuse.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hobbes_cgroups::{mems_of, Cgroups, EnclaveCgroup};
+use hobbes_kind::monitor::{kill_monitor, monitor_env, wait_ready};
 use hobbes_kind::{
     format_cpu_list, DriverResult, EnclaveDriver, Leftover, NodeSetup, StartContext, Started,
-    CONTROL_CREDENTIAL_ENV,
 };
 use hobbes_proto::model::{
     CgroupMode, ControlEndpoint, CoreId, EnclaveKind, EnclaveRecord, IsolationRecord,
@@ -57,6 +55,9 @@ use hobbes_sys::process as proc_sys;
 
 pub mod monitor;
 mod vmm;
+
+/// The monitor, as messages name it.
+const MONITOR: &str = "LWK monitor";
 
 /// Prefix of an LWK enclave's cgroups: `lwk-N` (the native kind's are `enclave-N`).
 pub const CGROUP_PREFIX: &str = "lwk";
@@ -255,29 +256,6 @@ fn isolation(privileged: bool, mode: CgroupMode, plan: &Plan) -> IsolationRecord
     }
 }
 
-/// Kill the recorded monitor of `rec` (if it still runs) and wait until it
-/// is gone: its VM, and so its guest RAM and its cores, go with it.
-fn kill_monitor(rec: &EnclaveRecord) -> DriverResult<()> {
-    let Some(pid) = rec
-        .control_pid
-        .filter(|p| proc_sys::same_process_alive(*p, rec.control_start_time))
-    else {
-        return Ok(());
-    };
-    let _ = proc_sys::kill(pid, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proc_sys::same_process_alive(pid, rec.control_start_time) {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the monitor of enclave {} (pid {pid}) survived SIGKILL",
-                rec.name
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
 impl EnclaveDriver for LwkKind {
     fn kind(&self) -> EnclaveKind {
         EnclaveKind::Lwk
@@ -313,7 +291,7 @@ impl EnclaveDriver for LwkKind {
     }
 
     fn clean_up(&self, rec: &EnclaveRecord, node_is_ours: bool) -> DriverResult<()> {
-        kill_monitor(rec)?;
+        kill_monitor(rec, MONITOR)?;
         self.cgroups.clean_up(rec.id, false, node_is_ours)
     }
 
@@ -373,7 +351,7 @@ impl EnclaveDriver for LwkKind {
             undo(Some(&mut child));
             return Err(e);
         }
-        if let Err(e) = wait_ready(&mut child, READY_TIMEOUT) {
+        if let Err(e) = wait_ready(&mut child, READY_TIMEOUT, MONITOR) {
             undo(Some(&mut child));
             return Err(e);
         }
@@ -401,7 +379,7 @@ impl EnclaveDriver for LwkKind {
     }
 
     fn stop(&self, rec: &EnclaveRecord) -> DriverResult<()> {
-        kill_monitor(rec)?;
+        kill_monitor(rec, MONITOR)?;
         if let Some(cg) = self.cgroups.enclave(rec.id, false) {
             hobbes_cgroups::kill_and_remove(cg.as_ref())?;
         }
@@ -412,20 +390,6 @@ impl EnclaveDriver for LwkKind {
         rec.control_pid
             .is_some_and(|p| proc_sys::same_process_alive(p, rec.control_start_time))
     }
-}
-
-/// The monitor's environment: its credential, and what helps diagnose it.
-fn monitor_env(ctx: &StartContext) -> Vec<(String, String)> {
-    let mut env = vec![(
-        CONTROL_CREDENTIAL_ENV.to_string(),
-        ctx.control_credential.clone(),
-    )];
-    for key in ["PATH", "HOBBES_LOG", "RUST_BACKTRACE"] {
-        if let Ok(v) = std::env::var(key) {
-            env.push((key.to_string(), v));
-        }
-    }
-    env
 }
 
 /// Refuse early, with the fix, on a node where KVM cannot be used.
@@ -441,48 +405,6 @@ fn check_kvm(path: &Path) -> DriverResult<()> {
                 path.display()
             )
         })
-}
-
-/// Wait for the monitor's first line on its stdout: `ready` once its VM is
-/// made and it is about to attach, or `error: <why>`. A monitor that exits
-/// or says nothing within `timeout` failed too.
-fn wait_ready(child: &mut Child, timeout: Duration) -> DriverResult<()> {
-    let Some(out) = child.stdout.take() else {
-        return Err("the LWK monitor has no stdout".into());
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "the LWK monitor did not make its VM within {timeout:?} (see leviathan's log)"
-            ));
-        }
-        let mut fds = [nix::poll::PollFd::new(
-            out.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("cannot wait for the LWK monitor: {e}")),
-        }
-    }
-    // Readable: a whole line follows at once (one small write), or EOF.
-    let mut line = String::new();
-    let _ = BufReader::new(out).read_line(&mut line);
-    parse_ready(line.trim_end())
-}
-
-/// The monitor's readiness line, as [`wait_ready`] reads it.
-fn parse_ready(line: &str) -> DriverResult<()> {
-    match line {
-        "ready" => Ok(()),
-        "" => Err("the LWK monitor exited before its VM was made (see leviathan's log)".into()),
-        other => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
-    }
 }
 
 #[cfg(test)]
@@ -537,6 +459,7 @@ mod tests {
             created_ms: 0,
             last_heartbeat_ms: 0,
             crash_reason: None,
+            vm: None,
             rev: 0,
         }
     }
@@ -650,15 +573,5 @@ mod tests {
             e.contains("cannot run lwk enclaves") && e.contains("kvm_intel"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn readiness_lines() {
-        assert_eq!(parse_ready("ready"), Ok(()));
-        assert_eq!(
-            parse_ready("error: cannot make the LWK: KVM: no /dev/kvm"),
-            Err("cannot make the LWK: KVM: no /dev/kvm".into())
-        );
-        assert!(parse_ready("").unwrap_err().contains("exited before"));
     }
 }

@@ -17,13 +17,13 @@
 //! 5. bind the enclave socket, print `ready`, attach to the daemon.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use hobbes_agent::{Agent, AppIo, AppRunner, ExitReporter};
+use hobbes_kind::monitor::{parse_cpu_list, say, stdout_to_null, CpuList};
 use hobbes_proto::control::LaunchCommand;
-use hobbes_proto::model::{AppId, CoreId, ExitStatus};
+use hobbes_proto::model::{AppId, ExitStatus};
 
 /// How the driver starts the monitor (`leviathan lwk-monitor ...`).
 #[derive(Debug, Clone, clap::Args)]
@@ -32,11 +32,11 @@ pub struct MonitorArgs {
     #[command(flatten)]
     pub agent: hobbes_agent::AgentArgs,
     /// The enclave's cores, as a CPU list ("2-3"): the vCPUs run there.
-    #[arg(long, value_parser = cpu_list)]
+    #[arg(long, value_parser = parse_cpu_list)]
     pub cores: CpuList,
     /// Cores the system-call proxy thread may poll on (the host's); absent:
     /// no proxy, every forwarded call exits to its vCPU's thread.
-    #[arg(long, value_parser = cpu_list)]
+    #[arg(long, value_parser = parse_cpu_list)]
     pub proxy_cores: Option<CpuList>,
     /// Guest RAM, in bytes.
     #[arg(long)]
@@ -47,7 +47,7 @@ pub struct MonitorArgs {
     #[arg(long)]
     pub memory_dir: Option<PathBuf>,
     /// The enclave's NUMA nodes, as a list ("0-1"): guest RAM comes from them.
-    #[arg(long, value_parser = cpu_list)]
+    #[arg(long, value_parser = parse_cpu_list)]
     pub numa_nodes: Option<CpuList>,
     /// Run in a mount namespace of our own, with the NIS replica bound over
     /// the primary's path.
@@ -72,31 +72,6 @@ pub struct MonitorArgs {
     pub vcpu_cgroup: Option<PathBuf>,
 }
 
-/// A CPU list as one argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuList(pub Vec<CoreId>);
-
-fn cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let parse = |v: &str| {
-            v.trim()
-                .parse::<CoreId>()
-                .map_err(|_| format!("{s:?} is not a CPU list (\"0-3,8\")"))
-        };
-        let (a, b) = (parse(a)?, parse(b)?);
-        if a > b {
-            return Err(format!("{s:?} is not a CPU list: {a}-{b} runs backwards"));
-        }
-        out.extend(a..=b);
-    }
-    if out.is_empty() {
-        return Err("an empty CPU list".into());
-    }
-    Ok(CpuList(out))
-}
-
 /// The body of `leviathan lwk-monitor`: make the VM (see the module's
 /// documentation for the order), say `ready` on stdout, then run the agent
 /// for ever. Returns an error only when start-up fails (after saying why on
@@ -107,29 +82,13 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let agent = match prepare(&args, credential) {
         Ok(agent) => agent,
         Err(e) => {
-            say(&format!("error: {}", one_line(&format!("{e:#}"))));
+            say(&format!("error: {e:#}"));
             return Err(e);
         }
     };
     say("ready");
-    // Nothing else goes to stdout: its reader (the driver in the daemon
-    // that started us) is gone after `ready`, perhaps with the daemon.
-    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(&null);
-    }
+    stdout_to_null();
     agent.run()
-}
-
-/// Tell the driver how start-up went (one line on stdout; an error there
-/// means the driver gave up on us, and the exit code says the rest).
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn one_line(s: &str) -> String {
-    s.replace('\n', "; ")
 }
 
 /// Steps 2-5 of start-up (see the module's documentation).
@@ -388,15 +347,6 @@ mod tests {
     use std::os::fd::OwnedFd;
     use std::sync::Condvar;
     use std::time::Duration;
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(cpu_list("2-3,7").unwrap().0, vec![2, 3, 7]);
-        assert_eq!(cpu_list("1").unwrap().0, vec![1]);
-        assert!(cpu_list("").is_err());
-        assert!(cpu_list("3-1").is_err());
-        assert!(cpu_list("x").is_err());
-    }
 
     #[test]
     fn programs_are_found_as_execvp_finds_them() {

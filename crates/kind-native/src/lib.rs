@@ -381,6 +381,7 @@ mod tests {
             created_ms: 0,
             last_heartbeat_ms: 0,
             crash_reason: None,
+            vm: None,
             rev: 0,
         }
     }

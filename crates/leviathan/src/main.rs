@@ -90,6 +90,9 @@ enum Command {
     /// An LWK enclave's monitor: its VM and its control agent (started by leviathan).
     #[command(hide = true)]
     LwkMonitor(kind_lwk::monitor::MonitorArgs),
+    /// A VM enclave's monitor: its QEMU and its control agent (started by leviathan).
+    #[command(hide = true)]
+    VmMonitor(kind_vm::monitor::MonitorArgs),
 }
 
 /// A CPU list as one argument (clap would read `Vec` as repeated values).
@@ -117,6 +120,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::EnclaveInit(args)) => leviathan::control::run(args),
         Some(Command::LwkMonitor(args)) => kind_lwk::monitor::run(args),
+        Some(Command::VmMonitor(args)) => kind_vm::monitor::run(args),
         Some(Command::Cleanup {
             keep_state,
             orphans,

@@ -251,6 +251,7 @@ fn lifecycle_goes_through_the_registered_kind() {
             size_mib: 64,
             ..Default::default()
         },
+        vm: None,
     };
     let e = c
         .create_enclave(spec)
@@ -342,6 +343,7 @@ fn cleanup_goes_through_the_registered_kind() {
                 size_mib: 64,
                 ..Default::default()
             },
+            vm: None,
         })
         .unwrap();
     drop(c);

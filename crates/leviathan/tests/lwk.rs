@@ -60,6 +60,7 @@ fn lwk_spec(name: &str, cores: u32, mib: u64) -> EnclaveSpec {
             size_mib: mib,
             ..Default::default()
         },
+        vm: None,
     }
 }
 

@@ -207,6 +207,7 @@ fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<
                 size_mib: e.memory_mib,
                 ..Default::default()
             },
+            vm: None,
         };
         let rec = client
             .create_enclave(spec)

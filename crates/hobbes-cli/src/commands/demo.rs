@@ -161,6 +161,7 @@ impl Demo {
                 size_mib: 256,
                 ..Default::default()
             },
+            vm: None,
         })?;
         self.enclave = Some(rec.id);
         Ok(rec)

@@ -1,6 +1,7 @@
 //! Commands that talk to an enclave's control process directly, on its own
 //! socket, the way the original shell used the enclave's command queue:
-//! `ping`, `cat`, `write`. The daemon is only asked where the enclave is.
+//! `ping`, `cat`, `write`, `console`. The daemon is only asked where the
+//! enclave is.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -130,4 +131,85 @@ pub fn write(ctx: &Ctx, enclave: &str, path: &str, from: Option<&Path>, mode: u3
         eprintln!("wrote {} bytes to {enclave}:{path}", data.len());
     }
     Ok(0)
+}
+
+/// The byte that detaches `hobbes console` (Ctrl-], as telnet and virsh).
+pub const DETACH: u8 = 0x1d;
+
+/// `hobbes console`: relay the terminal to the enclave's console until the
+/// user types Ctrl-] (or stdin ends, or the console goes away).
+pub fn console(ctx: &Ctx, enclave: &str) -> Result<i32> {
+    let conn = connect(ctx, enclave)?;
+    let stream = conn
+        .console()
+        .with_context(|| format!("cannot attach to the console of enclave {enclave}"))?;
+    eprintln!("attached to the console of enclave {enclave}; detach with Ctrl-]\r");
+    let _raw = RawTerminal::enter();
+    let mut from_console = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from_console.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                break;
+            }
+        }
+        // The console went away (the enclave ended): end the session too.
+        restore_terminal();
+        std::process::exit(0);
+    });
+    let mut to_console = stream;
+    let mut stdin = std::io::stdin();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let (data, detach) = match buf[..n].iter().position(|b| *b == DETACH) {
+            Some(i) => (&buf[..i], true),
+            None => (&buf[..n], false),
+        };
+        if to_console.write_all(data).is_err() || detach {
+            break;
+        }
+    }
+    drop(_raw);
+    eprintln!("\ndetached from the console of enclave {enclave}");
+    Ok(0)
+}
+
+/// Restores the terminal's settings saved when the console attached.
+static SAVED_TERMIOS: std::sync::Mutex<Option<nix::sys::termios::Termios>> =
+    std::sync::Mutex::new(None);
+
+fn restore_terminal() -> Option<()> {
+    let saved = SAVED_TERMIOS.lock().ok()?.take()?;
+    nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &saved).ok()
+}
+
+/// The terminal in raw mode (keys go to the guest as typed, Ctrl-C too)
+/// while it lives; nothing when stdin is not a terminal.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use nix::sys::termios;
+        if let Ok(saved) = termios::tcgetattr(std::io::stdin()) {
+            let mut raw = saved.clone();
+            termios::cfmakeraw(&mut raw);
+            if termios::tcsetattr(std::io::stdin(), termios::SetArg::TCSANOW, &raw).is_ok() {
+                if let Ok(mut slot) = SAVED_TERMIOS.lock() {
+                    *slot = Some(saved);
+                }
+            }
+        }
+        RawTerminal
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
 }

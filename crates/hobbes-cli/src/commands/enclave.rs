@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hobbes_client::Client;
 use hobbes_proto::model::{AppRecord, EnclaveRecord};
 use hobbes_proto::msg::EnclaveRef;
-use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
+use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest, VmAccel, VmShare, VmSpec};
 
 use crate::cli::{AssignCpusArgs, AssignMemoryArgs, CreateArgs};
 use crate::human;
@@ -39,6 +39,13 @@ fn spec_of(args: CreateArgs) -> Result<EnclaveSpec> {
             blocks: args.blocks.map(|l| l.0).unwrap_or_default(),
             numa: args.numa,
         },
+        vm: vm_settings(
+            &args.kernel,
+            &args.initrd,
+            &args.cmdline,
+            &args.accel,
+            &args.shares,
+        )?,
     };
     // Checked here first because the validator's hints speak XML, not flags.
     if spec.cpus.is_empty() {
@@ -49,6 +56,48 @@ fn spec_of(args: CreateArgs) -> Result<EnclaveSpec> {
     }
     spec.validate()?;
     Ok(spec)
+}
+
+/// The VM flags as a [`VmSpec`]; `None` when none is given (the validator
+/// refuses them on other kinds).
+fn vm_settings(
+    kernel: &Option<String>,
+    initrd: &Option<String>,
+    cmdline: &Option<String>,
+    accel: &Option<String>,
+    shares: &[String],
+) -> Result<Option<VmSpec>> {
+    if kernel.is_none()
+        && initrd.is_none()
+        && cmdline.is_none()
+        && accel.is_none()
+        && shares.is_empty()
+    {
+        return Ok(None);
+    }
+    let shares = shares
+        .iter()
+        .map(|s| match s.strip_suffix(":rw") {
+            Some(path) => VmShare {
+                path: path.to_string(),
+                writable: true,
+            },
+            None => VmShare {
+                path: s.strip_suffix(":ro").unwrap_or(s).to_string(),
+                writable: false,
+            },
+        })
+        .collect();
+    Ok(Some(VmSpec {
+        kernel: kernel.clone(),
+        initrd: initrd.clone(),
+        cmdline: cmdline.clone(),
+        accel: match accel {
+            Some(a) => VmAccel::parse(a).map_err(|e| anyhow!("--accel: {e}"))?,
+            None => VmAccel::Auto,
+        },
+        shares,
+    }))
 }
 
 pub fn create(ctx: &Ctx, args: CreateArgs) -> Result<i32> {

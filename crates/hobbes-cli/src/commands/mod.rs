@@ -43,6 +43,7 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::WaitApp { app } => app::wait(ctx, app),
         Command::Ping(args) => direct::ping(ctx, args),
         Command::Cat { enclave, path } => direct::cat(ctx, &enclave, &path),
+        Command::Console { enclave } => direct::console(ctx, &enclave),
         Command::Write {
             enclave,
             path,

@@ -317,6 +317,7 @@ impl Insitu {
                 size_mib: memory_mib,
                 ..Default::default()
             },
+            vm: None,
         };
         let rec = match self.client.create_enclave(spec(false)) {
             Err(e)

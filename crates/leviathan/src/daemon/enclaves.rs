@@ -188,6 +188,7 @@ impl Daemon {
                 created_ms: now_ms(),
                 last_heartbeat_ms: 0,
                 crash_reason: None,
+                vm: spec.vm.clone(),
                 rev: 0,
             };
             t.put_enclave(&mut rec)?;

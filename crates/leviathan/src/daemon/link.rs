@@ -427,6 +427,12 @@ impl Daemon {
                 stream: s,
                 data,
             } => self.app_output(app, s, data),
+            ControlUp::Fatal { reason } => {
+                // Marked now, with the agent's reason; the link's end (the
+                // agent exits next) then finds the enclave crashed already.
+                self.drop_link(enclave);
+                self.enclave_crashed(enclave, &reason);
+            }
             ControlUp::Attach { .. } => {
                 tracing::warn!(enclave, "second attach on one link ignored")
             }

@@ -19,5 +19,9 @@ pub fn registry(env: &KindEnv) -> KindRegistry {
         env.privileged,
         env.exe.clone(),
     )));
+    kinds.register(Box::new(kind_vm::VmKind::new(
+        env.privileged,
+        env.exe.clone(),
+    )));
     kinds
 }

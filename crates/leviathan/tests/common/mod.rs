@@ -320,6 +320,7 @@ pub fn spec(name: &str, cores: u32, mib: u64, shared: bool) -> EnclaveSpec {
             size_mib: mib,
             ..Default::default()
         },
+        vm: None,
     }
 }
 
