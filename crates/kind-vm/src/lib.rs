@@ -48,12 +48,13 @@ use hobbes_proto::model::{
 use hobbes_proto::spec::{VmAccel, VmSpec};
 use hobbes_sys::process as proc_sys;
 
-mod console;
-mod guest;
+pub mod console;
+pub mod guest;
 pub mod monitor;
 mod qemu;
 mod qmp;
 mod runner;
+pub mod vm;
 
 pub use qemu::Accel;
 
