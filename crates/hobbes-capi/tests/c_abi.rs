@@ -292,6 +292,7 @@ fn header() -> NisHeader {
         heartbeat_timeout_ms: 3000,
         counters: Counters::default(),
         segment_files: Default::default(),
+        vm_support: None,
     }
 }
 

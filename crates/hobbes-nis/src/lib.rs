@@ -840,6 +840,7 @@ mod tests {
             heartbeat_timeout_ms: 300,
             counters: Counters::default(),
             segment_files: Default::default(),
+            vm_support: None,
         }
     }
 

@@ -992,6 +992,10 @@ pub struct NisHeader {
     /// Where XEMEM segments and XASM versions get their memory.
     #[serde(default)]
     pub segment_files: SegmentFiles,
+    /// How this node runs VM enclaves (accelerator, image), as the VM kind
+    /// says; absent from daemons without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_support: Option<String>,
 }
 
 /// Where XEMEM segments and XASM versions get their memory on this node

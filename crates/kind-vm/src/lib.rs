@@ -211,6 +211,30 @@ fn check_shares(vm: &VmSpec, uid: u32) -> DriverResult<()> {
     Ok(())
 }
 
+/// How this node runs VMs, for `hobbes status`: the accelerator (TCG said
+/// loudly) and the image.
+fn node_support(accel: Accel, image_dir: &Path) -> String {
+    let accel = match accel {
+        Accel::Kvm => "on KVM".to_string(),
+        Accel::Tcg => "on TCG emulation: this CPU has no hardware virtualization (vmx/svm), so guest code runs translated, many times slower than on KVM".to_string(),
+    };
+    let image = std::fs::read_to_string(image_dir.join("image.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let image = match image {
+        Some(v) => format!(
+            "image {} (kernel {})",
+            image_dir.display(),
+            v["kernel_release"].as_str().unwrap_or("?")
+        ),
+        None => format!(
+            "no image in {} (build it with scripts/vm-image.sh)",
+            image_dir.display()
+        ),
+    };
+    format!("{accel}; {image}")
+}
+
 /// The VM kind's driver.
 pub struct VmKind {
     /// The node's cgroups, with VM enclaves named `vm-N` (none when unprivileged).
@@ -377,6 +401,9 @@ impl EnclaveDriver for VmKind {
 
     fn describe_node(&self, header: &mut NisHeader) {
         header.cgroup_mode = self.cgroups.mode();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let accel = choose_accel(VmAccel::Auto, &cpuinfo, kvm_opens()).unwrap_or(Accel::Tcg);
+        header.vm_support = Some(node_support(accel, &self.image_dir));
     }
 
     fn setup(&self, node: &NodeSetup) -> DriverResult<()> {
@@ -590,6 +617,24 @@ mod tests {
         assert!(e.contains("belongs to uid"), "{e}");
         let e = check_shares(&share(Path::new("/nonexistent")), 0).unwrap_err();
         assert!(e.starts_with("cannot share /nonexistent"), "{e}");
+    }
+
+    #[test]
+    fn the_node_says_how_it_runs_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node_support(Accel::Tcg, dir.path());
+        assert!(s.starts_with("on TCG emulation"), "{s}");
+        assert!(s.contains("scripts/vm-image.sh"), "{s}");
+        std::fs::write(
+            dir.path().join("image.json"),
+            r#"{"kernel_release": "6.1.0-57-cloud-amd64"}"#,
+        )
+        .unwrap();
+        let s = node_support(Accel::Kvm, dir.path());
+        assert!(
+            s.starts_with("on KVM; image") && s.contains("kernel 6.1.0-57-cloud-amd64"),
+            "{s}"
+        );
     }
 
     #[test]

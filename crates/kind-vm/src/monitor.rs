@@ -128,6 +128,7 @@ fn prepare(
         shares,
         cgroups: args.qemu_cgroups.clone(),
         boot_timeout: BOOT_TIMEOUT,
+        echo: false,
     })?;
     tracing::info!(kernel = %vm.info.kernel, uptime_ms = vm.info.ready_uptime_ms, "guest ready");
     vm.serve_link()?;

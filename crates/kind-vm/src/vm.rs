@@ -3,7 +3,7 @@
 //! `hobbes-bench vm` boots one without a daemon (the raw baseline), and so
 //! does the cgroup-v2 smoke run (`examples/vm-run.rs`).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
@@ -97,6 +97,10 @@ pub struct VmConfig {
     pub cgroups: Vec<PathBuf>,
     /// How long the guest may take to boot to its agent's `ready`.
     pub boot_timeout: Duration,
+    /// The guest agent runs its echo mode (`hobbes.echo=1` on the command
+    /// line: every byte on the port comes back, no protocol): no handshake;
+    /// the channel is [`Vm::guest_reader`]. For the benchmark's floor.
+    pub echo: bool,
 }
 
 /// A child that is killed and reaped if start-up fails half-way.
@@ -198,14 +202,21 @@ impl Vm {
         } else {
             Vec::new()
         };
-        let info = handshake(
-            &mut guest_ours,
-            &cfg.name,
-            cfg.host_files,
-            binds,
-            cfg.boot_timeout,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = if cfg.echo {
+            GuestInfo {
+                kernel: String::new(),
+                ready_uptime_ms: 0,
+            }
+        } else {
+            handshake(
+                &mut guest_ours,
+                &cfg.name,
+                cfg.host_files,
+                binds,
+                cfg.boot_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        };
         let link = GuestLink::new(guest_ours.try_clone()?)?;
         Ok(Vm {
             qemu: qemu.0.take(),
@@ -216,6 +227,54 @@ impl Vm {
             console,
             info,
         })
+    }
+
+    /// Run `argv` in the guest as root (after [`Vm::serve_link`]), its
+    /// output copied to `stdout` and `stderr`, and wait for its end. `app`
+    /// names it on the link (unique per VM).
+    pub fn run(
+        &self,
+        app: u64,
+        argv: &[String],
+        cwd: Option<&str>,
+        stdout: impl Write + Send + 'static,
+        stderr: impl Write + Send + 'static,
+    ) -> anyhow::Result<hobbes_proto::model::ExitStatus> {
+        let (out_r, out_w) = nix::unistd::pipe()?;
+        let (err_r, err_w) = nix::unistd::pipe()?;
+        let copy = |from: OwnedFd, mut to: Box<dyn Write + Send>| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::fs::File::from(from), &mut to);
+                let _ = to.flush();
+            })
+        };
+        let copiers = [copy(out_r, Box::new(stdout)), copy(err_r, Box::new(stderr))];
+        let (reporter, ended) = hobbes_agent::testing::reporter(app);
+        self.link
+            .launch(
+                vm_guest_proto::GuestLaunch {
+                    app,
+                    argv: argv.to_vec(),
+                    env: vec![(
+                        "PATH".into(),
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    )],
+                    cwd: cwd.map(str::to_string),
+                    uid: 0,
+                    gid: 0,
+                },
+                std::fs::File::from(out_w),
+                std::fs::File::from(err_w),
+                reporter,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (status, _) = ended
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the guest ended before the program did"))?;
+        for c in copiers {
+            let _ = c.join();
+        }
+        Ok(status)
     }
 
     /// Start the link's reader thread (once).

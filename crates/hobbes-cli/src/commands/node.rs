@@ -56,6 +56,9 @@ pub fn status(ctx: &Ctx, client: &mut Client) -> Result<i32> {
         (None, Some(why)) => println!("segments    {why}: 4 KiB pages unless the node enables shmem THP"),
         (None, None) => println!("segments    memfds (a leviathan from before huge-page segments)"),
     }
+    if let Some(vm) = &h.vm_support {
+        println!("vms         {vm}");
+    }
     if h.segment_files.hugetlb_reserved > 0 {
         println!(
             "            {} hugetlb pages reserved by leviathan while it runs (taken first)",

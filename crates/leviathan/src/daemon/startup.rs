@@ -230,6 +230,7 @@ fn node_header(
         heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
         counters,
         segment_files: Default::default(),
+        vm_support: None,
     };
     for kind in kinds.iter() {
         kind.describe_node(&mut header);
