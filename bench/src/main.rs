@@ -16,12 +16,14 @@ mod insitu;
 mod lwk;
 mod plot;
 mod remora;
+mod vm;
 mod xasm;
 mod xemem;
 
 const USAGE: &str = "\
 usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm
                     | lwk [--reps N] [--detour-secs S] [--memory MIB] [--trap-nr NR] [--programs DIR] [--native-only] [--json]
+                    | vm [--reps N] [--pings N] [--memory MIB]
                     | insitu [--out DIR] [--reps N] [--sizes A,B,..]]
 
 Each bench runs Hobbes and its floor (the peer named in the issue) in the same run and
@@ -45,6 +47,10 @@ fn main() -> Result<()> {
             let o = lwk::Opts::parse(&args[2..])?;
             with_daemon(|d| lwk::bench(d, &o))
         }
+        Some("vm") => {
+            let o = vm::Opts::parse(&args[2..])?;
+            with_daemon(|d| vm::bench(d, &o))
+        }
         Some("insitu") => insitu::main(&args[2..]),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
@@ -56,7 +62,8 @@ fn main() -> Result<()> {
                 xemem::bench(d, &xemem::out_dir(&[])?)?;
                 xasm::bench(d)?;
                 remora::bench(d)?;
-                lwk::bench(d, &lwk::Opts::default())
+                lwk::bench(d, &lwk::Opts::default())?;
+                vm::bench(d, &vm::Opts::default())
             })?;
             // Starts its own (unprivileged) daemon once the one above is gone.
             insitu::main(&[])
@@ -66,7 +73,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, lwk, insitu or all (--help says more)")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, lwk, vm, insitu or all (--help says more)")
         }
     }
 }

@@ -184,7 +184,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Enclave kind (without FILE; a FILE's root element names it): native,
-    /// or lwk (a lightweight kernel on KVM, on cores of its own).
+    /// lwk (a lightweight kernel on KVM, on cores of its own), or vm (a Linux
+    /// guest under QEMU).
     #[arg(long, default_value = "native", value_parser = parse_kind, conflicts_with = "file")]
     pub kind: EnclaveKind,
     /// Number of cores to allocate.

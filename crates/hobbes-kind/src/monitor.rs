@@ -46,7 +46,14 @@ pub fn monitor_env(ctx: &StartContext) -> Vec<(String, String)> {
         CONTROL_CREDENTIAL_ENV.to_string(),
         ctx.control_credential.clone(),
     )];
-    for key in ["PATH", "HOBBES_LOG", "RUST_BACKTRACE"] {
+    // HOBBES_QEMU and HOBBES_VIRTIOFSD choose the VM kind's programs.
+    for key in [
+        "PATH",
+        "HOBBES_LOG",
+        "RUST_BACKTRACE",
+        "HOBBES_QEMU",
+        "HOBBES_VIRTIOFSD",
+    ] {
         if let Ok(v) = std::env::var(key) {
             env.push((key.to_string(), v));
         }

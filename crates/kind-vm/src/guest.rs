@@ -219,7 +219,9 @@ impl GuestLink {
 
     /// Read the guest's messages until the channel closes; then fail every
     /// waiting request and mark the link closed. Runs on its own thread.
-    pub fn serve(self: Arc<Self>, mut reader: UnixStream) {
+    pub fn serve(self: Arc<Self>, reader: UnixStream) {
+        // Buffered: a frame's header and payload in one read, usually.
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
         loop {
             match read_frame::<_, FromGuest>(&mut reader) {
                 Ok(msg) => {

@@ -54,6 +54,7 @@ pub mod monitor;
 mod qemu;
 mod qmp;
 mod runner;
+mod sys;
 pub mod vm;
 
 pub use qemu::Accel;
@@ -188,24 +189,41 @@ fn boot_files(image_dir: &Path, vm: &VmSpec, uid: u32, gid: u32) -> DriverResult
     })
 }
 
-/// Check the spec's shares for an owner that is not root: each must be a
-/// directory the owner owns. The guest's root reads and writes a share with
-/// the rights of `virtiofsd` (root on the host), whatever the files' modes,
-/// so only what the owner controls anyway may be shared.
+/// Check the spec's shares. Each must be a directory. For an owner that is
+/// not root, also: a directory the owner owns (the guest's root reads and
+/// writes a share with the rights of `virtiofsd`, root on the host, whatever
+/// the files' modes), and a writable one only on a file system mounted
+/// `nosuid,nodev` (the guest's root could otherwise leave a set-uid-root
+/// program or a device node there for the owner to use on the host).
 fn check_shares(vm: &VmSpec, uid: u32) -> DriverResult<()> {
+    use std::os::unix::fs::MetadataExt;
     for share in &vm.shares {
         let meta = std::fs::metadata(&share.path)
             .map_err(|e| format!("cannot share {}: {e}", share.path))?;
         if !meta.is_dir() {
             return Err(format!("cannot share {}: not a directory", share.path));
         }
-        use std::os::unix::fs::MetadataExt;
-        if uid != 0 && meta.uid() != uid {
+        if uid == 0 {
+            continue;
+        }
+        if meta.uid() != uid {
             return Err(format!(
                 "cannot share {}: it belongs to uid {}, not to you (uid {uid}); the guest's root could read and write everything under it",
                 share.path,
                 meta.uid()
             ));
+        }
+        if share.writable {
+            let flags = nix::sys::statvfs::statvfs(share.path.as_str())
+                .map_err(|e| format!("cannot share {}: {e}", share.path))?
+                .flags();
+            use nix::sys::statvfs::FsFlags;
+            if !flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV) {
+                return Err(format!(
+                    "cannot share {} writable: its file system is not mounted nosuid,nodev, and the guest's root could leave set-uid programs or device nodes there; share it read-only, or use a directory on a nosuid,nodev file system",
+                    share.path
+                ));
+            }
         }
     }
     Ok(())
@@ -615,6 +633,39 @@ mod tests {
         assert!(check_shares(&share(dir.path()), 0).is_ok());
         let e = check_shares(&share(dir.path()), 4242).unwrap_err();
         assert!(e.contains("belongs to uid"), "{e}");
+        // Writable for a non-root owner: only on a nosuid,nodev file system.
+        // (As root, the test gives directories to a made-up owner.)
+        if nix::unistd::geteuid().is_root() {
+            let nosuid_nodev = |p: &Path| {
+                nix::sys::statvfs::statvfs(p).unwrap().flags().contains(
+                    nix::sys::statvfs::FsFlags::ST_NOSUID | nix::sys::statvfs::FsFlags::ST_NODEV,
+                )
+            };
+            let owner = 4242;
+            for base in ["/tmp", "/dev/shm"] {
+                let dir = tempfile::tempdir_in(base).unwrap();
+                std::os::unix::fs::chown(dir.path(), Some(owner), Some(owner)).unwrap();
+                let writable = VmSpec {
+                    shares: vec![VmShare {
+                        path: dir.path().display().to_string(),
+                        writable: true,
+                    }],
+                    ..Default::default()
+                };
+                let r = check_shares(&writable, owner);
+                if nosuid_nodev(dir.path()) {
+                    assert!(r.is_ok(), "{base}: {r:?}");
+                } else {
+                    assert!(
+                        r.unwrap_err().contains("not mounted nosuid,nodev"),
+                        "{base}"
+                    );
+                }
+                let mut read_only = writable.clone();
+                read_only.shares[0].writable = false;
+                assert!(check_shares(&read_only, owner).is_ok(), "{base}");
+            }
+        }
         let e = check_shares(&share(Path::new("/nonexistent")), 0).unwrap_err();
         assert!(e.starts_with("cannot share /nonexistent"), "{e}");
     }

@@ -37,8 +37,10 @@ use crate::vm::{parse_share, why_qemu_ended, Vm, VmConfig};
 /// the guest is declared hung.
 pub const GUEST_SILENCE: Duration = Duration::from_secs(60);
 
-/// How long the guest may take to boot to its agent's `ready`.
-pub const BOOT_TIMEOUT: Duration = crate::READY_TIMEOUT;
+/// How long the guest may take to boot to its agent's `ready`: less than
+/// the driver waits for the monitor, so the monitor's message (naming what
+/// the guest did) is the one the user sees.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(crate::READY_TIMEOUT.as_secs() - 30);
 
 /// How the driver starts the monitor (`leviathan vm-monitor ...`).
 #[derive(Debug, Clone, clap::Args)]

@@ -16,8 +16,9 @@ use vm_guest_proto::Bind;
 
 use crate::console::Console;
 use crate::guest::{handshake, GuestInfo, GuestLink};
-use crate::qemu::{spawn_confined, Accel, QemuConfig, CONSOLE_FD, GUEST_FD, QMP_FD};
+use crate::qemu::{Accel, QemuConfig, CONSOLE_FD, GUEST_FD, QMP_FD};
 use crate::qmp::Qmp;
+use crate::sys::spawn_confined;
 
 /// A host directory shared with the guest (`--share PATH:ro|rw`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +216,7 @@ impl Vm {
                 binds,
                 cfg.boot_timeout,
             )
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(|e| anyhow::anyhow!("{e}{}", console_tail(&cfg.dir)))?
         };
         let link = GuestLink::new(guest_ours.try_clone()?)?;
         Ok(Vm {
@@ -387,6 +388,27 @@ fn start_virtiofsd(cfg: &VmConfig) -> anyhow::Result<Child> {
         vec![(OwnedFd::from(listener), LISTEN_FD)],
     )
     .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))
+}
+
+/// The guest console's last lines, for a boot error (the enclave's
+/// directory, and its console.log, go when a failed creation is rolled back).
+fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let tail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(3)
+        .collect();
+    if tail.is_empty() {
+        " (the guest printed nothing on its console)".into()
+    } else {
+        format!(
+            "; the console's last lines: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )
+    }
 }
 
 /// The last lines of qemu.log, for an error message.

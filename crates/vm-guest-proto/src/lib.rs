@@ -3,8 +3,8 @@
 //! The wire between a VM enclave's monitor (`leviathan vm-monitor`, on the
 //! host) and its guest agent (`hobbes-guest-agent`, the guest's init).
 //!
-//! One virtio-serial port named [`PORT_NAME`] carries it: QEMU serves the
-//! host end as a Unix socket the monitor connects to; the guest sees
+//! One virtio-serial port named [`PORT_NAME`] carries it: QEMU's end is one
+//! end of a socket pair the monitor made (QEMU inherits it), the guest sees
 //! `/dev/vportNpM` (its name under `/sys/class/virtio-ports/*/name`).
 //! Messages are `hobbes_proto::frame` frames (a header with a little-endian
 //! length, then JSON), [`ToGuest`] one way and [`FromGuest`] the other.

@@ -118,7 +118,11 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
         let pids: Vec<String> = a
             .procs
             .iter()
-            .map(|p| format!("{}/{}", p.local, p.global))
+            // A guest's processes (VM, LWK) have no host pid: "-".
+            .map(|p| match p.global {
+                0 => format!("{}/-", p.local),
+                g => format!("{}/{g}", p.local),
+            })
             .collect();
         t.row(vec![
             a.id.to_string(),
