@@ -21,6 +21,14 @@ command -v lstopo-no-graphics >/dev/null || needed+=(hwloc-nox)
 # no musl target needed); the 32-bit refusal test is freestanding (gcc -m32
 # -nostdlib), so no gcc-multilib.
 command -v musl-gcc >/dev/null || needed+=(musl-tools)
+# VM enclaves (crates/vm-guest-agent, scripts/vm-image.sh): Debian's QEMU 7.2, which
+# also ships virtiofsd (/usr/lib/qemu/virtiofsd), and cpio to pack the guest's
+# initramfs. Without recommends (as below for everything) it installs cleanly; with
+# them it conflicts with a newer preinstalled qemu-utils. The guest's kernel
+# (linux-image-cloud-amd64) and busybox-static are downloaded by vm-image.sh, not
+# installed.
+command -v qemu-system-x86_64 >/dev/null || needed+=(qemu-system-x86)
+command -v cpio >/dev/null || needed+=(cpio)
 if ((${#needed[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hobbes: please install: ${needed[*]} (needs root)" >&2

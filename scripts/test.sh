@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# The VM kind's guest image (Debian's cloud kernel, busybox and our guest agent),
+# cached; without it (no network for apt-get download) the VM tests print SKIP.
+bash scripts/vm-image.sh --quiet >/dev/null || echo "hobbes: no VM image; the VM tests will SKIP" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
