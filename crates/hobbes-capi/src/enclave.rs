@@ -160,7 +160,7 @@ pub extern "C" fn enclave_state_to_str(state: c_int) -> *const c_char {
     })
 }
 
-/// The name of an `enclave_type_t` value (`"host"`, `"native"`, `"lwk"`), a static
+/// The name of an `enclave_type_t` value (`"host"`, `"native"`, `"lwk"`, `"vm"`), a static
 /// string the caller must not free; `"invalid"` for any other value. Never
 /// fails.
 #[no_mangle]
@@ -170,6 +170,7 @@ pub extern "C" fn enclave_type_to_str(kind: c_int) -> *const c_char {
             0 => c"host",
             1 => c"native",
             2 => c"lwk",
+            3 => c"vm",
             _ => c"invalid",
         }
         .as_ptr())
