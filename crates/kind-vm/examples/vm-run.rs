@@ -111,6 +111,8 @@ fn main() -> anyhow::Result<()> {
         std::io::stderr(),
     )?;
     drop(vm);
+    // exit() runs no destructors: remove the VM's directory first.
+    drop(dir);
     std::process::exit(match status {
         ExitStatus::Code(c) => c,
         ExitStatus::Signal(s) => 128 + s,

@@ -133,6 +133,8 @@ pub struct Vm {
     pub console: Arc<Console>,
     /// What the guest said at start-up.
     pub info: GuestInfo,
+    /// The export tree's mount (in the starting thread's mount namespace).
+    export: Option<PathBuf>,
 }
 
 impl Drop for Vm {
@@ -142,6 +144,12 @@ impl Drop for Vm {
             .flatten()
         {
             drop(KillOnDrop(Some(child)));
+        }
+        // The export tree is mounted in the namespace of the thread that
+        // started the VM (usually the one dropping it): unmounted, its
+        // directory can be removed with the VM's.
+        if let Some(export) = self.export.take() {
+            let _ = nix::mount::umount2(&export, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
@@ -227,6 +235,7 @@ impl Vm {
             guest_reader: Some(guest_ours),
             console,
             info,
+            export: cfg.host_files.then(|| cfg.dir.join("export")),
         })
     }
 
