@@ -14,9 +14,14 @@ pub use hobbes_sys::process::{
 
 /// Find the host pid of the child of `parent` whose innermost pid is
 /// `local` (an app started by an enclave's control process, which knows it
-/// by its pid inside the enclave's PID namespace).
+/// by its pid inside the enclave's PID namespace). Only children in a PID
+/// namespace below the daemon's count: a guest's pid (a VM's, an LWK's) is
+/// no host process, and a guest that claimed the pid of its monitor's own
+/// child (QEMU, virtiofsd) must not have the daemon take that for its app.
 pub fn host_pid_of_child(parent: u32, local: u32) -> Option<u32> {
-    children_of(parent)
-        .into_iter()
-        .find(|&child| ns_pids(child).last() == Some(&local))
+    let own_depth = ns_pids(std::process::id()).len();
+    children_of(parent).into_iter().find(|&child| {
+        let ns = ns_pids(child);
+        ns.len() > own_depth && ns.last() == Some(&local)
+    })
 }

@@ -515,6 +515,18 @@ fn vm_specs_that_cannot_work_are_refused_and_change_nothing() {
             .all(|e| e.name != spec.name));
         assert_eq!(owners(&mut c), before, "{} changed nothing", spec.name);
     }
+    // `hobbes status` says how this node runs VMs.
+    let header = NisReader::open(d.nis_dir()).unwrap().header().unwrap();
+    let support = header.vm_support.unwrap_or_default();
+    let want = if hardware {
+        "on KVM"
+    } else {
+        "on TCG emulation"
+    };
+    assert!(
+        support.starts_with(want) && support.contains("image "),
+        "{support}"
+    );
     // An unknown accelerator is refused before any daemon sees it.
     let xml =
         "<vm name=\"x\"><cpus><cores>1</cores></cpus><memory size=\"512\"/><accel>xen</accel></vm>";
