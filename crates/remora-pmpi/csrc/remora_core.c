@@ -2,12 +2,18 @@
  * their release at MPI_Finalize, the universe, and the MPI functions where
  * plain substitution of the application's world would be wrong. Every other
  * communicator-taking function is generated from mpi.h (build.rs). */
+#define _GNU_SOURCE /* RTLD_NEXT */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "remora.h"
 #include "remora_internal.h"
+
+/* MPI_Attr_get and MPI_Errhandler_set are deprecated (Open MPI marks them)
+ * but programs still call them, so they are wrapped on purpose. */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
 MPI_Comm remora_app_world = MPI_COMM_NULL;
 
@@ -107,10 +113,15 @@ static int release_at_finalize(MPI_Comm comm, int keyval, void *attribute_val, v
  * MPI_COMM_WORLD is left alone, and one communicator congruent with the
  * world, with its own context, serves as the universe. Every process of the
  * job takes the same branch, since the app sizes are the same everywhere. */
-static int remora_setup(void)
+int remora_setup(void)
 {
+    static int set_up;
     int rc, world_rank, world_size, app_size, keyval, first = 0, np = 0;
     MPI_Comm split = MPI_COMM_NULL;
+
+    if (set_up)
+        return MPI_SUCCESS;
+    set_up = 1;
 
     app_number = appnum_of_process();
     PMPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
@@ -195,7 +206,7 @@ int MPI_Abort(MPI_Comm comm, int errorcode)
 
 /* The predefined attributes are cached only on the real world; the
  * application's world (a split) has none of them. */
-static int is_predefined_world_attribute(int keyval)
+int remora_is_predefined_world_attribute(int keyval)
 {
     return keyval == MPI_TAG_UB || keyval == MPI_HOST || keyval == MPI_IO ||
            keyval == MPI_WTIME_IS_GLOBAL || keyval == MPI_UNIVERSE_SIZE ||
@@ -204,14 +215,14 @@ static int is_predefined_world_attribute(int keyval)
 
 int MPI_Comm_get_attr(MPI_Comm comm, int comm_keyval, void *attribute_val, int *flag)
 {
-    if (comm == MPI_COMM_WORLD && is_predefined_world_attribute(comm_keyval))
+    if (comm == MPI_COMM_WORLD && remora_is_predefined_world_attribute(comm_keyval))
         return PMPI_Comm_get_attr(MPI_COMM_WORLD, comm_keyval, attribute_val, flag);
     return PMPI_Comm_get_attr(remora_world_map(comm), comm_keyval, attribute_val, flag);
 }
 
 int MPI_Attr_get(MPI_Comm comm, int keyval, void *attribute_val, int *flag)
 {
-    if (comm == MPI_COMM_WORLD && is_predefined_world_attribute(keyval))
+    if (comm == MPI_COMM_WORLD && remora_is_predefined_world_attribute(keyval))
         return PMPI_Attr_get(MPI_COMM_WORLD, keyval, attribute_val, flag);
     return PMPI_Attr_get(remora_world_map(comm), keyval, attribute_val, flag);
 }
@@ -236,16 +247,20 @@ int MPI_Errhandler_set(MPI_Comm comm, MPI_Errhandler errhandler)
 /* The application's world and the universe are predefined as far as the
  * program knows: freeing them is an error, raised like MPICH raises it for
  * MPI_COMM_WORLD (through the communicator's error handler). */
-static int is_library_comm(MPI_Comm comm)
+int remora_is_library_comm(MPI_Comm comm)
 {
     return comm != MPI_COMM_NULL && (comm == remora_app_world || comm == universe);
 }
 
-static int refuse_free(MPI_Comm comm, const char *function)
+int remora_refuse_free(MPI_Comm comm, const char *function)
 {
     MPI_Errhandler handler = MPI_ERRHANDLER_NULL;
     PMPI_Comm_get_errhandler(comm, &handler);
-    if (handler == MPI_ERRORS_ARE_FATAL || handler == MPI_ERRORS_ABORT)
+    int fatal = handler == MPI_ERRORS_ARE_FATAL;
+#ifdef MPI_ERRORS_ABORT /* MPI-4; not in Open MPI 4.1 */
+    fatal = fatal || handler == MPI_ERRORS_ABORT;
+#endif
+    if (fatal)
         fprintf(stderr, "remora: %s: %s is predefined and cannot be freed\n", function,
                 comm == universe ? "MPI_COMM_UNIVERSE" : "MPI_COMM_WORLD");
     if (handler != MPI_ERRHANDLER_NULL)
@@ -259,14 +274,33 @@ static int refuse_free(MPI_Comm comm, const char *function)
  * MPICH, which refuses it as before. */
 int MPI_Comm_free(MPI_Comm *comm)
 {
-    if (comm != NULL && is_library_comm(*comm))
-        return refuse_free(*comm, "MPI_Comm_free");
+    if (comm != NULL && remora_is_library_comm(*comm))
+        return remora_refuse_free(*comm, "MPI_Comm_free");
     return PMPI_Comm_free(comm);
 }
 
 int MPI_Comm_disconnect(MPI_Comm *comm)
 {
-    if (comm != NULL && is_library_comm(*comm))
-        return refuse_free(*comm, "MPI_Comm_disconnect");
+    if (comm != NULL && remora_is_library_comm(*comm))
+        return remora_refuse_free(*comm, "MPI_Comm_disconnect");
     return PMPI_Comm_disconnect(comm);
+}
+
+void *remora_fortran_twin(void **cache, const char *name)
+{
+    void *fn = __atomic_load_n(cache, __ATOMIC_ACQUIRE);
+    if (fn == NULL) {
+        fn = dlsym(RTLD_NEXT, name);
+        if (fn == NULL) {
+            fprintf(stderr, "remora: %s not found after libremora (%s)\n", name, dlerror());
+            abort();
+        }
+        __atomic_store_n(cache, fn, __ATOMIC_RELEASE);
+    }
+    return fn;
+}
+
+MPI_Fint Remora_Comm_universe_f(void)
+{
+    return MPI_Comm_c2f(universe);
 }

@@ -18,6 +18,12 @@ extern "C" {
  * after MPI_Finalize. Owned by the library: MPI_Comm_free on it is refused. */
 MPI_Comm Remora_Comm_universe(void);
 
+/* The universe's Fortran handle, for Fortran programs (all bindings):
+ *   interface; function remora_universe() bind(C, name="Remora_Comm_universe_f")
+ *   ... integer(c_int) :: remora_universe
+ * (with mpi_f08: universe%MPI_VAL = remora_universe()). */
+MPI_Fint Remora_Comm_universe_f(void);
+
 /* This process's application index in the composition (its appnum), or -1
  * before MPI_Init. 0 for a job of a single application. */
 int Remora_App_number(void);

@@ -3,28 +3,20 @@
 //! `mpiexec.hydra`, composing applications MPMD-style
 //! (`-n 2 ./a : -n 2 ./b`, appnum 0 and 1) with libremora preloaded.
 
-use std::io::{Read, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+
+use common::{lines, run, skip, AppRun, Outcome};
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
-/// One compile or one MPI job; a hung job must not hang the test suite.
-const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The preloaded library and a scratch directory for the programs, or
 /// `None` (after printing SKIP) when MPICH is not installed.
 struct Env {
     lib: PathBuf,
     dir: tempfile::TempDir,
-}
-
-/// Say why a test did nothing, past libtest's output capture (which only
-/// takes print!/println!), so the SKIP shows in every run's log.
-fn skip(line: &str) {
-    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn setup(test: &str) -> Option<Env> {
@@ -59,87 +51,30 @@ fn setup(test: &str) -> Option<Env> {
     })
 }
 
-/// One application of an MPMD job: process count, program, arguments, environment.
-type AppRun<'a> = (usize, &'a Path, &'a [&'a str], Vec<(String, String)>);
-
-/// What a finished child left.
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Kills the child's whole process group (mpiexec.hydra, its proxies and
-/// the MPI processes) unless disarmed: on timeout and on a panicking test.
-struct KillGroup {
-    pgid: i32,
-    armed: bool,
-}
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        if self.armed {
-            // SAFETY: kill(2) with a negative pid signals a process group we
-            // created for this child (process_group(0)); no memory involved.
-            unsafe {
-                libc::kill(-self.pgid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Run `cmd` in its own process group with a bounded time, collecting output.
-fn run(mut cmd: Command, what: &str) -> Outcome {
-    use std::os::unix::process::CommandExt;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut guard = KillGroup {
-        pgid: child.id() as i32,
-        armed: true,
-    };
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        let status = child.wait();
-        let _ = tx.send((s, status));
-    });
-    let (stdout, status) = match rx.recv_timeout(TIMEOUT) {
-        Ok(done) => done,
-        Err(_) => panic!("{what} did not finish within {TIMEOUT:?} (killed)"),
-    };
-    guard.armed = false;
-    let status = status.unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
-    Outcome {
-        code: status.code(),
-        stdout,
-        stderr: err_reader.join().unwrap_or_default(),
-    }
-}
-
 impl Env {
     /// Compile `tests/<src>` into the scratch dir; `with_remora` links
     /// -lremora (for programs that use remora.h).
     fn compile(&self, compiler: &str, src: &str, with_remora: bool) -> PathBuf {
+        self.compile_as(compiler, src, with_remora, &[], None)
+    }
+
+    /// The same with extra compiler arguments, into `name` (default: the
+    /// source's stem).
+    fn compile_as(
+        &self,
+        compiler: &str,
+        src: &str,
+        with_remora: bool,
+        extra: &[&str],
+        name: Option<&str>,
+    ) -> PathBuf {
         let src = Path::new(MANIFEST_DIR).join("tests").join(src);
-        let exe = self
-            .dir
-            .path()
-            .join(src.file_stem().expect("source file name"));
+        let exe = self.dir.path().join(
+            name.map(Into::into)
+                .unwrap_or_else(|| src.file_stem().expect("source file name").to_owned()),
+        );
         let mut cmd = Command::new(compiler);
-        cmd.arg("-Wall").arg("-o").arg(&exe).arg(&src);
+        cmd.arg("-Wall").args(extra).arg("-o").arg(&exe).arg(&src);
         if compiler == "mpicc.mpich" {
             cmd.arg("-Wextra").arg("-Werror");
         }
@@ -188,17 +123,6 @@ impl Env {
         cmd.current_dir(self.dir.path());
         run(cmd, "mpiexec.hydra")
     }
-}
-
-/// Output lines starting with `prefix`, sorted (ranks print in any order).
-fn lines(out: &str, prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = out
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v
 }
 
 /// How each application learns its ranks in the world.
@@ -314,7 +238,7 @@ fn abort_on_the_world_ends_the_whole_composed_job_with_its_code() {
         return;
     };
     let exe = env.compile("mpicc.mpich", "c/abort.c", true);
-    let o = env.mpiexec(true, &[(2, &exe, &[]), (2, &exe, &[])]);
+    let o = env.mpiexec(true, &[(2, &exe, &["7"]), (2, &exe, &["7"])]);
     assert_eq!(
         o.code,
         Some(7),
@@ -356,21 +280,28 @@ fn a_single_application_behaves_as_without_the_library() {
     }
 }
 
-/// MPICH's `mpif.h`/`use mpi` bindings call the C `MPI_*` functions, so the
-/// interposition covers them (see README.md for `mpi_f08`, which it does not).
-#[test]
-fn fortran_use_mpi_programs_are_composed() {
-    let test = "fortran_use_mpi_programs_are_composed";
-    let Some(env) = setup(test) else { return };
-    let has_fortran = Command::new("mpif90.mpich")
+/// Is there a Fortran compiler for `mpif90`? SKIP line otherwise.
+fn has_fortran(test: &str, mpif90: &str) -> bool {
+    let ok = Command::new(mpif90)
         .arg("-show")
         .output()
         .is_ok_and(|o| o.status.success())
         && Command::new("gfortran").arg("--version").output().is_ok();
-    if !has_fortran {
+    if !ok {
         skip(&format!(
-            "SKIP {test}: gfortran/mpif90.mpich not installed (scripts/deps.sh installs them)"
+            "SKIP {test}: gfortran/{mpif90} not installed (scripts/deps.sh installs them)"
         ));
+    }
+    ok
+}
+
+/// MPICH's `mpif.h`/`use mpi` bindings call the C `MPI_*` functions, so the
+/// interposition covers them.
+#[test]
+fn fortran_use_mpi_programs_are_composed() {
+    let test = "fortran_use_mpi_programs_are_composed";
+    let Some(env) = setup(test) else { return };
+    if !has_fortran(test, "mpif90.mpich") {
         return;
     }
     let exe = env.compile("mpif90.mpich", "f/compose_mpi.f90", false);
@@ -386,4 +317,53 @@ fn fortran_use_mpi_programs_are_composed() {
         "stderr:\n{}",
         o.stderr
     );
+}
+
+/// What tests/f/compose.F90 prints as applications of 2 + 1 processes.
+const FORTRAN_2_1: [&str; 3] = [
+    "fortran app=0 rank=0 size=2 sum=2 half=1 universe=0/3 usum=6 msg=1235",
+    "fortran app=0 rank=1 size=2 sum=2 half=1 universe=1/3 usum=6 msg=0",
+    "fortran app=1 rank=0 size=1 sum=1 half=1 universe=2/3 usum=6 msg=1235",
+];
+
+/// tests/f/compose.F90 built for one binding (`-DMPIF`, none, `-DF08`),
+/// run as a 2 + 1 composition: own world, universe, a message across.
+fn fortran_binding(test: &str, define: Option<&str>) {
+    let Some(env) = setup(test) else { return };
+    if !has_fortran(test, "mpif90.mpich") {
+        return;
+    }
+    let extra: Vec<&str> = define.into_iter().collect();
+    let exe = env.compile_as(
+        "mpif90.mpich",
+        "f/compose.F90",
+        true,
+        &extra,
+        Some("compose_fortran"),
+    );
+    let o = env.mpiexec(true, &[(2, &exe, &[]), (1, &exe, &[])]);
+    assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    assert_eq!(
+        lines(&o.stdout, "fortran"),
+        FORTRAN_2_1,
+        "stderr:\n{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn fortran_mpif_h_program_is_composed() {
+    fortran_binding("fortran_mpif_h_program_is_composed", Some("-DMPIF"));
+}
+
+#[test]
+fn fortran_use_mpi_program_sees_the_universe() {
+    fortran_binding("fortran_use_mpi_program_sees_the_universe", None);
+}
+
+/// MPICH's mpi_f08 calls PMPI_ directly: covered by the generated f08
+/// wrappers and the f08 MPI_Init hooks.
+#[test]
+fn fortran_use_mpi_f08_program_is_composed() {
+    fortran_binding("fortran_use_mpi_f08_program_is_composed", Some("-DF08"));
 }
