@@ -11,6 +11,10 @@ command -v stat >/dev/null || needed+=(coreutils)
 # run MPICH programs, C and Fortran, under mpiexec.hydra.
 command -v mpicc.mpich >/dev/null || needed+=(mpich libmpich-dev)
 command -v gfortran >/dev/null || needed+=(gfortran)
+# Open MPI programs under Remora: leviathan hosts a PMIx server (libpmix's server
+# API) and libremora-ompi.so is built against Open MPI's headers.
+command -v mpicc.openmpi >/dev/null || needed+=(openmpi-bin libopenmpi-dev)
+[[ -e /usr/lib/x86_64-linux-gnu/pmix2/include/pmix_server.h ]] || needed+=(libpmix-dev)
 # leviathan exports the node's topology once (lstopo) for every MPI rank to load
 # instead of each rank discovering it again (most of an MPICH rank's start-up).
 command -v lstopo-no-graphics >/dev/null || needed+=(hwloc-nox)

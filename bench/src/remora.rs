@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use hobbes_client::proto::msg::{EnclaveRef, JobApp, JobSpec, PmiMode};
+use hobbes_client::proto::msg::{EnclaveRef, JobApp, JobSpec, MpiFlavor, PmiMode};
 use hobbes_client::Client;
 
 use super::{header, median, online_cores, row, BenchDaemon};
@@ -158,9 +158,11 @@ pub fn bench(d: &BenchDaemon) -> Result<()> {
                     argv: vec![hello.clone()],
                     env: vec![],
                     cwd: None,
+                    mpi: Some(MpiFlavor::Mpich),
                 }],
                 pmi: pmi_mode(),
                 rank_spaces: Some(false),
+                mpi: Some(MpiFlavor::Mpich),
             };
             let t = Instant::now();
             run_job(&mut c, job)?;
@@ -231,6 +233,7 @@ fn universe_setup(d: &BenchDaemon, dir: &Path) -> Result<()> {
         argv: vec![setup.clone(), "2000".into()],
         env: vec![],
         cwd: None,
+        mpi: Some(MpiFlavor::Mpich),
     };
     let result = run_job(
         &mut c,
@@ -239,6 +242,7 @@ fn universe_setup(d: &BenchDaemon, dir: &Path) -> Result<()> {
             apps: vec![app("a", "u0"), app("b", "u1")],
             pmi: pmi_mode(),
             rank_spaces: Some(false),
+            mpi: Some(MpiFlavor::Mpich),
         },
     );
     for name in created {

@@ -353,6 +353,11 @@ impl Job {
         Ok(())
     }
 
+    /// Whether `rank` connected (was claimed) at some point.
+    pub fn is_connected(&self, rank: u32) -> bool {
+        self.lock().connected.get(rank as usize) == Some(&true)
+    }
+
     /// Answer one command from `rank` (which the caller has claimed). Blocks in `barrier_in`
     /// until every rank has entered the barrier or the job is cancelled.
     pub fn handle(&self, rank: u32, cmd: Command) -> Action {

@@ -74,6 +74,10 @@ pub struct CompApp {
     pub env: Vec<(String, String)>,
     /// `<cwd>`, if given.
     pub cwd: Option<String>,
+    /// `mpi="mpich|openmpi"`: the MPI its program is built against, when the
+    /// launcher should not find out from the program itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<crate::msg::MpiFlavor>,
 }
 
 impl Composition {
@@ -268,6 +272,10 @@ fn parse_enclave(
                     argv: vec![],
                     env: vec![],
                     cwd: None,
+                    mpi: match child.attribute("mpi") {
+                        None => None,
+                        Some(v) => Some(crate::msg::MpiFlavor::parse(v).map_err(|e| at(child, e))?),
+                    },
                 };
                 for part in child.children().filter(|n| n.is_element()) {
                     let text = || part.text().unwrap_or("").trim().to_string();

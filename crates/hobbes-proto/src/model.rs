@@ -933,6 +933,9 @@ pub struct JobRecord {
     /// PMI barriers the job has completed (its progress through MPI_Init, fences...).
     #[serde(default)]
     pub barriers: u64,
+    /// The job's MPI (which PMI server served it); absent: MPICH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<crate::msg::MpiFlavor>,
     /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }

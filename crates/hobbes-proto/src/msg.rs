@@ -239,6 +239,45 @@ pub enum PmiMode {
     Socketpair,
 }
 
+/// The MPI library a job's programs are built against: it decides which PMI
+/// server the daemon runs for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MpiFlavor {
+    /// MPICH (and its derivatives): PMI-1 ("simple PMI").
+    Mpich,
+    /// Open MPI 4.x: PMIx.
+    #[serde(rename = "openmpi")]
+    OpenMpi,
+}
+
+impl MpiFlavor {
+    /// As the composition XML and messages spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MpiFlavor::Mpich => "mpich",
+            MpiFlavor::OpenMpi => "openmpi",
+        }
+    }
+
+    /// People's name for it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            MpiFlavor::Mpich => "MPICH",
+            MpiFlavor::OpenMpi => "Open MPI",
+        }
+    }
+
+    /// Parse `mpich` or `openmpi` (`open-mpi`, `ompi` too).
+    pub fn parse(s: &str) -> Result<MpiFlavor, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mpich" => Ok(MpiFlavor::Mpich),
+            "openmpi" | "open-mpi" | "ompi" => Ok(MpiFlavor::OpenMpi),
+            other => Err(format!("unknown MPI {other:?}: expected mpich or openmpi")),
+        }
+    }
+}
+
 /// One application of a job: `np` processes of `argv` in `enclave`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobApp {
@@ -256,6 +295,13 @@ pub struct JobApp {
     /// Working directory of the ranks; `None`: the control process's default.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// The MPI its program is known to be built against (read from its ELF,
+    /// or named in the composition): its ranks must then connect to the
+    /// job's PMI server, and a rank that ends without having done so fails
+    /// the job (it ran as a singleton, a silent wrong world). `None`: not
+    /// known to be an MPI program (a script, say); no such check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<MpiFlavor>,
 }
 
 /// A job to launch: applications in order (their index is their appnum,
@@ -273,6 +319,10 @@ pub struct JobSpec {
     /// MPI_COMM_UNIVERSE for all): on by default for more than one application.
     #[serde(default)]
     pub rank_spaces: Option<bool>,
+    /// The MPI every program of the job is built against (one job, one MPI);
+    /// `None` (clients from before Open MPI support): MPICH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<MpiFlavor>,
 }
 
 /// What an owner exports.

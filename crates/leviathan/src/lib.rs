@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod inventory;
 pub mod kinds;
 pub mod pmi;
+pub mod pmix;
 pub mod resources;
 pub mod sys;

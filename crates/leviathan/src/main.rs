@@ -116,6 +116,9 @@ fn init_logging() {
 
 fn main() {
     let cli = Cli::parse();
+    // Before any thread: the PMIx server (started at the first Open MPI
+    // job) reads its settings from the environment.
+    leviathan::pmix::prepare_environment();
     init_logging();
     let result = match cli.command {
         Some(Command::EnclaveInit(args)) => leviathan::control::run(args),

@@ -180,6 +180,11 @@ impl PmiJob {
         fd.try_clone_to_owned().map(Some)
     }
 
+    /// Whether rank `rank` connected to the server (sent its `init`).
+    pub fn connected(&self, rank: u32) -> bool {
+        self.job.is_connected(rank)
+    }
+
     /// The rank's process has its end: close ours, so its exit shows as EOF.
     pub fn spawned(&self, rank: u32) {
         if let Transport::Socketpair(s) = &self.transport {

@@ -34,7 +34,7 @@ impl Mpi {
     }
 
     /// Which MPI `program` (an ELF64 LE executable) links directly, from
-    /// its `DT_NEEDED` entries: `None` for a program linking neither (not an
+    /// its `DT_NEEDED` entries (any of [`Mpi::sonames`]): `None` for a program linking neither (not an
     /// MPI program, a static one, or no ELF file at all, e.g. a script); an
     /// error for one linking both, a damaged or non-64-bit-LE ELF file, or a
     /// file that cannot be read. Errors name the file.
@@ -42,6 +42,22 @@ impl Mpi {
         let data = std::fs::read(program)
             .map_err(|e| format!("cannot read {}: {e}", program.display()))?;
         Mpi::from_elf(&data).map_err(|e| format!("{}: {e}", program.display()))
+    }
+
+    /// Every library of this MPI a program may name in `DT_NEEDED`: a C
+    /// program links the C library, a Fortran one (with `--as-needed`) only
+    /// its Fortran layer (`use mpi_f08`: `libmpi_usempif08.so.40` alone).
+    pub fn sonames(self) -> &'static [&'static str] {
+        match self {
+            Mpi::Mpich => &["libmpich.so.12", "libmpichfort.so.12", "libmpichcxx.so.12"],
+            Mpi::OpenMpi => &[
+                "libmpi.so.40",
+                "libmpi_mpifh.so.40",
+                "libmpi_usempif08.so.40",
+                "libmpi_usempi_ignore_tkr.so.40",
+                "libmpi_cxx.so.40",
+            ],
+        }
     }
 
     /// [`Mpi::detect`] on the bytes of a file.
@@ -52,7 +68,7 @@ impl Mpi {
         let needed = elf::needed(data)?;
         let found: Vec<Mpi> = [Mpi::Mpich, Mpi::OpenMpi]
             .into_iter()
-            .filter(|m| needed.iter().any(|n| n == m.soname()))
+            .filter(|m| needed.iter().any(|n| m.sonames().contains(&n.as_str())))
             .collect();
         match found[..] {
             [] => Ok(None),

@@ -51,6 +51,35 @@ fn an_open_mpi_program_is_detected_as_open_mpi() {
     }
 }
 
+/// A `use mpi_f08` program links only its MPI's Fortran layer
+/// (`libmpi_usempif08.so.40`, `libmpichfort.so.12`): still detected.
+#[test]
+fn f08_programs_are_detected_by_their_fortran_layer() {
+    let test = "f08_programs_are_detected_by_their_fortran_layer";
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("world.f90");
+    std::fs::write(
+        &src,
+        "program w\n  use mpi_f08\n  call MPI_Init()\n  call MPI_Finalize()\nend program w\n",
+    )
+    .unwrap();
+    for (compiler, mpi) in [
+        ("mpif90.mpich", Mpi::Mpich),
+        ("mpif90.openmpi", Mpi::OpenMpi),
+    ] {
+        if Command::new(compiler).arg("--version").output().is_err() {
+            skip(&format!("SKIP {test}: no {compiler}"));
+            continue;
+        }
+        let exe = dir.path().join(format!("{compiler}.exe"));
+        let mut cmd = Command::new(compiler);
+        cmd.arg("-o").arg(&exe).arg(&src);
+        let o = run(cmd, compiler);
+        assert_eq!(o.code, Some(0), "{compiler}: {}{}", o.stdout, o.stderr);
+        assert_eq!(Mpi::detect(&exe), Ok(Some(mpi)), "{compiler}");
+    }
+}
+
 #[test]
 fn a_plain_c_program_links_no_mpi() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hobbes_client::proto::composition::{CompApp, CompEnclave, Composition};
 use hobbes_client::proto::model::{EnclaveKind, JobRecord};
-use hobbes_client::proto::msg::{EnclaveRef, ErrorCode, JobApp, JobSpec, PmiMode, Stream};
+use hobbes_client::proto::msg::{
+    EnclaveRef, ErrorCode, JobApp, JobSpec, MpiFlavor, PmiMode, Stream,
+};
 use hobbes_client::proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 use hobbes_client::{paths, Client};
 
@@ -29,6 +31,10 @@ struct Cli {
     /// Do not preload the rank-space library (one MPI_COMM_WORLD for all).
     #[arg(long, global = true)]
     no_rank_spaces: bool,
+    /// The programs' MPI, mpich or openmpi (default: read from each program's
+    /// ELF, else from the composition's mpi= attributes, else mpich).
+    #[arg(long, global = true, value_parser = MpiFlavor::parse)]
+    mpi: Option<MpiFlavor>,
     /// Keep enclaves this command created when the job ends.
     #[arg(long, global = true)]
     keep_enclaves: bool,
@@ -170,10 +176,89 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
             argv,
             env,
             cwd: None,
+            mpi: None,
         });
     }
     comp.validate().map_err(anyhow::Error::msg)?;
     Ok(comp)
+}
+
+/// Where `program` is, as a rank started in `cwd` would find it: a path with
+/// a `/` relative to `cwd` (default: ours), a bare name in `PATH`.
+fn resolve_program(program: &str, cwd: Option<&str>) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = Path::new(program);
+        return Some(match cwd {
+            Some(dir) if path.is_relative() => Path::new(dir).join(path),
+            _ => path.to_path_buf(),
+        });
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The MPI each application's program is built against, when known: its
+/// `mpi=` attribute, else its ELF's libraries; with why, for messages.
+fn app_mpis(apps: &[CompApp]) -> Result<Vec<Option<(MpiFlavor, String)>>> {
+    apps.iter()
+        .map(|app| {
+            if let Some(mpi) = app.mpi {
+                return Ok(Some((mpi, "its mpi= attribute".to_string())));
+            }
+            // Not found here (it may exist only in the enclave's view): the
+            // launch says so if it is missing there too.
+            let Some(path) =
+                resolve_program(&app.argv[0], app.cwd.as_deref()).filter(|p| p.is_file())
+            else {
+                return Ok(None);
+            };
+            // Its errors name the file.
+            let found = remora_pmpi::Mpi::detect(&path).map_err(anyhow::Error::msg)?;
+            Ok(found.map(|m| {
+                let flavor = match m {
+                    remora_pmpi::Mpi::Mpich => MpiFlavor::Mpich,
+                    remora_pmpi::Mpi::OpenMpi => MpiFlavor::OpenMpi,
+                };
+                (flavor, format!("{} is linked against it", path.display()))
+            }))
+        })
+        .collect()
+}
+
+/// The job's MPI: `--mpi`, else the one its programs are built against
+/// (programs that name none, such as scripts, do not count; none at all:
+/// MPICH). Applications built against different MPIs cannot be one job:
+/// refused, naming them.
+fn job_mpi(
+    cli_mpi: Option<MpiFlavor>,
+    apps: &[CompApp],
+    found: &[Option<(MpiFlavor, String)>],
+) -> Result<MpiFlavor> {
+    if let Some(mpi) = cli_mpi {
+        return Ok(mpi);
+    }
+    let seen: Vec<(MpiFlavor, &str, &str)> = apps
+        .iter()
+        .zip(found)
+        .filter_map(|(app, f)| {
+            f.as_ref()
+                .map(|(m, why)| (*m, app.name.as_str(), why.as_str()))
+        })
+        .collect();
+    let Some(&(first, first_app, first_why)) = seen.first() else {
+        return Ok(MpiFlavor::Mpich);
+    };
+    if let Some((other, app, why)) = seen.iter().find(|(m, _, _)| *m != first) {
+        bail!(
+            "this composition mixes two MPI libraries: application {first_app} uses {} ({first_why}), application {app} uses {} ({why}); one MPI job has one MPI library: build both against the same one (mpicc.mpich or mpicc.openmpi), or run them as two jobs",
+            first.display_name(),
+            other.display_name()
+        );
+    }
+    Ok(first)
 }
 
 /// Create the enclaves that do not exist; returns the names created.
@@ -228,18 +313,25 @@ fn launch(
     comp: &Composition,
     signals: nix::sys::signal::SigSet,
 ) -> Result<i32> {
+    let found = app_mpis(&comp.apps)?;
+    let mpi = job_mpi(cli.mpi, &comp.apps, &found)?;
     let spec = JobSpec {
+        mpi: Some(mpi),
         name: comp.name.clone(),
         apps: comp
             .apps
             .iter()
-            .map(|a| JobApp {
+            .zip(&found)
+            .map(|(a, f)| JobApp {
                 name: a.name.clone(),
                 enclave: EnclaveRef::Name(a.enclave.clone()),
                 np: a.np,
                 argv: a.argv.clone(),
                 env: a.env.clone(),
                 cwd: a.cwd.clone(),
+                // --mpi overrides what was read from the program, for its
+                // checks too.
+                mpi: f.as_ref().map(|(m, _)| cli.mpi.unwrap_or(*m)),
             })
             .collect(),
         pmi: match cli.pmi {
@@ -374,4 +466,71 @@ fn list(socket: &std::path::Path, json: bool) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, mpi: Option<MpiFlavor>) -> CompApp {
+        CompApp {
+            name: name.into(),
+            enclave: "e".into(),
+            np: 1,
+            comm: name.into(),
+            argv: vec!["/nonexistent/program".into()],
+            env: vec![],
+            cwd: None,
+            mpi,
+        }
+    }
+
+    #[test]
+    fn one_job_has_one_mpi() {
+        let apps = [
+            app("sim", Some(MpiFlavor::OpenMpi)),
+            app("script", None),
+            app("ana", Some(MpiFlavor::OpenMpi)),
+        ];
+        let found = app_mpis(&apps).unwrap();
+        assert_eq!(
+            found[1], None,
+            "a program that cannot be found does not vote"
+        );
+        assert_eq!(job_mpi(None, &apps, &found).unwrap(), MpiFlavor::OpenMpi);
+        assert_eq!(
+            job_mpi(Some(MpiFlavor::Mpich), &apps, &found).unwrap(),
+            MpiFlavor::Mpich,
+            "--mpi wins"
+        );
+        let none = [app("a", None)];
+        let f = app_mpis(&none).unwrap();
+        assert_eq!(job_mpi(None, &none, &f).unwrap(), MpiFlavor::Mpich);
+        let mixed = [
+            app("sim", Some(MpiFlavor::Mpich)),
+            app("ana", Some(MpiFlavor::OpenMpi)),
+        ];
+        let f = app_mpis(&mixed).unwrap();
+        let e = job_mpi(None, &mixed, &f).unwrap_err().to_string();
+        assert!(
+            e.contains("mixes two MPI libraries")
+                && e.contains("sim uses MPICH")
+                && e.contains("ana uses Open MPI"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn programs_are_found_as_ranks_would_find_them() {
+        assert_eq!(
+            resolve_program("./a.out", Some("/work")),
+            Some(PathBuf::from("/work/./a.out"))
+        );
+        assert_eq!(
+            resolve_program("/bin/true", Some("/work")),
+            Some(PathBuf::from("/bin/true"))
+        );
+        assert!(resolve_program("sh", None).is_some_and(|p| p.ends_with("sh")));
+        assert_eq!(resolve_program("no-such-program-here", None), None);
+    }
 }

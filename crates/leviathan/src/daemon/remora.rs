@@ -20,7 +20,7 @@ use hobbes_proto::frame::{write_frame, FrameError};
 use hobbes_proto::model::{
     AppRecord, EnclaveRecord, EnclaveState, ExitStatus, JobAppRecord, JobRecord, JobState,
 };
-use hobbes_proto::msg::{ErrorCode, JobId, JobSpec, LaunchSpec, Response};
+use hobbes_proto::msg::{ErrorCode, JobId, JobSpec, LaunchSpec, MpiFlavor, PmiMode, Response};
 
 use super::apps::{AppEvent, Subscription};
 use super::enclaves::TxError;
@@ -83,7 +83,58 @@ pub struct LiveJob {
     ranks: Vec<u64>,
     /// A signal sent to the job (Ctrl-C...): its end is then "killed".
     signalled: Mutex<Option<i32>>,
-    pmi: crate::pmi::PmiJob,
+    pmi: JobPmi,
+    /// Per rank: its program is known to be an MPI program (`JobApp::mpi`),
+    /// so it must connect to the job's PMI server before it ends.
+    must_connect: Vec<bool>,
+}
+
+/// A job's PMI service: PMI-1 for MPICH programs, PMIx for Open MPI's.
+enum JobPmi {
+    Simple(crate::pmi::PmiJob),
+    Pmix(crate::pmix::PmixJob),
+}
+
+impl JobPmi {
+    fn name(&self) -> &'static str {
+        match self {
+            JobPmi::Simple(_) => "PMI-1",
+            JobPmi::Pmix(_) => "PMIx",
+        }
+    }
+
+    fn env_for_rank(&self, rank: u32) -> Result<Vec<(String, String)>, Refusal> {
+        match self {
+            JobPmi::Simple(p) => Ok(p.env_for_rank(rank)),
+            JobPmi::Pmix(p) => p.env_for_rank(rank).map_err(internal),
+        }
+    }
+
+    fn child_end(&self, rank: u32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        match self {
+            JobPmi::Simple(p) => p.child_end(rank),
+            JobPmi::Pmix(_) => Ok(None),
+        }
+    }
+
+    fn spawned(&self, rank: u32) {
+        if let JobPmi::Simple(p) = self {
+            p.spawned(rank)
+        }
+    }
+
+    fn close_mirror(&self) {
+        if let JobPmi::Simple(p) = self {
+            p.close_mirror()
+        }
+    }
+
+    fn connected(&self, rank: u32) -> bool {
+        match self {
+            JobPmi::Simple(p) => p.connected(rank),
+            JobPmi::Pmix(p) => p.connected(rank),
+        }
+    }
 }
 
 /// The Remora service's own state: the jobs still running (their records are
@@ -237,6 +288,7 @@ fn new_job_record(id: JobId, peer: &PeerCred, spec: &JobSpec, kvsname: String) -
         started_ms: now_ms(),
         ended_ms: None,
         barriers: 0,
+        mpi: spec.mpi,
         rev: 0,
     }
 }
@@ -247,22 +299,54 @@ fn rank_space_preload(spec: &JobSpec) -> Result<Option<PathBuf>, Refusal> {
     if !spec.rank_spaces.unwrap_or(spec.apps.len() > 1) {
         return Ok(None);
     }
-    rank_space_library().map(Some).ok_or_else(|| {
+    let mpi = spec.mpi.unwrap_or(MpiFlavor::Mpich);
+    let (var, name) = rank_space_library_name(mpi);
+    rank_space_library(mpi).map(Some).ok_or_else(|| {
         refuse(
             ErrorCode::Unavailable,
-            "the rank-space library libremora.so was not found (HOBBES_REMORA_LIB, next to leviathan, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces",
+            format!("the rank-space library {name} for {} was not found ({var}, next to leviathan, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces", mpi.display_name()),
         )
     })
+}
+
+/// The rank-space library of each MPI: the variable that names it, its file name.
+fn rank_space_library_name(mpi: MpiFlavor) -> (&'static str, &'static str) {
+    match mpi {
+        MpiFlavor::Mpich => ("HOBBES_REMORA_LIB", "libremora.so"),
+        MpiFlavor::OpenMpi => ("HOBBES_REMORA_OMPI_LIB", "libremora-ompi.so"),
+    }
 }
 
 /// The environment every rank of `app` starts from: UCX settings for a job
 /// across PID namespaces and the shared topology, each unless the
 /// application sets the variable itself.
-fn rank_defaults(app: &hobbes_proto::msg::JobApp, spans_namespaces: bool) -> Vec<(String, String)> {
-    let ucx_defaults: &[(&str, &str)] = if spans_namespaces {
-        &[("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")]
-    } else {
-        &[]
+fn rank_defaults(
+    app: &hobbes_proto::msg::JobApp,
+    spans_namespaces: bool,
+    mpi: MpiFlavor,
+) -> Vec<(String, String)> {
+    let ucx_defaults: &[(&str, &str)] = match (mpi, spans_namespaces) {
+        (MpiFlavor::Mpich, true) => &[("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")],
+        (MpiFlavor::Mpich, false) => &[],
+        // Open MPI 4.1 here: its shared-memory BTL, not UCX (whose probing
+        // doubles a job's start), and one-sided windows through sm/pt2pt
+        // (the default components cannot make a window on this node).
+        (MpiFlavor::OpenMpi, false) => &[
+            ("OMPI_MCA_pml", "ob1"),
+            ("OMPI_MCA_btl", "self,vader"),
+            ("OMPI_MCA_osc", "sm,pt2pt"),
+        ],
+        // Across PID namespaces vader cannot work: a shared segment records
+        // its creator's pid, and a rank whose own pid (in its namespace) is
+        // that number takes itself for the creator and never maps the
+        // segment (a segfault in the first send, measured here about one
+        // run in two). TCP on loopback between ranks instead.
+        (MpiFlavor::OpenMpi, true) => &[
+            ("OMPI_MCA_pml", "ob1"),
+            ("OMPI_MCA_btl", "self,tcp"),
+            ("OMPI_MCA_btl_tcp_if_include", "lo"),
+            ("OMPI_MCA_osc", "sm,pt2pt"),
+        ],
     };
     let topology = TOPOLOGY.get().cloned().flatten();
     // The program's own hwloc settings win over the shared topology.
@@ -333,16 +417,18 @@ fn collect_launched(
     }
 }
 
-/// The rank-space library: `HOBBES_REMORA_LIB`, else next to `leviathan`, else installed.
-fn rank_space_library() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HOBBES_REMORA_LIB") {
+/// The rank-space library of `mpi`: its variable (`HOBBES_REMORA_LIB`,
+/// `HOBBES_REMORA_OMPI_LIB`), else next to `leviathan`, else installed.
+fn rank_space_library(mpi: MpiFlavor) -> Option<PathBuf> {
+    let (var, name) = rank_space_library_name(mpi);
+    if let Some(p) = std::env::var_os(var) {
         return Some(PathBuf::from(p));
     }
     let exe = std::fs::read_link("/proc/self/exe").ok()?;
     [
-        exe.with_file_name("libremora.so"),
-        PathBuf::from("/usr/local/lib/libremora.so"),
-        PathBuf::from("/usr/lib/libremora.so"),
+        exe.with_file_name(name),
+        Path::new("/usr/local/lib").join(name),
+        Path::new("/usr/lib").join(name),
     ]
     .into_iter()
     .find(|p| p.exists())
@@ -376,16 +462,7 @@ impl Daemon {
         let id = self.new_job_id()?;
         let (events_tx, events) = mpsc::channel();
         let kvsname = format!("kvs_{}_{id}", std::process::id());
-        let app_sizes: Vec<u32> = spec.apps.iter().map(|a| a.np).collect();
-        let pmi = crate::pmi::PmiJob::start(
-            self.nis.clone(),
-            id,
-            &kvsname,
-            &app_sizes,
-            spec.pmi,
-            events_tx.clone(),
-        )
-        .map_err(|e| internal(format!("cannot start the PMI server: {e}")))?;
+        let pmi = self.start_pmi(peer, spec, id, &kvsname, events_tx.clone())?;
         let mut record = new_job_record(id, peer, spec, kvsname);
         // Written before any rank runs, so the PMI server can count barriers in it.
         self.put_job(&mut record)?;
@@ -405,6 +482,11 @@ impl Daemon {
                 ranks,
                 signalled: Mutex::new(None),
                 pmi,
+                must_connect: spec
+                    .apps
+                    .iter()
+                    .flat_map(|a| std::iter::repeat_n(a.mpi.is_some(), a.np as usize))
+                    .collect(),
             },
         );
         tracing::info!(
@@ -420,6 +502,70 @@ impl Daemon {
         Ok((record, subs, events))
     }
 
+    /// The job's PMI service, by its MPI: PMI-1 (MPICH) or PMIx (Open MPI).
+    fn start_pmi(
+        &self,
+        peer: &PeerCred,
+        spec: &JobSpec,
+        id: JobId,
+        kvsname: &str,
+        events: mpsc::Sender<JobEvent>,
+    ) -> Result<JobPmi, Refusal> {
+        match spec.mpi.unwrap_or(MpiFlavor::Mpich) {
+            MpiFlavor::Mpich => {
+                let app_sizes: Vec<u32> = spec.apps.iter().map(|a| a.np).collect();
+                crate::pmi::PmiJob::start(
+                    self.nis.clone(),
+                    id,
+                    kvsname,
+                    &app_sizes,
+                    spec.pmi,
+                    events,
+                )
+                .map(JobPmi::Simple)
+                .map_err(|e| internal(format!("cannot start the PMI server: {e}")))
+            }
+            MpiFlavor::OpenMpi => {
+                if spec.pmi == PmiMode::Socketpair {
+                    return Err(refuse(
+                        ErrorCode::InvalidSpec,
+                        "Open MPI ranks reach their PMIx server through its socket; --pmi socketpair is for MPICH programs",
+                    ));
+                }
+                let server = crate::pmix::server(&self.paths.root)
+                    .map_err(|e| refuse(ErrorCode::Unavailable, e))?;
+                let mut first_rank = 0;
+                let apps = spec
+                    .apps
+                    .iter()
+                    .enumerate()
+                    .map(|(appnum, a)| {
+                        let layout = hobbes_pmix::AppLayout {
+                            appnum: appnum as u32,
+                            first_rank,
+                            np: a.np,
+                            argv0: a.argv.first().cloned().unwrap_or_default(),
+                            cwd: a.cwd.clone(),
+                        };
+                        first_rank += a.np;
+                        layout
+                    })
+                    .collect();
+                crate::pmix::PmixJob::start(
+                    server,
+                    self.nis.clone(),
+                    id,
+                    kvsname,
+                    apps,
+                    (peer.uid, peer.gid),
+                    events,
+                )
+                .map(JobPmi::Pmix)
+                .map_err(internal)
+            }
+        }
+    }
+
     /// A job needs applications of at least one rank, at most
     /// [`MAX_JOB_RANKS`] in all (`invalid_spec`), each in a running enclave
     /// (`conflict`) that `peer` owns; returns each application's enclave.
@@ -433,6 +579,18 @@ impl Daemon {
         let size: u32 = spec.apps.iter().map(|a| a.np).sum();
         if spec.apps.iter().any(|a| a.np == 0) || size > MAX_JOB_RANKS {
             return Err(refuse(ErrorCode::InvalidSpec, format!("every application needs np >= 1, and a job at most {MAX_JOB_RANKS} processes (got {size})")));
+        }
+        let mpi = spec.mpi.unwrap_or(MpiFlavor::Mpich);
+        if let Some(app) = spec.apps.iter().find(|a| a.mpi.is_some_and(|m| m != mpi)) {
+            return Err(refuse(
+                ErrorCode::InvalidSpec,
+                format!(
+                    "application {} is built against {}, but the job's MPI is {}: one MPI job has one MPI library",
+                    app.name,
+                    app.mpi.map_or("?", MpiFlavor::display_name),
+                    mpi.display_name()
+                ),
+            ));
         }
         let mut enclaves = Vec::new();
         for app in &spec.apps {
@@ -467,7 +625,7 @@ impl Daemon {
         &self,
         spec: &JobSpec,
         enclaves: &[EnclaveRecord],
-        pmi: &crate::pmi::PmiJob,
+        pmi: &JobPmi,
         preload: Option<PathBuf>,
         record: &mut JobRecord,
     ) -> Result<Vec<RankLaunch>, Refusal> {
@@ -486,12 +644,13 @@ impl Daemon {
                 np: app.np,
                 app_ids: vec![],
             });
-            let defaults = rank_defaults(app, spans_namespaces);
+            let defaults =
+                rank_defaults(app, spans_namespaces, spec.mpi.unwrap_or(MpiFlavor::Mpich));
             let first_rank = rank;
             for _ in 0..app.np {
                 let mut env = defaults.clone();
                 env.extend(app.env.iter().cloned());
-                env.extend(pmi.env_for_rank(rank));
+                env.extend(pmi.env_for_rank(rank)?);
                 env.push(("REMORA_JOB".into(), record.id.to_string()));
                 env.push(("REMORA_APP".into(), app.name.clone()));
                 // The application's place in the job, so libremora builds its
@@ -528,7 +687,7 @@ impl Daemon {
     fn abandon_job(
         &self,
         mut record: JobRecord,
-        pmi: &crate::pmi::PmiJob,
+        pmi: &JobPmi,
         ranks: &[u64],
         refusal: Refusal,
     ) -> Refusal {
@@ -554,7 +713,7 @@ impl Daemon {
     fn launch_ranks(
         &self,
         peer: &PeerCred,
-        pmi: &crate::pmi::PmiJob,
+        pmi: &JobPmi,
         launches: &[RankLaunch],
     ) -> Vec<Option<Launched>> {
         let results: Vec<Mutex<Option<_>>> = launches.iter().map(|_| Mutex::new(None)).collect();
@@ -660,11 +819,67 @@ impl Daemon {
                 }
             }
         }
+        if record.failure.is_none() {
+            if let Some(lonely) = self.rank_that_never_connected(&record, &ended) {
+                self.fail_job(&mut record, &lonely, 1);
+            }
+        }
         self.finish_job(&mut record);
         if client_gone {
             return Ok(());
         }
         write_frame(stream, &Response::JobEnded(Box::new(record)))
+    }
+
+    /// A rank of an MPI program that ended (successfully) without ever
+    /// connecting to the job's PMI server ran as a singleton: its world was
+    /// not the job's. Returns the message naming it, if one did. The PMIx
+    /// server reports connections on its own thread, moments before the rank
+    /// runs on: a rank not seen yet is given a second to show.
+    fn rank_that_never_connected(
+        &self,
+        record: &JobRecord,
+        ended: &[Option<AppRecord>],
+    ) -> Option<String> {
+        let live = self.jobs.get(record.id)?;
+        let suspects: Vec<u32> = (0..record.size)
+            .filter(|r| live.must_connect.get(*r as usize) == Some(&true))
+            .filter(|r| {
+                ended[*r as usize]
+                    .as_ref()
+                    .is_some_and(|a| a.exit == Some(ExitStatus::Code(0)))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let lonely = loop {
+            let lonely: Vec<u32> = suspects
+                .iter()
+                .copied()
+                .filter(|r| !live.pmi.connected(*r))
+                .collect();
+            if lonely.is_empty() || std::time::Instant::now() > deadline {
+                break lonely;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let rank = *lonely.first()?;
+        let app = record
+            .apps
+            .iter()
+            .find(|a| (a.first_rank..a.first_rank + a.np).contains(&rank))
+            .map_or("?", |a| a.name.as_str());
+        let mpi = record.mpi.unwrap_or(MpiFlavor::Mpich);
+        Some(format!(
+            "rank {rank} ({app}) ended without connecting to the job's {} server, so it ran alone as a singleton, not in a job of {}{}: is it built against {} (remora read it from the program; --mpi overrides)?",
+            live.pmi.name(),
+            record.size,
+            if lonely.len() > 1 {
+                format!(" ({} ranks did so)", lonely.len())
+            } else {
+                String::new()
+            },
+            mpi.display_name()
+        ))
     }
 
     /// Record the first failure and kill every rank still running.
