@@ -200,8 +200,75 @@ pub fn bench(d: &BenchDaemon) -> Result<()> {
             );
         }
     }
+    open_mpi(&mut c, tmp.path())?;
     c.destroy_enclave(EnclaveRef::Name("mpi".into()))?;
     universe_setup(d, tmp.path())
+}
+
+/// An Open MPI hello world launched to its end by Remora (leviathan's PMIx
+/// server) against Open MPI's own `mpirun`, in the enclave "mpi".
+fn open_mpi(c: &mut Client, dir: &Path) -> Result<()> {
+    if Command::new("mpicc.openmpi").arg("--version").output().is_err() {
+        println!("\n== remora: Open MPI: SKIP (mpicc.openmpi not installed: apt-get install openmpi-bin libopenmpi-dev)");
+        return Ok(());
+    }
+    let src = dir.join("hello.c");
+    let exe = dir.join("hello-ompi");
+    let st = Command::new("mpicc.openmpi")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()?;
+    if !st.success() {
+        bail!("mpicc.openmpi failed");
+    }
+    let exe = exe.display().to_string();
+    header(&format!(
+        "remora: launch-to-exit of an Open MPI hello world vs mpirun.openmpi (median of {RUNS}, alternating)"
+    ));
+    for n in [1u32, 2] {
+        let (mut ours, mut plain) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let job = JobSpec {
+                name: "bench-ompi".into(),
+                apps: vec![JobApp {
+                    name: "hello".into(),
+                    enclave: EnclaveRef::Name("mpi".into()),
+                    np: n,
+                    argv: vec![exe.clone()],
+                    env: vec![],
+                    cwd: None,
+                    mpi: Some(MpiFlavor::OpenMpi),
+                }],
+                pmi: PmiMode::Tcp,
+                rank_spaces: Some(false),
+                mpi: Some(MpiFlavor::OpenMpi),
+            };
+            let t = Instant::now();
+            run_job(c, job)?;
+            ours.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let st = Command::new("mpirun.openmpi")
+                .args(["--allow-run-as-root", "--oversubscribe", "-n"])
+                .arg(n.to_string())
+                .arg(&exe)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            plain.push(t.elapsed().as_secs_f64() * 1e3);
+            if !st.success() {
+                bail!("mpirun.openmpi -n {n} failed");
+            }
+        }
+        row(
+            &format!("Open MPI hello, {n} rank(s): remora vs mpirun"),
+            median(ours),
+            median(plain),
+            "ms",
+            "target <= 0.5x",
+        );
+    }
+    Ok(())
 }
 
 /// The rank-space set-up (the application's world + a dup as the universe)

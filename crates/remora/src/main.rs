@@ -91,9 +91,12 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
         }
         Cmd::Run { parts } => parse_run(parts)?,
     };
+    // Before anything is created: a composition that mixes MPIs is refused as is.
+    let found = app_mpis(&comp.apps)?;
+    let mpi = job_mpi(cli.mpi, &comp.apps, &found)?;
     let mut client = Client::connect(&socket)?;
-    let created = ensure_enclaves(&mut client, &comp.enclaves)?;
-    let result = launch(&mut client, &socket, &cli, &comp, signals);
+    let created = ensure_enclaves(&mut client, &comp.enclaves, mpi)?;
+    let result = launch(&mut client, &socket, &cli, &comp, (mpi, &found), signals);
     if !cli.keep_enclaves {
         for name in created {
             if let Err(e) = Client::connect(&socket)
@@ -262,12 +265,22 @@ fn job_mpi(
 }
 
 /// Create the enclaves that do not exist; returns the names created.
-fn ensure_enclaves(client: &mut Client, enclaves: &[CompEnclave]) -> Result<Vec<String>> {
+fn ensure_enclaves(
+    client: &mut Client,
+    enclaves: &[CompEnclave],
+    mpi: MpiFlavor,
+) -> Result<Vec<String>> {
     let mut created = vec![];
     for e in enclaves {
         match client.enclave(EnclaveRef::Name(e.name.clone())) {
             Ok(existing) => {
-                if enclaves.len() > 1 && !existing.host_ipc && existing.isolation.confined() {
+                // Open MPI ranks across enclaves use TCP anyway (leviathan
+                // sets it: vader cannot span PID namespaces).
+                if mpi == MpiFlavor::Mpich
+                    && enclaves.len() > 1
+                    && !existing.host_ipc
+                    && existing.isolation.confined()
+                {
                     eprintln!(
                         "[remora] warning: enclave {} has its own IPC namespace: MPICH's UCX netmod talks to it over TCP, \
                          and with several processes per enclave MPI_Finalize may hang (create it with --host-ipc, or let remora create it)",
@@ -311,17 +324,16 @@ fn launch(
     socket: &std::path::Path,
     cli: &Cli,
     comp: &Composition,
+    (mpi, found): (MpiFlavor, &[Option<(MpiFlavor, String)>]),
     signals: nix::sys::signal::SigSet,
 ) -> Result<i32> {
-    let found = app_mpis(&comp.apps)?;
-    let mpi = job_mpi(cli.mpi, &comp.apps, &found)?;
     let spec = JobSpec {
         mpi: Some(mpi),
         name: comp.name.clone(),
         apps: comp
             .apps
             .iter()
-            .zip(&found)
+            .zip(found)
             .map(|(a, f)| JobApp {
                 name: a.name.clone(),
                 enclave: EnclaveRef::Name(a.enclave.clone()),
