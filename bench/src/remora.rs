@@ -208,7 +208,11 @@ pub fn bench(d: &BenchDaemon) -> Result<()> {
 /// An Open MPI hello world launched to its end by Remora (leviathan's PMIx
 /// server) against Open MPI's own `mpirun`, in the enclave "mpi".
 fn open_mpi(c: &mut Client, dir: &Path) -> Result<()> {
-    if Command::new("mpicc.openmpi").arg("--version").output().is_err() {
+    if Command::new("mpicc.openmpi")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         println!("\n== remora: Open MPI: SKIP (mpicc.openmpi not installed: apt-get install openmpi-bin libopenmpi-dev)");
         return Ok(());
     }
