@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -15,6 +16,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Console {
     to_guest: Mutex<UnixStream>,
     client: Mutex<Option<UnixStream>>,
+    /// A client holds the console: set by [`Console::attach`], before the
+    /// client is told it is attached, so a second one is refused at once.
+    taken: AtomicBool,
+}
+
+/// Gives the console back when the relay ends, or when it never ran (its
+/// client went away before it was attached).
+struct Taken(Arc<Console>);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        *lock(&self.0.client) = None;
+        self.0.taken.store(false, Ordering::Release);
+    }
 }
 
 impl Console {
@@ -23,6 +38,7 @@ impl Console {
         let console = Arc::new(Console {
             to_guest: Mutex::new(serial.try_clone()?),
             client: Mutex::new(None),
+            taken: AtomicBool::new(false),
         });
         let c = console.clone();
         std::thread::Builder::new()
@@ -54,23 +70,21 @@ impl Console {
     /// Attach `client` until it closes: what it sends goes to the guest's
     /// console, what the guest prints comes back. One client at a time.
     pub fn attach(self: &Arc<Self>) -> Result<hobbes_agent::ConsoleRelay, String> {
-        if lock(&self.client).is_some() {
+        if self
+            .taken
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return Err("the console is in use by another client (detach it first)".into());
         }
-        let me = self.clone();
-        Ok(Box::new(move |client: UnixStream| me.relay(client)))
+        let taken = Taken(self.clone());
+        Ok(Box::new(move |client: UnixStream| taken.0.relay(client)))
     }
 
+    /// Carry `client` to the console and back (the console is taken).
     fn relay(&self, mut client: UnixStream) {
         match client.try_clone() {
-            Ok(c) => {
-                let mut slot = lock(&self.client);
-                if slot.is_some() {
-                    let _ = client.write_all(b"\r\n[the console is in use by another client]\r\n");
-                    return;
-                }
-                *slot = Some(c);
-            }
+            Ok(c) => *lock(&self.client) = Some(c),
             Err(_) => return,
         }
         let mut buf = [0u8; 1024];
@@ -83,7 +97,6 @@ impl Console {
                 break;
             }
         }
-        *lock(&self.client) = None;
     }
 }
 
@@ -96,20 +109,22 @@ mod tests {
         let (serial, mut qemu) = UnixStream::pair().unwrap();
         let console = Console::start(serial).unwrap();
         let relay = console.attach().unwrap();
+        assert!(console.attach().is_err(), "taken from attach on");
         let (client_end, mut user) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || relay(client_end));
         user.write_all(b"ls\n").unwrap();
         let mut got = [0u8; 3];
         qemu.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ls\n");
-        // The relay is registered once the first byte went through.
-        assert!(console.attach().is_err());
         qemu.write_all(b"bin\n").unwrap();
         let mut back = [0u8; 4];
         user.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"bin\n");
         drop(user);
         t.join().unwrap();
+        // A relay whose client went away before it ran gives the console back.
+        let unused = console.attach().unwrap();
+        drop(unused);
         assert!(console.attach().is_ok());
     }
 }
