@@ -524,6 +524,25 @@ impl Cgroups {
         self.manager().map_or(Ok(()), |m| m.teardown())
     }
 
+    /// A kind's [`hobbes_kind::EnclaveDriver::setup`]: the node's parents
+    /// and the host confined to its cores (shared by the kinds, so made by
+    /// whichever sets up first); the host tasks moved, or the error for the
+    /// operator.
+    pub fn setup_node(&self, node: &hobbes_kind::NodeSetup) -> DriverResult<usize> {
+        self.setup(
+            &node.all_cores,
+            &node.host_cores,
+            &mems_of(&node.numa_nodes),
+        )
+        .map_err(|e| format!("cgroup setup: {e}"))
+    }
+
+    /// A kind's [`hobbes_kind::EnclaveDriver::teardown`]: the host's cpuset restored.
+    pub fn teardown_node(&self) -> DriverResult<()> {
+        self.teardown()
+            .map_err(|e| format!("cannot restore the host's cpuset: {e}"))
+    }
+
     /// The cgroups of enclave `id`, when there are cgroups.
     pub fn enclave(&self, id: EnclaveId, shared: bool) -> Option<Box<dyn EnclaveCgroup>> {
         self.manager().map(|m| m.enclave(id, shared))

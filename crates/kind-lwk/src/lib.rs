@@ -270,20 +270,12 @@ impl EnclaveDriver for LwkKind {
         // The node's parents and the host's confinement, shared with the
         // native kind: made here too when missing, so the LWK kind does not
         // depend on another kind being registered.
-        self.cgroups
-            .setup(
-                &node.all_cores,
-                &node.host_cores,
-                &mems_of(&node.numa_nodes),
-            )
-            .map_err(|e| format!("cgroup setup: {e}"))?;
+        self.cgroups.setup_node(node)?;
         Ok(())
     }
 
     fn teardown(&self) -> DriverResult<()> {
-        self.cgroups
-            .teardown()
-            .map_err(|e| format!("cannot restore the host's cpuset: {e}"))
+        self.cgroups.teardown_node()
     }
 
     fn leftovers(&self) -> Vec<Box<dyn Leftover>> {

@@ -153,22 +153,13 @@ impl EnclaveDriver for NativeKind {
     }
 
     fn setup(&self, node: &NodeSetup) -> DriverResult<()> {
-        let moved = self
-            .cgroups
-            .setup(
-                &node.all_cores,
-                &node.host_cores,
-                &mems_of(&node.numa_nodes),
-            )
-            .map_err(|e| format!("cgroup setup: {e}"))?;
+        let moved = self.cgroups.setup_node(node)?;
         tracing::info!(mode = ?self.cgroups.mode(), host_tasks_moved = moved, host_cores = %format_cpu_list(&node.host_cores), privileged = self.privileged, "host confined to its cores");
         Ok(())
     }
 
     fn teardown(&self) -> DriverResult<()> {
-        self.cgroups
-            .teardown()
-            .map_err(|e| format!("cannot restore the host's cpuset: {e}"))
+        self.cgroups.teardown_node()
     }
 
     fn leftovers(&self) -> Vec<Box<dyn Leftover>> {

@@ -428,20 +428,12 @@ impl EnclaveDriver for VmKind {
         *self.host_cores.lock().unwrap_or_else(|p| p.into_inner()) = node.host_cores.clone();
         // The node's parents and the host's confinement, shared with the
         // other kinds: made here too when missing.
-        self.cgroups
-            .setup(
-                &node.all_cores,
-                &node.host_cores,
-                &mems_of(&node.numa_nodes),
-            )
-            .map_err(|e| format!("cgroup setup: {e}"))?;
+        self.cgroups.setup_node(node)?;
         Ok(())
     }
 
     fn teardown(&self) -> DriverResult<()> {
-        self.cgroups
-            .teardown()
-            .map_err(|e| format!("cannot restore the host's cpuset: {e}"))
+        self.cgroups.teardown_node()
     }
 
     fn leftovers(&self) -> Vec<Box<dyn Leftover>> {

@@ -7,15 +7,16 @@
 
 #[path = "../../leviathan/tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 use hobbes_client::Client;
-
-const REMORA: &str = env!("CARGO_BIN_EXE_remora");
+use support::*;
 
 /// Compiled test programs, and where the rank-space libraries are.
 struct Programs {
@@ -134,48 +135,13 @@ fn setup(test: &str) -> Option<(Daemon, Programs)> {
 }
 
 fn remora(d: &Daemon, progs: &Programs, args: &[&str]) -> Output {
-    let child = Command::new(REMORA)
-        .arg("--socket")
-        .arg(d.socket())
-        .args(args)
-        .env(
-            "HOBBES_REMORA_OMPI_LIB",
-            progs.lib_dir.join("libremora-ompi.so"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = std::thread::spawn(move || child.wait_with_output().unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !out.is_finished() {
-        if std::time::Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("remora {args:?} ran past 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    out.join().unwrap()
-}
-
-fn lines_of(out: &Output, word: &str) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(word))
-        .map(str::to_string)
-        .collect()
-}
-
-/// `key=value` in a line.
-fn field(line: &str, key: &str) -> i64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-999)
+    let lib = progs.lib_dir.join("libremora-ompi.so");
+    remora_with(
+        d,
+        args,
+        &[("HOBBES_REMORA_OMPI_LIB", &lib)],
+        Duration::from_secs(90),
+    )
 }
 
 fn text(out: &Output) -> String {
