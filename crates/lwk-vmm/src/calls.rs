@@ -1438,6 +1438,12 @@ mod tests {
         (Arc::new(app), base)
     }
 
+    /// Run `f` on a thread of its own and return what it returns (a panic
+    /// there fails the test).
+    fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| s.spawn(f).join().unwrap())
+    }
+
     fn arg() -> impl Strategy<Value = u64> {
         prop_oneof![
             0u64..4,
@@ -1459,17 +1465,26 @@ mod tests {
             let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
             let dir = tempfile::tempdir().unwrap();
             let (app, base) = app(&ram, dir.path());
-            let ctx = Ctx { ram: &ram, cores: &[1, 2], app: &app, tid: 1, cpu: 0, on_vcpu: false };
-            for (nr, mut a) in calls {
-                for v in &mut a {
-                    if *v >> 63 == 1 && *v != u64::MAX {
-                        *v = base + (*v & !(1 << 63));
+            // The calls act as the app's user (`as_user` sets the thread's
+            // fsuid for good): on a thread of their own, so this one can
+            // still remove the temporary directory.
+            let blocked = on_own_thread(|| {
+                let ctx = Ctx { ram: &ram, cores: &[1, 2], app: &app, tid: 1, cpu: 0, on_vcpu: false };
+                for (nr, mut a) in calls {
+                    for v in &mut a {
+                        if *v >> 63 == 1 && *v != u64::MAX {
+                            *v = base + (*v & !(1 << 63));
+                        }
+                    }
+                    let started = std::time::Instant::now();
+                    let _ = dispatch(&ctx, nr, a);
+                    if started.elapsed() >= std::time::Duration::from_secs(2) {
+                        return Some(nr);
                     }
                 }
-                let started = std::time::Instant::now();
-                let _ = dispatch(&ctx, nr, a);
-                prop_assert!(started.elapsed() < std::time::Duration::from_secs(2), "call {nr} blocked");
-            }
+                None
+            });
+            prop_assert!(blocked.is_none(), "call {:?} blocked", blocked);
         }
     }
 
@@ -1478,49 +1493,54 @@ mod tests {
         let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (app, base) = app(&ram, dir.path());
-        let ctx = Ctx {
-            ram: &ram,
-            cores: &[1],
-            app: &app,
-            tid: 1,
-            cpu: 0,
-            on_vcpu: true,
-        };
-        // write(1, unmapped, 8)
-        assert_eq!(
-            dispatch(&ctx, 1, [1, 0x1000, 8, 0, 0, 0]),
-            Outcome::Ret(EFAULT)
-        );
-        // write(77, ...): no such descriptor
-        assert_eq!(
-            dispatch(&ctx, 1, [77, base, 8, 0, 0, 0]),
-            Outcome::Ret(EBADF)
-        );
-        // openat(AT_FDCWD, unmapped path)
-        let cwd = libc::AT_FDCWD as i64 as u64;
-        assert_eq!(
-            dispatch(&ctx, 257, [cwd, 0x10, 0, 0, 0, 0]),
-            Outcome::Ret(EFAULT)
-        );
-        // A path without its NUL inside the app's memory.
-        let ram_ref = &ram;
-        app.core
-            .lock()
-            .unwrap()
-            .space
-            .as_ref()
-            .unwrap()
-            .write(ram_ref, base, &[b'a'; 4096])
-            .unwrap();
-        assert!(matches!(dispatch(&ctx, 257, [cwd, base, 0, 0, 0, 0]), Outcome::Ret(e) if e < 0));
-        // An unknown call is ENOSYS and counted as unsupported.
-        assert_eq!(dispatch(&ctx, 999, [0; 6]), Outcome::Ret(ENOSYS));
-        let s = app.summary(&app.core.lock().unwrap());
-        assert!(
-            s.to_string()
-                .contains("unsupported (-ENOSYS): syscall_999 1"),
-            "{s}"
-        );
+        // As the app's user, on a thread of its own (see arbitrary_calls...).
+        on_own_thread(|| {
+            let ctx = Ctx {
+                ram: &ram,
+                cores: &[1],
+                app: &app,
+                tid: 1,
+                cpu: 0,
+                on_vcpu: true,
+            };
+            // write(1, unmapped, 8)
+            assert_eq!(
+                dispatch(&ctx, 1, [1, 0x1000, 8, 0, 0, 0]),
+                Outcome::Ret(EFAULT)
+            );
+            // write(77, ...): no such descriptor
+            assert_eq!(
+                dispatch(&ctx, 1, [77, base, 8, 0, 0, 0]),
+                Outcome::Ret(EBADF)
+            );
+            // openat(AT_FDCWD, unmapped path)
+            let cwd = libc::AT_FDCWD as i64 as u64;
+            assert_eq!(
+                dispatch(&ctx, 257, [cwd, 0x10, 0, 0, 0, 0]),
+                Outcome::Ret(EFAULT)
+            );
+            // A path without its NUL inside the app's memory.
+            let ram_ref = &ram;
+            app.core
+                .lock()
+                .unwrap()
+                .space
+                .as_ref()
+                .unwrap()
+                .write(ram_ref, base, &[b'a'; 4096])
+                .unwrap();
+            assert!(
+                matches!(dispatch(&ctx, 257, [cwd, base, 0, 0, 0, 0]), Outcome::Ret(e) if e < 0)
+            );
+            // An unknown call is ENOSYS and counted as unsupported.
+            assert_eq!(dispatch(&ctx, 999, [0; 6]), Outcome::Ret(ENOSYS));
+            let s = app.summary(&app.core.lock().unwrap());
+            assert!(
+                s.to_string()
+                    .contains("unsupported (-ENOSYS): syscall_999 1"),
+                "{s}"
+            );
+        });
     }
 
     #[test]
