@@ -200,18 +200,7 @@ int main(int argc, char **argv) {
 /// own so a guest that never ends fails the test after `APP_TIMEOUT`
 /// instead of hanging it: (final record, stdout, stderr).
 fn run_lwk(d: &Daemon, enclave: &str, argv: &[&str]) -> (AppRecord, String, String) {
-    let sock = d.socket();
-    let enclave = enclave.to_string();
-    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-    let what = argv.join(" ");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut c = Client::connect(sock).expect("connect");
-        let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
-        let _ = tx.send(run_in(&mut c, &enclave, &argv));
-    });
-    rx.recv_timeout(APP_TIMEOUT)
-        .unwrap_or_else(|_| panic!("{what} did not end within {APP_TIMEOUT:?}"))
+    run_bounded(d, enclave, argv, APP_TIMEOUT)
 }
 
 /// Launch `argv` without streaming; returns the running record.

@@ -119,19 +119,7 @@ fn programs(test: &str) -> Option<Programs> {
 }
 
 fn setup(test: &str) -> Option<(Daemon, Programs)> {
-    if !require_root(test) {
-        return None;
-    }
-    if ncpus() < 2 {
-        skip(test, "needs 2 cores");
-        return None;
-    }
-    let progs = programs(test)?;
-    let d = Daemon::start(&[]);
-    let mut c = d.client();
-    c.create_enclave(spec("sim", 1, 1024, false)).unwrap();
-    c.create_enclave(spec("ana", 1, 1024, true)).unwrap();
-    Some((d, progs))
+    setup_with(test, programs)
 }
 
 fn remora(d: &Daemon, progs: &Programs, args: &[&str]) -> Output {

@@ -385,3 +385,25 @@ pub fn host_affinity_of(pid: u32) -> String {
         "Cpus_allowed_list:",
     )
 }
+
+/// [`run_in`] on a thread of its own, so a program that never ends fails
+/// the test after `limit` instead of hanging it: (final record, stdout, stderr).
+pub fn run_bounded(
+    d: &Daemon,
+    enclave: &str,
+    argv: &[&str],
+    limit: Duration,
+) -> (AppRecord, String, String) {
+    let sock = d.socket();
+    let enclave = enclave.to_string();
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let what = argv.join(" ");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut c = Client::connect(sock).expect("connect");
+        let argv: Vec<&str> = argv.iter().map(|s| s.as_str()).collect();
+        let _ = tx.send(run_in(&mut c, &enclave, &argv));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not end within {limit:?}"))
+}

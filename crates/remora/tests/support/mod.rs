@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::common::Daemon;
+use crate::common::{ncpus, require_root, skip, spec, Daemon};
 
 /// The `remora` binary under test.
 pub const REMORA: &str = env!("CARGO_BIN_EXE_remora");
@@ -53,4 +53,23 @@ pub fn field(line: &str, key: &str) -> i64 {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or(-999)
+}
+
+/// Root, two cores and the test's programs (`programs`, which prints its own
+/// SKIP line when it cannot build them); then a daemon with the enclaves the
+/// tests use: `sim` (exclusive) and `ana` (shared), one core each.
+pub fn setup_with<P>(test: &str, programs: impl FnOnce(&str) -> Option<P>) -> Option<(Daemon, P)> {
+    if !require_root(test) {
+        return None;
+    }
+    if ncpus() < 2 {
+        skip(test, "needs 2 cores");
+        return None;
+    }
+    let progs = programs(test)?;
+    let d = Daemon::start(&[]);
+    let mut c = d.client();
+    c.create_enclave(spec("sim", 1, 1024, false)).unwrap();
+    c.create_enclave(spec("ana", 1, 1024, true)).unwrap();
+    Some((d, progs))
 }
