@@ -24,7 +24,9 @@
 //!
 //! ```text
 //! <cpuset>/hobbes/            cpu_exclusive, all cpus: parent of everything we make
-//! <cpuset>/hobbes/host/       the host's tasks, confined to the host's cores
+//! <cpuset>/hobbes/host/       the host's tasks, on the base's cores minus those
+//!                             enclaves may take (the host's; with a managed
+//!                             subset, the unmanaged cores too: [`host_cpus`])
 //! <cpuset>/hobbes/enclave-N/  one per enclave (cpu_exclusive unless shared): control + apps
 //! <memory>/hobbes/            control processes (no limit of ours)
 //! <memory>/hobbes/enclave-N/  memory.limit_in_bytes: apps
@@ -34,8 +36,11 @@
 //! controllers enabled for its children holds no processes itself):
 //!
 //! ```text
-//! <root>/hobbes/                    partition root owning the managed cores: the
-//!                                   kernel takes them from the host's tasks itself
+//! <root>/hobbes/                    partition root owning the managed cores the host
+//!                                   does not keep: the kernel takes them from the
+//!                                   host's tasks itself, which keep the rest (with a
+//!                                   managed subset, the unmanaged cores too); no
+//!                                   partition when no core is left to enclaves
 //! <root>/hobbes/enclave-N/          exclusive enclaves (partition), cpus, mems, +memory
 //! <root>/hobbes/enclave-N/control/  the control process (no limit)
 //! <root>/hobbes/enclave-N/apps/     memory.max: apps
@@ -114,9 +119,14 @@ pub type Result<T> = std::result::Result<T, CgroupError>;
 pub trait CgroupManager: fmt::Debug + Send + Sync {
     /// The cgroup version in use (shown in the NIS header).
     fn mode(&self) -> CgroupMode;
-    /// Create our parent cgroups and confine the host's tasks to `host_cores`;
-    /// returns how many tasks moved. Idempotent: a restarted daemon finds them
-    /// in place.
+    /// Create our parent cgroups and keep the host's tasks off the cores
+    /// enclaves may take: `all_cores` are the cores the daemon manages (the
+    /// whole node, or the subset of `leviathan --cpus`), `host_cores` those
+    /// of them the host keeps, `mems` the NUMA nodes of the managed memory.
+    /// The host keeps the daemon base cgroup's cores minus the assignable
+    /// ones ([`host_cpus`]): exactly `host_cores` when the whole node is
+    /// managed, the unmanaged cores too when a subset is. Returns how many
+    /// tasks moved. Idempotent: a restarted daemon finds them in place.
     fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize>;
     /// Undo [`CgroupManager::setup`]: give the host back all its cores. Leaves
     /// the parents in place while enclave cgroups still exist.
@@ -284,6 +294,47 @@ fn procs_tree(dirs: &[&Path]) -> Vec<u32> {
     }
     out.sort_unstable();
     out.dedup();
+    out
+}
+
+/// The cores the host's tasks keep: the daemon base cgroup's cores `base`
+/// minus the cores enclaves may take (`all_cores`, the managed ones, minus
+/// `host_cores`). With the whole node managed that is `host_cores`; with a
+/// subset (`leviathan --cpus 4-15` in the root cgroup) the unmanaged cores
+/// stay the host's too, so the node's other tasks are not squeezed onto the
+/// subset's host cores. Never empty: were nothing left (a base cgroup with
+/// none of the host's cores, a configuration the kernel refuses anyway),
+/// `host_cores`.
+pub fn host_cpus(base: &[CoreId], all_cores: &[CoreId], host_cores: &[CoreId]) -> Vec<CoreId> {
+    let assignable = |c: &CoreId| all_cores.contains(c) && !host_cores.contains(c);
+    let mut out: Vec<CoreId> = base.iter().copied().filter(|c| !assignable(c)).collect();
+    if out.is_empty() {
+        out = host_cores.to_vec();
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The cores of a kernel CPU list (`cpuset.cpus`: "0-3,8"); what does not
+/// parse is left out (the kernel writes nothing else).
+fn parse_cpu_list(text: &str) -> Vec<CoreId> {
+    let mut out = Vec::new();
+    for part in text
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<CoreId>(), b.parse::<CoreId>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => out.extend(part.parse::<CoreId>().ok()),
+        }
+    }
     out
 }
 
@@ -640,6 +691,23 @@ mod tests {
             base_of(m, Some("/job1")),
             PathBuf::from("/sys/fs/cgroup/cpuset/job1")
         );
+    }
+
+    #[test]
+    fn host_keeps_the_base_minus_the_assignable_cores() {
+        let all: Vec<CoreId> = (0..16).collect();
+        assert_eq!(
+            host_cpus(&all, &all, &[0]),
+            vec![0],
+            "whole node: as before"
+        );
+        let subset: Vec<CoreId> = (4..16).collect();
+        assert_eq!(host_cpus(&all, &subset, &[4]), vec![0, 1, 2, 3, 4]);
+        assert_eq!(host_cpus(&[0], &[0], &[0]), vec![0], "a one-core node");
+        assert_eq!(host_cpus(&[2, 3], &[2, 3], &[2]), vec![2]);
+        assert_eq!(host_cpus(&[5], &[4, 5], &[4]), vec![4], "never empty");
+        assert_eq!(parse_cpu_list("0-2,5\n"), vec![0, 1, 2, 5]);
+        assert_eq!(parse_cpu_list(""), Vec::<CoreId>::new());
     }
 
     #[test]

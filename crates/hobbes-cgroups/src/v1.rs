@@ -9,8 +9,8 @@ use std::time::Duration;
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 use super::{
-    dir_name, enclave_ids_in, move_all, procs, procs_tree, read, sigkill, wait_gone, write,
-    CgroupManager, DirOps, EnclaveCgroup, Result,
+    dir_name, enclave_ids_in, host_cpus, move_all, parse_cpu_list, procs, procs_tree, read,
+    sigkill, wait_gone, write, CgroupManager, DirOps, EnclaveCgroup, Result,
 };
 use hobbes_proto::model::format_id_list as format_cpu_list;
 
@@ -69,7 +69,7 @@ impl CgroupManager for V1 {
         CgroupMode::Legacy
     }
 
-    fn setup(&self, _all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
+    fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], _mems: &str) -> Result<usize> {
         let cpuset = &self.cpuset;
         if self.ops.mkdir(cpuset)? || read(&cpuset.join("cpuset.cpus"))?.is_empty() {
             write(
@@ -87,8 +87,15 @@ impl CgroupManager for V1 {
         }
         let host = cpuset.join("host");
         self.ops.mkdir(&host)?;
-        write(&host.join("cpuset.cpus"), &format_cpu_list(host_cores))?;
-        write(&host.join("cpuset.mems"), mems)?;
+        let base = read(&self.cpuset_parent.join("cpuset.cpus"))?;
+        let host_cpus = host_cpus(&parse_cpu_list(&base), all_cores, host_cores);
+        write(&host.join("cpuset.cpus"), &format_cpu_list(&host_cpus))?;
+        // The host's tasks keep the base's memory nodes: those of a managed
+        // subset are no limit on the tasks of the rest of the node.
+        write(
+            &host.join("cpuset.mems"),
+            &read(&cpuset.join("cpuset.mems"))?,
+        )?;
         self.ops.mkdir(&self.memory)?;
         Ok(move_all(&self.cpuset_parent, &host))
     }
@@ -281,6 +288,88 @@ mod tests {
         m.teardown().unwrap();
         assert!(!at(&dir, "cpuset/hobbes").exists());
         assert!(!at(&dir, "memory/hobbes").exists());
+    }
+
+    #[test]
+    fn a_subset_in_the_root_cgroup_leaves_the_unmanaged_cores_to_the_host() {
+        // `leviathan --cpus 4-15 --host-cores 4` on a 16-core node.
+        let dir = tempfile::tempdir().unwrap();
+        fixture::v1_root(&at(&dir, "cpuset"), &at(&dir, "memory"), "0-15", "0");
+        let m = V1::with_dir_ops(at(&dir, "cpuset"), at(&dir, "memory"), fixture::DIR_OPS);
+        let managed: Vec<CoreId> = (4..16).collect();
+        m.setup(&managed, &[4], "0").unwrap();
+        assert_eq!(read_file(&at(&dir, "cpuset/hobbes/cpuset.cpus")), "0-15");
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")),
+            "0-4",
+            "the host keeps its core of the subset and every unmanaged core"
+        );
+        m.enclave(1, false).create(&[5, 6], "0", LIMIT).unwrap();
+        m.enclave(2, true).create(&[4], "0", LIMIT).unwrap();
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/enclave-1/cpuset.cpus")),
+            "5-6"
+        );
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/enclave-2/cpuset.cpus")),
+            "4"
+        );
+        // The whole node managed: the host keeps exactly its cores, as before.
+        m.setup(&(0..16).collect::<Vec<_>>(), &[0, 1], "0").unwrap();
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")),
+            "0-1"
+        );
+        assert_eq!(fixture::stray_files(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn two_one_core_nodes_in_sibling_cgroups_each_keep_their_core() {
+        // Two simulated Slurm nodes: leviathan started in
+        // cpuset/hobbes-slurm/n0 (cpus 0, cpu_exclusive) and .../n1 (cpus 1),
+        // each with `--cpus N`: the host keeps the one core, shared enclaves only.
+        let dir = tempfile::tempdir().unwrap();
+        let node = |n: u32| {
+            let cpuset = at(&dir, &format!("cpuset/hobbes-slurm/n{n}"));
+            let memory = at(&dir, &format!("memory/hobbes-slurm/n{n}"));
+            fixture::v1_root(&cpuset, &memory, &n.to_string(), "0");
+            V1::with_dir_ops(cpuset, memory, fixture::DIR_OPS)
+        };
+        let (n0, n1) = (node(0), node(1));
+        n0.setup(&[0], &[0], "0").unwrap();
+        n1.setup(&[1], &[1], "0").unwrap();
+        for n in 0..2 {
+            let base = format!("cpuset/hobbes-slurm/n{n}/hobbes");
+            assert_eq!(
+                read_file(&at(&dir, &format!("{base}/cpuset.cpus"))),
+                n.to_string()
+            );
+            assert_eq!(
+                read_file(&at(&dir, &format!("{base}/cpuset.cpu_exclusive"))),
+                "1"
+            );
+            assert_eq!(
+                read_file(&at(&dir, &format!("{base}/host/cpuset.cpus"))),
+                n.to_string()
+            );
+            assert!(at(&dir, &format!("memory/hobbes-slurm/n{n}/hobbes")).is_dir());
+        }
+        let e = n0.enclave(1, true);
+        e.create(&[0], "0", LIMIT).unwrap();
+        assert_eq!(
+            e.path(),
+            at(&dir, "cpuset/hobbes-slurm/n0/hobbes/enclave-1")
+        );
+        assert_eq!(
+            e.app_cgroup(),
+            at(&dir, "memory/hobbes-slurm/n0/hobbes/enclave-1")
+        );
+        assert_eq!(n1.existing_enclaves().len(), 0, "n1 sees only its own");
+        e.remove().unwrap();
+        n0.teardown().unwrap();
+        assert!(!at(&dir, "cpuset/hobbes-slurm/n0/hobbes").exists());
+        assert!(at(&dir, "cpuset/hobbes-slurm/n1/hobbes/host").is_dir());
+        assert_eq!(fixture::stray_files(dir.path()), Vec::<PathBuf>::new());
     }
 
     #[test]

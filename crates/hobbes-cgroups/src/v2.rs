@@ -113,9 +113,13 @@ impl CgroupManager for V2 {
 }
 
 impl V2 {
-    /// `hobbes` (a partition root owning the managed cores) and
+    /// `hobbes` (a partition root owning the managed cores the host does
+    /// not keep; none when there are none, as on a one-core subset) and
     /// `hobbes-shared` (the host's cores), with cpuset and memory enabled
-    /// for their children. The directories it makes are pushed to `made`.
+    /// for their children. The v2 form of v1's host cpuset
+    /// ([`super::host_cpus`]): the partition takes the assignable cores from
+    /// the base cgroup, whose tasks keep the rest, unmanaged cores included.
+    /// The directories it makes are pushed to `made`.
     fn make_parents(
         &self,
         all_cores: &[CoreId],
@@ -302,6 +306,64 @@ mod tests {
         m.teardown().unwrap();
         assert!(!at(&dir, "hobbes").exists());
         assert!(!at(&dir, "hobbes-shared").exists());
+    }
+
+    #[test]
+    fn a_subset_partition_owns_only_the_managed_cores_the_host_does_not_keep() {
+        // `leviathan --cpus 4-15 --host-cores 4` on a 16-core node: the
+        // partition takes 5-15 from the root, whose tasks keep 0-4 (the
+        // kernel's doing: nothing of ours moves them).
+        let dir = tempfile::tempdir().unwrap();
+        fixture::v2_root(dir.path(), "0-15", "0");
+        let m = V2::with_dir_ops(dir.path().to_path_buf(), fixture::DIR_OPS);
+        let managed: Vec<CoreId> = (4..16).collect();
+        assert_eq!(m.setup(&managed, &[4], "0").unwrap(), 0);
+        assert_eq!(read_file(&at(&dir, "hobbes/cpuset.cpus")), "5-15");
+        assert_eq!(read_file(&at(&dir, "hobbes/cpuset.cpus.partition")), "root");
+        assert_eq!(read_file(&at(&dir, "hobbes-shared/cpuset.cpus")), "4");
+        assert_eq!(read_file(&at(&dir, "cgroup.procs")), "", "nothing moved");
+        m.enclave(1, false).create(&[5, 6], "0", LIMIT).unwrap();
+        m.enclave(2, true).create(&[4], "0", LIMIT).unwrap();
+        assert_eq!(read_file(&at(&dir, "hobbes/enclave-1/cpuset.cpus")), "5-6");
+        assert_eq!(
+            read_file(&at(&dir, "hobbes-shared/enclave-2/cpuset.cpus")),
+            "4"
+        );
+        assert_eq!(fixture::stray_files(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_one_core_node_makes_no_partition_and_runs_shared_enclaves() {
+        // A simulated node: leviathan in the delegated cgroup hobbes-slurm/n0
+        // (cpus 0) with `--cpus 0`: the host keeps the core, nothing is assignable.
+        let dir = tempfile::tempdir().unwrap();
+        let base = at(&dir, "hobbes-slurm/n0");
+        fixture::v2_root(&base, "0", "0");
+        let m = V2::with_dir_ops(base, fixture::DIR_OPS);
+        m.setup(&[0], &[0], "0").unwrap();
+        assert_eq!(
+            read_file(&at(&dir, "hobbes-slurm/n0/hobbes/cpuset.cpus")),
+            ""
+        );
+        assert_eq!(
+            read_file(&at(&dir, "hobbes-slurm/n0/hobbes/cpuset.cpus.partition")),
+            "member",
+            "no partition: it would take the host's only core"
+        );
+        assert_eq!(
+            read_file(&at(&dir, "hobbes-slurm/n0/hobbes-shared/cpuset.cpus")),
+            "0"
+        );
+        let e = m.enclave(1, true);
+        e.create(&[0], "0", LIMIT).unwrap();
+        assert_eq!(
+            e.path(),
+            at(&dir, "hobbes-slurm/n0/hobbes-shared/enclave-1")
+        );
+        e.remove().unwrap();
+        m.teardown().unwrap();
+        assert!(!at(&dir, "hobbes-slurm/n0/hobbes").exists());
+        assert_eq!(fixture::stray_files(dir.path()), Vec::<PathBuf>::new());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Daemon configuration: a TOML file, overridden by command-line flags.
 //!
 //! ```toml
-//! host_cores = [0]            # cores the host keeps (default: the first core)
-//! host_memory_mib = 4096      # memory the host keeps (default: max(1 GiB, 25%))
+//! cpus = "4-15"               # cores this daemon manages (default: every online core)
+//! memory = "16G"              # memory it manages, MiB or with M/G (default: all of it)
+//! # memory_blocks = "96-127"  # or these memory blocks (exclusive with `memory`)
+//! host_cores = [4]            # cores the host keeps (default: the first managed core)
+//! host_memory_mib = 4096      # memory the host keeps (default: max(1 GiB, 25%);
+//!                             # 25% of the managed memory when managing a subset)
 //! heartbeat_interval_ms = 1000
 //! heartbeat_timeout_ms = 3000 # an enclave silent this long is crashed
 //! on_crash = "reclaim"        # or "hold": keep its resources for inspection
@@ -17,9 +21,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use hobbes_proto::model::CoreId;
+use hobbes_proto::model::{BlockId, CoreId};
 
 /// What to do with a crashed enclave's resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -31,6 +35,66 @@ pub enum OnCrash {
     Hold,
 }
 
+/// The memory a daemon manages when it manages part of the node
+/// (`--memory`, `--memory-blocks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedMemory {
+    /// This many MiB, rounded up to whole memory blocks, taken from the
+    /// highest-numbered blocks on the NUMA nodes of the managed cores
+    /// ([`crate::resources::managed_share`]).
+    Mib(u64),
+    /// Exactly these memory blocks (ids as `hobbes list-memory` shows them),
+    /// sorted; for disjoint daemons on one node.
+    Blocks(Vec<BlockId>),
+}
+
+/// A CPU or block list in the configuration file: `"4-15"` or `[4, 5]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdListValue {
+    /// An array of ids.
+    Ids(Vec<u32>),
+    /// A Linux-style list ("0,2-3").
+    Text(String),
+}
+
+impl IdListValue {
+    /// The ids, sorted and without duplicates.
+    pub fn resolve(&self) -> Result<Vec<u32>, String> {
+        match self {
+            IdListValue::Ids(ids) => {
+                let mut ids = ids.clone();
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            }
+            IdListValue::Text(text) => parse_cpu_list(text),
+        }
+    }
+}
+
+/// A memory size in the configuration file: MiB (`2048`) or text (`"2G"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// MiB.
+    Mib(u64),
+    /// With a unit, as [`parse_size_mib`] reads it.
+    Text(String),
+}
+
+impl SizeValue {
+    /// The size in MiB.
+    pub fn resolve(&self) -> Result<u64, String> {
+        match self {
+            SizeValue::Mib(0) => Err("the size must be more than 0".into()),
+            SizeValue::Mib(m) => Ok(*m),
+            SizeValue::Text(t) => parse_size_mib(t),
+        }
+    }
+}
+
 /// The configuration file as read by [`Config::load_file`]: every key is
 /// optional, and a key left out falls back to the command-line flag or the
 /// built-in default when `leviathan`'s `main` builds the [`Config`]. Unknown keys
@@ -39,6 +103,13 @@ pub enum OnCrash {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// See [`Config::cpus`]; a `--cpus` flag wins over it.
+    pub cpus: Option<IdListValue>,
+    /// See [`Config::memory`] (as [`ManagedMemory::Mib`]); exclusive with
+    /// `memory_blocks`; a `--memory` or `--memory-blocks` flag wins over it.
+    pub memory: Option<SizeValue>,
+    /// See [`Config::memory`] (as [`ManagedMemory::Blocks`]).
+    pub memory_blocks: Option<IdListValue>,
     /// See [`Config::host_cores`]; a `--host-cores` flag wins over it.
     pub host_cores: Option<Vec<CoreId>>,
     /// See [`Config::host_memory_mib`]; a `--host-memory` flag wins over it.
@@ -75,15 +146,27 @@ pub struct Config {
     /// (`<state>/nis`), per-enclave and per-app directories. Default
     /// `/run/hobbes` for root, else `$XDG_RUNTIME_DIR/hobbes` or `/tmp/hobbes-<uid>`.
     pub state_dir: PathBuf,
-    /// Cores the host keeps (core ids as in the NIS); every other core is free
-    /// for enclaves. `None`: the first core. Applies only when the inventory is
-    /// taken, i.e. to a fresh state directory; a restart keeps the recorded split
+    /// The cores this daemon manages (sorted): only they are in its
+    /// inventory, NIS and listings. `None`: every online core (an
+    /// unprivileged daemon: those of its CPU affinity). Every core must be
+    /// online (and, unprivileged, in the affinity). Like `memory`, fixed
+    /// when the state directory is created: a restart that asks for another
+    /// subset is refused ([`crate::resources::managed_share`]).
+    pub cpus: Option<Vec<CoreId>>,
+    /// The memory this daemon manages; `None`: every online memory block.
+    pub memory: Option<ManagedMemory>,
+    /// Cores the host keeps (core ids as in the NIS); every other managed
+    /// core is free for enclaves. `None`: the first managed core. Must be
+    /// among the managed cores. Applies only when the inventory is taken,
+    /// i.e. to a fresh state directory; a restart keeps the recorded split
     /// (and warns that the setting was ignored). A core that does not exist is
     /// an error at start ([`crate::resources::host_share`]).
     pub host_cores: Option<Vec<CoreId>>,
-    /// Memory the host keeps, in MiB, taken from the first memory blocks.
-    /// `None`: a quarter of the node, at least 1 GiB. Must be less than all of
-    /// the node's memory. Like `host_cores`, only for a fresh state directory.
+    /// Memory the host keeps, in MiB, taken from the first managed memory
+    /// blocks. `None`: a quarter of the node, at least 1 GiB; a quarter of
+    /// the managed memory when `cpus` or `memory` names a subset. Must leave
+    /// at least one block to enclaves. Like `host_cores`, only for a fresh
+    /// state directory.
     pub host_memory_mib: Option<u64>,
     /// How often control processes send a heartbeat, in milliseconds (at least
     /// 10; the default 1000). Sent to each control process in its `welcome`.
@@ -127,6 +210,12 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 64;
 
 impl Config {
+    /// True when the daemon was asked to manage part of the node
+    /// (`--cpus`, `--memory` or `--memory-blocks`).
+    pub fn subset(&self) -> bool {
+        self.cpus.is_some() || self.memory.is_some()
+    }
+
     /// Read and parse the TOML configuration file at `path` (the `--config`
     /// flag). Errors name the path: unreadable file, bad TOML, an unknown key
     /// or a value of the wrong type. Values are not range-checked here; that is
@@ -195,6 +284,67 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<CoreId>, String> {
     Ok(out)
 }
 
+/// A memory size in MiB: "512", "512M", "1G", "2GiB", "1T". The syntax of
+/// the shell's sizes (`hobbes create-enclave --memory`, hobbes-cli's
+/// `parse_size_mib`), which the daemon cannot depend on.
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let mult = match unit.trim() {
+        "" | "M" | "m" | "MB" | "MiB" => 1,
+        "G" | "g" | "GB" | "GiB" => 1024,
+        "T" | "t" | "TB" | "TiB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use M or G, e.g. 512 or 1G)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512 or 1G)"))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("the size must be more than 0".into()),
+        Some(mib) => Ok(mib),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// The managed memory of flags over the file: a `--memory` or
+/// `--memory-blocks` flag wins over both keys; the file may not name both.
+pub fn managed_memory(
+    flag_mib: Option<u64>,
+    flag_blocks: Option<Vec<BlockId>>,
+    file: &FileConfig,
+) -> anyhow::Result<Option<ManagedMemory>> {
+    anyhow::ensure!(
+        flag_mib.is_none() || flag_blocks.is_none(),
+        "--memory and --memory-blocks are exclusive: give the amount or the blocks"
+    );
+    if let Some(m) = flag_mib {
+        return Ok(Some(ManagedMemory::Mib(m)));
+    }
+    if let Some(b) = flag_blocks {
+        return Ok(Some(ManagedMemory::Blocks(b)));
+    }
+    match (&file.memory, &file.memory_blocks) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "config: `memory` and `memory_blocks` are exclusive: give the amount or the blocks"
+        ),
+        (Some(m), None) => Ok(Some(ManagedMemory::Mib(
+            m.resolve()
+                .map_err(|e| anyhow::anyhow!("config: memory: {e}"))?,
+        ))),
+        (None, Some(b)) => {
+            Ok(Some(ManagedMemory::Blocks(b.resolve().map_err(|e| {
+                anyhow::anyhow!("config: memory_blocks: {e}")
+            })?)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Format cores as a compact Linux CPU list ("0-2,5").
 pub use hobbes_kind::format_cpu_list;
 
@@ -209,6 +359,54 @@ mod tests {
         assert_eq!(parse_cpu_list("").unwrap(), Vec::<u32>::new());
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("x").is_err());
+    }
+
+    #[test]
+    fn sizes_take_m_and_g_suffixes() {
+        assert_eq!(parse_size_mib("2048"), Ok(2048));
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("2G"), Ok(2048));
+        assert_eq!(parse_size_mib("1GiB"), Ok(1024));
+        assert!(parse_size_mib("0").is_err());
+        assert!(parse_size_mib("2X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size_mib("G").is_err());
+    }
+
+    #[test]
+    fn subset_keys_parse_as_lists_or_text_and_flags_win() {
+        let f: FileConfig =
+            toml::from_str("cpus = \"4-6\"\nmemory = \"2G\"\nhost_cores = [4]").unwrap();
+        assert_eq!(f.cpus.unwrap().resolve().unwrap(), vec![4, 5, 6]);
+        let f: FileConfig = toml::from_str("cpus = [7, 5, 5]\nmemory = 512").unwrap();
+        assert_eq!(f.cpus.as_ref().unwrap().resolve().unwrap(), vec![5, 7]);
+        assert_eq!(
+            managed_memory(None, None, &f).unwrap(),
+            Some(ManagedMemory::Mib(512))
+        );
+        assert_eq!(
+            managed_memory(None, Some(vec![3, 4]), &f).unwrap(),
+            Some(ManagedMemory::Blocks(vec![3, 4])),
+            "a flag wins over the file"
+        );
+        let f: FileConfig = toml::from_str("memory_blocks = \"10-11\"").unwrap();
+        assert_eq!(
+            managed_memory(None, None, &f).unwrap(),
+            Some(ManagedMemory::Blocks(vec![10, 11]))
+        );
+        let both: FileConfig = toml::from_str("memory = \"1G\"\nmemory_blocks = [1]").unwrap();
+        let err = managed_memory(None, None, &both).unwrap_err().to_string();
+        assert!(err.contains("exclusive"), "{err}");
+        let err = managed_memory(Some(1), Some(vec![1]), &FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--memory and --memory-blocks"), "{err}");
+        let bad: FileConfig = toml::from_str("memory = \"2X\"").unwrap();
+        let err = managed_memory(None, None, &bad).unwrap_err().to_string();
+        assert!(err.contains("config: memory: unknown unit"), "{err}");
+        assert_eq!(
+            managed_memory(None, None, &FileConfig::default()).unwrap(),
+            None
+        );
     }
 
     #[test]

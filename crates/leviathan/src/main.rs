@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use leviathan::config::{parse_cpu_list, Config, FileConfig, OnCrash};
+use leviathan::config::{
+    managed_memory, parse_cpu_list, parse_size_mib, Config, FileConfig, OnCrash,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,10 +24,26 @@ struct Cli {
     /// TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Cores the host keeps, as a CPU list ("0", "0-1,4"). Default: the first core.
+    /// Cores this daemon manages, as a CPU list ("1", "4-15"); only they are
+    /// in its inventory. Default: every online core. Fixed when the state
+    /// directory is created.
+    #[arg(long, value_parser = cpu_list, value_name = "LIST")]
+    cpus: Option<CpuList>,
+    /// Memory this daemon manages, in MiB or with a suffix ("2048", "2G"):
+    /// whole memory blocks, the highest-numbered ones on the NUMA nodes of
+    /// the managed cores. Default: all of it.
+    #[arg(long, value_parser = parse_size_mib, value_name = "SIZE", conflicts_with = "memory_blocks")]
+    memory: Option<u64>,
+    /// Memory blocks this daemon manages, as `hobbes list-memory` numbers
+    /// them ("96-127"): for daemons sharing a node with disjoint memory.
+    #[arg(long, value_parser = cpu_list, value_name = "LIST")]
+    memory_blocks: Option<CpuList>,
+    /// Cores the host keeps, as a CPU list ("0", "0-1,4"), among the managed
+    /// ones. Default: the first managed core.
     #[arg(long, value_parser = cpu_list)]
     host_cores: Option<CpuList>,
-    /// Memory the host keeps, in MiB. Default: max(1 GiB, 25%).
+    /// Memory the host keeps, in MiB. Default: max(1 GiB, 25%); 25% of the
+    /// managed memory with --cpus, --memory or --memory-blocks.
     #[arg(long)]
     host_memory: Option<u64>,
     #[arg(long)]
@@ -184,8 +202,19 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         Some(p) => Config::load_file(p)?,
         None => FileConfig::default(),
     };
+    let cpus = match (&cli.cpus, &file.cpus) {
+        (Some(flag), _) => Some(flag.0.clone()),
+        (None, Some(list)) => Some(
+            list.resolve()
+                .map_err(|e| anyhow::anyhow!("config: cpus: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    let memory = managed_memory(cli.memory, cli.memory_blocks.clone().map(|l| l.0), &file)?;
     Ok(Config {
         state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
+        cpus,
+        memory,
         host_cores: cli.host_cores.clone().map(|l| l.0).or(file.host_cores),
         host_memory_mib: cli.host_memory.or(file.host_memory_mib),
         heartbeat_interval_ms: cli

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hobbes_proto::model::{BlockId, CoreId, CoreRecord, EnclaveId, MemBlockRecord, Ownership};
 use hobbes_proto::spec::{CpuRequest, MemRequest};
 
-use crate::config::format_cpu_list;
+use crate::config::{format_cpu_list, ManagedMemory};
 
 /// A request the node cannot satisfy, or one naming resources it cannot have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,22 +182,135 @@ pub fn pick_blocks(
     Ok(picked)
 }
 
-/// Choose which cores and blocks the host keeps, given the configuration.
+/// The cores and memory blocks a daemon manages, of the node's online ones
+/// (`cores` and `blocks`, the inventory): `cpus` (`--cpus`; `None`: every
+/// core) and `memory` (`--memory` or `--memory-blocks`; `None`: every
+/// block). [`ManagedMemory::Mib`] takes whole blocks, enough to cover the
+/// size, from the highest-numbered blocks on the NUMA nodes of the managed
+/// cores (any node's when those nodes have no memory): the host's share
+/// ([`host_share`]) comes from the lowest ones, and low memory is where the
+/// kernel and early boot allocations sit. Errors name the core or block that
+/// is not there, or the memory that is missing; nothing is chosen then.
+pub fn managed_share(
+    cores: &[CoreRecord],
+    blocks: &[MemBlockRecord],
+    cpus: Option<&[CoreId]>,
+    memory: Option<&ManagedMemory>,
+) -> anyhow::Result<(Vec<CoreRecord>, Vec<MemBlockRecord>)> {
+    let online: Vec<CoreId> = cores.iter().map(|c| c.id).collect();
+    let cores: Vec<CoreRecord> = match cpus {
+        None => cores.to_vec(),
+        Some(list) => {
+            anyhow::ensure!(
+                !list.is_empty(),
+                "--cpus names no core: give at least one (online cores: {})",
+                format_cpu_list(&online)
+            );
+            for c in list {
+                anyhow::ensure!(
+                    online.contains(c),
+                    "--cpus: core {c} is not online (online cores: {})",
+                    format_cpu_list(&online)
+                );
+            }
+            cores
+                .iter()
+                .filter(|c| list.contains(&c.id))
+                .cloned()
+                .collect()
+        }
+    };
+    let present: Vec<BlockId> = blocks.iter().map(|b| b.id).collect();
+    let blocks: Vec<MemBlockRecord> = match memory {
+        None => blocks.to_vec(),
+        Some(ManagedMemory::Blocks(list)) => {
+            anyhow::ensure!(
+                !list.is_empty(),
+                "--memory-blocks names no block: give at least one (online blocks: {})",
+                format_cpu_list(&present)
+            );
+            for b in list {
+                anyhow::ensure!(
+                    present.contains(b),
+                    "--memory-blocks: memory block {b} is not present or not online (online blocks: {}, /sys/devices/system/memory)",
+                    format_cpu_list(&present)
+                );
+            }
+            blocks
+                .iter()
+                .filter(|b| list.contains(&b.id))
+                .cloned()
+                .collect()
+        }
+        Some(ManagedMemory::Mib(mib)) => {
+            let mut nodes: Vec<u32> = cores.iter().map(|c| c.numa_node).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            let mut candidates: Vec<&MemBlockRecord> = blocks
+                .iter()
+                .filter(|b| nodes.contains(&b.numa_node))
+                .collect();
+            if candidates.is_empty() {
+                candidates = blocks.iter().collect();
+            }
+            candidates.sort_by_key(|b| std::cmp::Reverse(b.id));
+            let want = mib.saturating_mul(1 << 20);
+            let mut got = 0u64;
+            let mut picked = Vec::new();
+            for b in candidates.iter() {
+                if got >= want {
+                    break;
+                }
+                picked.push((*b).clone());
+                got += b.size;
+            }
+            anyhow::ensure!(
+                got >= want,
+                "--memory {mib} MiB is more than the {} MiB of memory blocks on NUMA node {} of the managed cores",
+                candidates.iter().map(|b| b.size).sum::<u64>() >> 20,
+                nodes
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            picked.sort_by_key(|b| b.id);
+            picked
+        }
+    };
+    Ok((cores, blocks))
+}
+
+/// Choose which of the managed cores and blocks the host keeps, given the
+/// configuration: `host_cores` (default the first managed core) must be
+/// managed ones; `host_memory_mib` (default max(1 GiB, 25%), or 25% of the
+/// managed memory when the daemon manages a `subset`, so that a small subset
+/// is not swallowed whole) is taken from the lowest blocks and must leave at
+/// least one block to enclaves.
 pub fn host_share(
     cores: &[CoreRecord],
     blocks: &[MemBlockRecord],
     host_cores: Option<&[CoreId]>,
     host_memory_mib: Option<u64>,
+    subset: bool,
 ) -> anyhow::Result<(Vec<CoreId>, Vec<BlockId>)> {
     let all: Vec<CoreId> = cores.iter().map(|c| c.id).collect();
     let host: Vec<CoreId> = match host_cores {
         Some(list) => {
             for c in list {
-                anyhow::ensure!(
-                    all.contains(c),
-                    "host core {c} does not exist (cores: {})",
-                    format_cpu_list(&all)
-                );
+                if subset {
+                    anyhow::ensure!(
+                        all.contains(c),
+                        "host core {c} is not one of the managed cores ({}): --host-cores must be within --cpus",
+                        format_cpu_list(&all)
+                    );
+                } else {
+                    anyhow::ensure!(
+                        all.contains(c),
+                        "host core {c} does not exist (cores: {})",
+                        format_cpu_list(&all)
+                    );
+                }
             }
             list.to_vec()
         }
@@ -205,13 +318,15 @@ pub fn host_share(
     };
     anyhow::ensure!(!host.is_empty(), "the host must keep at least one core");
     let total: u64 = blocks.iter().map(|b| b.size).sum();
-    let keep = match host_memory_mib {
-        Some(m) => m << 20,
-        None => (total / 4).max(1 << 30),
+    let keep = match (host_memory_mib, subset) {
+        (Some(m), _) => m << 20,
+        (None, true) => total / 4,
+        (None, false) => (total / 4).max(1 << 30),
     };
+    let of = if subset { "managed" } else { "node's" };
     anyhow::ensure!(
         keep < total,
-        "host memory {} MiB is all of the node's {} MiB",
+        "host memory {} MiB is all of the {of} {} MiB",
         keep >> 20,
         total >> 20
     );
@@ -224,6 +339,14 @@ pub fn host_share(
         host_blocks.push(b.id);
         got += b.size;
     }
+    anyhow::ensure!(
+        host_blocks.len() < blocks.len(),
+        "host memory {} MiB takes every {of} memory block ({} of {} MiB): nothing is left for enclaves; give the host less (--host-memory){}",
+        keep >> 20,
+        blocks.len(),
+        blocks.first().map_or(0, |b| b.size >> 20),
+        if subset { " or manage more memory (--memory)" } else { "" }
+    );
     Ok((host, host_blocks))
 }
 
@@ -386,9 +509,143 @@ mod tests {
     fn host_share_defaults() {
         let cores = vec![core(0, 0, Ownership::Free), core(1, 0, Ownership::Free)];
         let blocks: Vec<_> = (0..64).map(|i| block(i, 0, Ownership::Free)).collect();
-        let (hc, hb) = host_share(&cores, &blocks, None, None).unwrap();
+        let (hc, hb) = host_share(&cores, &blocks, None, None, false).unwrap();
         assert_eq!(hc, vec![0]);
         assert_eq!(hb.len(), 16, "25% of 8 GiB is 2 GiB = 16 blocks");
-        assert!(host_share(&cores, &blocks, Some(&[7]), None).is_err());
+        assert!(host_share(&cores, &blocks, Some(&[7]), None, false).is_err());
+        // 1 GiB at least, of the whole node.
+        let (_, hb) = host_share(&cores, &blocks[..16], None, None, false).unwrap();
+        assert_eq!(hb.len(), 8);
+    }
+
+    fn node(cores: u32, blocks: u32) -> (Vec<CoreRecord>, Vec<MemBlockRecord>) {
+        // Two NUMA nodes: the first half of the cores and blocks on node 0.
+        let cores = (0..cores)
+            .map(|i| core(i, i / (cores / 2).max(1), Ownership::Free))
+            .collect();
+        let blocks = (0..blocks)
+            .map(|i| block(i, i / (blocks / 2).max(1), Ownership::Free))
+            .collect();
+        (cores, blocks)
+    }
+
+    fn ids<T>(records: &[T], id: fn(&T) -> u32) -> Vec<u32> {
+        records.iter().map(id).collect()
+    }
+
+    #[test]
+    fn managed_share_keeps_the_named_cores_and_blocks() {
+        let (cores, blocks) = node(16, 64);
+        let (c, b) = managed_share(&cores, &blocks, None, None).unwrap();
+        assert_eq!((c.len(), b.len()), (16, 64), "no subset: everything");
+        let (c, b) = managed_share(
+            &cores,
+            &blocks,
+            Some(&[4, 5, 6]),
+            Some(&ManagedMemory::Blocks(vec![10, 11])),
+        )
+        .unwrap();
+        assert_eq!(ids(&c, |c| c.id), vec![4, 5, 6]);
+        assert_eq!(ids(&b, |b| b.id), vec![10, 11]);
+    }
+
+    #[test]
+    fn managed_memory_comes_from_the_top_of_the_cores_numa_nodes_in_whole_blocks() {
+        let (cores, blocks) = node(16, 64);
+        // Cores 1-2 are on node 0 (blocks 0-31): 300 MiB is 3 blocks from the top.
+        let (_, b) = managed_share(
+            &cores,
+            &blocks,
+            Some(&[1, 2]),
+            Some(&ManagedMemory::Mib(300)),
+        )
+        .unwrap();
+        assert_eq!(ids(&b, |b| b.id), vec![29, 30, 31]);
+        // Cores 9-10 are on node 1 (blocks 32-63).
+        let (_, b) = managed_share(
+            &cores,
+            &blocks,
+            Some(&[9, 10]),
+            Some(&ManagedMemory::Mib(256)),
+        )
+        .unwrap();
+        assert_eq!(ids(&b, |b| b.id), vec![62, 63]);
+        // Every core: both nodes, the highest blocks.
+        let (_, b) = managed_share(&cores, &blocks, None, Some(&ManagedMemory::Mib(128))).unwrap();
+        assert_eq!(ids(&b, |b| b.id), vec![63]);
+        let err = managed_share(&cores, &blocks, Some(&[1]), Some(&ManagedMemory::Mib(5000)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("5000 MiB is more than the 4096 MiB of memory blocks on NUMA node 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn managed_share_names_what_is_not_there() {
+        let (cores, blocks) = node(2, 8);
+        let err = |cpus: Option<&[CoreId]>, mem: Option<ManagedMemory>| {
+            managed_share(&cores, &blocks, cpus, mem.as_ref())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(Some(&[1, 5]), None);
+        assert!(
+            e.contains("core 5 is not online (online cores: 0-1)"),
+            "{e}"
+        );
+        let e = err(Some(&[]), None);
+        assert!(e.contains("--cpus names no core"), "{e}");
+        let e = err(None, Some(ManagedMemory::Blocks(vec![3, 99])));
+        assert!(
+            e.contains("memory block 99 is not present or not online (online blocks: 0-7"),
+            "{e}"
+        );
+        let e = err(None, Some(ManagedMemory::Blocks(vec![])));
+        assert!(e.contains("--memory-blocks names no block"), "{e}");
+    }
+
+    #[test]
+    fn host_share_of_a_subset_stays_within_it() {
+        let (cores, blocks) = node(16, 64);
+        let (c, b) = managed_share(
+            &cores,
+            &blocks,
+            Some(&[4, 5, 6, 7]),
+            Some(&ManagedMemory::Mib(2048)),
+        )
+        .unwrap();
+        let (hc, hb) = host_share(&c, &b, None, None, true).unwrap();
+        assert_eq!(hc, vec![4], "the first managed core");
+        assert_eq!(
+            hb,
+            vec![16, 17, 18, 19],
+            "25% of the managed 2 GiB, its lowest blocks"
+        );
+        let (_, hb) = host_share(&c, &b, None, Some(256), true).unwrap();
+        assert_eq!(hb, vec![16, 17]);
+        let e = host_share(&c, &b, Some(&[0]), None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host core 0 is not one of the managed cores (4-7): --host-cores must be within --cpus"),
+            "{e}"
+        );
+        let e = host_share(&c, &b, None, Some(2048), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is all of the managed 2048 MiB"), "{e}");
+        // One block managed: a quarter of it would take it whole.
+        let one = &b[..1];
+        let e = host_share(&c, one, None, None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing is left for enclaves"), "{e}");
+        let (_, hb) = host_share(&c, one, None, Some(0), true).unwrap();
+        assert!(
+            hb.is_empty(),
+            "--host-memory 0 leaves the block to enclaves"
+        );
     }
 }

@@ -11,13 +11,14 @@ use nix::sys::signal::{SigSet, Signal};
 
 use hobbes_nis::{NisError, NisWriter};
 use hobbes_proto::model::{
-    CgroupMode, CoreId, Counters, EnclaveState, NisHeader, Ownership, SegmentFiles, SCHEMA_VERSION,
+    BlockId, CgroupMode, CoreId, Counters, EnclaveState, NisHeader, Ownership, SegmentFiles,
+    SCHEMA_VERSION,
 };
 
 use super::link::reap_children;
 use super::locks::{lock_state_dir, take_node_lock, try_node_lock, NodeRecord};
 use super::{now_ms, remove_tree, Daemon, StatePaths};
-use crate::config::{format_cpu_list, Config};
+use crate::config::{format_cpu_list, Config, ManagedMemory};
 use crate::kinds::{KindEnv, KindRegistry, NodeSetup};
 use crate::{inventory, resources, sys};
 
@@ -50,6 +51,8 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     let paths = StatePaths {
         root: cfg.state_dir.clone(),
     };
+    // Every flag about what we manage is checked before anything changes.
+    let plan = plan_inventory(&cfg, privileged)?;
     make_state_dir(&paths)?;
     let mut recovered = Vec::new();
     // Held until the daemon stops: one daemon per state directory, and per node.
@@ -59,6 +62,7 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
         exe: std::fs::read_link("/proc/self/exe")?,
     });
     let nis = NisWriter::open(paths.nis())?;
+    check_managed(&paths, &nis, &plan)?;
     let _node_lock = match privileged {
         true => Some(take_node(&kinds, &paths, &nis, &mut recovered)?),
         false => None,
@@ -70,7 +74,7 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     header.segment_files = segment_files(&paths, privileged);
     let hugetlb = reserve_hugetlb(&cfg, &paths, privileged)?;
     header.segment_files.hugetlb_reserved = hugetlb.as_ref().map_or(0, |r| r.added);
-    record_inventory(&cfg, privileged, &nis, &header)?;
+    record_inventory(&cfg, &paths, &nis, &header, &plan)?;
     super::remora::init_topology(&paths.root);
     let node = node_setup(&nis)?;
     for kind in kinds.iter() {
@@ -96,6 +100,7 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
         log_limiter: super::admission::LogLimiter::new(),
         xemem: super::xemem::NameServer::new(),
         jobs: super::remora::Jobs::new(),
+        subset_of: plan.subset.as_ref().map(|_| plan.node.clone()),
     });
     daemon.reconcile()?;
     daemon.recover_segments();
@@ -238,22 +243,142 @@ fn node_header(
     header
 }
 
-/// Write `header`; on the first start in this state directory also take the
-/// inventory (one transaction: cores and memory blocks, the host's share
-/// marked), on a restart keep the recorded one.
-fn record_inventory(
-    cfg: &Config,
-    privileged: bool,
-    nis: &NisWriter,
-    header: &NisHeader,
-) -> anyhow::Result<()> {
+/// What a daemon manages, resolved from its flags and a fresh scan of the
+/// node before anything on the node changes ([`plan_inventory`]).
+struct Plan {
+    /// The managed cores and memory blocks, all free.
+    inventory: inventory::Inventory,
+    /// Which of them the host keeps.
+    host_cores: Vec<CoreId>,
+    host_blocks: Vec<BlockId>,
+    /// The node's online cores and memory (an unprivileged daemon: the cores
+    /// of its affinity).
+    node: super::NodeTotals,
+    /// The subset asked for (`--cpus`, `--memory`, `--memory-blocks`), as
+    /// the state directory records it; `None`: the whole node.
+    subset: Option<ManagedRecord>,
+}
+
+/// The subset a state directory was created for (`<state>/managed.json`;
+/// none for a whole-node daemon): a later start must ask for the same one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ManagedRecord {
+    /// `--cpus`, sorted; `None`: every core.
+    cpus: Option<Vec<CoreId>>,
+    /// `--memory` or `--memory-blocks`; `None`: every block.
+    memory: Option<ManagedMemory>,
+}
+
+impl ManagedRecord {
+    fn describe(record: Option<&ManagedRecord>) -> String {
+        let Some(r) = record else {
+            return "the whole node (no --cpus, --memory or --memory-blocks)".into();
+        };
+        let cpus = match &r.cpus {
+            Some(c) => format!("--cpus {}", format_cpu_list(c)),
+            None => "every core".into(),
+        };
+        let memory = match &r.memory {
+            Some(ManagedMemory::Mib(m)) => format!("--memory {m}"),
+            Some(ManagedMemory::Blocks(b)) => format!("--memory-blocks {}", format_cpu_list(b)),
+            None => "all memory".into(),
+        };
+        format!("{cpus}, {memory}")
+    }
+}
+
+/// Scan the node and resolve what this daemon manages and what the host
+/// keeps of it. Pure: an error (a core not online, a block not present, a
+/// host share outside the subset or leaving nothing) changes nothing.
+fn plan_inventory(cfg: &Config, privileged: bool) -> anyhow::Result<Plan> {
     let mut inv = inventory::scan()?;
     if !privileged {
         // Without cgroups we can only pin to cores we may run on ourselves
         // (a batch job's cpuset, say): the others are not ours to hand out.
         let allowed = sys::affinity()?;
+        if let Some(c) = cfg.cpus.iter().flatten().find(|c| !allowed.contains(c)) {
+            anyhow::bail!(
+                "--cpus: core {c} is not in this unprivileged daemon's CPU affinity ({}): it pins enclaves only to cores it may run on itself",
+                format_cpu_list(&allowed)
+            );
+        }
         inv.cores.retain(|c| allowed.contains(&c.id));
     }
+    let node = super::NodeTotals {
+        cores: inv.cores.iter().map(|c| c.id).collect(),
+        mem: inv.blocks.iter().map(|b| b.size).sum(),
+    };
+    let (cores, blocks) = resources::managed_share(
+        &inv.cores,
+        &inv.blocks,
+        cfg.cpus.as_deref(),
+        cfg.memory.as_ref(),
+    )?;
+    inv.cores = cores;
+    inv.blocks = blocks;
+    let (host_cores, host_blocks) = resources::host_share(
+        &inv.cores,
+        &inv.blocks,
+        cfg.host_cores.as_deref(),
+        cfg.host_memory_mib,
+        cfg.subset(),
+    )?;
+    let subset = cfg.subset().then(|| ManagedRecord {
+        cpus: cfg.cpus.clone(),
+        memory: cfg.memory.clone(),
+    });
+    Ok(Plan {
+        inventory: inv,
+        host_cores,
+        host_blocks,
+        node,
+        subset,
+    })
+}
+
+/// The subset recorded in the state directory, if any.
+fn recorded_subset(paths: &StatePaths) -> anyhow::Result<Option<ManagedRecord>> {
+    let path = paths.managed();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Like the host's share, the subset is fixed when the state directory is
+/// created: a restart that asks for another one is refused, before anything
+/// on the node changes.
+fn check_managed(paths: &StatePaths, nis: &NisWriter, plan: &Plan) -> anyhow::Result<()> {
+    if nis.reader().cores()?.is_empty() {
+        return Ok(());
+    }
+    let recorded = recorded_subset(paths)?;
+    anyhow::ensure!(
+        recorded == plan.subset,
+        "state directory {} was created to manage {}, and this start asks for {}: start leviathan with the flags it was created with, or use another --state-dir (`leviathan cleanup --state-dir {}` removes this one once no daemon runs on it)",
+        paths.root.display(),
+        ManagedRecord::describe(recorded.as_ref()),
+        ManagedRecord::describe(plan.subset.as_ref()),
+        paths.root.display()
+    );
+    Ok(())
+}
+
+/// Write `header`; on the first start in this state directory also take the
+/// inventory (one transaction: the managed cores and memory blocks, the
+/// host's share marked; the subset recorded first, so a start that dies
+/// before the transaction is still a first start), on a restart keep the
+/// recorded one.
+fn record_inventory(
+    cfg: &Config,
+    paths: &StatePaths,
+    nis: &NisWriter,
+    header: &NisHeader,
+    plan: &Plan,
+) -> anyhow::Result<()> {
     if !nis.reader().cores()?.is_empty() {
         nis.update(|t| t.put_header(header))?;
         if cfg.host_cores.is_some() || cfg.host_memory_mib.is_some() {
@@ -265,12 +390,8 @@ fn record_inventory(
         );
         return Ok(());
     }
-    let (host_cores, host_blocks) = resources::host_share(
-        &inv.cores,
-        &inv.blocks,
-        cfg.host_cores.as_deref(),
-        cfg.host_memory_mib,
-    )?;
+    write_subset(paths, plan.subset.as_ref())?;
+    let inv = &plan.inventory;
     let owner = |host: bool| match host {
         true => Ownership::Host,
         false => Ownership::Free,
@@ -278,17 +399,43 @@ fn record_inventory(
     nis.update(|t| -> Result<(), NisError> {
         t.put_header(header)?;
         for mut c in inv.cores.clone() {
-            c.ownership = owner(host_cores.contains(&c.id));
+            c.ownership = owner(plan.host_cores.contains(&c.id));
             t.put_core(&mut c)?;
         }
         for mut b in inv.blocks.clone() {
-            b.ownership = owner(host_blocks.contains(&b.id));
+            b.ownership = owner(plan.host_blocks.contains(&b.id));
             t.put_block(&mut b)?;
         }
         Ok(())
     })?;
-    tracing::info!(host_cores = %format_cpu_list(&host_cores), host_blocks = host_blocks.len(), synthetic_blocks = inv.synthetic_blocks, "inventory taken");
+    if let Some(subset) = &plan.subset {
+        tracing::info!(
+            cores = %format_cpu_list(&inv.cores.iter().map(|c| c.id).collect::<Vec<_>>()),
+            blocks = %format_cpu_list(&inv.blocks.iter().map(|b| b.id).collect::<Vec<_>>()),
+            mib = inv.blocks.iter().map(|b| b.size).sum::<u64>() >> 20,
+            asked = %ManagedRecord::describe(Some(subset)),
+            "managing part of the node"
+        );
+    }
+    tracing::info!(host_cores = %format_cpu_list(&plan.host_cores), host_blocks = plan.host_blocks.len(), synthetic_blocks = inv.synthetic_blocks, "inventory taken");
     Ok(())
+}
+
+/// Record the subset (or that there is none) in a fresh state directory.
+fn write_subset(paths: &StatePaths, subset: Option<&ManagedRecord>) -> anyhow::Result<()> {
+    let path = paths.managed();
+    let Some(subset) = subset else {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::anyhow!("cannot remove {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    };
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(subset)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// What the kinds' set-up needs from the recorded inventory.
