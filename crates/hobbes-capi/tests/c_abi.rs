@@ -340,6 +340,8 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         last_heartbeat_ms: now_ms(),
         crash_reason: None,
         vm: None,
+        slurm: None,
+        bound_to: None,
         rev: 0,
     };
     let mut app = AppRecord {
@@ -358,6 +360,8 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         ended_ms: Some(now_ms()),
         stdout_log: String::new(),
         stderr_log: String::new(),
+        joined: None,
+        slurm: None,
         rev: 0,
     };
     nis.update(|t| {

@@ -20,13 +20,14 @@ use hobbes_proto::control::{EnclaveRequest, EnclaveResponse, FILE_CHUNK};
 use hobbes_proto::fdpass;
 use hobbes_proto::frame::{self, FrameError};
 use hobbes_proto::model::{
-    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, JobRecord,
-    MemBlockRecord, SegId, SegmentInfo, SegmentRecord,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, ExitStatus,
+    JobRecord, MemBlockRecord, SegId, SegmentInfo, SegmentRecord,
 };
 use hobbes_proto::msg::{
-    EnclaveRef, ErrorCode, ErrorReply, JobId, JobSpec, LaunchSpec, NodeStatus, Request, Response,
-    Stream, XememMake,
+    EnclaveRef, ErrorCode, ErrorReply, JobId, JobSpec, LaunchSpec, NodeStatus, Owner, Request,
+    Response, Stream, XememMake,
 };
+use hobbes_proto::slurm::{SlurmStep, SlurmTask};
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
 pub use hobbes_nis::{NisError, NisReader, NisSnapshot};
@@ -120,6 +121,17 @@ pub struct Client {
     /// The socket, to reconnect when the daemon closed an idle connection.
     path: PathBuf,
     peer: String,
+}
+
+/// What [`Client::join_enclave`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The app the joined process now is.
+    pub app: AppRecord,
+    /// The host pid whose namespaces to enter.
+    pub ns_pid: u32,
+    /// Which namespaces (`ipc`, `uts`, `pid`, `mnt`), in the order to enter them.
+    pub namespaces: Vec<String>,
 }
 
 fn unexpected<T>(peer: &str, got: Response) -> Result<T> {
@@ -297,7 +309,95 @@ impl Client {
     /// process runs. `Refused` when the name is taken (Conflict), the spec is
     /// invalid (InvalidSpec), or its cores or memory are not free (Overcommit).
     pub fn create_enclave(&mut self, spec: EnclaveSpec) -> Result<EnclaveRecord> {
-        self.enclave_reply(Request::CreateEnclave { spec })
+        self.enclave_reply(Request::CreateEnclave {
+            spec,
+            slurm: None,
+            bound_to_pid: None,
+            owner: None,
+        })
+    }
+
+    /// [`Client::create_enclave`] for a Slurm job step: the record carries
+    /// `slurm`, and with `bound_to_pid` the daemon destroys the enclave when
+    /// that process ends (`Refused` InvalidSpec when it does not exist).
+    pub fn create_enclave_for_step(
+        &mut self,
+        spec: EnclaveSpec,
+        slurm: Option<SlurmStep>,
+        bound_to_pid: Option<u32>,
+    ) -> Result<EnclaveRecord> {
+        self.create_enclave_for_job(spec, slurm, bound_to_pid, None)
+    }
+
+    /// [`Client::create_enclave_for_step`] with the enclave's `owner`
+    /// instead of the caller (root only: `Refused` PermissionDenied
+    /// otherwise): the SPANK plugin gives the job's user its enclaves.
+    pub fn create_enclave_for_job(
+        &mut self,
+        spec: EnclaveSpec,
+        slurm: Option<SlurmStep>,
+        bound_to_pid: Option<u32>,
+        owner: Option<Owner>,
+    ) -> Result<EnclaveRecord> {
+        self.enclave_reply(Request::CreateEnclave {
+            spec,
+            slurm,
+            bound_to_pid,
+            owner,
+        })
+    }
+
+    /// Move host process `pid` into a running native enclave's cgroups and
+    /// record it as an app (root only). Returns the app, and the pid whose
+    /// namespaces (`/proc/<pid>/ns/<name>`, in the order given) the caller
+    /// enters itself.
+    pub fn join_enclave(
+        &mut self,
+        enclave: EnclaveRef,
+        pid: u32,
+        argv: Vec<String>,
+        slurm: Option<SlurmTask>,
+    ) -> Result<Joined> {
+        self.join_enclave_as(enclave, pid, argv, slurm, None)
+    }
+
+    /// [`Client::join_enclave`], the app recorded as `owner`'s (default:
+    /// the process's uid and gid when it joins).
+    pub fn join_enclave_as(
+        &mut self,
+        enclave: EnclaveRef,
+        pid: u32,
+        argv: Vec<String>,
+        slurm: Option<SlurmTask>,
+        owner: Option<Owner>,
+    ) -> Result<Joined> {
+        match self.call(&Request::JoinEnclave {
+            enclave,
+            pid,
+            argv,
+            slurm,
+            owner,
+        })? {
+            Response::Joined {
+                app,
+                ns_pid,
+                namespaces,
+            } => Ok(Joined {
+                app: *app,
+                ns_pid,
+                namespaces,
+            }),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Report how a joined app's process ended (root only); returns its
+    /// final record.
+    pub fn task_exited(&mut self, app: AppId, exit: ExitStatus) -> Result<AppRecord> {
+        match self.call(&Request::TaskExited { app, exit })? {
+            Response::App(a) => Ok(*a),
+            other => unexpected(&self.peer, other),
+        }
     }
 
     /// Stop an enclave's apps and control process and free its resources.

@@ -154,6 +154,17 @@ pub trait EnclaveDriver: Send + Sync {
     fn stop(&self, rec: &EnclaveRecord) -> DriverResult<()>;
     /// Does the enclave still exist at the OS level (after a daemon restart)?
     fn is_alive(&self, rec: &EnclaveRecord) -> bool;
+    /// Put host process `pid` under the enclave's cores and memory limit, as
+    /// its apps are (`join_enclave`: a Slurm task). By default a kind cannot:
+    /// its programs run in a guest, not as host processes.
+    fn join(&self, rec: &EnclaveRecord, pid: u32) -> DriverResult<()> {
+        let _ = pid;
+        Err(format!(
+            "enclave {} is a {} enclave: it runs its programs in a guest, which a host process cannot join; only native enclaves can be joined",
+            rec.name,
+            self.kind()
+        ))
+    }
 }
 
 /// The drivers of a daemon, one per kind. Kinds without a driver (the host

@@ -12,7 +12,9 @@ pub mod control;
 pub mod fdpass;
 pub mod frame;
 pub mod model;
+pub mod mpi_env;
 pub mod msg;
+pub mod slurm;
 pub mod spec;
 pub mod xemem_table;
 

@@ -625,8 +625,28 @@ pub struct EnclaveRecord {
     /// spec; absent for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<crate::spec::VmSpec>,
+    /// The Slurm job step it was made for (the SPANK plugin's `--enclave`);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::slurm::SlurmStep>,
+    /// The process whose end destroys it (`create_enclave`'s `bound_to_pid`:
+    /// a step's slurmstepd); absent: it lives until destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_to: Option<BoundProcess>,
     /// Bumped by the daemon on each write of this record.
     pub rev: u64,
+}
+
+/// A host process named by pid and start time, so that a recycled pid is
+/// never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundProcess {
+    /// Host pid.
+    pub pid: u32,
+    /// Its start time (clock ticks since boot, /proc/PID/stat field 22), as
+    /// read when it was named; `None` when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
 }
 
 /// Lifecycle of an application.
@@ -740,6 +760,14 @@ pub struct AppRecord {
     pub stdout_log: String,
     /// Host path of the file holding all its stderr (`<state>/apps/ID/stderr`).
     pub stderr_log: String,
+    /// A process that joined the enclave (`join_enclave`: a Slurm task)
+    /// rather than one its control process launched; its end is reported by
+    /// the joiner or seen by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<BoundProcess>,
+    /// The Slurm task it is, for a joined task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::slurm::SlurmTask>,
     /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }

@@ -5,10 +5,21 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, JobRecord,
-    MemBlockRecord, NisHeader, PageKind, SegId, SegmentInfo, SegmentRecord,
+    Access, AppId, AppRecord, BlockId, CoreId, CoreRecord, EnclaveId, EnclaveRecord, ExitStatus,
+    JobRecord, MemBlockRecord, NisHeader, PageKind, SegId, SegmentInfo, SegmentRecord,
 };
+use crate::slurm::{SlurmStep, SlurmTask};
 use crate::spec::{CpuRequest, EnclaveSpec, MemRequest};
+
+/// Who owns an enclave or app: the uid that may act on it besides root,
+/// and its gid (`create_enclave`'s and `join_enclave`'s `owner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The owner's uid.
+    pub uid: u32,
+    /// The owner's gid.
+    pub gid: u32,
+}
 
 /// An enclave named by id or by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +124,20 @@ pub enum Request {
     CreateEnclave {
         /// What to create (`docs/nis-schema.md`, "Enclave spec").
         spec: EnclaveSpec,
+        /// The Slurm job step it is made for, recorded in the enclave's
+        /// record (the SPANK plugin sets it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slurm: Option<SlurmStep>,
+        /// Destroy the enclave when this host process ends (a step's
+        /// slurmstepd), also when it ends while the daemon is down. It must
+        /// exist (`invalid_spec`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bound_to_pid: Option<u32>,
+        /// The enclave's owner instead of the peer (root only:
+        /// `permission_denied` otherwise): the SPANK plugin, root in
+        /// slurmstepd, gives the job's user its step's enclaves.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
     },
     /// Stop an enclave, kill its apps and return its cores and memory;
     /// answered by [`Response::Ok`]. Root or the enclave's owner.
@@ -158,6 +183,34 @@ pub enum Request {
     LaunchApp {
         /// What to run, where, and whether to stream its output.
         launch: LaunchSpec,
+    },
+    /// Move an existing host process into a running native enclave: its
+    /// cgroups (cores, memory limit) now, its namespaces by the caller, who
+    /// enters those of the process the answer names. The process is recorded
+    /// as a running app. Root only. Answered by [`Response::Joined`].
+    JoinEnclave {
+        /// The enclave to join; native and running.
+        enclave: EnclaveRef,
+        /// The host pid to move (a Slurm task before it execs its program).
+        pid: u32,
+        /// What it will run, for the app's record (at most 1 MiB).
+        #[serde(default)]
+        argv: Vec<String>,
+        /// The Slurm task it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slurm: Option<SlurmTask>,
+        /// The app's owner; default: the process's uid and gid now (root,
+        /// for a Slurm task before Slurm drops privileges).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
+    },
+    /// The end of a joined app, as its joiner saw it (a Slurm task's wait
+    /// status); answered by [`Response::App`]. Root only.
+    TaskExited {
+        /// The joined app.
+        app: AppId,
+        /// How its process ended.
+        exit: ExitStatus,
     },
     /// Send a signal to an app's process; answered by [`Response::Ok`]
     /// (`conflict` once it ended).
@@ -399,6 +452,8 @@ impl Request {
             Request::AssignMemory { .. } => "assign_memory",
             Request::RevokeMemory { .. } => "revoke_memory",
             Request::LaunchApp { .. } => "launch_app",
+            Request::JoinEnclave { .. } => "join_enclave",
+            Request::TaskExited { .. } => "task_exited",
             Request::KillApp { .. } => "kill_app",
             Request::WaitApp { .. } => "wait_app",
             Request::Ping { .. } => "ping",
@@ -489,6 +544,18 @@ pub struct NodeStatus {
     pub enclaves: Vec<EnclaveRecord>,
     /// Apps in state `running`, over all enclaves.
     pub apps_running: u32,
+    /// When the daemon manages part of the node (`leviathan --cpus`,
+    /// `--memory`, `--memory-blocks`): the managed cores, as a CPU list
+    /// ("4-15"). The counts above are then of the managed part only. Absent:
+    /// the whole node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_cores: Option<String>,
+    /// With `managed_cores`: the node's online cores, as a CPU list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_cores: Option<String>,
+    /// With `managed_cores`: bytes of the node's online memory blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mem: Option<u64>,
 }
 
 /// Daemon -> client (`docs/protocol.md` §4): JSON tagged by `reply`. A
@@ -531,6 +598,19 @@ pub enum Response {
     Enclave(Box<EnclaveRecord>),
     /// One app's record: get, launch (once running) and wait (once ended).
     App(Box<AppRecord>),
+    /// Answer to [`Request::JoinEnclave`]: the process is in the enclave's
+    /// cgroups and recorded as an app.
+    Joined {
+        /// The app the process now is (state `running`).
+        app: Box<AppRecord>,
+        /// The host pid whose namespaces the joiner enters (the enclave's
+        /// control process, pid 1 of its PID namespace), by `/proc/<pid>/ns/<name>`.
+        ns_pid: u32,
+        /// Which of its namespaces, in the order to enter them (`ipc` unless
+        /// the enclave keeps the host's, `uts`, `pid`, `mnt`); empty for an
+        /// unprivileged daemon's enclave, which has none.
+        namespaces: Vec<String>,
+    },
     /// A chunk of a streamed app's output.
     Output {
         /// The streamed app.

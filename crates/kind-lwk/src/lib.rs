@@ -452,6 +452,8 @@ mod tests {
             last_heartbeat_ms: 0,
             crash_reason: None,
             vm: None,
+            slurm: None,
+            bound_to: None,
             rev: 0,
         }
     }

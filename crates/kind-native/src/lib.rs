@@ -342,6 +342,20 @@ impl EnclaveDriver for NativeKind {
         rec.control_pid
             .is_some_and(|p| proc_sys::same_process_alive(p, rec.control_start_time))
     }
+
+    fn join(&self, rec: &EnclaveRecord, pid: u32) -> DriverResult<()> {
+        if let Some(cg) = self.cgroups.enclave(rec.id, rec.shared) {
+            // The apps' cgroups: the enclave's cores and its memory limit.
+            return cg.add_pid(pid).map_err(|e| e.to_string());
+        }
+        // Unprivileged: the enclave is its cores, as affinity.
+        proc_sys::set_affinity(pid, &rec.cores).map_err(|e| {
+            format!(
+                "cannot pin process {pid} to the cores of enclave {}: {e}",
+                rec.name
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -373,6 +387,8 @@ mod tests {
             last_heartbeat_ms: 0,
             crash_reason: None,
             vm: None,
+            slurm: None,
+            bound_to: None,
             rev: 0,
         }
     }

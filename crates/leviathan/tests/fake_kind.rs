@@ -198,6 +198,8 @@ fn fake_kinds(log: Log) -> impl FnOnce(&KindEnv) -> KindRegistry {
 fn config(state_dir: PathBuf) -> Config {
     Config {
         state_dir,
+        cpus: None,
+        memory: None,
         host_cores: Some(vec![0]),
         host_memory_mib: None,
         heartbeat_interval_ms: 50,

@@ -197,6 +197,9 @@ fn create_undone_when_the_client_goes_away() {
     let mut s = UnixStream::connect(d.socket()).unwrap();
     let frame = encode(&Request::CreateEnclave {
         spec: spec("gone", 1, 64, false),
+        slurm: None,
+        bound_to_pid: None,
+        owner: None,
     })
     .unwrap();
     s.write_all(&frame).unwrap();

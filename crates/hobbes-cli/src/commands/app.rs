@@ -111,9 +111,14 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
     let names = Names::new(&client.list_enclaves()?);
     // DETAIL last: it is the long one (why it failed or was lost; an LWK
     // app's fault and system calls).
-    let mut t = Table::new(&[
-        "ID", "NAME", "ENCLAVE", "STATE", "PIDS", "EXIT", "STARTED", "DETAIL",
-    ]);
+    // SLURM (job.step[+component] task T (local L)) when any app is a Slurm task.
+    let slurm = apps.iter().any(|a| a.slurm.is_some());
+    let mut header = vec!["ID", "NAME", "ENCLAVE", "STATE", "PIDS", "EXIT", "STARTED"];
+    if slurm {
+        header.push("SLURM");
+    }
+    header.push("DETAIL");
+    let mut t = Table::new(&header);
     for a in &apps {
         let pids: Vec<String> = a
             .procs
@@ -124,7 +129,7 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
                 g => format!("{}/{g}", p.local),
             })
             .collect();
-        t.row(vec![
+        let mut row = vec![
             a.id.to_string(),
             a.name.clone(),
             names.of(a.enclave),
@@ -136,8 +141,12 @@ pub fn list(ctx: &Ctx, client: &mut Client, enclave: Option<EnclaveRef>) -> Resu
             },
             a.exit.map_or("-".into(), |e| e.to_string()),
             human::age(a.started_ms),
-            a.detail.clone().unwrap_or_else(|| "-".into()),
-        ]);
+        ];
+        if slurm {
+            row.push(a.slurm.as_ref().map_or("-".into(), |s| s.to_string()));
+        }
+        row.push(a.detail.clone().unwrap_or_else(|| "-".into()));
+        t.row(row);
     }
     t.print_or("no apps");
     Ok(0)

@@ -136,7 +136,7 @@ pub(super) fn enclave_table(enclaves: &[EnclaveRecord], apps: &[AppRecord]) -> T
     for a in apps.iter().filter(|a| !a.state.is_final()) {
         *running.entry(a.enclave).or_default() += 1;
     }
-    let mut t = Table::new(&[
+    let mut header = vec![
         "ID",
         "NAME",
         "KIND",
@@ -146,9 +146,15 @@ pub(super) fn enclave_table(enclaves: &[EnclaveRecord], apps: &[AppRecord]) -> T
         "ISOLATION",
         "APPS",
         "CONTROL-PID",
-    ]);
+    ];
+    // The Slurm step (job.step[+component]@node) when any enclave serves one.
+    let slurm = enclaves.iter().any(|e| e.slurm.is_some());
+    if slurm {
+        header.push("SLURM");
+    }
+    let mut t = Table::new(&header);
     for e in enclaves {
-        t.row(vec![
+        let mut row = vec![
             e.id.to_string(),
             e.name.clone(),
             e.kind.to_string(),
@@ -158,7 +164,11 @@ pub(super) fn enclave_table(enclaves: &[EnclaveRecord], apps: &[AppRecord]) -> T
             human::isolation_class(e).into(),
             running.get(&e.id).copied().unwrap_or(0).to_string(),
             e.control_pid.map_or("-".into(), |p| p.to_string()),
-        ]);
+        ];
+        if slurm {
+            row.push(e.slurm.as_ref().map_or("-".into(), |s| s.to_string()));
+        }
+        t.row(row);
     }
     t
 }

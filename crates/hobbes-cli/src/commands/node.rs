@@ -49,6 +49,13 @@ pub fn status(ctx: &Ctx, client: &mut Client) -> Result<i32> {
         human::bytes(st.mem_free),
         human::bytes(st.mem_allocated)
     );
+    if let (Some(managed), Some(node_cores)) = (&st.managed_cores, &st.node_cores) {
+        println!(
+            "managing    part of the node: cores {managed} of {node_cores}, {} of {} (leviathan --cpus/--memory)",
+            human::bytes(st.mem_total),
+            human::bytes(st.node_mem.unwrap_or(0))
+        );
+    }
     match (&h.segment_files.dir, &h.segment_files.fallback) {
         (Some(dir), _) => println!(
             "segments    huge pages: XEMEM memory of 2 MiB and more is made in the tmpfs {dir} (huge=within_size)"

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use hobbes_proto::control::{ControlDown, ControlUp, LaunchCommand};
 use hobbes_proto::model::{
-    AppId, AppRecord, AppState, EnclaveId, EnclaveRecord, EnclaveState, ExitStatus, ProcId,
-    ProcRecord, HOST_ENCLAVE,
+    AppId, AppRecord, AppState, BoundProcess, EnclaveId, EnclaveKind, EnclaveRecord, EnclaveState,
+    ExitStatus, ProcId, ProcRecord, HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{ErrorCode, LaunchSpec, Stream};
+use hobbes_proto::slurm::SlurmTask;
 use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
 
 use super::enclaves::TxError;
@@ -343,6 +344,8 @@ impl Daemon {
                 ended_ms: None,
                 stdout_log: dir.join("stdout").display().to_string(),
                 stderr_log: dir.join("stderr").display().to_string(),
+                joined: None,
+                slurm: None,
                 rev: 0,
             };
             t.put_app(&mut rec)?;
@@ -533,6 +536,24 @@ impl Daemon {
                 format!("app {id} ({}) has already ended: {}", app.name, app.state),
             ));
         }
+        if let Some(joined) = app.joined {
+            // No control process started it: signal the host process itself.
+            if !sys::same_process_alive(joined.pid, joined.start_time) {
+                return Err(refuse(
+                    ErrorCode::Conflict,
+                    format!(
+                        "app {id} ({}): its process {} has ended",
+                        app.name, joined.pid
+                    ),
+                ));
+            }
+            return sys::kill(joined.pid, signal).map_err(|e| {
+                refuse(
+                    ErrorCode::Conflict,
+                    format!("cannot signal app {id} ({}): {e}", app.name),
+                )
+            });
+        }
         let link = self.live_link(app.enclave).ok_or_else(|| {
             refuse(
                 ErrorCode::Unavailable,
@@ -575,37 +596,263 @@ impl Daemon {
     }
 }
 
-/// Check a launch's size (`too_large`), argv and environment
-/// (`invalid_spec`); returns the program.
-fn check_launch_spec(spec: &LaunchSpec) -> Result<&str, Refusal> {
-    let size: usize = spec.argv.iter().map(|a| a.len()).sum::<usize>()
-        + spec
-            .env
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
+impl Daemon {
+    /// Serve `join_enclave` (protocol.md §4.1): root only
+    /// (`permission_denied`); the enclave must be running (`conflict`) and
+    /// native (`invalid_spec`: a guest cannot be joined), the process must
+    /// exist (`invalid_spec`). The driver moves it into the enclave's app
+    /// cgroups; it is recorded as a running app with its Slurm tag, owned by
+    /// `owner` (default: the process's uid and gid now), and
+    /// watched until it ends (`super::bound`). Returns the app, the pid whose
+    /// namespaces the caller enters, and which.
+    pub fn join_enclave(
+        &self,
+        peer: &PeerCred,
+        r: &hobbes_proto::msg::EnclaveRef,
+        pid: u32,
+        argv: Vec<String>,
+        slurm: Option<SlurmTask>,
+        owner: Option<hobbes_proto::msg::Owner>,
+    ) -> Result<(AppRecord, u32, Vec<String>), Refusal> {
+        if peer.uid != 0 {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: only root may move a process into an enclave (join_enclave; the Slurm plugin runs as root in slurmstepd); you are uid {}", peer.uid),
+            ));
+        }
+        check_argv(&argv, &[])?;
+        let enclave = self.resolve(r)?;
+        if enclave.state != EnclaveState::Running {
+            return Err(refuse(
+                ErrorCode::Conflict,
+                format!("enclave {} is {}, not running", enclave.name, enclave.state),
+            ));
+        }
+        let driver = self
+            .driver(enclave.kind)
+            .ok_or_else(|| internal(format!("no driver for {} enclaves", enclave.kind)))?;
+        let start_time = (pid > 1 && pid != std::process::id())
+            .then(|| sys::proc_start_time(pid))
+            .flatten()
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::InvalidSpec,
+                    format!(
+                        "join_enclave: there is no process {pid} to move into enclave {}",
+                        enclave.name
+                    ),
+                )
+            })?;
+        driver.join(&enclave, pid).map_err(|e| match enclave.kind {
+            EnclaveKind::Native => internal(format!(
+                "cannot move process {pid} into enclave {}: {e}",
+                enclave.name
+            )),
+            _ => refuse(ErrorCode::InvalidSpec, e),
+        })?;
+        let joined = BoundProcess {
+            pid,
+            start_time: Some(start_time),
+        };
+        let rec = self.record_joined(&enclave, joined, argv, slurm, owner)?;
+        super::bound::bindings_changed();
+        tracing::info!(app = rec.id, enclave = enclave.id, pid, slurm = ?rec.slurm, "process joined the enclave");
+        let namespaces = if self.privileged {
+            let mut ns = vec![];
+            if !enclave.host_ipc {
+                ns.push("ipc".to_string());
+            }
+            ns.extend(["uts", "pid", "mnt"].map(String::from));
+            ns
+        } else {
+            vec![]
+        };
+        Ok((rec, enclave.control_pid.unwrap_or(0), namespaces))
+    }
+
+    /// Record a joined process as a running app of `enclave`, with its
+    /// process in the global process map.
+    fn record_joined(
+        &self,
+        enclave: &EnclaveRecord,
+        joined: BoundProcess,
+        argv: Vec<String>,
+        slurm: Option<SlurmTask>,
+        owner: Option<hobbes_proto::msg::Owner>,
+    ) -> Result<AppRecord, Refusal> {
+        let (uid, gid) = owner.map_or_else(|| ids_of(joined.pid), |o| (o.uid, o.gid));
+        let name = match &slurm {
+            Some(t) => format!("task-{}", t.task_id),
+            None => argv
+                .first()
+                .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+                .unwrap_or_else(|| format!("pid-{}", joined.pid)),
+        };
+        self.tx(|t| {
+            let mut h = t.header()?.ok_or_else(|| internal("NIS has no header"))?;
+            h.counters.next_app_id = h.counters.next_app_id.max(1);
+            let id = h.counters.next_app_id;
+            h.counters.next_app_id += 1;
+            h.counters.apps_launched += 1;
+            t.put_header(&h)?;
+            let mut rec = AppRecord {
+                id,
+                name: name.clone(),
+                enclave: enclave.id,
+                owner_uid: uid,
+                owner_gid: gid,
+                argv: argv.clone(),
+                cwd: None,
+                state: AppState::Running,
+                procs: vec![ProcId {
+                    local: 0,
+                    global: joined.pid,
+                }],
+                exit: None,
+                detail: Some("joined (its output goes to its own stdout and stderr)".into()),
+                started_ms: now_ms(),
+                ended_ms: None,
+                stdout_log: String::new(),
+                stderr_log: String::new(),
+                joined: Some(joined),
+                slurm: slurm.clone(),
+                rev: 0,
+            };
+            t.put_proc(&ProcRecord {
+                global_pid: joined.pid,
+                enclave: enclave.id,
+                local_pid: 0,
+                app: id,
+            })?;
+            t.put_app(&mut rec)?;
+            Ok::<_, TxError>(rec)
+        })
+    }
+
+    /// Serve `task_exited`: root only; app `id` must be a joined app
+    /// (`invalid_spec` otherwise) that has not ended with a known status
+    /// (`conflict`). A joined app already marked `lost` (its end seen by the
+    /// daemon before the report came) takes the reported status.
+    pub fn task_exited(
+        &self,
+        peer: &PeerCred,
+        id: AppId,
+        exit: ExitStatus,
+    ) -> Result<AppRecord, Refusal> {
+        if peer.uid != 0 {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: only root may report the end of a joined app; you are uid {}", peer.uid),
+            ));
+        }
+        let ended = self.tx(|t| {
+            let mut r = t.app(id)?.ok_or_else(|| {
+                refuse(ErrorCode::NotFound, format!("no app {id} (hobbes list-apps shows them)"))
+            })?;
+            if r.joined.is_none() {
+                return Err(refuse(
+                    ErrorCode::InvalidSpec,
+                    format!("app {id} ({}) was launched, not joined: its control process reports its end", r.name),
+                )
+                .into());
+            }
+            match r.state {
+                AppState::Running | AppState::Starting => {}
+                AppState::Lost => {
+                    // Seen ending by the daemon first; the joiner knows how.
+                    r.detail = None;
+                    r.state = exit_state(exit);
+                    r.exit = Some(exit);
+                    t.put_app(&mut r)?;
+                    return Ok((r, false));
+                }
+                other => {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("app {id} ({}) has already ended: {other}", r.name),
+                    )
+                    .into())
+                }
+            }
+            r.state = exit_state(exit);
+            r.exit = Some(exit);
+            r.ended_ms = Some(now_ms());
+            for p in &r.procs {
+                t.delete_proc(p.global)?;
+            }
+            t.put_app(&mut r)?;
+            Ok((r, true))
+        })?;
+        let (rec, first) = ended;
+        tracing::info!(app = id, exit = %exit, "joined app ended");
+        if first {
+            self.notify_end(rec.clone());
+        }
+        Ok(rec)
+    }
+
+    /// A joined app's process ended, seen by the daemon (`super::bound`):
+    /// unless its joiner reported the status first, it is `lost` until the
+    /// report comes.
+    pub(super) fn joined_process_ended(&self, id: AppId) {
+        self.app_ended(
+            id,
+            None,
+            Some("its process ended; its exit status was not reported (yet)".into()),
+        );
+    }
+}
+
+/// The real uid and gid of process `pid` (root's when they cannot be read).
+fn ids_of(pid: u32) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (first("Uid:"), first("Gid:"))
+}
+
+/// The state an exit status puts an app in.
+fn exit_state(exit: ExitStatus) -> AppState {
+    match exit {
+        ExitStatus::Code(_) => AppState::Exited,
+        ExitStatus::Signal(_) => AppState::Crashed,
+    }
+}
+
+/// Check argv and environment: at most 1 MiB together (`too_large`), no
+/// NUL bytes, no empty or `=` variable names (`invalid_spec`).
+fn check_argv(argv: &[String], env: &[(String, String)]) -> Result<(), Refusal> {
+    let size: usize = argv.iter().map(|a| a.len()).sum::<usize>()
+        + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if size > MAX_LAUNCH_BYTES {
         return Err(refuse(
             ErrorCode::TooLarge,
             format!("argv and environment are {size} bytes; the limit is {MAX_LAUNCH_BYTES}"),
         ));
     }
-    let program = spec
-        .argv
-        .first()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| refuse(ErrorCode::InvalidSpec, "nothing to launch: argv is empty"))?;
-    if spec
-        .argv
+    if argv
         .iter()
-        .chain(spec.env.iter().flat_map(|(k, v)| [k, v]))
+        .chain(env.iter().flat_map(|(k, v)| [k, v]))
         .any(|s| s.contains('\0'))
-        || spec
-            .env
-            .iter()
-            .any(|(k, _)| k.is_empty() || k.contains('='))
+        || env.iter().any(|(k, _)| k.is_empty() || k.contains('='))
     {
         return Err(refuse(ErrorCode::InvalidSpec, "argv and environment may not contain NUL bytes, and variable names may not be empty or contain '='"));
     }
-    Ok(program)
+    Ok(())
+}
+
+/// Check a launch's size (`too_large`), argv and environment
+/// (`invalid_spec`); returns the program.
+fn check_launch_spec(spec: &LaunchSpec) -> Result<&str, Refusal> {
+    check_argv(&spec.argv, &spec.env)?;
+    spec.argv
+        .first()
+        .filter(|p| !p.is_empty())
+        .map(String::as_str)
+        .ok_or_else(|| refuse(ErrorCode::InvalidSpec, "nothing to launch: argv is empty"))
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use hobbes_nis::{NisError, NisTxn};
 use hobbes_proto::model::{
-    BlockId, CoreId, EnclaveId, EnclaveRecord, EnclaveState, ExitStatus, Ownership, HOST_ENCLAVE,
+    BlockId, BoundProcess, CoreId, EnclaveId, EnclaveRecord, EnclaveState, ExitStatus, Ownership,
+    HOST_ENCLAVE,
 };
 use hobbes_proto::msg::{EnclaveRef, ErrorCode};
+use hobbes_proto::slurm::SlurmStep;
 use hobbes_proto::spec::{CpuRequest, EnclaveSpec, MemRequest};
 
 use super::{internal, now_ms, refuse, remove_tree, Daemon, Refusal};
@@ -94,6 +96,32 @@ impl Daemon {
         }
     }
 
+    /// Who a `create_enclave` (or `join_enclave`) with `owner` creates for:
+    /// the peer itself without one; with one, root only
+    /// (`permission_denied`: a user may not give away enclaves or apps), and
+    /// then the owner's uid and gid in the peer's place (its pid kept, for
+    /// the logs and the hang-up check).
+    pub fn creator(
+        peer: &PeerCred,
+        owner: Option<hobbes_proto::msg::Owner>,
+        what: &str,
+    ) -> Result<PeerCred, Refusal> {
+        let Some(o) = owner else {
+            return Ok(*peer);
+        };
+        if peer.uid != 0 {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: only root may give {what} another owner (owner uid {}, gid {}); you are uid {}: leave owner out to own it yourself", o.uid, o.gid, peer.uid),
+            ));
+        }
+        Ok(PeerCred {
+            pid: peer.pid,
+            uid: o.uid,
+            gid: o.gid,
+        })
+    }
+
     fn names(&self) -> impl Fn(EnclaveId) -> String {
         let names: Vec<(EnclaveId, String)> = self
             .nis
@@ -126,8 +154,23 @@ impl Daemon {
         peer: &PeerCred,
         spec: EnclaveSpec,
     ) -> Result<EnclaveRecord, Refusal> {
+        self.create_enclave_with(peer, spec, None, None)
+    }
+
+    /// [`Daemon::create_enclave`] with what a Slurm step adds: its tag, kept
+    /// in the record, and the process whose end destroys the enclave
+    /// (`bound_to_pid`, which must exist: `invalid_spec`; watched by
+    /// [`super::bound::BoundWatch`]).
+    pub fn create_enclave_with(
+        &self,
+        peer: &PeerCred,
+        spec: EnclaveSpec,
+        slurm: Option<SlurmStep>,
+        bound_to_pid: Option<u32>,
+    ) -> Result<EnclaveRecord, Refusal> {
         spec.validate()
             .map_err(|e| refuse(ErrorCode::InvalidSpec, e.to_string()))?;
+        let bound_to = bound_to_pid.map(bound_process).transpose()?;
         if self.is_shutting_down() {
             return Err(refuse(ErrorCode::Unavailable, "leviathan is shutting down"));
         }
@@ -189,6 +232,8 @@ impl Daemon {
                 last_heartbeat_ms: 0,
                 crash_reason: None,
                 vm: spec.vm.clone(),
+                slurm: slurm.clone(),
+                bound_to,
                 rev: 0,
             };
             t.put_enclave(&mut rec)?;
@@ -198,7 +243,12 @@ impl Daemon {
 
         // 2. Start it; on any failure give everything back.
         match self.start_enclave(driver, &rec) {
-            Ok(rec) => Ok(rec),
+            Ok(rec) => {
+                if rec.bound_to.is_some() {
+                    super::bound::bindings_changed();
+                }
+                Ok(rec)
+            }
             Err(e) => {
                 tracing::warn!(enclave = rec.id, error = %e.message, "enclave failed to start; rolling back");
                 self.roll_back_creation(&rec);
@@ -696,6 +746,23 @@ impl Daemon {
     }
 }
 
+/// Process `pid` with its start time, if it exists (else `invalid_spec`).
+fn bound_process(pid: u32) -> Result<BoundProcess, Refusal> {
+    let start_time = (pid > 0)
+        .then(|| crate::sys::proc_start_time(pid))
+        .flatten()
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::InvalidSpec,
+                format!("bound_to_pid: there is no process {pid} to bind the enclave to"),
+            )
+        })?;
+    Ok(BoundProcess {
+        pid,
+        start_time: Some(start_time),
+    })
+}
+
 /// The enclave's record as this transaction sees it.
 fn current(t: &NisTxn, id: EnclaveId) -> Result<EnclaveRecord, TxError> {
     Ok(t.enclave(id)?.ok_or_else(|| internal("enclave vanished"))?)
@@ -789,4 +856,56 @@ fn nodes_of_blocks(all: &[hobbes_proto::model::MemBlockRecord], ids: &[BlockId])
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hobbes_proto::msg::Owner;
+
+    #[test]
+    fn only_root_gives_enclaves_and_apps_another_owner() {
+        let root = PeerCred {
+            pid: 7,
+            uid: 0,
+            gid: 0,
+        };
+        let user = PeerCred {
+            pid: 8,
+            uid: 1000,
+            gid: 100,
+        };
+        let owner = Owner {
+            uid: 1001,
+            gid: 101,
+        };
+        // Without an owner: the peer itself.
+        assert_eq!(Daemon::creator(&user, None, "an enclave").unwrap(), user);
+        assert_eq!(Daemon::creator(&root, None, "an enclave").unwrap(), root);
+        // Root: the owner, the peer's pid kept.
+        assert_eq!(
+            Daemon::creator(&root, Some(owner), "an enclave").unwrap(),
+            PeerCred {
+                pid: 7,
+                uid: 1001,
+                gid: 101
+            }
+        );
+        // Anyone else: refused, saying why.
+        let e = Daemon::creator(&user, Some(owner), "an enclave").unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(
+            e.message
+                .contains("only root may give an enclave another owner")
+                && e.message.contains("uid 1000"),
+            "{}",
+            e.message
+        );
+        // Not even to itself (one rule: owner is root's).
+        let own = Owner {
+            uid: 1000,
+            gid: 100,
+        };
+        assert!(Daemon::creator(&user, Some(own), "an enclave").is_err());
+    }
 }

@@ -498,13 +498,15 @@ impl Daemon {
 
     /// After (re)attach: apps the control process reports ended while no
     /// daemon listened get their exit recorded; apps it does not know are lost.
+    /// Joined apps (`join_enclave`) are not its to know: their processes are
+    /// watched by the daemon (`bound.rs`).
     fn reconcile_reported_apps(&self, enclave: EnclaveId, reports: &[AppReport]) {
         let Ok(apps) = self.nis.reader().apps() else {
             return;
         };
         for app in apps
             .into_iter()
-            .filter(|a| a.enclave == enclave && !a.state.is_final())
+            .filter(|a| a.enclave == enclave && !a.state.is_final() && a.joined.is_none())
         {
             match reports.iter().find(|r| r.app == app.id) {
                 Some(AppReport {
@@ -528,13 +530,16 @@ impl Daemon {
         }
     }
 
-    /// Detect enclaves whose heartbeats stopped, or that did not reattach.
+    /// Detect enclaves whose heartbeats stopped, or that did not reattach;
+    /// between checks, act on bound processes that end (`bound.rs`).
     pub fn health_loop(self: Arc<Self>) {
         let tick = Duration::from_millis((self.cfg.heartbeat_interval_ms / 2).clamp(5, 500));
         let timeout = self.heartbeat_timeout();
         let mut last_reader_check = Instant::now();
+        // The tick's wait is spent watching the processes enclaves and joined apps are bound to.
+        let mut bound = super::bound::BoundWatch::new();
         while !self.is_shutting_down() {
-            std::thread::sleep(tick);
+            bound.tick(&self, tick);
             for link in self.links.all() {
                 let silent = link.since_heartbeat();
                 if silent > timeout {

@@ -23,6 +23,7 @@ use crate::kinds::{EnclaveDriver, KindRegistry};
 
 mod admission;
 mod apps;
+mod bound;
 mod enclaves;
 mod hugetlb;
 mod link;
@@ -57,6 +58,12 @@ impl StatePaths {
     /// `flock` makes one daemon per state directory (`locks::lock_state_dir`).
     pub fn pid_file(&self) -> PathBuf {
         self.root.join("leviathan.pid")
+    }
+    /// `<state>/managed.json`: the part of the node the state directory
+    /// was created to manage (`--cpus`, `--memory`, `--memory-blocks`);
+    /// absent for the whole node. A restart must ask for the same.
+    pub fn managed(&self) -> PathBuf {
+        self.root.join("managed.json")
     }
     /// `<state>/nis`: the LMDB environment of the primary NIS.
     pub fn nis(&self) -> PathBuf {
@@ -123,6 +130,18 @@ pub struct Daemon {
     xemem: xemem::NameServer,
     /// The Remora service (`remora.rs`): jobs still running.
     jobs: remora::Jobs,
+    /// When the daemon manages part of the node: the node's cores and
+    /// memory, for `hobbes status` (the NIS holds only the managed part).
+    subset_of: Option<NodeTotals>,
+}
+
+/// The node's online cores and memory, whatever part of it a daemon manages.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeTotals {
+    /// Online cores (an unprivileged daemon: those of its affinity).
+    pub cores: Vec<hobbes_proto::model::CoreId>,
+    /// Bytes of the online memory blocks.
+    pub mem: u64,
 }
 
 impl Daemon {

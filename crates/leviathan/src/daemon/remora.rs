@@ -20,6 +20,7 @@ use hobbes_proto::frame::{write_frame, FrameError};
 use hobbes_proto::model::{
     AppRecord, EnclaveRecord, EnclaveState, ExitStatus, JobAppRecord, JobRecord, JobState,
 };
+use hobbes_proto::mpi_env::{self, RankSpan};
 use hobbes_proto::msg::{ErrorCode, JobId, JobSpec, LaunchSpec, MpiFlavor, PmiMode, Response};
 
 use super::apps::{AppEvent, Subscription};
@@ -300,8 +301,8 @@ fn rank_space_preload(spec: &JobSpec) -> Result<Option<PathBuf>, Refusal> {
         return Ok(None);
     }
     let mpi = spec.mpi.unwrap_or(MpiFlavor::Mpich);
-    let (var, name) = rank_space_library_name(mpi);
-    rank_space_library(mpi).map(Some).ok_or_else(|| {
+    let (var, name) = mpi_env::rank_space_library_name(mpi);
+    mpi_env::rank_space_library(mpi).map(Some).ok_or_else(|| {
         refuse(
             ErrorCode::Unavailable,
             format!("the rank-space library {name} for {} was not found ({var}, next to leviathan, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces", mpi.display_name()),
@@ -309,61 +310,37 @@ fn rank_space_preload(spec: &JobSpec) -> Result<Option<PathBuf>, Refusal> {
     })
 }
 
-/// The rank-space library of each MPI: the variable that names it, its file name.
-fn rank_space_library_name(mpi: MpiFlavor) -> (&'static str, &'static str) {
-    match mpi {
-        MpiFlavor::Mpich => ("HOBBES_REMORA_LIB", "libremora.so"),
-        MpiFlavor::OpenMpi => ("HOBBES_REMORA_OMPI_LIB", "libremora-ompi.so"),
-    }
-}
-
-/// The environment every rank of `app` starts from: UCX settings for a job
-/// across PID namespaces and the shared topology, each unless the
-/// application sets the variable itself.
+/// The environment every rank of `app` starts from: the MPI's transport
+/// settings for a job within or across PID namespaces
+/// (`hobbes_proto::mpi_env`, shared with remora's Slurm launch) and the
+/// shared topology, each unless the application sets the variable itself.
 fn rank_defaults(
     app: &hobbes_proto::msg::JobApp,
     spans_namespaces: bool,
     mpi: MpiFlavor,
 ) -> Vec<(String, String)> {
-    let ucx_defaults: &[(&str, &str)] = match (mpi, spans_namespaces) {
-        (MpiFlavor::Mpich, true) => &[("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")],
-        (MpiFlavor::Mpich, false) => &[],
-        // Open MPI 4.1 here: its shared-memory BTL, not UCX (whose probing
-        // doubles a job's start), and one-sided windows through sm/pt2pt
-        // (the default components cannot make a window on this node).
-        (MpiFlavor::OpenMpi, false) => &[
-            ("OMPI_MCA_pml", "ob1"),
-            ("OMPI_MCA_btl", "self,vader"),
-            ("OMPI_MCA_osc", "sm,pt2pt"),
-        ],
-        // Across PID namespaces vader cannot work: a shared segment records
-        // its creator's pid, and a rank whose own pid (in its namespace) is
-        // that number takes itself for the creator and never maps the
-        // segment (a segfault in the first send, measured here about one
-        // run in two). TCP on loopback between ranks instead.
-        (MpiFlavor::OpenMpi, true) => &[
-            ("OMPI_MCA_pml", "ob1"),
-            ("OMPI_MCA_btl", "self,tcp"),
-            ("OMPI_MCA_btl_tcp_if_include", "lo"),
-            ("OMPI_MCA_osc", "sm,pt2pt"),
-        ],
+    let span = if spans_namespaces {
+        RankSpan::PidNamespaces
+    } else {
+        RankSpan::OneNamespace
     };
     let topology = TOPOLOGY.get().cloned().flatten();
     // The program's own hwloc settings win over the shared topology.
     let own_hwloc = app.env.iter().any(|(k, _)| k.starts_with("HWLOC_"));
-    ucx_defaults
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .chain(
-            topology
-                .as_deref()
-                .filter(|_| !own_hwloc)
-                .map(topology_env)
-                .into_iter()
-                .flatten(),
-        )
-        .filter(|(k, _)| !app.env.iter().any(|(ak, _)| ak == k))
-        .collect()
+    mpi_env::unless_set(
+        mpi_env::transport_defaults(mpi, span)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(
+                topology
+                    .as_deref()
+                    .filter(|_| !own_hwloc)
+                    .map(topology_env)
+                    .into_iter()
+                    .flatten(),
+            ),
+        &app.env,
+    )
 }
 
 /// A rank could not be launched: why, and the apps of the ranks that were.
@@ -415,23 +392,6 @@ fn collect_launched(
         Some(refusal) => Err(LaunchFailed { refusal, ranks }),
         None => Ok((subs, ranks)),
     }
-}
-
-/// The rank-space library of `mpi`: its variable (`HOBBES_REMORA_LIB`,
-/// `HOBBES_REMORA_OMPI_LIB`), else next to `leviathan`, else installed.
-fn rank_space_library(mpi: MpiFlavor) -> Option<PathBuf> {
-    let (var, name) = rank_space_library_name(mpi);
-    if let Some(p) = std::env::var_os(var) {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::fs::read_link("/proc/self/exe").ok()?;
-    [
-        exe.with_file_name(name),
-        Path::new("/usr/local/lib").join(name),
-        Path::new("/usr/lib").join(name),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
 }
 
 impl Daemon {

@@ -24,6 +24,7 @@ enum Answer {
     HangUp,
 }
 use super::{internal, refuse, Daemon, Refusal};
+use crate::config::format_cpu_list;
 use crate::sys::{self, PeerCred};
 
 impl Daemon {
@@ -179,8 +180,10 @@ impl Daemon {
         stream: &UnixStream,
         peer: &PeerCred,
         spec: hobbes_proto::spec::EnclaveSpec,
+        slurm: Option<hobbes_proto::slurm::SlurmStep>,
+        bound_to_pid: Option<u32>,
     ) -> Result<hobbes_proto::model::EnclaveRecord, super::Refusal> {
-        let rec = self.create_enclave(peer, spec)?;
+        let rec = self.create_enclave_with(peer, spec, slurm, bound_to_pid)?;
         if sys::peer_hung_up(stream) {
             tracing::warn!(enclave = rec.id, name = %rec.name, pid = peer.pid, "the client went away before the enclave was created: undoing it");
             self.remove_enclave(&rec, "its creator went away before the answer")?;
@@ -277,8 +280,15 @@ impl Daemon {
             Request::GetEnclave { enclave } => self
                 .resolve(&enclave)
                 .map(|r| Response::Enclave(Box::new(r))),
-            Request::CreateEnclave { spec } => self
-                .create_enclave_for(stream, peer, spec)
+            Request::CreateEnclave {
+                spec,
+                slurm,
+                bound_to_pid,
+                owner,
+            } => Self::creator(peer, owner, "an enclave")
+                .and_then(|creator| {
+                    self.create_enclave_for(stream, &creator, spec, slurm, bound_to_pid)
+                })
                 .map(|r| Response::Enclave(Box::new(r))),
             Request::DestroyEnclave { enclave } => {
                 self.destroy_enclave(peer, &enclave).map(|()| Response::Ok)
@@ -314,6 +324,22 @@ impl Daemon {
                     }
                 };
             }
+            Request::JoinEnclave {
+                enclave,
+                pid,
+                argv,
+                slurm,
+                owner,
+            } => self
+                .join_enclave(peer, &enclave, pid, argv, slurm, owner)
+                .map(|(app, ns_pid, namespaces)| Response::Joined {
+                    app: Box::new(app),
+                    ns_pid,
+                    namespaces,
+                }),
+            Request::TaskExited { app, exit } => self
+                .task_exited(peer, app, exit)
+                .map(|r| Response::App(Box::new(r))),
             Request::KillApp { app, signal } => {
                 self.kill_app(peer, app, signal).map(|()| Response::Ok)
             }
@@ -427,6 +453,12 @@ impl Daemon {
                 .iter()
                 .filter(|a| a.state == AppState::Running)
                 .count() as u32,
+            managed_cores: self
+                .subset_of
+                .as_ref()
+                .map(|_| format_cpu_list(&snap.cores.iter().map(|c| c.id).collect::<Vec<_>>())),
+            node_cores: self.subset_of.as_ref().map(|n| format_cpu_list(&n.cores)),
+            node_mem: self.subset_of.as_ref().map(|n| n.mem),
             enclaves: snap.enclaves,
             header: snap.header,
         })
