@@ -33,6 +33,18 @@ command -v musl-gcc >/dev/null || needed+=(musl-tools)
 # installed.
 command -v qemu-system-x86_64 >/dev/null || needed+=(qemu-system-x86)
 command -v cpio >/dev/null || needed+=(cpio)
+# Slurm (issue 14): scripts/slurm-cluster.sh runs a local cluster (slurmctld and a
+# slurmd per simulated node, auth/none, so munged is not used) for the multi-node tests,
+# and the SPANK plugin builds against spank.h (libslurm-dev). The packages pull in munge.
+# Their postinst scripts start munged, slurmctld and slurmd through invoke-rc.d where
+# services may start: the install below forbids that (a policy-rc.d that answers 101,
+# as Debian's container images ship, for the time of the install), so no daemon of the
+# packages is left running; the script starts its own, with its own slurm.conf.
+[[ -x /usr/sbin/slurmctld ]] || needed+=(slurmctld)
+[[ -x /usr/sbin/slurmd ]] || needed+=(slurmd)
+command -v srun >/dev/null || needed+=(slurm-client)
+[[ -e /usr/lib/x86_64-linux-gnu/slurm-wlm/mpi_pmi2.so ]] || needed+=(slurm-wlm-basic-plugins)
+[[ -e /usr/include/slurm/spank.h ]] || needed+=(libslurm-dev)
 if ((${#needed[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "hobbes: please install: ${needed[*]} (needs root)" >&2
@@ -41,5 +53,10 @@ if ((${#needed[@]})); then
     echo "hobbes: installing ${needed[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# hobbes deps.sh: no service starts while it installs\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${needed[@]}"
 fi
