@@ -161,6 +161,11 @@ pub enum DemoKind {
     /// Runs `hobbes-insitu demo` (next to hobbes, else in PATH; built by
     /// `cargo build -p hobbes-workloads`) with these flags;
     /// `hobbes demo insitu --help` lists them.
+    ///
+    /// Inside a Slurm allocation, `--slurm [--nodes N]` runs it on every node
+    /// (one simulation and one analytics enclave per node, each node's own
+    /// leviathan; `--socket` may name it with `%n`, the node name) and prints
+    /// a summary per node.
     #[command(disable_help_flag = true)]
     Insitu {
         /// Flags passed unchanged to `hobbes-insitu demo` (--sizes, --steps,

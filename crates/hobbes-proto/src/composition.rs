@@ -78,6 +78,43 @@ pub struct CompApp {
     /// launcher should not find out from the program itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mpi: Option<crate::msg::MpiFlavor>,
+    /// Across the nodes of a Slurm allocation: how many nodes its ranks
+    /// spread over (`nodes=`, srun's `-N`); `None`: the launcher decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Across nodes: ranks on each of its nodes (`ranks_per_node=`, srun's
+    /// `--ntasks-per-node`); the last node may hold fewer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks_per_node: Option<u32>,
+}
+
+impl CompApp {
+    /// Checks its placement (`nodes`, `ranks_per_node`) against `np`: each at
+    /// least 1, room for every rank, and no node left without one.
+    pub fn check_placement(&self) -> Result<(), String> {
+        let name = &self.name;
+        match (self.nodes, self.ranks_per_node) {
+            (Some(0), _) => Err(format!("app {name:?} has nodes=0")),
+            (_, Some(0)) => Err(format!("app {name:?} has ranks_per_node=0")),
+            (Some(n), _) if n > self.np => Err(format!(
+                "app {name:?} asks for {n} nodes for {} processes: every node needs one",
+                self.np
+            )),
+            (Some(n), Some(r)) if u64::from(n) * u64::from(r) < u64::from(self.np) => Err(format!(
+                "app {name:?}: {n} nodes x {r} ranks per node hold {} processes, not np={}",
+                u64::from(n) * u64::from(r),
+                self.np
+            )),
+            (Some(n), Some(r)) if u64::from(n - 1) * u64::from(r) >= u64::from(self.np) => {
+                Err(format!(
+                    "app {name:?}: np={} fills {} nodes at {r} ranks per node, not {n}",
+                    self.np,
+                    self.np.div_ceil(r)
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Composition {
@@ -109,6 +146,7 @@ impl Composition {
             if a.argv.is_empty() {
                 return Err(format!("app {:?} has no <exe>", a.name));
             }
+            a.check_placement()?;
             if !self.enclaves.iter().any(|e| e.name == a.enclave) {
                 return Err(format!(
                     "app {:?} names enclave {:?}, which the composition does not have",
@@ -212,7 +250,7 @@ fn parse_enclave(
     for a in node.attributes() {
         if !matches!(
             a.name(),
-            "name" | "cores" | "memory" | "shared" | "num" | "mpiComm"
+            "name" | "cores" | "memory" | "shared" | "ipc" | "num" | "mpiComm"
         ) {
             return Err(at(
                 node,
@@ -255,10 +293,38 @@ fn parse_enclave(
                     .attribute("name")
                     .ok_or_else(|| at(child, "<app> needs name=\"...\"".into()))?
                     .to_string();
+                // Placement across the nodes of a Slurm allocation.
+                let count = |attr: &str| -> Result<Option<u32>, SpecError> {
+                    match child.attribute(attr) {
+                        None => Ok(None),
+                        Some(v) => v
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|n| *n <= MAX_RANKS)
+                            .map(Some)
+                            .ok_or_else(|| {
+                                at(
+                                    child,
+                                    format!("{attr}=\"{v}\" is not a whole number from 0 to {MAX_RANKS}"),
+                                )
+                            }),
+                    }
+                };
+                let nodes = count("nodes")?;
+                let ranks_per_node = match child.attribute("ranks_per_node") {
+                    Some(_) => count("ranks_per_node")?,
+                    None => count("ranksPerNode")?,
+                };
                 let np = match (child.attribute("np"), child.attribute("num")) {
                     (Some(_), _) => num(child, "np", 1)?,
                     (None, Some(_)) => num(child, "num", 1)?,
-                    (None, None) => 1,
+                    // Placement alone says how many.
+                    (None, None) => match (nodes, ranks_per_node) {
+                        (Some(n), Some(r)) => u64::from(n) * u64::from(r),
+                        (Some(n), None) => u64::from(n),
+                        _ => 1,
+                    },
                 };
                 let np = u32::try_from(np)
                     .ok()
@@ -276,7 +342,10 @@ fn parse_enclave(
                         None => None,
                         Some(v) => Some(crate::msg::MpiFlavor::parse(v).map_err(|e| at(child, e))?),
                     },
+                    nodes,
+                    ranks_per_node,
                 };
+                app.check_placement().map_err(|m| at(child, m))?;
                 for part in child.children().filter(|n| n.is_element()) {
                     let text = || part.text().unwrap_or("").trim().to_string();
                     match part.tag_name().name() {
@@ -363,6 +432,41 @@ mod tests {
         assert!(e.to_string().contains("at least one <app>"), "{e}");
     }
 
+    #[test]
+    fn placement_across_nodes() {
+        let doc = r#"<composition>
+  <enclave name="sim"><app name="sim" np="4" nodes="2" ranks_per_node="2"><exe>./sim</exe></app></enclave>
+  <enclave name="ana"><app name="ana" nodes="2" ranksPerNode="1"><exe>./ana</exe></app></enclave>
+  <enclave name="viz"><app name="viz"><exe>./viz</exe></app></enclave>
+</composition>"#;
+        let c = Composition::from_xml(doc).unwrap();
+        assert_eq!(
+            (c.apps[0].nodes, c.apps[0].ranks_per_node),
+            (Some(2), Some(2))
+        );
+        assert_eq!(c.apps[1].np, 2, "np from nodes x ranks_per_node");
+        assert_eq!((c.apps[2].nodes, c.apps[2].ranks_per_node), (None, None));
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Composition>(&json).unwrap(), c);
+        for (bad, says, line) in [
+            (r#"nodes="two""#, "nodes=\"two\" is not a whole number", 2),
+            (r#"nodes="0""#, "nodes=0", 2),
+            (r#"ranks_per_node="0""#, "ranks_per_node=0", 2),
+            (
+                r#"np="5" nodes="2" ranks_per_node="2""#,
+                "hold 4 processes, not np=5",
+                2,
+            ),
+            (r#"np="2" nodes="2" ranks_per_node="2""#, "fills 1 nodes", 2),
+            (r#"np="1" nodes="2""#, "every node needs one", 2),
+        ] {
+            let d = doc.replace(r#"np="4" nodes="2" ranks_per_node="2""#, bad);
+            let e = Composition::from_xml(&d).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+            assert_eq!(e.line, Some(line), "{bad}: {e}");
+        }
+    }
+
     proptest! {
         #[test]
         fn never_panics(text in "\\PC{0,300}") {
@@ -373,6 +477,17 @@ mod tests {
         fn never_panics_near_valid(np in "\\PC{0,5}", exe in "\\PC{0,8}", name in "\\PC{0,8}") {
             let doc = format!("<composition><enclave name=\"{name}\"><app name=\"a\" np=\"{np}\"><exe>{exe}</exe></app></enclave></composition>");
             let _ = Composition::from_xml(&doc);
+        }
+
+        #[test]
+        fn accepted_placements_are_consistent(np in "\\PC{0,3}|[0-9]{1,2}", nodes in "\\PC{0,3}|[0-9]{1,2}", rpn in "\\PC{0,3}|[0-9]{1,2}") {
+            let doc = format!("<composition><enclave name=\"e\"><app name=\"a\" np=\"{np}\" nodes=\"{nodes}\" ranks_per_node=\"{rpn}\"><exe>x</exe></app></enclave></composition>");
+            if let Ok(c) = Composition::from_xml(&doc) {
+                let a = &c.apps[0];
+                let (n, r) = (a.nodes.unwrap(), a.ranks_per_node.unwrap());
+                prop_assert!(n >= 1 && r >= 1 && n <= a.np);
+                prop_assert!(n * r >= a.np && (n - 1) * r < a.np);
+            }
         }
     }
 }

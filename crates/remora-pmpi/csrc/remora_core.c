@@ -126,6 +126,22 @@ int remora_setup(void)
     app_number = appnum_of_process();
     PMPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     PMPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    /* Under srun, remora names the job's size: a process whose world is
+     * another size did not reach the job's PMI (a wrong --mpi, an MPI other
+     * than the one remora read from the program) and ran alone, as a
+     * singleton. Never a silent wrong world: it fails, and srun's
+     * --kill-on-bad-exit ends the step. */
+    long job_size = env_count("REMORA_JOB_SIZE");
+    if (job_size > 0 && job_size != world_size) {
+        const char *app = getenv("REMORA_APP");
+        fprintf(stderr,
+                "remora: a process of %s got a world of %d, not the job's %ld processes: it did "
+                "not reach the job's PMI, so it ran alone as a singleton (is it built against "
+                "the MPI remora read from it? --mpi overrides)\n",
+                app != NULL ? app : "the job", world_size, job_size);
+        PMPI_Abort(MPI_COMM_WORLD, 1);
+        return MPI_ERR_OTHER;
+    }
     if (app_range_of_process(world_rank, world_size, &first, &np)) {
         if (np == world_size) {
             rc = PMPI_Comm_dup(MPI_COMM_WORLD, &split);

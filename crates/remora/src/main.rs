@@ -1,4 +1,8 @@
-//! `remora`: launch a composition of MPI applications as one job.
+//! `remora`: launch a composition of MPI applications as one job: on one
+//! node through leviathan, or across the nodes of a Slurm allocation as one
+//! `srun` step ([`slurm`]).
+
+mod slurm;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -38,6 +42,20 @@ struct Cli {
     /// Keep enclaves this command created when the job ends.
     #[arg(long, global = true)]
     keep_enclaves: bool,
+    /// Inside a Slurm allocation too, run on this node through leviathan
+    /// (by default a job in an allocation runs across its nodes through srun).
+    #[arg(long, global = true)]
+    local: bool,
+    /// Print the srun command line (and its files) instead of running it.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Under Slurm: the --enclave SPEC of the step (default: from the
+    /// composition's enclaves), e.g. native,cores=1,mem=512M,shared,host-ipc.
+    #[arg(long, global = true, value_name = "SPEC")]
+    slurm_enclave: Option<String>,
+    /// Under Slurm: no --enclave, even where the Hobbes plugin is loaded.
+    #[arg(long, global = true)]
+    no_enclave: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -52,7 +70,8 @@ enum Pmi {
 enum Cmd {
     /// Launch a composition XML file.
     Launch { file: PathBuf },
-    /// MPMD form: `remora run [--enclave E] -n 2 ./a args : -n 2 ./b`.
+    /// MPMD form: `remora run [--enclave E] -n 2 ./a args : -n 2 ./b`; per
+    /// part also `-N/--nodes N` and `--ranks-per-node R` (under Slurm).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         parts: Vec<String>,
@@ -94,6 +113,25 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
     // Before anything is created: a composition that mixes MPIs is refused as is.
     let found = app_mpis(&comp.apps)?;
     let mpi = job_mpi(cli.mpi, &comp.apps, &found)?;
+    if !cli.local {
+        if let Some(srun) = slurm::in_allocation().or_else(|| {
+            // --dry-run needs only the allocation's description.
+            (cli.dry_run && std::env::var_os("SLURM_JOB_ID").is_some())
+                .then(|| PathBuf::from("srun"))
+        }) {
+            return across_nodes(&cli, &comp, mpi, &found, srun, signals);
+        }
+    }
+    if cli.dry_run {
+        bail!("--dry-run shows the srun step of a job across the nodes of a Slurm allocation: run it inside one (salloc, sbatch; SLURM_JOB_ID)");
+    }
+    if comp
+        .apps
+        .iter()
+        .any(|a| a.nodes.is_some() || a.ranks_per_node.is_some())
+    {
+        eprintln!("[remora] note: nodes/ranks per node apply across the nodes of a Slurm allocation; on this node they are ignored");
+    }
     let mut client = Client::connect(&socket)?;
     let created = ensure_enclaves(&mut client, &comp.enclaves, mpi)?;
     let result = launch(&mut client, &socket, &cli, &comp, (mpi, &found), signals);
@@ -109,7 +147,55 @@ fn run(cli: Cli, signals: nix::sys::signal::SigSet) -> Result<i32> {
     result
 }
 
-/// `-n N [--enclave E] [--env K=V]... prog args` parts separated by `:`.
+/// The job across the nodes of the Slurm allocation remora runs in: one
+/// srun step (crates/remora/src/slurm.rs).
+fn across_nodes(
+    cli: &Cli,
+    comp: &Composition,
+    mpi: MpiFlavor,
+    found: &[Option<(MpiFlavor, String)>],
+    srun: PathBuf,
+    signals: nix::sys::signal::SigSet,
+) -> Result<i32> {
+    let alloc = if srun.is_absolute() {
+        slurm::Allocation::detect(srun)?
+    } else {
+        // --dry-run without srun: what the environment says, nothing asked.
+        let mut a = slurm::Allocation::detect(PathBuf::from("/nonexistent/srun"))?;
+        a.srun = srun;
+        a
+    };
+    // libremora in every rank of a known MPI program: it gives each
+    // application its world, and checks that the rank reached Slurm's PMI.
+    let wanted = !cli.no_rank_spaces && (comp.apps.len() > 1 || found.iter().any(Option::is_some));
+    let library = if wanted {
+        let lib = hobbes_client::proto::mpi_env::rank_space_library(mpi);
+        if lib.is_none() && comp.apps.len() > 1 {
+            let (var, name) = hobbes_client::proto::mpi_env::rank_space_library_name(mpi);
+            bail!("the rank-space library {name} for {} was not found ({var}, next to remora, /usr/local/lib); build it (cargo build -p remora-pmpi) or pass --no-rank-spaces", mpi.display_name());
+        }
+        lib
+    } else {
+        None
+    };
+    let opts = slurm::Options {
+        enclave: cli.slurm_enclave.clone(),
+        no_enclave: cli.no_enclave,
+        no_rank_spaces: cli.no_rank_spaces,
+    };
+    let step = slurm::build(comp, &alloc, mpi, &opts, library.as_deref())?;
+    if cli.dry_run {
+        print!(
+            "{}",
+            slurm::describe(&step, "<multi-prog.conf>", "<hostfile>")
+        );
+        return Ok(0);
+    }
+    slurm::run(&step, comp, signals)
+}
+
+/// `-n N [-N nodes] [--ranks-per-node R] [--enclave E] [--env K=V]... prog
+/// args` parts separated by `:`.
 fn parse_run(parts: &[String]) -> Result<Composition> {
     let mut comp = Composition {
         name: "run".into(),
@@ -118,7 +204,9 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
         apps: vec![],
     };
     for (index, part) in parts.split(|p| p == ":").enumerate() {
-        let mut np = 1u32;
+        let mut np = None::<u32>;
+        let mut nodes = None::<u32>;
+        let mut ranks_per_node = None::<u32>;
         let mut enclave = "remora".to_string();
         let mut env = vec![];
         let mut it = part.iter();
@@ -126,11 +214,28 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "-n" | "-np" if argv.is_empty() => {
-                    np = it
-                        .next()
-                        .context("-n needs a number")?
-                        .parse()
-                        .context("-n needs a number")?;
+                    np = Some(
+                        it.next()
+                            .context("-n needs a number")?
+                            .parse()
+                            .context("-n needs a number")?,
+                    );
+                }
+                "-N" | "--nodes" if argv.is_empty() => {
+                    nodes = Some(
+                        it.next()
+                            .context("-N needs a number of nodes")?
+                            .parse()
+                            .context("-N needs a number of nodes")?,
+                    );
+                }
+                "--ranks-per-node" | "--ntasks-per-node" if argv.is_empty() => {
+                    ranks_per_node = Some(
+                        it.next()
+                            .context("--ranks-per-node needs a number")?
+                            .parse()
+                            .context("--ranks-per-node needs a number")?,
+                    );
                 }
                 "--enclave" if argv.is_empty() => {
                     enclave = it.next().context("--enclave needs a name")?.clone()
@@ -171,6 +276,12 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
         } else {
             name
         };
+        // Like srun: -N and --ranks-per-node alone say how many.
+        let np = np.unwrap_or(match (nodes, ranks_per_node) {
+            (Some(n), Some(r)) => n.saturating_mul(r),
+            (Some(n), None) => n,
+            _ => 1,
+        });
         comp.apps.push(CompApp {
             comm: name.clone(),
             name,
@@ -180,6 +291,8 @@ fn parse_run(parts: &[String]) -> Result<Composition> {
             env,
             cwd: None,
             mpi: None,
+            nodes,
+            ranks_per_node,
         });
     }
     comp.validate().map_err(anyhow::Error::msg)?;
@@ -450,9 +563,36 @@ fn forward_signals(socket: PathBuf, job: u64, signals: nix::sys::signal::SigSet)
 }
 
 fn list(socket: &std::path::Path, json: bool) -> Result<i32> {
-    let jobs = Client::connect(socket)?.list_jobs()?;
+    // Jobs across nodes are Slurm steps: listed from Slurm (squeue), next
+    // to this node's leviathan jobs.
+    let steps = slurm::remora_steps();
+    let jobs = match Client::connect(socket).and_then(|mut c| c.list_jobs()) {
+        Ok(jobs) => jobs,
+        // A login node has Slurm but no leviathan.
+        Err(e) if steps.is_some() => {
+            eprintln!("[remora] no leviathan jobs on this node ({e})");
+            vec![]
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        let steps: Vec<serde_json::Value> = steps
+            .iter()
+            .flatten()
+            .map(|(id, name, nodes, time)| {
+                serde_json::json!({ "step": id, "name": name, "nodes": nodes, "time": time })
+            })
+            .collect();
+        if steps.is_empty() {
+            println!("{}", serde_json::to_string_pretty(&jobs)?);
+        } else {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "jobs": jobs, "slurm_steps": steps })
+                )?
+            );
+        }
         return Ok(0);
     }
     println!(
@@ -477,6 +617,13 @@ fn list(socket: &std::path::Path, json: bool) -> Result<i32> {
             apps.join(" ")
         );
     }
+    if let Some(steps) = steps.filter(|s| !s.is_empty()) {
+        println!();
+        println!("{:<14} {:<24} {:<10} NODES", "SLURM STEP", "NAME", "TIME");
+        for (id, name, nodes, time) in steps {
+            println!("{id:<14} {name:<24} {time:<10} {nodes}");
+        }
+    }
     Ok(0)
 }
 
@@ -494,6 +641,8 @@ mod tests {
             env: vec![],
             cwd: None,
             mpi,
+            nodes: None,
+            ranks_per_node: None,
         }
     }
 
@@ -530,6 +679,31 @@ mod tests {
                 && e.contains("ana uses Open MPI"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn run_parts_take_placement_like_srun() {
+        let parts: Vec<String> =
+            "-n 4 -N 2 ./sim x : --nodes 2 --ranks-per-node 1 ./ana : -N 2 ./viz"
+                .split(' ')
+                .map(str::to_string)
+                .collect();
+        let c = parse_run(&parts).unwrap();
+        assert_eq!(
+            (c.apps[0].np, c.apps[0].nodes, c.apps[0].ranks_per_node),
+            (4, Some(2), None)
+        );
+        assert_eq!(c.apps[0].argv, ["./sim", "x"]);
+        assert_eq!(
+            (c.apps[1].np, c.apps[1].nodes, c.apps[1].ranks_per_node),
+            (2, Some(2), Some(1))
+        );
+        assert_eq!(c.apps[2].np, 2, "-N alone: one rank per node");
+        let bad: Vec<String> = "-n 1 -N 2 ./sim".split(' ').map(str::to_string).collect();
+        assert!(parse_run(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("every node needs one"));
     }
 
     #[test]

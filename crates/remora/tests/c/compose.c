@@ -2,6 +2,7 @@
 #include <mpi.h>
 #include <remora.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -33,8 +34,11 @@ int main(int argc, char **argv) {
     } else if (urank == usize - 1) {
         MPI_Recv(&token, 1, MPI_INT, 0, 7, MPI_COMM_UNIVERSE, MPI_STATUS_IGNORE);
     }
-    printf("compose app=%d wrank=%d wsize=%d urank=%d usize=%d usum=%d wsum=%d dup=%d half=%d token=%d pid=%d\n",
-           app, wrank, wsize, urank, usize, usum, wsum, dsize, hsize, token, (int)getpid());
+    /* Under Slurm: the node it ran on. */
+    const char *node = getenv("SLURMD_NODENAME");
+    printf("compose app=%d wrank=%d wsize=%d urank=%d usize=%d usum=%d wsum=%d dup=%d half=%d token=%d pid=%d node=%s\n",
+           app, wrank, wsize, urank, usize, usum, wsum, dsize, hsize, token, (int)getpid(),
+           node != NULL ? node : "-");
     MPI_Comm_free(&half);
     MPI_Comm_free(&dup);
     MPI_Finalize();
