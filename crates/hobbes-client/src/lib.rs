@@ -172,6 +172,17 @@ impl Client {
         }
     }
 
+    /// Send one request and hang up without waiting for its answer: the
+    /// daemon serves each connection on a thread of its own and carries a
+    /// request it has read through whole, so the work is done; only its
+    /// answer (and so any refusal) is lost. For clean-ups off a caller's
+    /// critical path (the SPANK plugin's step end, which `srun` waits for).
+    /// Takes the client: an answer left unread would otherwise be taken for
+    /// the next request's.
+    pub fn post(mut self, req: &Request) -> Result<()> {
+        self.send(req, &[])
+    }
+
     /// Send one request and read one response, errors included as `Response::Error`.
     pub fn request(&mut self, req: &Request) -> Result<Response> {
         match self.send(req, &[]) {

@@ -4,7 +4,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use hobbes_client::{Client, ClientError};
 use hobbes_proto::model::{EnclaveId, EnclaveKind, ExitStatus};
-use hobbes_proto::msg::{EnclaveRef, ErrorCode, Owner};
+use hobbes_proto::msg::{EnclaveRef, ErrorCode, Owner, Request};
 use hobbes_proto::slurm::{
     parse_mib, EnclaveGroup, EnclaveGroups, EnclaveOption, SlurmStep, SlurmTask, GROUPS_ENV,
 };
@@ -90,6 +90,12 @@ pub fn node_leviathan_socket() -> Option<String> {
     let (locks, sockets) = unix_sockets(&table);
     if locks.is_empty() {
         return None;
+    }
+    // One daemon listening here (a node's usual case): it holds the lock.
+    // Walking every process's descriptors costs milliseconds on the step's
+    // critical path, so only when several daemons listen in this namespace.
+    if let [(_, path)] = sockets.as_slice() {
+        return Some(path.clone());
     }
     let lock_links: Vec<String> = locks.iter().map(|i| format!("socket:[{i}]")).collect();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -475,25 +481,46 @@ pub fn task_exit(pid: u32, status: i32) -> Outcome {
         return Ok(None);
     };
     let mut client = connect(&step.node, &step.socket)?;
-    let apps = client.list_apps(None).map_err(|e| e.to_string())?;
-    let Some(app) = apps
-        .iter()
-        .filter(|a| step.enclaves.iter().any(|(_, id, _)| *id == a.enclave))
-        .filter(|a| a.joined.is_some_and(|j| j.pid == pid))
-        .max_by_key(|a| a.id)
-    else {
+    // Only the step's enclaves' apps: the task is one of them.
+    let mut found = None;
+    for (_, id, _) in &step.enclaves {
+        let apps = client
+            .list_apps(Some(EnclaveRef::Id(*id)))
+            .map_err(|e| e.to_string())?;
+        found = apps
+            .into_iter()
+            .filter(|a| a.joined.is_some_and(|j| j.pid == pid))
+            .max_by_key(|a| a.id);
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(app) = found else {
         return Ok(None);
     };
-    client.task_exited(app.id, exit).map_err(|e| {
-        format!(
-            "node {}: cannot report the end of app {}: {e}",
-            step.node, app.id
-        )
-    })?;
+    // Posted, not waited for: slurmstepd tells srun of the task's end only
+    // after this hook (see step_end). Lost only with the daemon, which then
+    // records the app as ended with no status, as when this hook is not run.
+    client
+        .post(&Request::TaskExited { app: app.id, exit })
+        .map_err(|e| {
+            format!(
+                "node {}: cannot report the end of app {}: {e}",
+                step.node, app.id
+            )
+        })?;
     Ok(None)
 }
 
 /// `slurm_spank_exit` (slurmstepd, step end): destroy the step's enclaves.
+///
+/// Asked, not waited for: `srun` returns only once slurmstepd closed the
+/// step's I/O, after this hook, and a destroy (the control process killed,
+/// the cgroups removed) takes about 12 ms here, a tenth of an MPI hello's
+/// step (measured: 1.26x of a plain `srun` waited, 1.19x asked). The daemon
+/// carries each request through on its own; should it not (a daemon that
+/// stopped just then), the enclave is bound to this slurmstepd and goes when
+/// it exits, and the epilog sweeps the job's.
 pub fn step_end() -> Outcome {
     let Some(step) = lock(&STEP).take() else {
         return Ok(None);
@@ -501,31 +528,35 @@ pub fn step_end() -> Outcome {
     if step.enclaves.is_empty() {
         return Ok(None);
     }
-    let mut client = connect(&step.node, &step.socket)?;
     let mut failed = Vec::new();
-    let mut gone = Vec::new();
+    let mut asked = Vec::new();
     for (name, _, _) in &step.enclaves {
-        match client.destroy_enclave(EnclaveRef::Name(name.clone())) {
-            Ok(()) => gone.push(name.as_str()),
-            // Gone already: its slurmstepd binding or the epilog was first.
-            Err(e) if e.code() == Some(ErrorCode::NotFound) => {}
+        // One connection per request: the daemon ends a connection whose
+        // answer it cannot write, so a second request on it would be lost.
+        let sent = connect(&step.node, &step.socket).and_then(|client| {
+            client
+                .post(&Request::DestroyEnclave {
+                    enclave: EnclaveRef::Name(name.clone()),
+                })
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(()) => asked.push(name.as_str()),
             Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
     if !failed.is_empty() {
         return Err(format!(
-            "node {}: cannot destroy enclave(s) {}",
+            "node {}: cannot ask to destroy enclave(s) {} (they go with this slurmstepd)",
             step.node,
             failed.join("; ")
         ));
     }
-    Ok((!gone.is_empty()).then(|| {
-        format!(
-            "node {}: enclave(s) {} destroyed",
-            step.node,
-            gone.join(", ")
-        )
-    }))
+    Ok(Some(format!(
+        "node {}: enclave(s) {} being destroyed",
+        step.node,
+        asked.join(", ")
+    )))
 }
 
 /// `slurm_spank_job_epilog` (the node's epilog, also after a crash): destroy
