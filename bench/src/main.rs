@@ -16,6 +16,7 @@ mod insitu;
 mod lwk;
 mod plot;
 mod remora;
+mod slurm;
 mod vm;
 mod xasm;
 mod xemem;
@@ -24,11 +25,12 @@ const USAGE: &str = "\
 usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm
                     | lwk [--reps N] [--detour-secs S] [--memory MIB] [--trap-nr NR] [--programs DIR] [--native-only] [--json]
                     | vm [--reps N] [--pings N] [--memory MIB]
-                    | insitu [--out DIR] [--reps N] [--sizes A,B,..]]
+                    | insitu [--out DIR] [--reps N] [--sizes A,B,..] | slurm [--reps N]]
 
 Each bench runs Hobbes and its floor (the peer named in the issue) in the same run and
 prints medians and the ratio. All but insitu need root (they start a privileged
-leviathan in a temporary state directory); bench/README.md explains every row.";
+leviathan in a temporary state directory); slurm starts its own local cluster
+(scripts/slurm-cluster.sh) and is not part of `all`. bench/README.md explains every row.";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
             with_daemon(|d| vm::bench(d, &o))
         }
         Some("insitu") => insitu::main(&args[2..]),
+        Some("slurm") => slurm::bench(&slurm::Opts::parse(&args[2..])?),
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
         Some("all") | None => {

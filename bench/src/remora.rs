@@ -28,7 +28,7 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn compile(dir: &Path, name: &str, source: &Path) -> Result<String> {
+pub(crate) fn compile(dir: &Path, name: &str, source: &Path) -> Result<String> {
     let out = dir.join(name);
     let st = Command::new("mpicc.mpich")
         .arg("-O2")
