@@ -522,3 +522,53 @@ impl Drop for SlurmCluster {
         }
     }
 }
+
+/// The SPANK plugin, `libhobbes_spank.so`, in the target profile directory:
+/// `cargo test` builds it as hobbes-spank's library (into `deps/`; the copy
+/// in the profile directory is refreshed only by `cargo build`), so the
+/// newer of the two; built here when neither exists, as [`SlurmCluster::check`]
+/// builds leviathan and hobbes. `Err(Skip)` when it cannot be had, or was
+/// built without Slurm's `spank.h`.
+pub fn spank_plugin() -> Result<PathBuf, Skip> {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    // The newest of the two: `cargo test` rebuilds `deps/` without always
+    // refreshing the copy `cargo build` put in the profile directory.
+    let find = || {
+        [
+            profile.join("libhobbes_spank.so"),
+            profile.join("deps/libhobbes_spank.so"),
+        ]
+        .into_iter()
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+    };
+    if find().is_none() {
+        let _ = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "hobbes-spank"])
+            .status();
+    }
+    let so = find().ok_or_else(|| {
+        Skip(format!(
+            "no libhobbes_spank.so in {} (cargo build -p hobbes-spank)",
+            profile.display()
+        ))
+    })?;
+    let syms = Command::new("nm").arg("-D").arg(&so).output();
+    if let Ok(out) = syms {
+        if out.status.success()
+            && !String::from_utf8_lossy(&out.stdout).contains("slurm_spank_init")
+        {
+            return Err(Skip(format!(
+                "{} was built without spank.h (install libslurm-dev): no plugin",
+                so.display()
+            )));
+        }
+    }
+    Ok(so)
+}

@@ -35,53 +35,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// The plugin: the cdylib in the target profile directory (`cargo test -p
-/// hobbes-spank` builds it as the package's own library; built here when
-/// missing, like the harness builds leviathan and hobbes).
-fn plugin() -> Result<PathBuf, Skip> {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
-    // The newest of the two: `cargo test` rebuilds `deps/` without always
-    // refreshing the copy `cargo build` put in the profile directory.
-    let find = || {
-        [
-            profile.join("libhobbes_spank.so"),
-            profile.join("deps/libhobbes_spank.so"),
-        ]
-        .into_iter()
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-    };
-    if find().is_none() {
-        let _ = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "hobbes-spank"])
-            .status();
-    }
-    let so = find().ok_or_else(|| {
-        Skip(format!(
-            "no libhobbes_spank.so in {} (cargo build -p hobbes-spank)",
-            profile.display()
-        ))
-    })?;
-    let syms = Command::new("nm").arg("-D").arg(&so).output();
-    if let Ok(out) = syms {
-        if out.status.success()
-            && !String::from_utf8_lossy(&out.stdout).contains("slurm_spank_init")
-        {
-            return Err(Skip(format!(
-                "{} was built without spank.h (install libslurm-dev): no plugin",
-                so.display()
-            )));
-        }
-    }
-    Ok(so)
-}
-
 /// Poll `f` every 50 ms until it gives `Some`, at most `limit`; panics
 /// naming `what` (with the last state) past it.
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
@@ -284,7 +237,7 @@ fn in_enclave_cgroup(cg: &str, id: u64) -> bool {
 /// check that nothing is left; `SKIP` when no cluster can run here.
 fn run(test: &str, scenario: impl FnOnce(&mut Cluster)) {
     let t0 = Instant::now();
-    let so = match plugin() {
+    let so = match slurm::spank_plugin() {
         Ok(p) => p,
         Err(skip) => return skip.print(test),
     };

@@ -136,15 +136,18 @@ fn programs(test: &str) -> Option<Programs> {
 /// `None` after printing SKIP.
 fn setup(test: &str, plugin: bool) -> Option<(SlurmCluster, Programs)> {
     let progs = programs(test)?;
-    let plugin_path = PathBuf::from(REMORA)
-        .parent()
-        .unwrap()
-        .join("libhobbes_spank.so");
-    if plugin && !plugin_path.exists() {
-        skip_line!("SKIP {test}: the SPANK plugin is not built (cargo build -p hobbes-spank)");
-        return None;
-    }
-    match SlurmCluster::start(2, plugin.then_some(plugin_path.as_path())) {
+    let plugin_path = if plugin {
+        match slurm::spank_plugin() {
+            Ok(p) => Some(p),
+            Err(skip) => {
+                skip.print(test);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    match SlurmCluster::start(2, plugin_path.as_deref()) {
         Ok(c) => Some((c, progs)),
         Err(skip) => {
             skip.print(test);
