@@ -599,7 +599,35 @@ fn parse_cpus(
     Ok(())
 }
 
-fn parse_size_mib(
+/// A memory size in MiB as people type it on command lines and in
+/// configuration files: "512", "512M", "1G", "2GiB", "1T" (no unit: MiB).
+/// The shell's `--memory` and the daemon's `--memory`, `--host-memory`
+/// sizes both read it.
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let mult = match unit.trim() {
+        "" | "M" | "m" | "MB" | "MiB" => 1,
+        "G" | "g" | "GB" | "GiB" => 1024,
+        "T" | "t" | "TB" | "TiB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use M or G, e.g. 512 or 1G)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512 or 1G)"))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("the size must be more than 0".into()),
+        Some(mib) => Ok(mib),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+fn xml_size_mib(
     doc: &roxmltree::Document,
     node: roxmltree::Node,
     v: &str,
@@ -636,7 +664,7 @@ fn parse_memory(
     mem: &mut MemRequest,
 ) -> Result<(), SpecError> {
     if let Some(size) = node.attribute("size") {
-        mem.size_mib += parse_size_mib(doc, node, size)?;
+        mem.size_mib += xml_size_mib(doc, node, size)?;
     }
     mem.numa = numa_attr(doc, node)?.or(mem.numa);
     for child in node.children().filter(|n| n.is_element()) {

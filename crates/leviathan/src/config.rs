@@ -284,32 +284,8 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<CoreId>, String> {
     Ok(out)
 }
 
-/// A memory size in MiB: "512", "512M", "1G", "2GiB", "1T". The syntax of
-/// the shell's sizes (`hobbes create-enclave --memory`, hobbes-cli's
-/// `parse_size_mib`), which the daemon cannot depend on.
-pub fn parse_size_mib(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let mult = match unit.trim() {
-        "" | "M" | "m" | "MB" | "MiB" => 1,
-        "G" | "g" | "GB" | "GiB" => 1024,
-        "T" | "t" | "TB" | "TiB" => 1024 * 1024,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} (use M or G, e.g. 512 or 1G)"
-            ))
-        }
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 512 or 1G)"))?;
-    match n.checked_mul(mult) {
-        Some(0) => Err("the size must be more than 0".into()),
-        Some(mib) => Ok(mib),
-        None => Err(format!("{s:?} is too large")),
-    }
-}
+/// A memory size in MiB, as the shell reads it ("512", "1G").
+pub use hobbes_proto::spec::parse_size_mib;
 
 /// The managed memory of flags over the file: a `--memory` or
 /// `--memory-blocks` flag wins over both keys; the file may not name both.
