@@ -414,6 +414,20 @@ impl SlurmCluster {
         self.nodes[i].slurmd_pid = pid;
     }
 
+    /// No step of any job is left (`squeue --steps` lists none).
+    pub fn assert_no_step(&self) {
+        let out = self
+            .client("squeue")
+            .args(["--steps", "--noheader"])
+            .output()
+            .expect("squeue");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "",
+            "no step left"
+        );
+    }
+
     /// The script's `status --json` now.
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(&self.script)

@@ -79,26 +79,15 @@ fn programs(test: &str) -> Option<Programs> {
         .prefix("remora-ompi-test-")
         .tempdir()
         .unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../remora-pmpi/include");
-    let rpath = format!("-Wl,-rpath,{}", lib_dir.display());
-    let libs = ["-L", lib_dir.to_str().unwrap(), "-lremora-ompi", &rpath];
-    for prog in ["hello", "abort", "crash"] {
-        compile(
-            "mpicc.openmpi",
-            &dir.path().join(prog),
-            &src.join(format!("{prog}.c")),
-            &[],
-        );
-    }
-    let mut compose = vec!["-I", include.to_str().unwrap()];
-    compose.extend(libs);
-    compile(
+    build_mpi_programs(
         "mpicc.openmpi",
-        &dir.path().join("compose"),
-        &src.join("compose.c"),
-        &compose,
+        dir.path(),
+        "",
+        &["hello", "abort", "crash", "compose"],
+        &lib_dir,
+        "remora-ompi",
     );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
     // The same hello, built against MPICH, for the refusals.
     if Command::new("mpicc.mpich").arg("-v").output().is_ok() {
         compile(

@@ -54,29 +54,15 @@ fn programs(test: &str) -> Option<Programs> {
         .prefix("remora-test-")
         .tempdir()
         .unwrap();
+    build_mpi_programs(
+        "mpicc.mpich",
+        dir.path(),
+        "",
+        &["hello", "compose", "abort", "crash", "spin"],
+        &lib_dir,
+        "remora",
+    );
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../remora-pmpi/include");
-    for prog in ["hello", "compose", "abort", "crash", "spin"] {
-        let mut cc = Command::new("mpicc.mpich");
-        cc.arg("-O1")
-            .arg("-o")
-            .arg(dir.path().join(prog))
-            .arg(src.join(format!("{prog}.c")));
-        if prog == "compose" {
-            cc.arg("-I")
-                .arg(&include)
-                .arg("-L")
-                .arg(&lib_dir)
-                .arg("-lremora")
-                .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
-        }
-        let out = cc.output().unwrap();
-        assert!(
-            out.status.success(),
-            "compiling {prog}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     let out = Command::new("cc")
         .arg("-o")
         .arg(dir.path().join("garbage"))

@@ -9,14 +9,17 @@
 //! time with other daemon tests: `flock /tmp/hobbes-daemon-tests.lock cargo
 //! test -p remora --test slurm`.
 
+#[path = "support/mpi_build.rs"]
+mod mpi_build;
 #[path = "../../../tests/support/slurm.rs"]
 mod slurm;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use mpi_build::build_mpi_programs;
 use slurm::SlurmCluster;
 
 /// Print a SKIP line straight to stdout, past the test harness's capture
@@ -85,47 +88,29 @@ fn programs(test: &str) -> Option<Programs> {
         .prefix("remora-slurm-test-")
         .tempdir()
         .unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c");
-    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../remora-pmpi/include");
-    for prog in ["compose", "crash", "spin"] {
-        let mut cc = Command::new("mpicc.mpich");
-        cc.arg("-O1")
-            .arg("-o")
-            .arg(dir.path().join(prog))
-            .arg(src.join(format!("{prog}.c")));
-        if prog == "compose" {
-            cc.arg("-I")
-                .arg(&include)
-                .arg("-L")
-                .arg(&lib_dir)
-                .arg("-lremora")
-                .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
-        }
-        let out = cc.output().unwrap();
-        assert!(out.status.success(), "compiling {prog}: {}", text(&out));
-    }
+    build_mpi_programs(
+        "mpicc.mpich",
+        dir.path(),
+        "",
+        &["compose", "crash", "spin"],
+        &lib_dir,
+        "remora",
+    );
     // compose for Open MPI too, where it and libremora-ompi are built.
-    let ompi_lib = lib_dir.join("libremora-ompi.so");
-    if ompi_lib.exists()
+    if lib_dir.join("libremora-ompi.so").exists()
         && Command::new("mpicc.openmpi")
             .arg("--version")
             .output()
             .is_ok()
     {
-        let out = Command::new("mpicc.openmpi")
-            .arg("-O1")
-            .arg("-o")
-            .arg(dir.path().join("ocompose"))
-            .arg(src.join("compose.c"))
-            .arg("-I")
-            .arg(&include)
-            .arg("-L")
-            .arg(&lib_dir)
-            .arg("-lremora-ompi")
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "compiling ocompose: {}", text(&out));
+        build_mpi_programs(
+            "mpicc.openmpi",
+            dir.path(),
+            "o",
+            &["compose"],
+            &lib_dir,
+            "remora-ompi",
+        );
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -303,16 +288,7 @@ fn a_crashing_rank_ends_the_step() {
         "remora names the rank that crashed first: {all}"
     );
     eprintln!("crash ended the step in {:?}", started.elapsed());
-    let steps = c
-        .client("squeue")
-        .args(["--steps", "--noheader"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&steps.stdout).trim(),
-        "",
-        "no step left"
-    );
+    c.assert_no_step();
 }
 
 #[test]
@@ -535,16 +511,7 @@ fn remora_list_shows_the_slurm_step_and_ctrl_c_ends_it() {
     let took = signalled.elapsed();
     eprintln!("Ctrl-C ended the step in {took:?}");
     assert!(took < Duration::from_secs(60), "{took:?}");
-    let steps = c
-        .client("squeue")
-        .args(["--steps", "--noheader"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&steps.stdout).trim(),
-        "",
-        "no step left"
-    );
+    c.assert_no_step();
 }
 
 #[test]

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use crate::common::{ncpus, require_root, skip, spec, Daemon};
 
+#[path = "mpi_build.rs"]
+mod mpi_build;
+pub use mpi_build::build_mpi_programs;
+
 /// The `remora` binary under test.
 pub const REMORA: &str = env!("CARGO_BIN_EXE_remora");
 
