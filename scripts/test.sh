@@ -4,6 +4,15 @@
 # print `SKIP <test>: <reason>` otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A full build of the workspace and its tests needs about 3 GB; say so up front rather
+# than let the linker crash half-way with "No space left on device".
+free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+if [ "${free_mb:-0}" -lt 4096 ]; then
+    echo "hobbes: only ${free_mb} MB free on $(df -P . | awk 'NR == 2 {print $6}'); the test build needs about 4 GB" >&2
+    exit 1
+fi
+# One build from scratch: incremental state would only cost disk and time.
+export CARGO_INCREMENTAL=0
 bash scripts/deps.sh
 # The VM kind's guest image (Debian's cloud kernel, busybox and our guest agent),
 # cached; without it (no network for apt-get download) the VM tests print SKIP.
