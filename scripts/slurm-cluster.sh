@@ -5,7 +5,7 @@
 # tests", and ../shared/design/slurm-notes.md for what was measured before.
 #
 #   slurm-cluster.sh start  --dir DIR [--nodes N] [--plugin PATH [--plugin-args ARGS]]
-#                            [--leviathan PATH] [--json]
+#                            [--leviathan PATH] [--slurm-cgroups] [--json]
 #   slurm-cluster.sh stop   --dir DIR
 #   slurm-cluster.sh status --dir DIR [--json]
 #   slurm-cluster.sh env    --dir DIR        # eval "$(slurm-cluster.sh env --dir DIR)"
@@ -32,6 +32,14 @@
 #     `exec nsenter --net=/run/netns/<ns>` (not `ip netns exec`, which remounts /sys and
 #     hides /sys/fs/cgroup from the daemon).
 # slurmctld runs in the root namespace and cgroups, bound to the bridge address only.
+#
+# --slurm-cgroups: Slurm confines the jobs itself (TaskPlugin=task/cgroup,
+#   ProctrackType=proctrack/cgroup, a cgroup.conf with ConstrainCores and
+#   ConstrainRAMSpace), and leviathan runs with --slurm-cgroups. One node only (v1 only):
+#   Slurm makes its cgroups at each controller's root (slurm_<node>), named after the
+#   node, and maps the node's CPUs onto the machine's, so the node is the whole machine:
+#   its cgroups hold every core, nothing is cpu_exclusive, and its leviathan manages the
+#   machine with the first core as its host core. stop also removes Slurm's cgroups.
 #
 # Files in DIR: slurm.conf, plugstack.conf, cluster.state (what stop needs), ctld/ (state,
 # log), nI/ (the node's spool, tmp, logs, leviathan's state directory hobbes/).
@@ -67,7 +75,7 @@ unsupported() {
 usage() {
     cat >&2 <<EOF
 usage: slurm-cluster.sh start  --dir DIR [--nodes N] [--plugin PATH [--plugin-args ARGS]]
-                              [--leviathan PATH] [--json]
+                              [--leviathan PATH] [--slurm-cgroups] [--json]
        slurm-cluster.sh stop   --dir DIR
        slurm-cluster.sh status --dir DIR [--json]
        slurm-cluster.sh env    --dir DIR
@@ -162,7 +170,7 @@ save_state() {
     local v
     {
         for v in ID NODES CORES SUBNET CTLD_PORT SLURMD_PORT CG_MODE CPUSET_BASE MEMORY_BASE \
-            V2_BASE LEVIATHAN HOBBES PLUGIN SUBSET NODE_BLOCKS NODE_MIB HOST; do
+            V2_BASE LEVIATHAN HOBBES PLUGIN SUBSET NODE_BLOCKS NODE_MIB HOST SLURM_CGROUPS; do
             printf '%s=%q\n' "$v" "${!v-}"
         done
     } >"$STATE.tmp"
@@ -172,7 +180,7 @@ save_state() {
 load_state() {
     NODES=0 CORES="" SUBNET="" CTLD_PORT="" SLURMD_PORT="" CG_MODE="" CPUSET_BASE=""
     MEMORY_BASE="" V2_BASE="" LEVIATHAN="" HOBBES="" PLUGIN="" SUBSET="" NODE_BLOCKS=""
-    NODE_MIB="" HOST=""
+    NODE_MIB="" HOST="" SLURM_CGROUPS=0
     # shellcheck disable=SC1090
     [[ -f $STATE ]] && source "$STATE"
     return 0
@@ -229,6 +237,18 @@ make_cgroups() {
     v1)
         local cs=$CPUSET_BASE/$CG_NAME mem=$MEMORY_BASE/$CG_NAME
         mems=$(cat "$CPUSET_BASE/cpuset.mems")
+        if [[ $SLURM_CGROUPS == 1 ]]; then
+            # The node is the machine (see --slurm-cgroups above): every core, nothing
+            # exclusive, so that Slurm's cpusets (every CPU) can stand beside it.
+            all=$(cat "$CPUSET_BASE/cpuset.cpus")
+            mkdir "$cs" "$mem" "$cs/n0" "$mem/n0"
+            echo "$all" >"$cs/cpuset.cpus"
+            echo "$mems" >"$cs/cpuset.mems"
+            echo "$all" >"$cs/n0/cpuset.cpus"
+            echo "$mems" >"$cs/n0/cpuset.mems"
+            echo $((NODE_MIB * 1024 * 1024)) >"$mem/n0/memory.limit_in_bytes"
+            return
+        fi
         # v1 allows cpu_exclusive children only under a cpu_exclusive parent, and an
         # exclusive cpuset may not overlap a sibling: hence the refusal below when another
         # daemon (a leviathan's hobbes/, another cluster) holds these cores.
@@ -317,7 +337,9 @@ leviathan_args() {
     c=$(core_of "$i")
     blocks=$(node_blocks "$i")
     LEV_ARGS=(--state-dir "$DIR/n$i/hobbes" --host-memory "$HOST_MEMORY_MIB")
-    if [[ $SUBSET == 1 ]]; then
+    if [[ $SLURM_CGROUPS == 1 ]]; then
+        LEV_ARGS+=(--host-cores "$c" --slurm-cgroups)
+    elif [[ $SUBSET == 1 ]]; then
         LEV_ARGS+=(--cpus "$c" --memory-blocks "$blocks")
     else
         # Without the subset flags leviathan's inventory is the whole machine; the node's
@@ -418,10 +440,22 @@ SlurmdLogFile=$DIR/%n/slurmd.log
 # clash when several slurmds share one /tmp (Slurm expands %n in it).
 TmpFS=$DIR/%n/tmp
 PlugStackConfig=$DIR/plugstack.conf
+EOF
+        if [[ $SLURM_CGROUPS == 1 ]]; then
+            cat <<EOF
+# Slurm confines the jobs itself (--slurm-cgroups; cgroup.conf beside this file).
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
+EOF
+        else
+            cat <<EOF
 # Slurm's own cgroup plugins stay off: each node's daemons are already in the node's
 # cgroups (made by this script), which Slurm's cgroup plugins would fight over.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
+EOF
+        fi
+        cat <<EOF
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
@@ -445,6 +479,14 @@ EOF
         done
         echo "PartitionName=debug Nodes=$nodes Default=YES MaxTime=INFINITE State=UP"
     } >"$DIR/slurm.conf"
+    if [[ $SLURM_CGROUPS == 1 ]]; then
+        cat >"$DIR/cgroup.conf" <<EOF
+# Written by scripts/slurm-cluster.sh --slurm-cgroups for the cluster in $DIR.
+CgroupPlugin=cgroup/v1
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+EOF
+    fi
     if [[ -n $PLUGIN ]]; then
         echo "required $PLUGIN${PLUGIN_ARGS:+ $PLUGIN_ARGS}" >"$DIR/plugstack.conf"
     else
@@ -556,6 +598,11 @@ cmd_start() {
     done
     NODES=${OPT_NODES:-2}
     [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes wants a positive number, not $NODES"
+    SLURM_CGROUPS=${OPT_SLURM_CGROUPS:-0}
+    if [[ $SLURM_CGROUPS == 1 ]]; then
+        ((NODES == 1)) || die "--slurm-cgroups runs one node (Slurm's cgroups are per machine); not --nodes $NODES"
+        [[ $CG_MODE == v1 ]] || unsupported "--slurm-cgroups needs cgroup v1 cpuset and memory (leviathan --slurm-cgroups is v1 only)"
+    fi
     ((NODES <= ${#online[@]})) ||
         die "$NODES nodes need $NODES cores (one each, exclusive); this machine has ${#online[@]} online ($avail)"
     ((NODES <= ${#cores[@]})) ||
@@ -661,6 +708,7 @@ cgroup_pids() {
     done < <(cgroup_dirs)
 }
 cgroups_empty() { [[ -z $(cgroup_pids) ]]; }
+slurm_cgroup_empty() { [[ -z $(find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null) ]]; }
 
 # Slurm clients (srun, salloc, ...) of this cluster still running: without their
 # slurmctld they would wait for it forever (and keep whatever they hold, such as a test's
@@ -723,6 +771,21 @@ do_stop() {
     # The node record names the last privileged leviathan; it was one of ours.
     if grep -qF -- "\"$DIR/" /run/hobbes-leviathan-node.json 2>/dev/null; then
         rm -f /run/hobbes-leviathan-node.json
+    fi
+    # Slurm's own cgroups (--slurm-cgroups): slurm_<node> at each v1 controller's root,
+    # which slurmd leaves behind; their processes were the cluster's and are gone.
+    if [[ ${SLURM_CGROUPS:-0} == 1 ]]; then
+        local top p
+        for top in /sys/fs/cgroup/*/slurm_n[0-9]*; do
+            [[ -d $top ]] || continue
+            for p in $(find "$top" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
+                log "killing pid $p, left in Slurm's cgroup $top"
+                kill -KILL "$p" 2>/dev/null || true
+            done
+            wait_until 10 "" slurm_cgroup_empty "$top" || log "warning: processes survive in $top"
+            find "$top" -depth -type d -exec rmdir {} \; 2>/dev/null ||
+                log "warning: cannot remove Slurm's cgroup $top"
+        done
     fi
     # cgroups, deepest first (the kernel removes a cgroup's files with it).
     local d
@@ -855,7 +918,7 @@ main() {
     (($#)) || usage
     local cmd=$1
     shift
-    DIR="" OPT_NODES="" OPT_PLUGIN="" OPT_LEVIATHAN="" OPT_JSON=0 PLUGIN_ARGS=""
+    DIR="" OPT_NODES="" OPT_PLUGIN="" OPT_LEVIATHAN="" OPT_JSON=0 PLUGIN_ARGS="" OPT_SLURM_CGROUPS=0
     while (($#)); do
         case $1 in
         --dir) DIR=${2:?--dir wants a directory} && shift ;;
@@ -864,6 +927,7 @@ main() {
         --plugin-args) PLUGIN_ARGS=${2?--plugin-args wants a string} && shift ;;
         --leviathan) OPT_LEVIATHAN=${2:?--leviathan wants a path} && shift ;;
         --json) OPT_JSON=1 ;;
+        --slurm-cgroups) OPT_SLURM_CGROUPS=1 ;;
         -h | --help) usage ;;
         *) die "unknown argument $1" ;;
         esac

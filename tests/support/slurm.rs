@@ -208,6 +208,15 @@ impl SlurmCluster {
     /// or without a built `leviathan`/`hobbes`. A cluster that does not come
     /// up is a panic, with the script's output (which has the logs' tails).
     pub fn start(nodes: usize, plugin: Option<&Path>) -> Result<SlurmCluster, Skip> {
+        SlurmCluster::start_with(nodes, plugin, &[])
+    }
+
+    /// [`SlurmCluster::start`] with more of the script's flags (`--slurm-cgroups`).
+    pub fn start_with(
+        nodes: usize,
+        plugin: Option<&Path>,
+        flags: &[&str],
+    ) -> Result<SlurmCluster, Skip> {
         SlurmCluster::check(nodes)?;
         let leviathan = profile_dir().join("leviathan");
         let guard = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,6 +235,7 @@ impl SlurmCluster {
             leviathan.display().to_string(),
             "--json".into(),
         ];
+        args.extend(flags.iter().map(|f| f.to_string()));
         if let Some(p) = plugin {
             args.push("--plugin".into());
             args.push(p.display().to_string());
@@ -510,6 +520,19 @@ impl SlurmCluster {
         let bridge = string(&self.info, "bridge");
         if !bridge.is_empty() && Path::new("/sys/class/net").join(&bridge).exists() {
             left.push(format!("bridge {bridge}"));
+        }
+        // Slurm's own cgroups (`--slurm-cgroups`): slurm_<node> at each v1 root.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for n in &self.nodes {
+                let dir = ctrl.path().join(format!("slurm_{}", n.name));
+                if dir.exists() {
+                    left.push(format!("Slurm's cgroup {}", dir.display()));
+                }
+            }
         }
         left
     }

@@ -68,7 +68,8 @@ use std::time::{Duration, Instant};
 use hobbes_kind::{DriverResult, Leftover};
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
-pub mod v1;
+pub mod step_nest;
+mod v1;
 pub mod v2;
 
 /// The prefix of the native kind's enclave cgroups (`enclave-N`), the default.
@@ -110,6 +111,9 @@ pub enum CgroupError {
         /// How long we waited for it to empty.
         waited: Duration,
     },
+    /// This node's cgroups cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The result of a cgroup operation.
@@ -127,7 +131,13 @@ pub trait CgroupManager: fmt::Debug + Send + Sync {
     /// ones ([`host_cpus`]): exactly `host_cores` when the whole node is
     /// managed, the unmanaged cores too when a subset is. Returns how many
     /// tasks moved. Idempotent: a restarted daemon finds them in place.
-    fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize>;
+    fn setup(
+        &self,
+        all_cores: &[CoreId],
+        host_cores: &[CoreId],
+        mems: &str,
+        exclusive: bool,
+    ) -> Result<usize>;
     /// Undo [`CgroupManager::setup`]: give the host back all its cores. Leaves
     /// the parents in place while enclave cgroups still exist.
     fn teardown(&self) -> Result<()>;
@@ -565,9 +575,15 @@ impl Cgroups {
     }
 
     /// See [`CgroupManager::setup`]; nothing to do without cgroups.
-    pub fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
+    pub fn setup(
+        &self,
+        all_cores: &[CoreId],
+        host_cores: &[CoreId],
+        mems: &str,
+        exclusive: bool,
+    ) -> Result<usize> {
         self.manager()
-            .map_or(Ok(0), |m| m.setup(all_cores, host_cores, mems))
+            .map_or(Ok(0), |m| m.setup(all_cores, host_cores, mems, exclusive))
     }
 
     /// See [`CgroupManager::teardown`].
@@ -584,6 +600,7 @@ impl Cgroups {
             &node.all_cores,
             &node.host_cores,
             &mems_of(&node.numa_nodes),
+            !node.slurm_cgroups,
         )
         .map_err(|e| format!("cgroup setup: {e}"))
     }

@@ -54,6 +54,10 @@ impl V1 {
 
     fn enclave_at(&self, id: EnclaveId, exclusive: bool) -> V1Enclave {
         let name = dir_name(self.prefix, id);
+        // Under a parent that is not cpu_exclusive (`leviathan
+        // --slurm-cgroups`), no enclave can be: v1 refuses it.
+        let exclusive =
+            exclusive && read(&self.cpuset.join("cpuset.cpu_exclusive")).map_or(true, |v| v == "1");
         V1Enclave {
             cpuset: self.cpuset.join(&name),
             memory: self.memory.join(&name),
@@ -69,7 +73,13 @@ impl CgroupManager for V1 {
         CgroupMode::Legacy
     }
 
-    fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], _mems: &str) -> Result<usize> {
+    fn setup(
+        &self,
+        all_cores: &[CoreId],
+        host_cores: &[CoreId],
+        _mems: &str,
+        exclusive: bool,
+    ) -> Result<usize> {
         let cpuset = &self.cpuset;
         if self.ops.mkdir(cpuset)? || read(&cpuset.join("cpuset.cpus"))?.is_empty() {
             write(
@@ -81,9 +91,13 @@ impl CgroupManager for V1 {
                 &read(&self.cpuset_parent.join("cpuset.mems"))?,
             )?;
         }
-        // Enclave cpusets are cpu_exclusive, which v1 allows only under an exclusive parent.
-        if read(&cpuset.join("cpuset.cpu_exclusive"))? != "1" {
-            write(&cpuset.join("cpuset.cpu_exclusive"), "1")?;
+        // Enclave cpusets are cpu_exclusive, which v1 allows only under an
+        // exclusive parent. Not so when Slurm confines jobs on this node: v1
+        // also refuses Slurm's own cpuset, which holds every CPU, beside an
+        // exclusive one (docs/slurm.md).
+        let flag = if exclusive { "1" } else { "0" };
+        if read(&cpuset.join("cpuset.cpu_exclusive"))? != flag {
+            write(&cpuset.join("cpuset.cpu_exclusive"), flag)?;
         }
         let host = cpuset.join("host");
         self.ops.mkdir(&host)?;
@@ -271,7 +285,7 @@ mod tests {
     #[test]
     fn setup_makes_exclusive_parent_and_host_cpuset_and_teardown_removes_them() {
         let (dir, m) = node();
-        assert_eq!(m.setup(&[0, 1, 2, 3], &[0], "0").unwrap(), 0);
+        assert_eq!(m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap(), 0);
         assert_eq!(read_file(&at(&dir, "cpuset/hobbes/cpuset.cpus")), "0-3");
         assert_eq!(read_file(&at(&dir, "cpuset/hobbes/cpuset.mems")), "0");
         assert_eq!(
@@ -282,7 +296,7 @@ mod tests {
         assert_eq!(read_file(&at(&dir, "cpuset/hobbes/host/cpuset.mems")), "0");
         assert!(at(&dir, "memory/hobbes/memory.limit_in_bytes").exists());
         // Idempotent: a restarted daemon finds it all in place.
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         assert_eq!(m.mode(), CgroupMode::Legacy);
 
         m.teardown().unwrap();
@@ -297,7 +311,7 @@ mod tests {
         fixture::v1_root(&at(&dir, "cpuset"), &at(&dir, "memory"), "0-15", "0");
         let m = V1::with_dir_ops(at(&dir, "cpuset"), at(&dir, "memory"), fixture::DIR_OPS);
         let managed: Vec<CoreId> = (4..16).collect();
-        m.setup(&managed, &[4], "0").unwrap();
+        m.setup(&managed, &[4], "0", true).unwrap();
         assert_eq!(read_file(&at(&dir, "cpuset/hobbes/cpuset.cpus")), "0-15");
         assert_eq!(
             read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")),
@@ -315,7 +329,8 @@ mod tests {
             "4"
         );
         // The whole node managed: the host keeps exactly its cores, as before.
-        m.setup(&(0..16).collect::<Vec<_>>(), &[0, 1], "0").unwrap();
+        m.setup(&(0..16).collect::<Vec<_>>(), &[0, 1], "0", true)
+            .unwrap();
         assert_eq!(
             read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")),
             "0-1"
@@ -336,8 +351,8 @@ mod tests {
             V1::with_dir_ops(cpuset, memory, fixture::DIR_OPS)
         };
         let (n0, n1) = (node(0), node(1));
-        n0.setup(&[0], &[0], "0").unwrap();
-        n1.setup(&[1], &[1], "0").unwrap();
+        n0.setup(&[0], &[0], "0", true).unwrap();
+        n1.setup(&[1], &[1], "0", true).unwrap();
         for n in 0..2 {
             let base = format!("cpuset/hobbes-slurm/n{n}/hobbes");
             assert_eq!(
@@ -373,9 +388,34 @@ mod tests {
     }
 
     #[test]
+    fn beside_slurms_cgroups_nothing_is_cpu_exclusive() {
+        let (dir, m) = node();
+        m.setup(&[0, 1, 2, 3], &[0], "0", false).unwrap();
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/cpuset.cpu_exclusive")),
+            "0"
+        );
+        let e = m.enclave(5, false);
+        e.create(&[2], "0", LIMIT).unwrap();
+        assert_ne!(
+            read_file(&at(&dir, "cpuset/hobbes/enclave-5/cpuset.cpu_exclusive")),
+            "1",
+            "an exclusive enclave is not cpu_exclusive under a parent that is not"
+        );
+        e.remove().unwrap();
+        // A restart with the flag off makes the parent exclusive again.
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
+        assert_eq!(
+            read_file(&at(&dir, "cpuset/hobbes/cpuset.cpu_exclusive")),
+            "1"
+        );
+        m.teardown().unwrap();
+    }
+
+    #[test]
     fn create_writes_cores_mems_exclusive_and_limit() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         let e = m.enclave(3, false);
         assert!(!e.exists());
         e.create(&[2, 3, 1], "0", LIMIT).unwrap();
@@ -412,7 +452,7 @@ mod tests {
     #[test]
     fn set_cpus_mems_and_limit_write_their_files() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         let e = m.enclave(1, false);
         e.create(&[1], "0", LIMIT).unwrap();
         e.set_cpus(&[1, 2]).unwrap();
@@ -441,7 +481,7 @@ mod tests {
     #[test]
     fn control_process_is_on_the_cores_but_outside_the_limit_and_apps_under_it() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         let e = m.enclave(2, false);
         e.create(&[1], "0", LIMIT).unwrap();
         e.add_control_pid(5_000_001).unwrap();
@@ -478,7 +518,7 @@ mod tests {
     #[test]
     fn existing_enclaves_lists_enclave_dirs_of_either_hierarchy() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         m.enclave(7, false).create(&[1], "0", LIMIT).unwrap();
         m.enclave(3, true).create(&[0], "0", LIMIT).unwrap();
         // Half-made: only the memory cgroup of enclave 9 exists.
@@ -510,9 +550,9 @@ mod tests {
         let (dir, native) = node();
         let lwk = V1::with_dir_ops(at(&dir, "cpuset"), at(&dir, "memory"), fixture::DIR_OPS)
             .with_prefix("lwk");
-        native.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        native.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         // The second kind's set-up finds the node set up: nothing changes.
-        lwk.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        lwk.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         assert_eq!(read_file(&at(&dir, "cpuset/hobbes/host/cpuset.cpus")), "0");
         native.enclave(1, false).create(&[1], "0", LIMIT).unwrap();
         let l = lwk.enclave(2, false);
@@ -545,7 +585,7 @@ mod tests {
     #[test]
     fn remove_removes_both_dirs_and_refuses_while_busy() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         let e = m.enclave(5, false);
         e.create(&[1], "0", LIMIT).unwrap();
         e.add_pid(5_000_005).unwrap();
@@ -568,7 +608,7 @@ mod tests {
     #[test]
     fn failed_create_leaves_nothing_behind() {
         let (dir, m) = node();
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         // The memory parent vanished (say): the enclave's memory cgroup cannot be made.
         fs::remove_dir_all(at(&dir, "memory/hobbes")).unwrap();
         let e = m.enclave(6, false);

@@ -74,7 +74,18 @@ impl CgroupManager for V2 {
         CgroupMode::Unified
     }
 
-    fn setup(&self, all_cores: &[CoreId], host_cores: &[CoreId], mems: &str) -> Result<usize> {
+    fn setup(
+        &self,
+        all_cores: &[CoreId],
+        host_cores: &[CoreId],
+        mems: &str,
+        exclusive: bool,
+    ) -> Result<usize> {
+        if !exclusive {
+            return Err(super::CgroupError::Unsupported(
+                "cores shared with Slurm's cgroups (leviathan --slurm-cgroups) are supported on cgroup v1 only; this node's cpuset is cgroup v2".into(),
+            ));
+        }
         let mut made = Vec::new();
         let result = self.make_parents(all_cores, host_cores, mems, &mut made);
         if result.is_err() {
@@ -279,7 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fixture::v2_root(dir.path(), "0-3", "0");
         let m = V2::with_dir_ops(dir.path().to_path_buf(), fixture::DIR_OPS);
-        m.setup(&[0, 1, 2, 3], &[0], "0").unwrap();
+        m.setup(&[0, 1, 2, 3], &[0], "0", true).unwrap();
         (dir, m)
     }
 
@@ -317,7 +328,7 @@ mod tests {
         fixture::v2_root(dir.path(), "0-15", "0");
         let m = V2::with_dir_ops(dir.path().to_path_buf(), fixture::DIR_OPS);
         let managed: Vec<CoreId> = (4..16).collect();
-        assert_eq!(m.setup(&managed, &[4], "0").unwrap(), 0);
+        assert_eq!(m.setup(&managed, &[4], "0", true).unwrap(), 0);
         assert_eq!(read_file(&at(&dir, "hobbes/cpuset.cpus")), "5-15");
         assert_eq!(read_file(&at(&dir, "hobbes/cpuset.cpus.partition")), "root");
         assert_eq!(read_file(&at(&dir, "hobbes-shared/cpuset.cpus")), "4");
@@ -340,7 +351,7 @@ mod tests {
         let base = at(&dir, "hobbes-slurm/n0");
         fixture::v2_root(&base, "0", "0");
         let m = V2::with_dir_ops(base, fixture::DIR_OPS);
-        m.setup(&[0], &[0], "0").unwrap();
+        m.setup(&[0], &[0], "0", true).unwrap();
         assert_eq!(
             read_file(&at(&dir, "hobbes-slurm/n0/hobbes/cpuset.cpus")),
             ""

@@ -88,7 +88,7 @@ fn v2_manager_on_the_kernels_cgroup2() {
     let shared = mgr.enclave(7, true);
 
     if has("cpuset") && has("memory") {
-        mgr.setup(&[0], &[0], "0").expect("setup");
+        mgr.setup(&[0], &[0], "0", true).expect("setup");
         shared.create(&[0], "0", 64 << 20).expect("create");
         assert_eq!(shared.memory_limit(), Some(64 << 20));
         shared.remove().unwrap();
@@ -100,7 +100,7 @@ fn v2_manager_on_the_kernels_cgroup2() {
         );
         // Set-up and creation need them: each fails naming the file, and
         // the kernel's cgroups it had made are gone again.
-        let e = mgr.setup(&[0, 1], &[0], "0").unwrap_err();
+        let e = mgr.setup(&[0, 1], &[0], "0", true).unwrap_err();
         assert!(e.to_string().contains("cpuset"), "{e}");
         assert!(!parent.join("hobbes").exists() && !parent.join("hobbes-shared").exists());
         std::fs::create_dir(parent.join("hobbes-shared")).unwrap();

@@ -325,6 +325,7 @@ impl Client {
             slurm: None,
             bound_to_pid: None,
             owner: None,
+            step_cpus: None,
         })
     }
 
@@ -337,24 +338,28 @@ impl Client {
         slurm: Option<SlurmStep>,
         bound_to_pid: Option<u32>,
     ) -> Result<EnclaveRecord> {
-        self.create_enclave_for_job(spec, slurm, bound_to_pid, None)
+        self.create_enclave_for_job(spec, slurm, bound_to_pid, None, None)
     }
 
     /// [`Client::create_enclave_for_step`] with the enclave's `owner`
     /// instead of the caller (root only: `Refused` PermissionDenied
     /// otherwise): the SPANK plugin gives the job's user its enclaves.
+    /// `step_cpus`: the CPUs of the step's allocation on this node, which
+    /// the enclave's cores come from where Slurm confines jobs.
     pub fn create_enclave_for_job(
         &mut self,
         spec: EnclaveSpec,
         slurm: Option<SlurmStep>,
         bound_to_pid: Option<u32>,
         owner: Option<Owner>,
+        step_cpus: Option<Vec<CoreId>>,
     ) -> Result<EnclaveRecord> {
         self.enclave_reply(Request::CreateEnclave {
             spec,
             slurm,
             bound_to_pid,
             owner,
+            step_cpus,
         })
     }
 
@@ -369,11 +374,12 @@ impl Client {
         argv: Vec<String>,
         slurm: Option<SlurmTask>,
     ) -> Result<Joined> {
-        self.join_enclave_as(enclave, pid, argv, slurm, None)
+        self.join_enclave_as(enclave, pid, argv, slurm, None, false)
     }
 
     /// [`Client::join_enclave`], the app recorded as `owner`'s (default:
-    /// the process's uid and gid when it joins).
+    /// the process's uid and gid when it joins); with `defer_cgroups` the
+    /// process's cgroups are left to [`Client::place_task`].
     pub fn join_enclave_as(
         &mut self,
         enclave: EnclaveRef,
@@ -381,6 +387,7 @@ impl Client {
         argv: Vec<String>,
         slurm: Option<SlurmTask>,
         owner: Option<Owner>,
+        defer_cgroups: bool,
     ) -> Result<Joined> {
         match self.call(&Request::JoinEnclave {
             enclave,
@@ -388,6 +395,7 @@ impl Client {
             argv,
             slurm,
             owner,
+            defer_cgroups,
         })? {
             Response::Joined {
                 app,
@@ -398,6 +406,15 @@ impl Client {
                 ns_pid,
                 namespaces,
             }),
+            other => unexpected(&self.peer, other),
+        }
+    }
+
+    /// Put joined process `pid` into its enclave's cgroups, nested in its
+    /// Slurm step's where Slurm confines jobs (root only); returns the app.
+    pub fn place_task(&mut self, enclave: EnclaveRef, pid: u32) -> Result<AppRecord> {
+        match self.call(&Request::PlaceTask { enclave, pid })? {
+            Response::App(a) => Ok(*a),
             other => unexpected(&self.peer, other),
         }
     }

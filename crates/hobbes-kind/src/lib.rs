@@ -90,6 +90,10 @@ pub struct NodeSetup {
     pub host_cores: Vec<CoreId>,
     /// The NUMA nodes of the node's memory.
     pub numa_nodes: Vec<u32>,
+    /// Slurm confines this node's jobs in cgroups of its own
+    /// (`leviathan --slurm-cgroups`): enclave cores are not cpu-exclusive,
+    /// and a Slurm step's enclave nests in the step's cgroups.
+    pub slurm_cgroups: bool,
 }
 
 /// An OS-level object of a kind (a cgroup, a VM) found on the node at start,

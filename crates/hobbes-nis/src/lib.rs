@@ -429,7 +429,7 @@ enum Op {
     Header(NisHeader),
     Core(CoreRecord),
     Block(MemBlockRecord),
-    Enclave(EnclaveRecord),
+    Enclave(Box<EnclaveRecord>),
     DelEnclave(EnclaveId),
     App(AppRecord),
     DelApp(AppId),
@@ -533,7 +533,7 @@ impl NisTxn<'_> {
         t.enclaves
             .put(&mut self.wtxn, &e.id, e)
             .map_err(lmdb(&self.reader.dir))?;
-        self.ops.push(Op::Enclave(e.clone()));
+        self.ops.push(Op::Enclave(Box::new(e.clone())));
         Ok(())
     }
     /// Remove enclave `id`'s record (absent is not an error). Its cores,
@@ -767,7 +767,7 @@ impl NisWriter {
         let mut ops = vec![Op::Header(snap.header)];
         ops.extend(snap.cores.into_iter().map(Op::Core));
         ops.extend(snap.memory.into_iter().map(Op::Block));
-        ops.extend(snap.enclaves.into_iter().map(Op::Enclave));
+        ops.extend(snap.enclaves.into_iter().map(|e| Op::Enclave(Box::new(e))));
         ops.extend(snap.apps.into_iter().map(Op::App));
         ops.extend(snap.procs.into_iter().map(Op::Proc));
         ops.extend(snap.segments.into_iter().map(Op::Segment));

@@ -633,6 +633,11 @@ pub struct EnclaveRecord {
     /// a step's slurmstepd); absent: it lives until destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_to: Option<BoundProcess>,
+    /// Its cgroup directories inside a Slurm step's (`place_task` on a node
+    /// where Slurm confines jobs), removed when its last task ends; empty
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_cgroups: Vec<String>,
     /// Bumped by the daemon on each write of this record.
     pub rev: u64,
 }
@@ -1073,6 +1078,31 @@ pub struct Counters {
     /// Id the next Remora job gets (0 in older states: start at 1).
     #[serde(default)]
     pub next_job_id: u64,
+}
+
+/// Parse the kernel's list syntax (a CPU list: "0", "0-3", "0,2,4-5"),
+/// sorted and without repeats; the error names the bad part. The inverse of
+/// [`format_id_list`].
+pub fn parse_id_list(text: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.trim().is_empty()) {
+        let part = part.trim();
+        let bad = || format!("bad CPU list {text:?}: {part:?} is not N or N-M");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: u32 = a.trim().parse().map_err(|_| bad())?;
+                let b: u32 = b.trim().parse().map_err(|_| bad())?;
+                if a > b || b - a > 65536 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// Ids in the kernel's list syntax, sorted and without repeats:

@@ -138,6 +138,12 @@ pub enum Request {
         /// slurmstepd, gives the job's user its step's enclaves.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<Owner>,
+        /// The CPUs of the Slurm step's allocation on this node. On a node
+        /// where Slurm confines jobs (`leviathan --slurm-cgroups`) the
+        /// enclave's cores are taken from these (`overcommit` when too few
+        /// are free); elsewhere they are recorded only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_cpus: Option<Vec<CoreId>>,
     },
     /// Stop an enclave, kill its apps and return its cores and memory;
     /// answered by [`Response::Ok`]. Root or the enclave's owner.
@@ -203,6 +209,23 @@ pub enum Request {
         /// for a Slurm task before Slurm drops privileges).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<Owner>,
+        /// Record the app and answer the namespaces, but leave the process's
+        /// cgroups to a later [`Request::PlaceTask`] (the Slurm plugin joins
+        /// from the task before slurmstepd puts it into the step's cgroups,
+        /// and places it after).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        defer_cgroups: bool,
+    },
+    /// Put a joined app's process into its enclave's cgroups, answered by
+    /// [`Response::App`]. Root only. On a node where Slurm confines jobs
+    /// (`leviathan --slurm-cgroups`), a Slurm step's enclave nests in the
+    /// step's cgroups the process is in (cgroup v1: `.../job_J/step_S/hobbes-<enclave>`),
+    /// in each hierarchy where Slurm confines it; elsewhere the enclave's own.
+    PlaceTask {
+        /// The enclave the process joined.
+        enclave: EnclaveRef,
+        /// The joined process.
+        pid: u32,
     },
     /// The end of a joined app, as its joiner saw it (a Slurm task's wait
     /// status); answered by [`Response::App`]. Root only.
@@ -454,6 +477,7 @@ impl Request {
             Request::LaunchApp { .. } => "launch_app",
             Request::JoinEnclave { .. } => "join_enclave",
             Request::TaskExited { .. } => "task_exited",
+            Request::PlaceTask { .. } => "place_task",
             Request::KillApp { .. } => "kill_app",
             Request::WaitApp { .. } => "wait_app",
             Request::Ping { .. } => "ping",

@@ -43,6 +43,17 @@ impl SlurmStep {
             None => format!("slurm-{}.{}", self.job_id, self.step_id),
         }
     }
+
+    /// The step's name in Slurm's cgroup paths (`step_<name>`): its number,
+    /// or `batch`, `extern` or `interactive` for Slurm's special steps.
+    pub fn cgroup_name(&self) -> String {
+        match self.step_id {
+            0xffff_fffb => "batch".into(),
+            0xffff_fffc => "extern".into(),
+            0xffff_fffa => "interactive".into(),
+            n => n.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for SlurmStep {
@@ -589,8 +600,20 @@ mod tests {
             argv: vec![],
             slurm: None,
             owner: None,
+            defer_cgroups: false,
         };
-        assert!(!serde_json::to_string(&r).unwrap().contains("owner"));
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains("owner") && !text.contains("defer_cgroups"));
+        // The fields the plugin adds for Slurm's own cgroups.
+        let create = r#"{"op":"create_enclave","spec":{"name":"slurm-12.0","kind":"native","shared":false,"host_ipc":true,"cpus":{"count":1,"ids":[],"numa":null},"memory":{"size_mib":128,"blocks":[],"numa":null}},"step_cpus":[0,1]}"#;
+        let Request::CreateEnclave { step_cpus, .. } = serde_json::from_str(create).unwrap() else {
+            panic!("not create_enclave")
+        };
+        assert_eq!(step_cpus, Some(vec![0, 1]));
+        let place: Request =
+            serde_json::from_str(r#"{"op":"place_task","enclave":{"name":"slurm-12.0"},"pid":7}"#)
+                .unwrap();
+        assert_eq!(place.op(), "place_task");
     }
 
     proptest::proptest! {

@@ -59,6 +59,8 @@ struct hobbes_step {
 	 * when Slurm would not say. */
 	uint32_t n_global_ids;
 	const uint32_t *global_ids;
+	/* S_STEP_ALLOC_CORES ("0-3"), NULL when Slurm would not say. */
+	const char *alloc_cores;
 };
 
 /* Must match `ffi::Task` in src/ffi.rs. */
@@ -79,6 +81,7 @@ extern int hobbes_rs_option(const char *optarg, int remote, char *msg, size_t le
 extern int hobbes_rs_step_begin(const struct hobbes_step *step, char *msg, size_t len);
 extern int hobbes_rs_task_join(const struct hobbes_task *task, char *msg, size_t len);
 extern int hobbes_rs_task_check(char *msg, size_t len);
+extern int hobbes_rs_task_place(uint32_t pid, uint32_t task_id, char *msg, size_t len);
 extern int hobbes_rs_task_exit(uint32_t pid, int status, char *msg, size_t len);
 extern int hobbes_rs_step_end(char *msg, size_t len);
 extern int hobbes_rs_job_epilog(uint32_t job_id, const char *node, char *msg, size_t len);
@@ -170,6 +173,7 @@ int hobbes_shim_init_post_opt(spank_t sp, int ac, char **av)
 	uid_t uid = 0;
 	gid_t gid = 0;
 	spank_err_t grc;
+	char *cores = NULL;
 	uint32_t i;
 
 	if (!spank_remote(sp))
@@ -203,6 +207,8 @@ int hobbes_shim_init_post_opt(spank_t sp, int ac, char **av)
 			break;
 	s.n_global_ids = (i == s.local_tasks) ? i : 0;
 	s.global_ids = global_ids;
+	if (spank_get_item(sp, S_STEP_ALLOC_CORES, &cores) == ESPANK_SUCCESS)
+		s.alloc_cores = cores;
 	het_component(sp, &s.has_het, &s.het_component);
 	node_name(sp, node, sizeof node);
 	s.node = node;
@@ -259,6 +265,24 @@ int hobbes_shim_task_init(spank_t sp, int ac, char **av)
 		return -1;
 	}
 	return 0;
+}
+
+int hobbes_shim_task_post_fork(spank_t sp, int ac, char **av)
+{
+	char msg[MSG_LEN] = "";
+	pid_t pid = 0;
+	uint32_t task_id = 0;
+
+	if (!spank_remote(sp))
+		return 0;
+	if (spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_TASK_GLOBAL_ID, &task_id) != ESPANK_SUCCESS) {
+		slurm_error("hobbes: cannot read the task's pid and id");
+		return -1;
+	}
+	/* A task that cannot be placed must not run outside its enclave:
+	 * failing here fails the step (slurmstepd kills its tasks). */
+	return report(hobbes_rs_task_place((uint32_t) pid, task_id, msg, sizeof msg), msg);
 }
 
 int hobbes_shim_task_exit(spank_t sp, int ac, char **av)

@@ -31,6 +31,8 @@ pub struct Step {
     groups: *const c_char,
     n_global_ids: u32,
     global_ids: *const u32,
+    /// `S_STEP_ALLOC_CORES` ("0-3"), NULL when Slurm would not say.
+    alloc_cores: *const c_char,
 }
 
 /// `struct hobbes_task` of the shim.
@@ -174,6 +176,10 @@ pub unsafe extern "C" fn hobbes_rs_step_begin(
             // SAFETY: the shim's array of `n_global_ids` task ids.
             unsafe { std::slice::from_raw_parts(s.global_ids, s.n_global_ids as usize) }.to_vec()
         },
+        // SAFETY: Slurm's string, NUL-terminated, or NULL.
+        step_cpus: unsafe { string(s.alloc_cores) }
+            .and_then(|list| hobbes_proto::model::parse_id_list(&list).ok())
+            .filter(|cpus| !cpus.is_empty()),
     };
     // SAFETY: per this function's contract.
     unsafe { answer(msg, len, || plugin::step_begin(&info)) }
@@ -218,6 +224,22 @@ pub unsafe extern "C" fn hobbes_rs_task_join(
 pub unsafe extern "C" fn hobbes_rs_task_check(msg: *mut c_char, len: usize) -> c_int {
     // SAFETY: per this function's contract.
     unsafe { answer(msg, len, plugin::task_check) }
+}
+
+/// `slurm_spank_task_post_fork`: place task process `pid` (global task id
+/// `task_id`) in its enclave's cgroups.
+///
+/// # Safety
+/// `msg` has `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn hobbes_rs_task_place(
+    pid: u32,
+    task_id: u32,
+    msg: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    unsafe { answer(msg, len, || plugin::task_place(pid, task_id)) }
 }
 
 /// `slurm_spank_task_exit`: report task process `pid`'s wait status.
@@ -453,6 +475,7 @@ extern "C" {
     fn hobbes_shim_init_post_opt(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
     fn hobbes_shim_task_init_privileged(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
     fn hobbes_shim_task_init(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
+    fn hobbes_shim_task_post_fork(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
     fn hobbes_shim_task_exit(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
     fn hobbes_shim_exit(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
     fn hobbes_shim_job_epilog(sp: Spank, ac: c_int, av: *mut *mut c_char) -> c_int;
@@ -479,6 +502,7 @@ hooks! {
     slurm_spank_init_post_opt => hobbes_shim_init_post_opt,
     slurm_spank_task_init_privileged => hobbes_shim_task_init_privileged,
     slurm_spank_task_init => hobbes_shim_task_init,
+    slurm_spank_task_post_fork => hobbes_shim_task_post_fork,
     slurm_spank_task_exit => hobbes_shim_task_exit,
     slurm_spank_exit => hobbes_shim_exit,
     slurm_spank_job_epilog => hobbes_shim_job_epilog,

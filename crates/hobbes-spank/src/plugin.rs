@@ -162,6 +162,10 @@ struct StepEnclaves {
     node: String,
     /// The job's user: the enclaves' owner, and the joined tasks'.
     owner: Owner,
+    /// A task was placed inside the step's own cgroups (Slurm confines the
+    /// job): the daemon must have removed its directories there before
+    /// slurmstepd removes the step's, so task ends are waited for.
+    nested: bool,
 }
 
 impl StepEnclaves {
@@ -233,6 +237,10 @@ pub struct StepInfo {
     pub groups: Option<Result<String, String>>,
     /// The global task ids of this node's tasks (`S_JOB_LOCAL_TO_GLOBAL_ID`).
     pub global_ids: Vec<u32>,
+    /// The CPUs of the step's allocation on this node (`S_STEP_ALLOC_CORES`),
+    /// when Slurm says: where Slurm confines jobs the enclaves' cores come
+    /// from these.
+    pub step_cpus: Option<Vec<u32>>,
 }
 
 /// The enclave spec for a step: SPEC's values, else the step's.
@@ -337,6 +345,7 @@ fn create_step_enclave(info: &StepInfo) -> Outcome {
         socket,
         node: node.clone(),
         owner: info.owner,
+        nested: false,
     };
     let mut notes = Vec::new();
     let mut failed = None;
@@ -355,6 +364,7 @@ fn create_step_enclave(info: &StepInfo) -> Outcome {
             Some(info.step.clone()),
             Some(info.stepd_pid),
             Some(info.owner),
+            info.step_cpus.clone(),
         ) {
             Ok(rec) => {
                 notes.push(format!("{what}, id {}", rec.id));
@@ -413,12 +423,17 @@ pub fn task_join(info: &TaskInfo) -> Outcome {
 }
 
 /// `slurm_spank_task_init` (the task, as the user, its stdio srun's, before
-/// exec): fail it if its step's enclave or its join failed, with why.
+/// exec): fail it if its step's enclave or its join failed, with why; else,
+/// in the enclave's PID namespace, fork: the program runs in the child, and
+/// this process stays as the relay ([`crate::relay`]). Forked here, not when
+/// joining: only now is the task in its cgroups (Slurm's, then the
+/// enclave's), which the child inherits.
 pub fn task_check() -> Outcome {
-    match lock(&FAILED).clone() {
-        Some(e) => Err(e),
-        None => Ok(None),
+    if let Some(e) = lock(&FAILED).clone() {
+        return Err(e);
     }
+    crate::relay::fork_if_entered()?;
+    Ok(None)
 }
 
 fn join(info: &TaskInfo) -> Outcome {
@@ -441,6 +456,9 @@ fn join(info: &TaskInfo) -> Outcome {
                 info.argv.clone(),
                 Some(t.clone()),
                 Some(step.owner),
+                // slurmstepd puts the task into the step's cgroups after
+                // this hook: the daemon places it after that (task_place).
+                true,
             )
             .map_err(|e| {
                 format!(
@@ -456,6 +474,38 @@ fn join(info: &TaskInfo) -> Outcome {
             step.node, t.task_id
         )
     })?;
+    Ok(None)
+}
+
+/// `slurm_spank_task_post_fork` (slurmstepd, root, once Slurm put task
+/// process `pid` into the step's cgroups and before it execs): put it into
+/// its enclave's cgroups, inside the step's where Slurm confines the job.
+pub fn task_place(pid: u32, task_id: u32) -> Outcome {
+    let mut guard = lock(&STEP);
+    let Some(step) = guard.as_mut() else {
+        return Ok(None);
+    };
+    if lock(&FAILED).is_some() {
+        return Ok(None); // the task fails in task_check, with why
+    }
+    let Some(name) = step.enclave_of(task_id).map(str::to_string) else {
+        return Ok(None); // task_join failed it already
+    };
+    let mut client = connect(&step.node, &step.socket)?;
+    client
+        .place_task(EnclaveRef::Name(name.clone()), pid)
+        .map_err(|e| {
+            format!(
+                "node {}: task {task_id} cannot be placed in enclave {name}: {e}",
+                step.node
+            )
+        })?;
+    let marker = format!("/hobbes-{name}");
+    if std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.lines().any(|l| l.ends_with(&marker)))
+    {
+        step.nested = true;
+    }
     Ok(None)
 }
 
@@ -498,6 +548,18 @@ pub fn task_exit(pid: u32, status: i32) -> Outcome {
     let Some(app) = found else {
         return Ok(None);
     };
+    if step.nested {
+        // Waited for: the daemon removes the enclave's directories inside
+        // the step's cgroups once its last task ended, and slurmstepd
+        // removes the step's own right after its tasks' ends.
+        client.task_exited(app.id, exit).map_err(|e| {
+            format!(
+                "node {}: cannot report the end of app {}: {e}",
+                step.node, app.id
+            )
+        })?;
+        return Ok(None);
+    }
     // Posted, not waited for: slurmstepd tells srun of the task's end only
     // after this hook (see step_end). Lost only with the daemon, which then
     // records the app as ended with no status, as when this hook is not run.
@@ -617,6 +679,7 @@ mod tests {
             },
             groups: None,
             global_ids: (0..local_tasks).collect(),
+            step_cpus: None,
         }
     }
 
@@ -708,6 +771,7 @@ mod tests {
             socket: String::new(),
             node: "n0".into(),
             owner: Owner { uid: 1, gid: 1 },
+            nested: false,
         };
         assert_eq!(s.enclave_of(1), Some("slurm-7.1-a"));
         assert_eq!(s.enclave_of(2), Some("slurm-7.1-b"));

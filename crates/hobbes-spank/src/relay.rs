@@ -2,9 +2,12 @@
 //!
 //! `setns` moves the calling process into an enclave's IPC, UTS and mount
 //! namespaces, but a PID namespace only for the caller's *future children*.
-//! So after joining, the task forks: the child returns to Slurm, which execs
-//! the program, now a process of the enclave's PID namespace (it sees the
-//! enclave's processes only, and its own pid there); the parent stays
+//! So the task enters them while still root ([`enter`], in
+//! `task_init_privileged`), and forks once Slurm and the daemon have put it
+//! into its cgroups ([`fork_if_entered`], in `task_init`, as the user, just
+//! before exec): the child returns to Slurm, which execs the program, now a
+//! process of the enclave's PID namespace (it sees the enclave's processes
+//! only, and its own pid there) in the task's cgroups; the parent stays
 //! behind as the **relay**, the process Slurm started and waits for. The
 //! relay
 //!
@@ -21,6 +24,7 @@
 //! host pid, only its children in the enclave's PID namespace).
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ffi;
 
@@ -50,10 +54,12 @@ pub fn ns_type(name: &str) -> Option<i32> {
     })
 }
 
+/// This task entered an enclave's PID namespace: its program must be forked.
+static ENTERED_PID_NAMESPACE: AtomicBool = AtomicBool::new(false);
+
 /// Enter the namespaces `namespaces` of process `ns_pid` (in that order),
-/// keeping the working directory, then, with a PID namespace among them,
-/// fork: returns in the child only; the parent becomes the relay and never
-/// returns.
+/// keeping the working directory. A PID namespace among them applies to the
+/// children forked later by [`fork_if_entered`].
 pub fn enter(ns_pid: u32, namespaces: &[String]) -> Result<(), String> {
     if namespaces.is_empty() {
         return Ok(()); // an unprivileged daemon's enclave: cgroups (affinity) only
@@ -78,6 +84,15 @@ pub fn enter(ns_pid: u32, namespaces: &[String]) -> Result<(), String> {
         let _ = std::env::set_current_dir(cwd);
     }
     if namespaces.iter().any(|n| n == "pid") {
+        ENTERED_PID_NAMESPACE.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// When [`enter`] entered a PID namespace, fork: returns in the child only;
+/// the parent becomes the relay and never returns.
+pub fn fork_if_entered() -> Result<(), String> {
+    if ENTERED_PID_NAMESPACE.swap(false, Ordering::SeqCst) {
         fork_relay()?;
     }
     Ok(())

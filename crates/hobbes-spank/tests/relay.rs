@@ -101,6 +101,11 @@ fn task(ns: u32, argv: &[&str]) -> Pid {
                 eprintln!("relay::enter: {e}");
                 std::process::exit(99);
             }
+            // As task_init does, once the task is in its cgroups.
+            if let Err(e) = relay::fork_if_entered() {
+                eprintln!("relay::fork_if_entered: {e}");
+                std::process::exit(97);
+            }
             // The program's process, in the namespace.
             let e = Command::new(argv[0]).args(&argv[1..]).exec();
             eprintln!("exec {argv:?}: {e}");

@@ -236,12 +236,17 @@ fn in_enclave_cgroup(cg: &str, id: u64) -> bool {
 /// Run `scenario` named `test` on a cluster of its own, then stop it and
 /// check that nothing is left; `SKIP` when no cluster can run here.
 fn run(test: &str, scenario: impl FnOnce(&mut Cluster)) {
+    run_with(test, 2, &[], scenario)
+}
+
+/// [`run`] on `nodes` nodes, with more flags for slurm-cluster.sh.
+fn run_with(test: &str, nodes: usize, flags: &[&str], scenario: impl FnOnce(&mut Cluster)) {
     let t0 = Instant::now();
     let so = match slurm::spank_plugin() {
         Ok(p) => p,
         Err(skip) => return skip.print(test),
     };
-    let c = match SlurmCluster::start(2, Some(&so)) {
+    let c = match SlurmCluster::start_with(nodes, Some(&so), flags) {
         Ok(c) => c,
         Err(skip) => return skip.print(test),
     };
@@ -320,6 +325,124 @@ fn mpich_across_nodes_in_enclaves() {
 #[test]
 fn slurmd_killed_mid_step_leaves_no_enclave() {
     run("slurmd_killed_mid_step_leaves_no_enclave", slurmd_killed);
+}
+
+#[test]
+fn an_enclave_inside_slurms_own_cgroups() {
+    run_with(
+        "an_enclave_inside_slurms_own_cgroups",
+        1,
+        &["--slurm-cgroups"],
+        inside_slurm_cgroups,
+    );
+}
+
+/// Slurm confines the job itself (task/cgroup, proctrack/cgroup; one node,
+/// the whole machine, leviathan --slurm-cgroups keeping the first core):
+/// the enclave takes a core of the step's allocation and lives inside the
+/// step's cpuset and memory cgroups; the task stays in Slurm's freezer
+/// cgroup; when the step ends Slurm removes its cgroups (ours went first).
+/// A step asking for more cores than its allocation has free fails naming
+/// the node and the allocation.
+fn inside_slurm_cgroups(k: &mut Cluster) {
+    let (gate, wait) = k.gate();
+    let memcg = "$(grep :memory: /proc/self/cgroup | cut -d: -f3)";
+    let script = format!(
+        "TAG=T; {REPORT}; echo \"M limit=$(cat /sys/fs/cgroup/memory{memcg}/memory.limit_in_bytes) memcg={memcg} freezer=$(grep :freezer: /proc/self/cgroup | cut -d: -f3)\"; {wait}"
+    );
+    let bg = k.srun_bg(
+        &[],
+        &[
+            "-n1",
+            "-c2",
+            "--enclave=cores=1,mem=128M",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let e = k.wait_enclaves(0, 1).remove(0);
+    let job = num(&e["slurm"]["job_id"]);
+    let core = num(&e["cores"][0]);
+    let nest = format!("/job_{job}/step_0/hobbes-slurm-{job}.0");
+    k.wait_apps(0, 1);
+    let dirs = wait_for(
+        "the enclave's cgroups in the step",
+        Duration::from_secs(20),
+        || {
+            let e = k.enclaves(0).into_iter().next().ok_or("no enclave")?;
+            match e["step_cgroups"].as_array() {
+                Some(d) if d.len() == 2 => Ok(d
+                    .iter()
+                    .filter_map(|d| d.as_str().map(String::from))
+                    .collect::<Vec<_>>()),
+                _ => Err(e.to_string()),
+            }
+        },
+    );
+    for d in &dirs {
+        assert!(
+            d.ends_with(&nest) && Path::new(d).is_dir(),
+            "{d} is not {nest}"
+        );
+    }
+    std::fs::write(&gate, "").unwrap();
+    let out = bg.wait(Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out));
+    let t = &tagged(&out, "T")[0];
+    assert_eq!(field(t, "cpus"), core.to_string(), "{}", text(&out));
+    assert!(
+        field(t, "pid").parse::<u64>().is_ok_and(|p| p < 10),
+        "a small pid (the enclave's PID namespace): {}",
+        text(&out)
+    );
+    assert!(
+        field(t, "cg").contains("/slurm_n0/") && field(t, "cg").ends_with(&nest),
+        "{}",
+        text(&out)
+    );
+    let m = &tagged(&out, "M")[0];
+    assert_eq!(
+        field(m, "limit"),
+        (128u64 << 20).to_string(),
+        "{}",
+        text(&out)
+    );
+    assert!(field(m, "memcg").ends_with(&nest), "{}", text(&out));
+    assert!(
+        field(m, "freezer").ends_with(&format!("/job_{job}/step_0")),
+        "Slurm still tracks the task: {}",
+        text(&out)
+    );
+    k.no_enclave_left("the step ended");
+    // Slurm removed its step's (and job's) cgroups: nothing of ours stood in the way.
+    for d in &dirs {
+        let job_dir = Path::new(d)
+            .parent()
+            .and_then(Path::parent)
+            .expect("job dir");
+        wait_for(
+            &format!("{} removed by Slurm", job_dir.display()),
+            Duration::from_secs(20),
+            || {
+                if job_dir.exists() {
+                    Err("still there".to_string())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+    }
+
+    let out = k.srun(&["-n1", "-c2", "--enclave=cores=2", "true"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node n0") && err.contains("step's allocation"),
+        "{}",
+        text(&out)
+    );
+    k.no_enclave_left("the step failed");
 }
 
 fn enclave_per_step(k: &mut Cluster) {

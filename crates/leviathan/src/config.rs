@@ -126,6 +126,8 @@ pub struct FileConfig {
     pub keep_enclaves_on_exit: Option<bool>,
     /// See [`Config::shmem_thp`]; `true` here or the flag makes it true.
     pub shmem_thp: Option<bool>,
+    /// See [`Config::slurm_cgroups`]; `true` here or the flag makes it true.
+    pub slurm_cgroups: Option<bool>,
     /// See [`Config::hugepages`]; a `--hugepages` flag wins over it.
     pub hugepages: Option<u64>,
     /// See [`Config::client_idle_timeout_s`] (default [`DEFAULT_CLIENT_IDLE_TIMEOUT_S`]).
@@ -187,6 +189,12 @@ pub struct Config {
     /// Put shmem transparent huge pages in `advise` mode while running, so
     /// XEMEM's allocator gets huge pages (restored at a clean exit).
     pub shmem_thp: bool,
+    /// Slurm confines this node's jobs in cgroups of its own
+    /// (`TaskPlugin=task/cgroup`, cgroup v1): the daemon's cpusets are not
+    /// cpu-exclusive (v1 would refuse Slurm's), and an enclave made for a
+    /// Slurm step takes its cores from the step's allocation and nests in
+    /// the step's cgroups, inside the job's limits (docs/slurm.md).
+    pub slurm_cgroups: bool,
     /// Default-size hugetlb pages to add to the node's reserve
     /// (`vm.nr_hugepages`) for as long as the daemon runs (root; 0: none).
     /// XEMEM's `alloc` takes them first. Given back at a clean exit, or by
@@ -262,27 +270,7 @@ impl Config {
 }
 
 /// Parse a Linux-style CPU list: "0", "0-3", "0,2,4-5".
-pub fn parse_cpu_list(text: &str) -> Result<Vec<CoreId>, String> {
-    let mut out = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.trim().is_empty()) {
-        let part = part.trim();
-        let bad = || format!("bad CPU list {text:?}: {part:?} is not N or N-M");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let a: CoreId = a.trim().parse().map_err(|_| bad())?;
-                let b: CoreId = b.trim().parse().map_err(|_| bad())?;
-                if a > b || b - a > 65536 {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
+pub use hobbes_proto::model::parse_id_list as parse_cpu_list;
 
 /// A memory size in MiB, as the shell reads it ("512", "1G").
 pub use hobbes_proto::spec::parse_size_mib;

@@ -63,6 +63,12 @@ struct Cli {
     /// pages); the previous setting is restored at a clean exit.
     #[arg(long)]
     shmem_thp: bool,
+    /// Slurm confines this node's jobs in cgroups of its own
+    /// (TaskPlugin=task/cgroup): enclave cores are not cpu-exclusive, and a
+    /// Slurm step's enclave takes cores of the step's allocation and nests in
+    /// the step's cgroups (cgroup v1; docs/slurm.md).
+    #[arg(long)]
+    slurm_cgroups: bool,
     /// Reserve N more hugetlb pages (vm.nr_hugepages) while running, for XEMEM
     /// segments; given back at a clean exit (or by `leviathan cleanup`).
     #[arg(long, value_name = "N")]
@@ -229,6 +235,7 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         unprivileged: cli.unprivileged || file.unprivileged.unwrap_or(false),
         keep_enclaves_on_exit: cli.keep_enclaves || file.keep_enclaves_on_exit.unwrap_or(false),
         shmem_thp: cli.shmem_thp || file.shmem_thp.unwrap_or(false),
+        slurm_cgroups: cli.slurm_cgroups || file.slurm_cgroups.unwrap_or(false),
         hugepages: cli.hugepages.or(file.hugepages).unwrap_or(0),
         client_idle_timeout_s: cli
             .client_idle_timeout_s

@@ -208,6 +208,7 @@ fn config(state_dir: PathBuf) -> Config {
         unprivileged: true,
         keep_enclaves_on_exit: false,
         shmem_thp: false,
+        slurm_cgroups: false,
         hugepages: 0,
         client_idle_timeout_s: leviathan::config::DEFAULT_CLIENT_IDLE_TIMEOUT_S,
         request_timeout_ms: leviathan::config::DEFAULT_REQUEST_TIMEOUT_MS,

@@ -200,6 +200,7 @@ fn create_undone_when_the_client_goes_away() {
         slurm: None,
         bound_to_pid: None,
         owner: None,
+        step_cpus: None,
     })
     .unwrap();
     s.write_all(&frame).unwrap();

@@ -358,6 +358,7 @@ fn root_gives_the_enclave_and_the_joined_app_the_job_user() {
             Some(step(6)),
             None,
             Some(user),
+            None,
         )
         .unwrap();
     assert_eq!((e.owner_uid, e.owner_gid), (1000, 100));
@@ -369,6 +370,7 @@ fn root_gives_the_enclave_and_the_joined_app_the_job_user() {
             vec!["sleep".into()],
             None,
             Some(user),
+            false,
         )
         .unwrap();
     assert_eq!((joined.app.owner_uid, joined.app.owner_gid), (1000, 100));

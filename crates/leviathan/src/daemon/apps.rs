@@ -18,6 +18,7 @@ use hobbes_proto::{ENV_APP_ID, ENV_ENCLAVE_ID, ENV_NIS, ENV_SOCKET};
 use super::enclaves::TxError;
 use super::{internal, now_ms, refuse, Daemon, Refusal};
 use crate::sys::{self, PeerCred};
+use hobbes_cgroups::step_nest::StepNest;
 
 /// Output queued for one slow client beyond which chunks are dropped (the log keeps them).
 const MAX_QUEUED_OUTPUT: usize = 8 << 20;
@@ -604,7 +605,9 @@ impl Daemon {
     /// cgroups; it is recorded as a running app with its Slurm tag, owned by
     /// `owner` (default: the process's uid and gid now), and
     /// watched until it ends (`super::bound`). Returns the app, the pid whose
-    /// namespaces the caller enters, and which.
+    /// namespaces the caller enters, and which. With `defer_cgroups` the
+    /// process's cgroups wait for [`Daemon::place_task`].
+    #[allow(clippy::too_many_arguments)] // one per field of the request
     pub fn join_enclave(
         &self,
         peer: &PeerCred,
@@ -613,6 +616,7 @@ impl Daemon {
         argv: Vec<String>,
         slurm: Option<SlurmTask>,
         owner: Option<hobbes_proto::msg::Owner>,
+        defer_cgroups: bool,
     ) -> Result<(AppRecord, u32, Vec<String>), Refusal> {
         if peer.uid != 0 {
             return Err(refuse(
@@ -643,18 +647,21 @@ impl Daemon {
                     ),
                 )
             })?;
-        driver.join(&enclave, pid).map_err(|e| match enclave.kind {
-            EnclaveKind::Native => internal(format!(
-                "cannot move process {pid} into enclave {}: {e}",
-                enclave.name
-            )),
-            _ => refuse(ErrorCode::InvalidSpec, e),
-        })?;
+        if enclave.kind != EnclaveKind::Native || !defer_cgroups {
+            driver.join(&enclave, pid).map_err(|e| match enclave.kind {
+                EnclaveKind::Native => internal(format!(
+                    "cannot move process {pid} into enclave {}: {e}",
+                    enclave.name
+                )),
+                _ => refuse(ErrorCode::InvalidSpec, e),
+            })?;
+        }
         let joined = BoundProcess {
             pid,
             start_time: Some(start_time),
         };
         let rec = self.record_joined(&enclave, joined, argv, slurm, owner)?;
+        self.joins.recorded();
         super::bound::bindings_changed();
         tracing::info!(app = rec.id, enclave = enclave.id, pid, slurm = ?rec.slurm, "process joined the enclave");
         let namespaces = if self.privileged {
@@ -668,6 +675,136 @@ impl Daemon {
             vec![]
         };
         Ok((rec, enclave.control_pid.unwrap_or(0), namespaces))
+    }
+
+    /// Serve `place_task` (protocol.md §4.1): root only; `pid` must be a
+    /// running joined app of the enclave (`not_found`). The process goes
+    /// into the enclave's cgroups; on a node where Slurm confines jobs
+    /// (`--slurm-cgroups`), a step's enclave nests in the step's cgroups
+    /// the process is in (made at the first task, recorded in the
+    /// enclave's `step_cgroups`), in each hierarchy where Slurm confines it.
+    pub fn place_task(
+        &self,
+        peer: &PeerCred,
+        r: &hobbes_proto::msg::EnclaveRef,
+        pid: u32,
+    ) -> Result<AppRecord, Refusal> {
+        if peer.uid != 0 {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: only root may place a process in an enclave's cgroups (place_task); you are uid {}", peer.uid),
+            ));
+        }
+        let enclave = self.resolve(r)?;
+        // slurmstepd places a task (post_fork) while the task itself joins
+        // (task_init_privileged): wait, bounded, for that join.
+        let deadline = Instant::now() + JOIN_WAIT;
+        let app = loop {
+            let seen = self.joins.count();
+            let found = self
+                .nis
+                .reader()
+                .apps()
+                .map_err(internal)?
+                .into_iter()
+                .find(|a| {
+                    a.enclave == enclave.id
+                        && !a.state.is_final()
+                        && a.joined.as_ref().is_some_and(|j| j.pid == pid)
+                });
+            if let Some(app) = found {
+                break app;
+            }
+            if !self.joins.wait_after(seen, deadline) {
+                return Err(refuse(
+                    ErrorCode::NotFound,
+                    format!(
+                        "process {pid} has not joined enclave {} (join_enclave first; waited {JOIN_WAIT:?})",
+                        enclave.name
+                    ),
+                ));
+            }
+        };
+        let driver = self
+            .driver(enclave.kind)
+            .ok_or_else(|| internal(format!("no driver for {} enclaves", enclave.kind)))?;
+        // Where Slurm put it, before the enclave's own cgroups move it.
+        let nest = match (&enclave.slurm, self.cfg.slurm_cgroups) {
+            (Some(step), true) => {
+                StepNest::for_task(pid, step.job_id, &step.cgroup_name(), &enclave.name)
+            }
+            _ => None,
+        };
+        driver.join(&enclave, pid).map_err(|e| {
+            internal(format!(
+                "cannot move process {pid} into enclave {}: {e}",
+                enclave.name
+            ))
+        })?;
+        if let Some(nest) = nest {
+            let dirs = nest.dirs();
+            if enclave.step_cgroups != dirs {
+                self.tx(|t| {
+                    let mut e = t
+                        .enclave(enclave.id)?
+                        .ok_or_else(|| refuse(ErrorCode::NotFound, format!("no enclave {r}")))?;
+                    e.step_cgroups = dirs.clone();
+                    t.put_enclave(&mut e)?;
+                    Ok(())
+                })?;
+            }
+            nest.create(&enclave.cores, enclave.mem_bytes)
+                .and_then(|()| nest.add_pid(pid))
+                .map_err(|e| {
+                    refuse(
+                        ErrorCode::InvalidSpec,
+                        format!(
+                            "cannot place process {pid} in enclave {} inside its Slurm step's cgroups: {e}",
+                            enclave.name
+                        ),
+                    )
+                })?;
+            tracing::info!(app = app.id, enclave = enclave.id, pid, cgroups = ?dirs, "task placed in the enclave inside its Slurm step");
+        }
+        Ok(app)
+    }
+
+    /// An enclave nested in a Slurm step's cgroups gives them up once no
+    /// task of it runs: Slurm removes the step's cgroups right after its
+    /// tasks end (before the plugin's step-end hook), and a directory of
+    /// ours inside would keep it from doing so.
+    pub(super) fn release_step_cgroups_if_idle(&self, enclave: EnclaveId) {
+        let reader = self.nis.reader();
+        let Ok(Some(rec)) = reader.enclave(enclave) else {
+            return;
+        };
+        if rec.step_cgroups.is_empty() {
+            return;
+        }
+        let running = reader.apps().unwrap_or_default().into_iter().any(|a| {
+            a.enclave == enclave
+                && a.joined.is_some()
+                && !a.state.is_final()
+                && a.state != AppState::Lost
+        });
+        if running {
+            return;
+        }
+        if let Err(e) = StepNest::from_dirs(&rec.step_cgroups).release() {
+            tracing::warn!(enclave, error = %e, "cannot remove the enclave's cgroups in its Slurm step");
+            return;
+        }
+        let _ = self.tx(|t| {
+            if let Some(mut e) = t.enclave(enclave)? {
+                e.step_cgroups.clear();
+                t.put_enclave(&mut e)?;
+            }
+            Ok(())
+        });
+        tracing::info!(
+            enclave,
+            "the enclave's last task ended: its cgroups in the Slurm step are removed"
+        );
     }
 
     /// Record a joined process as a running app of `enclave`, with its
@@ -785,6 +922,7 @@ impl Daemon {
         })?;
         let (rec, first) = ended;
         tracing::info!(app = id, exit = %exit, "joined app ended");
+        self.release_step_cgroups_if_idle(rec.enclave);
         if first {
             self.notify_end(rec.clone());
         }
@@ -800,6 +938,49 @@ impl Daemon {
             None,
             Some("its process ended; its exit status was not reported (yet)".into()),
         );
+        if let Ok(Some(app)) = self.nis.reader().app(id) {
+            self.release_step_cgroups_if_idle(app.enclave);
+        }
+    }
+}
+
+/// How long `place_task` waits for the join of the process it places.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// A count of recorded joins, and a way to wait for the next one.
+#[derive(Default)]
+pub(super) struct JoinEvents {
+    count: Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl JoinEvents {
+    /// A join was recorded.
+    fn recorded(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Joins recorded so far.
+    fn count(&self) -> u64 {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until more than `seen` joins were recorded (true), or until
+    /// `deadline` (false).
+    fn wait_after(&self, seen: u64, deadline: Instant) -> bool {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *count == seen {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            count = self
+                .changed
+                .wait_timeout(count, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 }
 

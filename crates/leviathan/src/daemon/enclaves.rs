@@ -18,6 +18,7 @@ use crate::config::OnCrash;
 use crate::kinds::StartContext;
 use crate::resources::{pick_blocks, pick_cores, AllocError};
 use crate::sys::PeerCred;
+use hobbes_cgroups::step_nest::StepNest;
 
 /// How long a new control process may take to attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,20 +155,24 @@ impl Daemon {
         peer: &PeerCred,
         spec: EnclaveSpec,
     ) -> Result<EnclaveRecord, Refusal> {
-        self.create_enclave_with(peer, spec, None, None)
+        self.create_enclave_with(peer, spec, None, None, None)
     }
 
     /// [`Daemon::create_enclave`] with what a Slurm step adds: its tag, kept
     /// in the record, and the process whose end destroys the enclave
     /// (`bound_to_pid`, which must exist: `invalid_spec`; watched by
-    /// [`super::bound::BoundWatch`]).
+    /// [`super::bound::BoundWatch`]). Where Slurm confines jobs
+    /// (`--slurm-cgroups`), a step's enclave takes its cores from
+    /// `step_cpus`, the step's allocation on this node.
     pub fn create_enclave_with(
         &self,
         peer: &PeerCred,
         spec: EnclaveSpec,
         slurm: Option<SlurmStep>,
         bound_to_pid: Option<u32>,
+        step_cpus: Option<&[CoreId]>,
     ) -> Result<EnclaveRecord, Refusal> {
+        let within = step_cpus.filter(|_| self.cfg.slurm_cgroups && slurm.is_some());
         spec.validate()
             .map_err(|e| refuse(ErrorCode::InvalidSpec, e.to_string()))?;
         let bound_to = bound_to_pid.map(bound_process).transpose()?;
@@ -191,7 +196,19 @@ impl Daemon {
                 )
                 .into());
             }
-            let cores = pick_cores(&t.cores()?, &spec.cpus, spec.shared, &names)?;
+            let mut pool = t.cores()?;
+            if let Some(within) = within {
+                pool.retain(|c| within.contains(&c.id));
+            }
+            let cores = pick_cores(&pool, &spec.cpus, spec.shared, &names).map_err(|e| {
+                match (e, within) {
+                    (AllocError::Overcommit(m), Some(within)) => AllocError::Overcommit(format!(
+                        "{m} (Slurm confines this node's jobs: the enclave's cores come from the step's allocation, cores {})",
+                        hobbes_kind::format_cpu_list(within)
+                    )),
+                    (e, _) => e,
+                }
+            })?;
             let core_nodes: Vec<u32> = t
                 .cores()?
                 .iter()
@@ -234,6 +251,7 @@ impl Daemon {
                 vm: spec.vm.clone(),
                 slurm: slurm.clone(),
                 bound_to,
+                step_cgroups: vec![],
                 rev: 0,
             };
             t.put_enclave(&mut rec)?;
@@ -398,6 +416,17 @@ impl Daemon {
             driver
                 .stop(rec)
                 .map_err(|e| internal(format!("cannot stop enclave {}: {e}", rec.name)))?;
+        }
+        if !rec.step_cgroups.is_empty() {
+            let nest = StepNest::from_dirs(&rec.step_cgroups);
+            nest.kill_all(hobbes_cgroups::KILL_TIMEOUT)
+                .and_then(|()| nest.release())
+                .map_err(|e| {
+                    internal(format!(
+                        "cannot remove enclave {}'s cgroups in its Slurm step: {e}",
+                        rec.name
+                    ))
+                })?;
         }
         self.nis.detach_replica(rec.id);
         remove_tree(&self.paths.enclave_dir(rec.id));

@@ -119,6 +119,9 @@ pub struct Daemon {
     /// The apps service's subscribers (`apps.rs`): clients waiting on apps
     /// (wait, streamed output).
     subs: apps::Subscribers,
+    /// Joins as they are recorded (`apps.rs`): `place_task` may arrive
+    /// before the join it places.
+    joins: apps::JoinEvents,
     shutting_down: AtomicBool,
     /// Client connections per uid, to refuse floods without locking anyone out.
     admission: std::sync::Arc<admission::Admission>,

@@ -182,8 +182,10 @@ impl Daemon {
         spec: hobbes_proto::spec::EnclaveSpec,
         slurm: Option<hobbes_proto::slurm::SlurmStep>,
         bound_to_pid: Option<u32>,
+        step_cpus: Option<Vec<hobbes_proto::model::CoreId>>,
     ) -> Result<hobbes_proto::model::EnclaveRecord, super::Refusal> {
-        let rec = self.create_enclave_with(peer, spec, slurm, bound_to_pid)?;
+        let rec =
+            self.create_enclave_with(peer, spec, slurm, bound_to_pid, step_cpus.as_deref())?;
         if sys::peer_hung_up(stream) {
             tracing::warn!(enclave = rec.id, name = %rec.name, pid = peer.pid, "the client went away before the enclave was created: undoing it");
             self.remove_enclave(&rec, "its creator went away before the answer")?;
@@ -285,9 +287,10 @@ impl Daemon {
                 slurm,
                 bound_to_pid,
                 owner,
+                step_cpus,
             } => Self::creator(peer, owner, "an enclave")
                 .and_then(|creator| {
-                    self.create_enclave_for(stream, &creator, spec, slurm, bound_to_pid)
+                    self.create_enclave_for(stream, &creator, spec, slurm, bound_to_pid, step_cpus)
                 })
                 .map(|r| Response::Enclave(Box::new(r))),
             Request::DestroyEnclave { enclave } => {
@@ -330,13 +333,17 @@ impl Daemon {
                 argv,
                 slurm,
                 owner,
+                defer_cgroups,
             } => self
-                .join_enclave(peer, &enclave, pid, argv, slurm, owner)
+                .join_enclave(peer, &enclave, pid, argv, slurm, owner, defer_cgroups)
                 .map(|(app, ns_pid, namespaces)| Response::Joined {
                     app: Box::new(app),
                     ns_pid,
                     namespaces,
                 }),
+            Request::PlaceTask { enclave, pid } => self
+                .place_task(peer, &enclave, pid)
+                .map(|r| Response::App(Box::new(r))),
             Request::TaskExited { app, exit } => self
                 .task_exited(peer, app, exit)
                 .map(|r| Response::App(Box::new(r))),

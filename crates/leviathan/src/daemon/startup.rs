@@ -76,7 +76,7 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
     header.segment_files.hugetlb_reserved = hugetlb.as_ref().map_or(0, |r| r.added);
     record_inventory(&cfg, &paths, &nis, &header, &plan)?;
     super::remora::init_topology(&paths.root);
-    let node = node_setup(&nis)?;
+    let node = node_setup(&nis, cfg.slurm_cgroups)?;
     for kind in kinds.iter() {
         kind.setup(&node).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -94,6 +94,7 @@ pub fn run_with(cfg: Config, kinds: impl FnOnce(&KindEnv) -> KindRegistry) -> an
         kinds,
         links: super::link::Links::new(),
         subs: super::apps::Subscribers::new(),
+        joins: super::apps::JoinEvents::default(),
         shutting_down: AtomicBool::new(false),
         admission: super::admission::Admission::new(cfg.max_clients_per_uid),
         fd_reserve: super::admission::FdReserve::new(),
@@ -439,7 +440,7 @@ fn write_subset(paths: &StatePaths, subset: Option<&ManagedRecord>) -> anyhow::R
 }
 
 /// What the kinds' set-up needs from the recorded inventory.
-fn node_setup(nis: &NisWriter) -> anyhow::Result<NodeSetup> {
+fn node_setup(nis: &NisWriter, slurm_cgroups: bool) -> anyhow::Result<NodeSetup> {
     let cores = nis.reader().cores()?;
     let all_cores: Vec<CoreId> = cores.iter().map(|c| c.id).collect();
     let host_cores: Vec<CoreId> = cores
@@ -454,6 +455,7 @@ fn node_setup(nis: &NisWriter) -> anyhow::Result<NodeSetup> {
         all_cores,
         host_cores,
         numa_nodes: nodes,
+        slurm_cgroups,
     })
 }
 
