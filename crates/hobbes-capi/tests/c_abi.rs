@@ -342,6 +342,7 @@ fn write_nis(state_dir: &Path) -> NisWriter {
         vm: None,
         slurm: None,
         bound_to: None,
+        step_cgroups: vec![],
         rev: 0,
     };
     let mut app = AppRecord {

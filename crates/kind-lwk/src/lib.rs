@@ -454,6 +454,7 @@ mod tests {
             vm: None,
             slurm: None,
             bound_to: None,
+            step_cgroups: vec![],
             rev: 0,
         }
     }
