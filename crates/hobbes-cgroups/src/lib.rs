@@ -69,7 +69,7 @@ use hobbes_kind::{DriverResult, Leftover};
 use hobbes_proto::model::{CgroupMode, CoreId, EnclaveId};
 
 pub mod step_nest;
-mod v1;
+pub mod v1;
 pub mod v2;
 
 /// The prefix of the native kind's enclave cgroups (`enclave-N`), the default.

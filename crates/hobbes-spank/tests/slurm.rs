@@ -672,6 +672,59 @@ fn owned_by_the_job_user(k: &mut Cluster) {
         text(&out)
     );
     k.no_enclave_left("after the job user's kill and destroy");
+
+    // A batch job of that user: its srun step runs in the user's enclaves.
+    let dir = k.gates.path().to_path_buf();
+    let batch = dir.join("batch.sh");
+    std::fs::write(
+        &batch,
+        format!("#!/bin/sh\nsrun --enclave=shared sh -c '{REPORT}'\necho \"TAG=B srun_rc=$?\"\n")
+            .replace("$TAG", "B"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&batch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = dir.join("batch.out");
+    let out =
+        k.c.client("sbatch")
+            .args(["--parsable", "--uid=65534", "--gid=65534", "-N2", "-n2"])
+            .arg(format!("--chdir={}", dir.display()))
+            .arg(format!("--output={}", output.display()))
+            .arg(&batch)
+            .output()
+            .expect("sbatch");
+    assert!(out.status.success(), "sbatch: {}", text(&out));
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    wait_for(
+        &format!("batch job {job} to end"),
+        Duration::from_secs(60),
+        || {
+            let q =
+                k.c.client("squeue")
+                    .args(["-h", "-j", &job])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+            if q.stdout.is_empty() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&q.stdout).into_owned())
+            }
+        },
+    );
+    let log = std::fs::read_to_string(&output).unwrap_or_default();
+    let tasks: Vec<&str> = log.lines().filter(|l| l.starts_with("B rank=")).collect();
+    assert_eq!(tasks.len(), 2, "{log}");
+    for t in &tasks {
+        let words: Vec<String> = t.split_whitespace().map(String::from).collect();
+        assert_eq!(field(&words, "uid"), "65534", "{log}");
+        assert!(
+            field(&words, "pid").parse::<u64>().is_ok_and(|p| p < 10),
+            "{log}"
+        );
+        assert!(field(&words, "cg").contains("/hobbes/enclave-"), "{log}");
+    }
+    assert!(log.contains("srun_rc=0"), "{log}");
+    k.no_enclave_left("after the batch job");
 }
 
 fn exit_and_signal(k: &Cluster) {
