@@ -231,15 +231,35 @@ impl DirOps {
     }
 
     /// Remove `path` (fine when it is gone).
+    ///
+    /// A cgroup whose last tasks were just killed can still be busy for a
+    /// moment: the kernel lists a task in `cgroup.procs` until it is gone,
+    /// but frees its hold on the cgroup a little later in its exit, so on a
+    /// loaded node `rmdir` right after the last one left may fail with
+    /// EBUSY (seen with v1 memory cgroups). While nothing is listed in it,
+    /// that is retried for up to [`RMDIR_BUSY_WAIT`].
     fn rmdir(&self, path: &Path) -> Result<()> {
-        match (self.rmdir)(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(CgroupError::Fs {
-                what: "remove",
-                path: path.to_path_buf(),
-                source,
-            }),
+        let start = Instant::now();
+        loop {
+            match (self.rmdir)(path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && procs(path).is_empty()
+                        && subdirs(path).is_empty()
+                        && start.elapsed() < RMDIR_BUSY_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(source) => {
+                    return Err(CgroupError::Fs {
+                        what: "remove",
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
         }
     }
 
@@ -647,6 +667,10 @@ impl Cgroups {
             .collect()
     }
 }
+
+/// How long removing an empty cgroup retries while the kernel still finishes
+/// the exit of its last tasks (`DirOps::rmdir`).
+const RMDIR_BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// How long [`kill_and_remove`] waits for an enclave's processes to die.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
