@@ -479,18 +479,35 @@ fn discover() -> Found {
     )
 }
 
+/// The mounts in /proc/PID/mountinfo's text: (mount point, file system
+/// type, super options), for each line of the form
+/// `... mount-point ... - fstype source super-options`.
+fn mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut post = post.split(' ');
+        Some((
+            pre.split(' ').nth(4).unwrap_or(""),
+            post.next().unwrap_or(""),
+            post.nth(1).unwrap_or(""),
+        ))
+    })
+}
+
+/// The lines of /proc/PID/cgroup: (controllers, cgroup path); the
+/// controllers are empty for the v2 hierarchy.
+fn memberships(cgroup: &str) -> impl Iterator<Item = (&str, &str)> {
+    cgroup.lines().map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next();
+        (parts.next().unwrap_or(""), parts.next().unwrap_or("/"))
+    })
+}
+
 /// [`Found`] from the text of /proc/self/mountinfo and /proc/self/cgroup.
 fn parse_found(mountinfo: &str, cgroup: &str) -> Found {
     let mut f = Found::default();
-    for line in mountinfo.lines() {
-        // ... mount-point ... - fstype source super-options
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount_point = pre.split(' ').nth(4).unwrap_or("");
-        let mut post = post.split(' ');
-        let fstype = post.next().unwrap_or("");
-        let opts = post.nth(1).unwrap_or("");
+    for (mount_point, fstype, opts) in mounts(mountinfo) {
         match fstype {
             "cgroup" if opts.split(',').any(|o| o == "cpuset") => {
                 f.v1_cpuset = Some(mount_point.into())
@@ -502,13 +519,7 @@ fn parse_found(mountinfo: &str, cgroup: &str) -> Found {
             _ => {}
         }
     }
-    for line in cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (
-            parts.next(),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("/"),
-        );
+    for (ctrls, path) in memberships(cgroup) {
         if ctrls.is_empty() {
             f.own_v2 = Some(path.to_string());
         } else if ctrls.split(',').any(|c| c == "cpuset") {

@@ -25,7 +25,10 @@ use hobbes_proto::model::{format_id_list as format_cpu_list, CoreId};
 
 use std::time::Duration;
 
-use super::{move_all, procs, read, sigkill, wait_gone, write, CgroupError, DirOps, Result};
+use super::{
+    memberships, mounts, move_all, procs, read, sigkill, wait_gone, write, CgroupError, DirOps,
+    Result,
+};
 
 /// The controllers an enclave nests in.
 const CONTROLLERS: [&str; 2] = ["cpuset", "memory"];
@@ -66,13 +69,7 @@ impl StepNest {
             cpuset: None,
             memory: None,
         };
-        for line in cgroup.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, ctrls, path) = (
-                parts.next(),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
+        for (ctrls, path) in memberships(cgroup) {
             let Some(i) = path.find(&marker) else {
                 continue;
             };
@@ -225,12 +222,7 @@ fn file_of(ctrl: &str) -> &'static str {
 
 /// The mount point of the v1 hierarchy with controller `ctrl`.
 fn v1_mount(mountinfo: &str, ctrl: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (pre, post) = line.split_once(" - ")?;
-        let mount_point = pre.split(' ').nth(4)?;
-        let mut post = post.split(' ');
-        let fstype = post.next()?;
-        let opts = post.nth(1)?;
+    mounts(mountinfo).find_map(|(mount_point, fstype, opts)| {
         (fstype == "cgroup" && opts.split(',').any(|o| o == ctrl))
             .then(|| PathBuf::from(mount_point))
     })
