@@ -17,6 +17,7 @@ pub mod msg;
 pub mod slurm;
 pub mod spec;
 pub mod xemem_table;
+pub mod xpmem_as;
 
 pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 

@@ -39,6 +39,7 @@ mod hugepages;
 mod maps;
 mod state;
 mod sys;
+pub mod wholeas;
 mod wrappers;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -631,6 +632,10 @@ pub fn get(segid: SegId, access: Access) -> Result<ApId> {
         Some(pool) => Some(take_hold(OP, &g.record, &g.memfd, pool)?),
         None => None,
     };
+    let whole = match composite {
+        None => wholeas::peer_for(&g.record, &g.memfd)?,
+        Some(_) => None,
+    };
     Ok(st.add_grant(state::Grant {
         segid,
         access,
@@ -638,6 +643,7 @@ pub fn get(segid: SegId, access: Access) -> Result<ApId> {
         memfd: g.memfd,
         eventfd: g.eventfd,
         composite,
+        whole,
     }))
 }
 
@@ -722,6 +728,11 @@ unsafe fn attach_impl(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) 
         .grants
         .get(&apid)
         .ok_or_else(|| XememError::not_found(OP, format!("no access permit {apid}")))?;
+    if let Some(peer) = grant.whole.clone() {
+        drop(st);
+        // SAFETY: with an address, our caller owns the range.
+        return unsafe { attach_whole(&peer, offset, len, at) };
+    }
     let size = grant.record.size;
     let end = offset.checked_add(len as u64);
     if len == 0 || end.is_none_or(|e| e > size) {
@@ -801,6 +812,47 @@ unsafe fn attach_impl(apid: ApId, offset: u64, len: usize, at: Option<*mut u8>) 
     Ok((base + delta) as *mut u8)
 }
 
+/// Attach `len` bytes at owner address `offset` of a whole-address-space
+/// share (see [`wholeas`]).
+///
+/// # Safety
+///
+/// With `at`, as for [`attach_at`].
+unsafe fn attach_whole(
+    peer: &std::sync::Arc<wholeas::Peer>,
+    offset: u64,
+    len: usize,
+    at: Option<*mut u8>,
+) -> Result<*mut u8> {
+    const OP: &str = "xpmem_attach";
+    let page = hobbes_sys::page_size();
+    let too_far = || {
+        XememError::invalid(
+            OP,
+            format!("{len} bytes at owner address {offset:#x} are past the address space"),
+        )
+    };
+    let delta = (offset % page as u64) as usize;
+    let vaddr = usize::try_from(offset - delta as u64).map_err(|_| too_far())?;
+    let map_len = hugepages::round_up(delta + len, page).ok_or_else(too_far)?;
+    if len == 0 || vaddr as u64 + map_len as u64 > wholeas::owner::AS_FILE_SIZE {
+        return Err(too_far());
+    }
+    let base_at = match at.map(|p| p as usize) {
+        None => None,
+        Some(p) if p % page == delta && p != 0 => Some(p - delta),
+        Some(p) => {
+            return Err(XememError::invalid(
+                OP,
+                format!("address {p:#x} must be {delta} bytes past a page boundary, like offset {offset:#x}"),
+            ))
+        }
+    };
+    // SAFETY: with an address, our caller owns the range.
+    let base = unsafe { wholeas::peer::attach(peer, vaddr, map_len, base_at) }?;
+    Ok((base + delta) as *mut u8)
+}
+
 /// Map `[offset, offset+len)` of a composite segment (page-aligned) into
 /// one range: reserve it (at `at`, or where the kernel picks), then map the
 /// part of each extent that falls inside read-only from the pool, in place.
@@ -855,6 +907,9 @@ unsafe fn map_composite(
 /// Unmap the attachment that contains `addr`.
 pub fn detach(addr: *mut u8) -> Result<()> {
     const OP: &str = "xemem_detach";
+    if let Some(done) = wholeas::peer::detach(addr as usize) {
+        return done;
+    }
     let mut st = state::lock();
     let (key, base, len) = st
         .attachment_at(addr as usize)

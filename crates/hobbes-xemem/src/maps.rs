@@ -7,8 +7,12 @@ pub struct Mapping {
     pub start: usize,
     pub end: usize,
     pub readable: bool,
+    pub writable: bool,
+    pub executable: bool,
     pub shared: bool,
     pub offset: u64,
+    /// The file's device (major, minor); (0, 0) for anonymous memory.
+    pub dev: (u32, u32),
     pub inode: u64,
     pub path: String,
 }
@@ -19,15 +23,22 @@ pub fn parse_line(line: &str) -> Option<Mapping> {
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?.as_bytes();
     let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let _dev = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let dev = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
     let inode = fields.next()?.parse().ok()?;
     let path = fields.collect::<Vec<_>>().join(" ");
     Some(Mapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
         readable: perms.first() == Some(&b'r'),
+        writable: perms.get(1) == Some(&b'w'),
+        executable: perms.get(2) == Some(&b'x'),
         shared: perms.get(3) == Some(&b's'),
         offset,
+        dev,
         inode,
         path,
     })
@@ -118,8 +129,11 @@ mod tests {
                 start: 0x7f00_0000_0000,
                 end: 0x7f00_0000_4000,
                 readable: true,
+                writable: true,
+                executable: false,
                 shared: true,
                 offset: 0,
+                dev: (0, 1),
                 inode: 4242,
                 path: "/memfd:xemem (deleted)".into(),
             }

@@ -46,6 +46,8 @@ pub struct Grant {
     pub memfd: OwnedFd,
     pub eventfd: Option<OwnedFd>,
     pub composite: Option<CompositeGrant>,
+    /// A whole-address-space share: the connection to its owner.
+    pub whole: Option<std::sync::Arc<crate::wholeas::Peer>>,
 }
 
 /// What a composite segment's permit adds: its pool and validated table.

@@ -8,10 +8,15 @@
  * Link with -lxpmem (pkg-config --cflags --libs xpmem).
  *
  * Differences (docs/xemem.md):
- *   - xpmem_make(NULL, XPMEM_MAXADDR_SIZE, ...) (share the whole address
- *     space) is not supported: -1, errno EINVAL. Share page-aligned ranges.
- *   - xpmem_make converts private memory in place into shared memory (same
- *     address, same contents); no other thread may write it meanwhile.
+ *   - xpmem_make(NULL, XPMEM_MAXADDR_SIZE, ...) shares the whole address
+ *     space: xpmem_attach's offset is then an address of the owner, and the
+ *     owner's library converts the range in place when it is first
+ *     attached ("Whole-address-space shares": what differs, corner by
+ *     corner; an attach of unmapped owner memory fails with EFAULT at once,
+ *     and repeated attaches of one range return the same mapping).
+ *   - xpmem_make of a range converts private memory in place into shared
+ *     memory (same address, same contents); no other thread may write it
+ *     meanwhile.
  *   - xpmem_release leaves the permit's attachments mapped until detached.
  *   - The kernel ioctl structures are not provided.
  * Failures return -1 ((void *)-1 for xpmem_attach) and set errno;

@@ -26,8 +26,8 @@ pub const XPMEM_RDONLY: c_int = 0x1;
 pub const XPMEM_RDWR: c_int = 0x2;
 /// The only permit type: `permit_value` holds file-like mode bits.
 pub const XPMEM_PERMIT_MODE: c_int = 0x1;
-/// The size XPMEM uses with `vaddr == NULL` to share a whole address space;
-/// `xpmem_make` refuses that combination (EINVAL).
+/// The size XPMEM uses with `vaddr == NULL` to share a whole address space
+/// (then `xpmem_attach`'s offset is an address of the owner).
 pub const XPMEM_MAXADDR_SIZE: usize = usize::MAX;
 /// What `xpmem_version` reports: the XPMEM 2.6 interface.
 pub const XPMEM_VERSION: c_int = 0x0002_6003;
@@ -60,8 +60,11 @@ pub extern "C" fn xpmem_version() -> c_int {
 }
 
 /// Share `[vaddr, vaddr+size)` with permit mode `permit_value` (octal bits
-/// cast to a pointer, as in `(void *)0666`). Sharing a whole address space
-/// (`vaddr == NULL`, `size == XPMEM_MAXADDR_SIZE`) is not supported: EINVAL.
+/// cast to a pointer, as in `(void *)0666`). `vaddr == NULL` with
+/// `size == XPMEM_MAXADDR_SIZE` shares the whole address space: attachers
+/// pass an address of this process as `xpmem_attach`'s offset, and the
+/// range is converted in place when first attached (docs/xemem.md,
+/// "Whole-address-space shares").
 ///
 /// # Safety
 /// The range is the caller's own memory (malloc'd, mmap'd, static, stack
@@ -78,12 +81,6 @@ pub unsafe extern "C" fn xpmem_make(
 ) -> XpmemSegid {
     const OP: &str = "xpmem_make";
     guard(OP, -1, || {
-        if vaddr.is_null() && size == XPMEM_MAXADDR_SIZE {
-            return Err(invalid(
-                OP,
-                "sharing the whole address space (NULL, XPMEM_MAXADDR_SIZE) is not supported; share a page-aligned range instead",
-            ));
-        }
         if permit_type != XPMEM_PERMIT_MODE {
             return Err(invalid(
                 OP,
@@ -104,6 +101,9 @@ pub unsafe extern "C" fn xpmem_make(
             mode,
             ..Default::default()
         };
+        if vaddr.is_null() && size == XPMEM_MAXADDR_SIZE {
+            return hobbes_xemem::wholeas::make_whole(&opts);
+        }
         // SAFETY: the C caller's contract above: the range is its own,
         // and no thread writes or unmaps it during the call.
         unsafe { hobbes_xemem::make(vaddr.cast(), size, &opts) }
@@ -215,21 +215,21 @@ mod tests {
     }
 
     #[test]
-    fn whole_address_space_is_refused() {
+    fn whole_address_space_with_a_bad_mode_is_refused() {
         // SAFETY: refused before any memory is touched.
         let r = unsafe {
             xpmem_make(
                 std::ptr::null_mut(),
                 XPMEM_MAXADDR_SIZE,
                 XPMEM_PERMIT_MODE,
-                0o666 as *mut c_void,
+                0o1666 as *mut c_void,
             )
         };
         assert_eq!(r, -1);
         assert_eq!(errno(), Some(libc::EINVAL));
         // SAFETY: xpmem_last_error returns a valid NUL-terminated string.
         let msg = unsafe { std::ffi::CStr::from_ptr(xpmem_last_error()) };
-        assert!(msg.to_string_lossy().contains("whole address space"));
+        assert!(msg.to_string_lossy().contains("not a mode"));
     }
 
     #[test]

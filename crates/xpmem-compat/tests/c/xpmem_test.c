@@ -6,7 +6,7 @@
  *
  *   xpmem_test share NPROCS    one share, NPROCS attachers in turn
  *   xpmem_test two_shares      two shares, one attacher for both
- *   xpmem_test errors          unsupported and invalid calls
+ *   xpmem_test errors          invalid calls, and calls without a daemon
  *   xpmem_test attach SEGID... (child) increment every int of each segment
  */
 #include <errno.h>
