@@ -17,20 +17,24 @@ mod lwk;
 mod plot;
 mod remora;
 mod slurm;
+mod ucx;
 mod vm;
 mod xasm;
 mod xemem;
+mod xpmem;
 
 const USAGE: &str = "\
-usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | remora | xasm
+usage: hobbes-bench [all | nis | ping | create | xemem [--out DIR] | xpmem | remora | xasm
                     | lwk [--reps N] [--detour-secs S] [--memory MIB] [--trap-nr NR] [--programs DIR] [--native-only] [--json]
                     | vm [--reps N] [--pings N] [--memory MIB]
-                    | insitu [--out DIR] [--reps N] [--sizes A,B,..] | slurm [--reps N]]
+                    | insitu [--out DIR] [--reps N] [--sizes A,B,..] | slurm [--reps N]
+                    | ucx [--reps N]]
 
 Each bench runs Hobbes and its floor (the peer named in the issue) in the same run and
 prints medians and the ratio. All but insitu need root (they start a privileged
 leviathan in a temporary state directory); slurm starts its own local cluster
-(scripts/slurm-cluster.sh) and is not part of `all`. bench/README.md explains every row.";
+(scripts/slurm-cluster.sh) and is not part of `all`; ucx needs UCX rebuilt over our
+libxpmem (scripts/ucx-xpmem.sh) and is not part of `all`. bench/README.md explains every row.";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -43,6 +47,8 @@ fn main() -> Result<()> {
             let out = xemem::out_dir(&args[2..])?;
             with_daemon(|d| xemem::bench(d, &out))
         }
+        Some("xpmem") => with_daemon(xpmem::bench),
+        Some("xpmem-owner") => xpmem::owner_main(),
         Some("remora") => with_daemon(remora::bench),
         Some("xasm") => with_daemon(xasm::bench),
         Some("lwk") => {
@@ -55,6 +61,10 @@ fn main() -> Result<()> {
         }
         Some("insitu") => insitu::main(&args[2..]),
         Some("slurm") => slurm::bench(&slurm::Opts::parse(&args[2..])?),
+        Some("ucx") => {
+            let o = ucx::Opts::parse(&args[2..])?;
+            with_daemon_on(ucx::HOST_CORES, |d| ucx::bench(d, &o))
+        }
         Some("xemem-owner") => xemem::owner_main(&args[2..]),
         Some("xemem-echo") => xemem::echo_main(&args[2..]),
         Some("all") | None => {
@@ -63,6 +73,7 @@ fn main() -> Result<()> {
                 bench_ping(d)?;
                 bench_create(d)?;
                 xemem::bench(d, &xemem::out_dir(&[])?)?;
+                xpmem::bench(d)?;
                 xasm::bench(d)?;
                 remora::bench(d)?;
                 lwk::bench(d, &lwk::Opts::default())?;
@@ -76,7 +87,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(other) => {
-            bail!("unknown bench {other:?}: use nis, ping, create, xemem, remora, xasm, lwk, vm, insitu or all (--help says more)")
+            bail!("unknown bench {other:?}: use nis, ping, create, xemem, xpmem, remora, xasm, lwk, vm, insitu, slurm, ucx or all (--help says more)")
         }
     }
 }
@@ -152,6 +163,12 @@ fn nix_euid() -> u32 {
 }
 
 fn with_daemon(f: impl FnOnce(&BenchDaemon) -> Result<()>) -> Result<()> {
+    with_daemon_on("0", f)
+}
+
+/// A daemon whose host (and shared enclaves) run on `host_cores` (leviathan's
+/// `--host-cores`).
+fn with_daemon_on(host_cores: &str, f: impl FnOnce(&BenchDaemon) -> Result<()>) -> Result<()> {
     let exe = std::env::current_exe()?.with_file_name("leviathan");
     if !exe.exists() {
         bail!(
@@ -161,9 +178,12 @@ fn with_daemon(f: impl FnOnce(&BenchDaemon) -> Result<()>) -> Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("hobbes-bench-").tempdir()?;
     let mut cmd = Command::new(&exe);
-    cmd.arg("--state-dir")
-        .arg(dir.path())
-        .args(["--host-cores", "0", "--host-memory", "2048"]);
+    cmd.arg("--state-dir").arg(dir.path()).args([
+        "--host-cores",
+        host_cores,
+        "--host-memory",
+        "2048",
+    ]);
     if nix_euid() != 0 {
         cmd.arg("--unprivileged");
     }
