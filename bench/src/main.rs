@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         }
         Some("xpmem") => with_daemon(xpmem::bench),
         Some("xpmem-owner") => xpmem::owner_main(),
+        Some("copy-peer") => ucx::copy_peer_main(&args[2..]),
         Some("remora") => with_daemon(remora::bench),
         Some("xasm") => with_daemon(xasm::bench),
         Some("lwk") => {

@@ -455,6 +455,7 @@ pub fn bench(d: &BenchDaemon, o: &Opts) -> Result<()> {
 }
 
 fn run_all(d: &BenchDaemon, ucx: &Ucx, o: &Opts) -> Result<()> {
+    copy_ceiling_row(o.reps)?;
     perftest_rows(d, ucx, o)?;
     let dir = tempfile::Builder::new().prefix("ucx-bench-").tempdir()?;
     use std::os::unix::fs::PermissionsExt;
@@ -739,5 +740,74 @@ fn mpi_rows(d: &BenchDaemon, ucx: &Ucx, o: &Opts, mpi: MpiFlavor, exe: &str) -> 
         "us",
         "target <= 1.0x",
     );
+    Ok(())
+}
+
+/// The ceiling of the xpmem-vs-cma ratio on this node: xpmem moves a message
+/// with one user-space `memcpy` out of the attached pages, cma with one
+/// `process_vm_readv` (the kernel's copy); neither can do better than its
+/// copy. Measured here between this process and a peer holding a 4 MiB
+/// buffer (`hobbes-bench copy-peer`), alternating, medians.
+fn copy_ceiling_row(reps: usize) -> Result<()> {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    let mut peer = Command::new(std::env::current_exe()?)
+        .args(["copy-peer", &SIZE.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the copy peer")?;
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().context("peer stdout")?).read_line(&mut line)?;
+    let addr = usize::from_str_radix(line.trim().trim_start_matches("0x"), 16)
+        .with_context(|| format!("copy peer said {line:?}"))?;
+    let pid = nix::unistd::Pid::from_raw(peer.id() as i32);
+    let src = vec![1u8; SIZE];
+    let mut dst = vec![0u8; SIZE];
+    let (mut by_memcpy, mut by_readv) = (Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) * 20 {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        by_memcpy.push(SIZE as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let remote = [nix::sys::uio::RemoteIoVec {
+            base: addr,
+            len: SIZE,
+        }];
+        let t = Instant::now();
+        let n = nix::sys::uio::process_vm_readv(
+            pid,
+            &mut [std::io::IoSliceMut::new(&mut dst)],
+            &remote,
+        )
+        .context("process_vm_readv from the copy peer")?;
+        by_readv.push(SIZE as f64 / t.elapsed().as_secs_f64() / 1e6);
+        anyhow::ensure!(
+            n == SIZE && dst.iter().all(|&b| b == 7),
+            "process_vm_readv copied wrong data"
+        );
+    }
+    drop(peer.stdin.take()); // the peer exits on EOF
+    let _ = peer.wait();
+    header("ucx: the ceiling of any xpmem-vs-cma ratio here (4 MiB, in-process)");
+    row(
+        "one copy: memcpy vs process_vm_readv",
+        median(by_memcpy),
+        median(by_readv),
+        "MB/s",
+        "(xpmem's copy vs cma's)",
+    );
+    Ok(())
+}
+
+/// `hobbes-bench copy-peer SIZE`: hold SIZE bytes of 7s, print their address,
+/// exit when stdin closes (the peer of [`copy_ceiling_row`]).
+pub fn copy_peer_main(args: &[String]) -> Result<()> {
+    use std::io::{Read, Write};
+    let size: usize = args.first().context("copy-peer SIZE")?.parse()?;
+    let buf = vec![7u8; size];
+    println!("{:#x}", buf.as_ptr() as usize);
+    std::io::stdout().flush()?;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(std::hint::black_box(buf));
     Ok(())
 }
