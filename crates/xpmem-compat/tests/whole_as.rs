@@ -137,6 +137,23 @@ fn repeated_attach_of_a_range_hits_the_cache() {
 }
 
 #[test]
+fn a_freed_and_reallocated_buffer_reads_new_through_a_cached_attachment() {
+    let test = "a_freed_and_reallocated_buffer_reads_new_through_a_cached_attachment";
+    let Some(daemon) = Daemon::start(test) else {
+        return;
+    };
+    // UCX's case: the owner frees a 4 MiB buffer and allocates another (the
+    // same address), tells the peer through shared memory (a pipe here),
+    // and the peer reads through its cached attachment with no request to
+    // the owner: malloc keeps the memory mapped, so it is the same pages.
+    let out = run(&daemon, "realloc");
+    assert_eq!(get(&out, "first"), "1", "{out}");
+    assert_eq!(get(&out, "same_address"), "1", "{out}");
+    assert_eq!(get(&out, "all_rounds_new"), "1", "{out}");
+    assert_eq!(get(&out, "attacher_status"), "0", "{out}");
+}
+
+#[test]
 fn modes_refuse_other_users() {
     let t = "modes_refuse_other_users";
     if !nix::unistd::geteuid().is_root() {

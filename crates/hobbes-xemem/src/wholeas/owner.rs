@@ -75,8 +75,41 @@ pub fn get_or_start() -> Result<Arc<Owner>, String> {
         .spawn(move || service.run(&for_thread))
         .map_err(|e| format!("cannot start the owner thread: {e}"))?;
     register_atfork();
+    keep_malloc_memory_mapped();
     *slot = Some(owner.clone());
     Ok(owner)
+}
+
+/// Set by a program that wants glibc's default `free` (memory given back to
+/// the kernel) even with a whole-address-space share: see below.
+const MALLOC_TRIM_ENV: &str = "HOBBES_XPMEM_MALLOC_TRIM";
+
+/// glibc's `free` gives large chunks (and the heap's top) back to the kernel
+/// with `munmap`, `brk` or `madvise`. The service thread learns of such an
+/// unmap from userfaultfd only after the unmapping thread has moved on (an
+/// unmap event completes when it is read), and punches the pages out of the
+/// address-space file a few microseconds later. An attacher that reads
+/// through a cached attachment with no round trip to us in between (UCX's
+/// registration cache, told of the new buffer through shared memory) could
+/// read the freed buffer's old pages in that window where the program
+/// already wrote new ones. So once this process shares its whole address
+/// space, malloc keeps its memory mapped and reuses it in place, as UCX's and
+/// Open MPI's own memory hooks make it do: no chunk gets its own mapping
+/// (`M_MMAP_MAX` 0: large ones come from the heaps) and heaps are never
+/// trimmed (`M_TRIM_THRESHOLD` -1). A buffer freed and allocated again is then
+/// the same pages, which attachers see as they are. The cost: the process
+/// does not give freed memory back to the kernel. `HOBBES_XPMEM_MALLOC_TRIM=1`
+/// keeps glibc's defaults (and the window). docs/xemem.md, "Whole-address-space shares".
+fn keep_malloc_memory_mapped() {
+    if std::env::var_os(MALLOC_TRIM_ENV).is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: mallopt only sets glibc's allocator parameters; it is
+    // thread-safe and changes no memory already handed out.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+    }
 }
 
 /// The running owner side of this process, if any.

@@ -11,6 +11,8 @@
  *   xpmem_whole_test concurrent   an owner thread writes while converted
  *   xpmem_whole_test fork         fork() in the owner after conversion
  *   xpmem_whole_test cache        re-attaching the same range
+ *   xpmem_whole_test realloc      free + malloc of a large buffer, read by a
+ *                                 cached attachment with no round trip
  *   xpmem_whole_test perms        modes against another uid (needs root)
  */
 #define _GNU_SOURCE
@@ -426,6 +428,65 @@ static int cache(void) {
     return 0;
 }
 
+/* ------------------------------------------------------------- realloc */
+
+/* attach-realloc SEGID ADDR NINTS TO_OWNER FROM_OWNER: the owner frees its
+ * buffer and allocates a new one (told through a pipe, as UCX tells its peer
+ * through shared memory); the attacher reads through its cached attachment
+ * with no request to the owner in between. */
+static int attach_realloc(char **argv) {
+    xpmem_apid_t apid = get(argv[2], XPMEM_RDONLY);
+    uintptr_t addr = strtoull(argv[3], NULL, 0);
+    size_t n = strtoull(argv[4], NULL, 0);
+    int to_owner = atoi(argv[5]), from_owner = atoi(argv[6]);
+    const int *p = attach(apid, addr, n * sizeof(int));
+    printf("first=%d\n", check(p, n, 100));
+    int round;
+    for (round = 1; round <= 20; round++) {
+        put(to_owner, 'r'); /* owner: free, malloc, fill 100 + round */
+        CHECK(take(from_owner) == 's', "owner's answer");
+        const int *q = attach(apid, addr, n * sizeof(int)); /* the cache */
+        if (!check(q, n, 100 + round)) {
+            printf("stale_round=%d\n", round);
+            break;
+        }
+    }
+    printf("all_rounds_new=%d\n", round > 20);
+    put(to_owner, 'q');
+    return 0;
+}
+
+static int realloc_case(void) {
+    size_t bytes = 4 << 20, n = bytes / sizeof(int);
+    /* As UCX does: the share first (at MPI_Init), the buffers after. */
+    xpmem_segid_t segid = make_whole(0666);
+    int *buf = malloc(bytes);
+    CHECK(buf != NULL, "malloc");
+    fill(buf, n, 100);
+    int up[2], down[2];
+    CHECK(pipe(up) == 0 && pipe(down) == 0, "pipe");
+    char *args[] = {"xpmem_whole_test", "attach-realloc", num(segid),
+                    num((long long)(uintptr_t)buf), num((long long)n), num(up[1]),
+                    num(down[0]), NULL};
+    pid_t child = start(args);
+    close(up[1]); /* the attacher's ends: an attacher that dies ends the loop */
+    close(down[0]);
+    int same = 1;
+    char c;
+    for (int round = 1; read(up[0], &c, 1) == 1 && c == 'r'; round++) {
+        free(buf);
+        int *next = malloc(bytes);
+        CHECK(next != NULL, "malloc");
+        same &= next == buf;
+        buf = next;
+        fill(buf, n, 100 + round);
+        put(down[1], 's');
+    }
+    printf("same_address=%d\n", same);
+    printf("attacher_status=%d\n", wait_for(child));
+    return 0;
+}
+
 /* --------------------------------------------------------------- perms */
 
 /* attach-perms SEG0600 SEG0644 ADDR, run as root, drops to nobody. */
@@ -472,6 +533,10 @@ int main(int argc, char **argv) {
         return attach_read(argv);
     if (!strcmp(m, "attach-cache") && argc == 5)
         return attach_cache(argv);
+    if (!strcmp(m, "attach-realloc") && argc == 7)
+        return attach_realloc(argv);
+    if (!strcmp(m, "realloc"))
+        return realloc_case();
     if (!strcmp(m, "attach-perms") && argc == 5)
         return attach_perms(argv);
     if (!strcmp(m, "regions"))
