@@ -1,5 +1,7 @@
 //! userfaultfd as a typed descriptor ([`Userfaultfd`]) with the ioctls of
-//! write-protect tracking, and the `PAGEMAP_SCAN` ioctl of
+//! write-protect tracking (XASM) and of missing-page and unmap handling
+//! (whole-address-space XPMEM shares: registration modes, wake, the event
+//! messages as [`Event`]), and the `PAGEMAP_SCAN` ioctl of
 //! `/proc/self/pagemap` ([`pagemap_scan`]).
 //!
 //! The structures and request numbers are written out here because
@@ -22,13 +24,27 @@ const IOC_READ: u64 = 2;
 const UFFD_API: u64 = 0xAA;
 /// `UFFD_USER_MODE_ONLY`: faults from user mode only (no privilege needed).
 const UFFD_USER_MODE_ONLY: u32 = 1;
+/// `UFFD_FEATURE_EVENT_REMAP`: report `mremap` of registered ranges.
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+/// `UFFD_FEATURE_EVENT_UNMAP`: report `munmap`, `MAP_FIXED` and `brk`
+/// shrinking of registered ranges.
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: write-protect shared memory too.
+pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 /// `UFFD_FEATURE_WP_UNPOPULATED`: write-protect never-touched pages too.
 pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 /// `UFFD_FEATURE_WP_ASYNC`: the kernel resolves write-protect faults
 /// itself (the written bit shows in `PAGEMAP_SCAN`).
 pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_REGISTER_MODE_MISSING`: faults on pages not there yet.
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// `UFFDIO_REGISTER_MODE_WP`: faults on write-protected pages.
+pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
 
 #[repr(C)]
 #[derive(Default)]
@@ -63,6 +79,7 @@ struct UffdioWriteprotect {
 const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0xAA, 0x3F, 24);
 const UFFDIO_REGISTER: u64 = ioc(IOC_READ | IOC_WRITE, 0xAA, 0x00, 32);
 const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0xAA, 0x01, 16);
+const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0xAA, 0x02, 16);
 const UFFDIO_WRITEPROTECT: u64 = ioc(IOC_READ | IOC_WRITE, 0xAA, 0x06, 24);
 
 /// `ioctl(fd, request, arg)`, retried on EINTR.
@@ -101,9 +118,22 @@ impl Userfaultfd {
     /// ENOSYS on kernels without it, EINVAL when a wanted feature is
     /// unknown.
     pub fn open(want: u64) -> Result<Userfaultfd, Errno> {
+        Self::open_flags(UFFD_USER_MODE_ONLY, want)
+    }
+
+    /// As [`Userfaultfd::open`], but first able to handle the faults the
+    /// kernel takes on the process's behalf (a system call touching a
+    /// registered range waits like a thread does; needs privilege where
+    /// `vm.unprivileged_userfaultfd` is 0), else user-mode faults only (such
+    /// a system call then fails with EFAULT).
+    pub fn open_for_kernel_faults(want: u64) -> Result<Userfaultfd, Errno> {
+        Self::open_flags(0, want).or_else(|_| Self::open_flags(UFFD_USER_MODE_ONLY, want))
+    }
+
+    fn open_flags(mode_bits: u32, want: u64) -> Result<Userfaultfd, Errno> {
         let flags = UserfaultfdFlags::CLOEXEC
             | UserfaultfdFlags::NONBLOCK
-            | UserfaultfdFlags::from_bits_retain(UFFD_USER_MODE_ONLY);
+            | UserfaultfdFlags::from_bits_retain(mode_bits);
         // SAFETY: the call takes flags only; the descriptor does nothing
         // until a range is registered, which is an `unsafe fn` below.
         let fd = unsafe { rustix::mm::userfaultfd(flags) }.map_err(errno)?;
@@ -134,12 +164,20 @@ impl Userfaultfd {
     /// `UFFD_FEATURE_WP_ASYNC`, writes to protected pages block until this
     /// descriptor resolves them.
     pub unsafe fn register_wp(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        // SAFETY: per this function's contract.
+        unsafe { self.register(addr, len, UFFDIO_REGISTER_MODE_WP) }
+    }
+
+    /// Register `[addr, addr+len)` with `mode` (`UFFDIO_REGISTER_MODE_*`).
+    ///
+    /// # Safety
+    /// The range must be memory the caller owns and whose faults it
+    /// resolves for as long as it stays registered: a thread faulting there
+    /// blocks until this descriptor wakes it.
+    pub unsafe fn register(&self, addr: usize, len: usize, mode: u64) -> Result<(), Errno> {
         let mut reg = UffdioRegister {
-            range: UffdioRange {
-                start: addr as u64,
-                len: len as u64,
-            },
-            mode: UFFDIO_REGISTER_MODE_WP,
+            range: range(addr, len),
+            mode,
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`; the
@@ -147,17 +185,44 @@ impl Userfaultfd {
         unsafe { ioctl(self.fd.as_fd(), UFFDIO_REGISTER, &mut reg) }.map(drop)
     }
 
-    /// Unregister `[addr, addr+len)`.
-    ///
-    /// # Safety
-    /// The range must be one the caller registered (or owns).
-    pub unsafe fn unregister(&self, addr: usize, len: usize) -> Result<(), Errno> {
-        let mut range = UffdioRange {
-            start: addr as u64,
-            len: len as u64,
-        };
-        // SAFETY: UFFDIO_UNREGISTER takes a `struct uffdio_range`.
+    /// Unregister `[addr, addr+len)`: its faults no longer reach this
+    /// descriptor (threads waiting there are woken).
+    pub fn unregister(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        let mut range = range(addr, len);
+        // SAFETY: UFFDIO_UNREGISTER takes a `struct uffdio_range`; it
+        // changes no memory, only which faults reach this descriptor.
         unsafe { ioctl(self.fd.as_fd(), UFFDIO_UNREGISTER, &mut range) }.map(drop)
+    }
+
+    /// Wake the threads waiting on faults in `[addr, addr+len)`: they retry.
+    pub fn wake(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        let mut range = range(addr, len);
+        // SAFETY: UFFDIO_WAKE takes a `struct uffdio_range`; waking makes
+        // the faulting threads retry, which is always safe.
+        unsafe { ioctl(self.fd.as_fd(), UFFDIO_WAKE, &mut range) }.map(drop)
+    }
+
+    /// The events queued now (none: empty), without blocking.
+    pub fn read_events(&self) -> Result<Vec<Event>, Errno> {
+        let mut buf = [0u8; UFFD_MSG_LEN * 16];
+        let mut events = Vec::new();
+        loop {
+            match rustix::io::read(&self.fd, &mut buf) {
+                Ok(n) => {
+                    events.extend(
+                        buf[..n - n % UFFD_MSG_LEN]
+                            .chunks_exact(UFFD_MSG_LEN)
+                            .map(Event::decode),
+                    );
+                    if n < buf.len() {
+                        return Ok(events);
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(events),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(errno(e)),
+            }
+        }
     }
 
     /// Set (`protect`) or clear the write-protect bit of every page of
@@ -168,10 +233,7 @@ impl Userfaultfd {
     /// caller owns.
     pub unsafe fn writeprotect(&self, addr: usize, len: usize, protect: bool) -> Result<(), Errno> {
         let mut wp = UffdioWriteprotect {
-            range: UffdioRange {
-                start: addr as u64,
-                len: len as u64,
-            },
+            range: range(addr, len),
             mode: if protect {
                 UFFDIO_WRITEPROTECT_MODE_WP
             } else {
@@ -181,6 +243,76 @@ impl Userfaultfd {
         // SAFETY: UFFDIO_WRITEPROTECT takes a `struct uffdio_writeprotect`;
         // the range is the caller's per this function's contract.
         unsafe { ioctl(self.fd.as_fd(), UFFDIO_WRITEPROTECT, &mut wp) }.map(drop)
+    }
+}
+
+fn range(addr: usize, len: usize) -> UffdioRange {
+    UffdioRange {
+        start: addr as u64,
+        len: len as u64,
+    }
+}
+
+/// The size of a `struct uffd_msg`.
+const UFFD_MSG_LEN: usize = 32;
+
+/// What a userfaultfd reported (`struct uffd_msg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A thread faulted and waits to be woken.
+    Fault {
+        /// The faulting address.
+        addr: u64,
+        /// A write fault.
+        write: bool,
+        /// On a write-protected page.
+        wp: bool,
+    },
+    /// Part of a registered range was unmapped.
+    Unmap {
+        /// Its first byte.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+    },
+    /// Part of a registered range moved (`mremap`).
+    Remap {
+        /// Where it was.
+        from: u64,
+        /// Where it is now.
+        to: u64,
+        /// How long it is.
+        len: u64,
+    },
+    /// Another event (not asked for).
+    Other(u8),
+}
+
+impl Event {
+    /// One `struct uffd_msg` (the event at byte 0, its arguments from 8).
+    fn decode(m: &[u8]) -> Event {
+        let at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&m[i..i + 8]);
+            u64::from_ne_bytes(b)
+        };
+        match m[0] {
+            UFFD_EVENT_PAGEFAULT => Event::Fault {
+                addr: at(16),
+                write: at(8) & 1 != 0,
+                wp: at(8) & 2 != 0,
+            },
+            UFFD_EVENT_REMAP => Event::Remap {
+                from: at(8),
+                to: at(16),
+                len: at(24),
+            },
+            UFFD_EVENT_UNMAP => Event::Unmap {
+                start: at(8),
+                end: at(16),
+            },
+            other => Event::Other(other),
+        }
     }
 }
 
@@ -333,7 +465,57 @@ mod tests {
         assert_eq!(pages, [1, 3]);
         // SAFETY: the range we registered above.
         unsafe { uffd.writeprotect(m.addr(), m.len(), false) }.unwrap();
-        // SAFETY: as above.
-        unsafe { uffd.unregister(m.addr(), m.len()) }.unwrap();
+        uffd.unregister(m.addr(), m.len()).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_uapi() {
+        assert_eq!(UFFDIO_API, 0xC018_AA3F);
+        assert_eq!(UFFDIO_REGISTER, 0xC020_AA00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_AA01);
+        assert_eq!(UFFDIO_WAKE, 0x8010_AA02);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xC018_AA06);
+    }
+
+    #[test]
+    fn messages_decode() {
+        let mut m = [0u8; UFFD_MSG_LEN];
+        m[0] = UFFD_EVENT_UNMAP;
+        m[8..16].copy_from_slice(&0x1000u64.to_ne_bytes());
+        m[16..24].copy_from_slice(&0x3000u64.to_ne_bytes());
+        assert_eq!(
+            Event::decode(&m),
+            Event::Unmap {
+                start: 0x1000,
+                end: 0x3000
+            }
+        );
+        m[0] = UFFD_EVENT_PAGEFAULT;
+        m[8..16].copy_from_slice(&3u64.to_ne_bytes());
+        assert_eq!(
+            Event::decode(&m),
+            Event::Fault {
+                addr: 0x3000,
+                write: true,
+                wp: true
+            }
+        );
+        m[0] = UFFD_EVENT_REMAP;
+        m[24..32].copy_from_slice(&0x1000u64.to_ne_bytes());
+        assert_eq!(
+            Event::decode(&m),
+            Event::Remap {
+                from: 3,
+                to: 0x3000,
+                len: 0x1000
+            }
+        );
+        m[0] = 0x13;
+        assert_eq!(Event::decode(&m), Event::Other(0x13));
     }
 }

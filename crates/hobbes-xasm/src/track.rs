@@ -283,10 +283,8 @@ impl Drop for ScanTracker {
     fn drop(&mut self) {
         // Leave the memory as it was: no write-protect bits, not registered.
         // SAFETY: the range `new` registered, still ours (its contract).
-        unsafe {
-            let _ = self.uffd.writeprotect(self.addr, self.len, false);
-            let _ = self.uffd.unregister(self.addr, self.len);
-        }
+        let _ = unsafe { self.uffd.writeprotect(self.addr, self.len, false) };
+        let _ = self.uffd.unregister(self.addr, self.len);
     }
 }
 

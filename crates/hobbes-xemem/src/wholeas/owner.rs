@@ -171,11 +171,11 @@ fn start(pid: u32) -> Result<(Owner, Service), String> {
         .encode()
         .ok_or("socket name too long")?;
     nix::sys::uio::pwrite(control.as_fd(), &header, 0).map_err(sys_err("pwrite"))?;
-    let ev = Uffd::open(sys::FEATURE_EVENT_UNMAP | sys::FEATURE_EVENT_REMAP)
+    let ev = Uffd::open_for_kernel_faults(sys::FEATURE_EVENT_UNMAP | sys::FEATURE_EVENT_REMAP)
         .map_err(sys_err("userfaultfd"))?;
     // Freezing ranges during a conversion is best effort: without it, a
     // write racing the conversion can be lost (docs/xemem.md).
-    let wp = Uffd::open(sys::FEATURE_WP_UNPOPULATED | sys::FEATURE_WP_SHMEM).ok();
+    let wp = Uffd::open_for_kernel_faults(sys::FEATURE_WP_UNPOPULATED | sys::FEATURE_WP_SHMEM).ok();
     let wake = crate::sys::eventfd().map_err(sys_err("eventfd"))?;
     let owner = Owner {
         pid,

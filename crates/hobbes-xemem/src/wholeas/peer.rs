@@ -402,14 +402,17 @@ fn fault_uffd() -> Option<Arc<Uffd>> {
         // A fork() child: its parent's attachments are not mapped here.
         with_registry(|r| *r = Registry::default());
     }
-    let uffd = Uffd::open(0).ok().map(Arc::new).and_then(|u| {
-        let for_thread = u.clone();
-        std::thread::Builder::new()
-            .name("xpmem-faults".into())
-            .spawn(move || fault_loop(&for_thread))
-            .ok()
-            .map(|_| u)
-    });
+    let uffd = Uffd::open_for_kernel_faults(0)
+        .ok()
+        .map(Arc::new)
+        .and_then(|u| {
+            let for_thread = u.clone();
+            std::thread::Builder::new()
+                .name("xpmem-faults".into())
+                .spawn(move || fault_loop(&for_thread))
+                .ok()
+                .map(|_| u)
+        });
     *slot = Some((uffd.clone(), pid));
     uffd
 }
