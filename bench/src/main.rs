@@ -18,6 +18,7 @@ mod plot;
 mod remora;
 mod slurm;
 mod ucx;
+mod ucx_prefix;
 mod vm;
 mod xasm;
 mod xemem;

@@ -67,18 +67,7 @@ impl Opts {
     }
 }
 
-/// Where `scripts/ucx-xpmem.sh` installs UCX: `$HOBBES_UCX_PREFIX`, else
-/// `${HOBBES_CACHE:-/var/cache/hobbes}/ucx-xpmem/prefix`.
-pub fn rebuilt_prefix() -> PathBuf {
-    if let Some(p) = std::env::var_os("HOBBES_UCX_PREFIX").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("HOBBES_CACHE")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hobbes"));
-    cache.join("ucx-xpmem/prefix")
-}
+use crate::ucx_prefix::rebuilt_prefix;
 
 /// The rebuilt UCX and the libxpmem it loads.
 struct Ucx {

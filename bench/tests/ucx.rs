@@ -10,26 +10,17 @@
 
 #[path = "../../crates/hobbes-xemem/tests/support/mod.rs"]
 mod support;
+#[path = "../src/ucx_prefix.rs"]
+mod ucx_prefix;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::daemon::{run_with_timeout, skip, Daemon};
+use ucx_prefix::rebuilt_prefix;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Where scripts/ucx-xpmem.sh installs (as `hobbes-bench ucx` looks for it).
-fn rebuilt_prefix() -> PathBuf {
-    if let Some(p) = std::env::var_os("HOBBES_UCX_PREFIX").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("HOBBES_CACHE")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hobbes"));
-    cache.join("ucx-xpmem/prefix")
-}
 
 /// The rebuilt UCX and our libxpmem, ready to run.
 struct Ucx {
