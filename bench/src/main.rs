@@ -164,6 +164,21 @@ fn nix_euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// End a helper process that exits when its stdin closes: close it, give
+/// the process 10 s to exit, then kill it; reaped either way.
+fn close_and_reap(child: &mut std::process::Child, stdin: Option<std::process::ChildStdin>) {
+    drop(stdin);
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn with_daemon(f: impl FnOnce(&BenchDaemon) -> Result<()>) -> Result<()> {
     with_daemon_on("0", f)
 }

@@ -775,8 +775,8 @@ fn copy_ceiling_row(reps: usize) -> Result<()> {
             "process_vm_readv copied wrong data"
         );
     }
-    drop(peer.stdin.take()); // the peer exits on EOF
-    let _ = peer.wait();
+    let stdin = peer.stdin.take();
+    crate::close_and_reap(&mut peer, stdin); // the peer exits on EOF
     header("ucx: the ceiling of any xpmem-vs-cma ratio here (4 MiB, in-process)");
     row(
         "one copy: memcpy vs process_vm_readv",

@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use hobbes_client::proto::model::{Access, SegId};
@@ -166,16 +166,7 @@ impl Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        drop(self.stdin.take());
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::close_and_reap(&mut self.child, self.stdin.take());
     }
 }
 
