@@ -729,6 +729,16 @@ pub fn cleanup_with(
             kind.clean_up(&rec, node_lock.is_some())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        // Its directories inside a Slurm step's cgroups (--slurm-cgroups):
+        // what is in them is the step's, killed as the enclave's apps are.
+        if !rec.step_cgroups.is_empty() && node_lock.is_some() {
+            let nest = hobbes_cgroups::step_nest::StepNest::from_dirs(&rec.step_cgroups);
+            nest.kill_all(hobbes_cgroups::KILL_TIMEOUT)
+                .and_then(|()| nest.release())
+                .map_err(|e| {
+                    anyhow::anyhow!("enclave {}'s cgroups in its Slurm step: {e}", rec.name)
+                })?;
+        }
         println!("removed enclave {} ({})", rec.id, rec.name);
     }
     if orphans {
