@@ -5,7 +5,7 @@
 //!    everything the next snapshot spends (finding the page, copying it,
 //!    publishing the version), in ns and cycles (rdtsc), for the `scan`
 //!    and `mprotect` mechanisms, against the COW fault of a page shared
-//!    with a `fork` child. Target: within 2x of the kernel.
+//!    with a `fork` child. Target: no more than the kernel (1x).
 //! 2. Snapshot publish latency of a 1 GiB region with 0%, 1% and 10% of its
 //!    pages written (single pages at random with the default extent budget
 //!    and with a large one, and random 64-page runs), per mechanism, against
@@ -22,7 +22,9 @@ const PAGE: usize = 4096;
 const ROUNDS: usize = 9;
 /// Pages written per round of the per-page bench (64 MiB).
 const COST_PAGES: usize = 16384;
-const COST_TARGET: f64 = 2.0;
+/// Issue 15: a page written and snapshotted costs no more than the kernel's
+/// own COW fault (the XASM paper's claim was within 2x).
+const COST_TARGET: f64 = 1.0;
 
 pub fn bench(d: &BenchDaemon) -> Result<()> {
     std::env::set_var(hobbes_client::proto::ENV_STATE_DIR, d.dir.path());
@@ -203,6 +205,11 @@ fn random_pages(n: usize, pages: usize, run: usize, seed: u64) -> Vec<usize> {
     v
 }
 
+fn verdict(ratio: f64, target: f64) -> String {
+    let met = if ratio <= target { "met" } else { "missed" };
+    format!("<= {target}x: {met}")
+}
+
 /// How the written pages are laid out, and the extent budget.
 struct Pattern {
     what: &'static str,
@@ -214,7 +221,11 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
     const GIB: usize = 1 << 30;
     const REPS: usize = 7;
     let pages = GIB / PAGE;
-    let levels = [0.0, 0.01, 0.10];
+    // Rounds run before each level is measured, so that the medians are
+    // the steady state of that write pattern (the first rounds after a
+    // change of density rebuild frames: their longest is printed).
+    const WARMUP: usize = 4;
+    let levels = [0.0, 0.001, 0.01, 0.10];
     let patterns = [
         Pattern {
             what: "single pages",
@@ -258,7 +269,8 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
                 let n = (pages as f64 * level) as usize;
                 let (mut ours, mut floor, mut compacted) = (Vec::new(), Vec::new(), Vec::new());
                 let mut extents = 0;
-                for round in 0..REPS {
+                let mut warmup_max: f64 = 0.0;
+                for round in 0..WARMUP + REPS {
                     let seed = (round as u64 + 1) * 7919 + n as u64;
                     let dirty = random_pages(n, pages, pat.run, seed);
                     let mem = p.as_mut_slice();
@@ -267,6 +279,10 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
                     }
                     let t = Instant::now();
                     let info = p.snapshot()?;
+                    if round < WARMUP {
+                        warmup_max = warmup_max.max(t.elapsed().as_secs_f64() * 1e6);
+                        continue;
+                    }
                     ours.push(t.elapsed().as_secs_f64() * 1e6);
                     compacted.push(info.compacted_pages as f64);
                     extents = extents.max(info.extents);
@@ -282,12 +298,19 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
                     std::hint::black_box(&scratch);
                 }
                 let (o, f) = (median(ours), median(floor));
+                // Issue 15's targets: single pages within 3x of the copy,
+                // runs within 2x.
+                let target = match (n, pat.run) {
+                    (0, _) => String::new(),
+                    (_, 1) => verdict(o / f, 3.0),
+                    _ => verdict(o / f, 2.0),
+                };
                 row(
-                    &format!("{m}: {:>2}% {}", (level * 100.0) as u32, pat.what),
+                    &format!("{m}: {:>4}% {}", level * 100.0, pat.what),
                     o,
                     f.max(0.01),
                     "us",
-                    "",
+                    &target,
                 );
                 if n == 0 {
                     println!(
@@ -296,8 +319,9 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
                     );
                 } else {
                     println!(
-                        "    ({n} pages written, up to {extents} extents, median {} pages compacted)",
-                        median(compacted)
+                        "    ({n} pages written, up to {extents} extents, median {} pages compacted; {WARMUP} rounds before: longest {:.1} ms)",
+                        median(compacted),
+                        warmup_max / 1e3
                     );
                 }
             }

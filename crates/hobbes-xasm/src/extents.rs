@@ -84,16 +84,64 @@ impl ExtentMap {
             .collect()
     }
 
-    /// Chunks of `chunk` pages ordered by how many extents touch them, the
-    /// most fragmented first; only chunks with two or more.
-    pub fn fragmented_chunks(&self, chunk: u64) -> Vec<(u64, usize)> {
+    /// How many extents touch each chunk of `chunk` pages (an extent
+    /// across a chunk boundary counts for both).
+    pub fn chunk_counts(&self, chunk: u64) -> BTreeMap<u64, usize> {
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
         for (&s, &(_, n)) in &self.map {
             for c in s / chunk..=(s + n - 1) / chunk {
                 *counts.entry(c).or_default() += 1;
             }
         }
-        let mut v: Vec<(u64, usize)> = counts.into_iter().filter(|(_, k)| *k > 1).collect();
+        counts
+    }
+
+    /// How many extents touch pages `[page, page+n)`.
+    pub fn extents_in(&self, page: u64, n: u64) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let before = match self.map.range(..page).next_back() {
+            Some((&s, &(_, len))) => (s + len > page) as usize,
+            None => 0,
+        };
+        before + self.map.range(page..page + n).count()
+    }
+
+    /// How the extent count changes if pages `[page, page+n)` move to
+    /// fresh slots of their own: the extents they overlap give way to a
+    /// head piece, the run and a tail piece. Coalescing with a neighbour
+    /// (rare for fresh slots) is not counted, so this is an upper bound;
+    /// for disjoint, non-adjacent runs the deltas add up.
+    pub fn redirect_delta(&self, page: u64, n: u64) -> isize {
+        if n == 0 {
+            return 0;
+        }
+        let end = page + n;
+        let first = self.map.range(..=page).next_back();
+        let mut overlapped = self.map.range(page + 1..end).count();
+        let mut head = false;
+        if let Some((&s, &(_, len))) = first {
+            if s + len > page {
+                overlapped += 1;
+                head = s < page;
+            }
+        }
+        let tail = match self.map.range(..end).next_back() {
+            Some((&s, &(_, len))) => s + len > end,
+            None => false,
+        };
+        1 + head as isize + tail as isize - overlapped as isize
+    }
+
+    /// Chunks of `chunk` pages ordered by how many extents touch them, the
+    /// most fragmented first; only chunks with two or more.
+    pub fn fragmented_chunks(&self, chunk: u64) -> Vec<(u64, usize)> {
+        let mut v: Vec<(u64, usize)> = self
+            .chunk_counts(chunk)
+            .into_iter()
+            .filter(|(_, k)| *k > 1)
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
@@ -227,6 +275,54 @@ mod tests {
                 for w in t.windows(2) {
                     prop_assert!(w[0].pool_offset + w[0].len != w[1].pool_offset);
                 }
+            }
+        }
+
+        /// `extents_in` counts the extents a range touches.
+        #[test]
+        fn extents_in_counts_the_extents_a_range_touches(
+            pages in 2u64..100,
+            writes in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..10), 0..20),
+            probe in (any::<prop::sample::Index>(), 1u64..50),
+        ) {
+            let mut m = ExtentMap::default();
+            let mut old = Vec::new();
+            m.redirect(0, pages, 0, &mut old);
+            let mut next = 10 * pages;
+            for (at, n) in writes {
+                let p = at.index(pages as usize) as u64;
+                let n = n.min(pages - p);
+                m.redirect(p, n, next, &mut old);
+                next += n + 1;
+            }
+            let p = probe.0.index(pages as usize) as u64;
+            let n = probe.1.min(pages - p);
+            let want = m
+                .table(1, pages)
+                .iter()
+                .filter(|e| e.seg_offset < p + n && e.seg_offset + e.len > p)
+                .count();
+            prop_assert_eq!(m.extents_in(p, n), want);
+        }
+
+        /// The predicted change of the extent count is exact for runs moved
+        /// to fresh, far away slots, one at a time or as disjoint batches.
+        #[test]
+        fn redirect_delta_predicts_the_extent_count(
+            pages in 1u64..200,
+            writes in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..20), 0..40),
+        ) {
+            let mut m = ExtentMap::default();
+            let mut old = Vec::new();
+            m.redirect(0, pages, 0, &mut old);
+            let mut next_slot = 10 * pages;
+            for (at, n) in writes {
+                let p = at.index(pages as usize) as u64;
+                let n = n.min(pages - p);
+                let want = m.len() as isize + m.redirect_delta(p, n);
+                m.redirect(p, n, next_slot, &mut old);
+                next_slot += n + 1;
+                prop_assert_eq!(m.len() as isize, want);
             }
         }
     }

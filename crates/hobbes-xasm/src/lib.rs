@@ -39,6 +39,7 @@ mod channel;
 mod consumer;
 mod error;
 mod extents;
+mod frames;
 mod ledger;
 mod pool;
 mod producer;

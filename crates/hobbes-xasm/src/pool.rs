@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 
+use hobbes_sys::mem::Advice;
 use hobbes_sys::{Mapping, MemfdFlags, Prot};
 
 /// Slot allocator: free runs of slots below `end`, indexed by start and by
@@ -93,6 +94,29 @@ impl SlotAlloc {
         vec![(start, n)]
     }
 
+    /// `n` contiguous slots (n > 0): the smallest free run that fits, else
+    /// the free run at the end grown past it, else new slots at the end.
+    pub fn alloc_run(&mut self, n: u64) -> u64 {
+        self.used += n;
+        if let Some(&(len, start)) = self.by_size.range((n, 0)..).next() {
+            self.take(start, len);
+            if len > n {
+                self.put(start + n, len - n);
+            }
+            return start;
+        }
+        if let Some((&start, &len)) = self.by_start.iter().next_back() {
+            if start + len == self.end {
+                self.take(start, len);
+                self.end = start + n;
+                return start;
+            }
+        }
+        let start = self.end;
+        self.end += n;
+        start
+    }
+
     /// Return `[start, start+len)` (allocated, len > 0); merges with free
     /// neighbours. False (and nothing changes) for a run that is not
     /// entirely allocated.
@@ -160,7 +184,7 @@ impl SlotAlloc {
             .range(first..end)
             .filter_map(|(&s, &l)| {
                 let (a, b) = (s.max(start), (s + l).min(end));
-                (a < b).then_some((a, b - a))
+                (a < b).then(|| (a, b - a))
             })
             .collect()
     }
@@ -289,6 +313,21 @@ impl Pool {
         Ok(out)
     }
 
+    /// `n` contiguous slots (a frame), from the allocator (kept slots are
+    /// scattered); grows the file (and the window) when needed.
+    pub fn alloc_run(&mut self, n: u64) -> Result<Piece, (&'static str, Errno)> {
+        let slot = self.slots.alloc_run(n);
+        if let Err(e) = self.fit() {
+            let _ = self.free(slot, n);
+            return Err(e);
+        }
+        Ok(Piece {
+            slot,
+            len: n,
+            resident: false,
+        })
+    }
+
     /// Grow the file and the window to the allocator's end.
     fn fit(&mut self) -> Result<(), (&'static str, Errno)> {
         let need = self.slots.end() * self.page;
@@ -323,6 +362,18 @@ impl Pool {
         }
         // New pages: pwritev allocates them without a fault each.
         hobbes_sys::pwrite_all_vectored(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
+    }
+
+    /// Map slots `[slot, slot+len)` into the window now (they must be
+    /// allocated), so that copying into them later costs no fault per
+    /// page. Best effort: without it the copies fault.
+    pub fn map_into_window(&mut self, slot: u64, len: u64) {
+        if let Some(w) = &self.window {
+            let (at, n) = ((slot * self.page) as usize, (len * self.page) as usize);
+            if at + n <= w.len() {
+                let _ = hobbes_sys::mem::advise(w.addr() + at, n, Advice::PopulateWrite);
+            }
+        }
     }
 
     /// Free slots (kept for reuse until the snapshot after next).
@@ -482,6 +533,22 @@ mod tests {
                 check(&a, &allocated);
             }
         }
+    }
+
+    #[test]
+    fn alloc_run_is_one_contiguous_run() {
+        let mut a = SlotAlloc::default();
+        let runs = a.alloc(10);
+        assert_eq!(runs, vec![(0, 10)]);
+        assert!(a.free(2, 2) && a.free(6, 3));
+        // Neither hole fits 4: the run comes from the end.
+        assert_eq!(a.alloc_run(4), 10);
+        assert_eq!(a.alloc_run(3), 6);
+        check(&a, &[(0, 2), (4, 2), (6, 3), (9, 1), (10, 4)]);
+        assert!(a.free(10, 4));
+        // A free run at the end grows.
+        assert_eq!(a.alloc_run(6), 10);
+        assert_eq!(a.end(), 16);
     }
 
     #[test]

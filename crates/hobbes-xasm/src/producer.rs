@@ -2,7 +2,7 @@
 //! its published versions and its channel.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,8 +16,9 @@ use hobbes_xemem::{MakeOptions, SegId};
 use crate::channel::ChannelWriter;
 use crate::error::{Result, XasmError};
 use crate::extents::{ExtentMap, CHUNK_BYTES};
+use crate::frames::{Frames, Retired};
 use crate::ledger::Ledger;
-use crate::pool::Pool;
+use crate::pool::{Piece, Pool};
 use crate::track::{self, Dirty, Mechanism, Tracker};
 
 /// Default number of newest versions kept (K).
@@ -26,6 +27,19 @@ pub const DEFAULT_KEEP: usize = 2;
 pub const DEFAULT_MAX_EXTENTS: usize = 4096;
 /// Longest region name (versions are named `<name>@<N>`).
 pub const MAX_NAME_LEN: usize = 100;
+/// A written chunk is refreshed from its retired frame (instead of having
+/// its written pages copied where they are) when that copies at most this
+/// many extra pages per extent it saves. Scattered single pages need about
+/// one (the pages written since the frame's version: about the previous
+/// snapshot's, against two extents per page written); runs of 64 pages
+/// need 32 or more and stay where they are. Refreshing every snapshot costs
+/// about two copies per written page, where letting a chunk fragment and
+/// refreshing it later costs three (its pages are copied once more in
+/// between).
+const REFRESH_COPIES_PER_EXTENT: isize = 8;
+/// Snapshots in a row without fragmentation after which a region stops
+/// holding frames (see `tend_frames`).
+const CALM_SNAPSHOTS: u64 = 8;
 /// Default permission bits of a region's segments.
 const DEFAULT_MODE: u32 = 0o600;
 
@@ -111,6 +125,10 @@ pub struct ProducerStats {
     /// Free slots whose memory is kept for the next snapshot to reuse (at
     /// most what the latest reclaim freed), in bytes.
     pub pool_kept_bytes: u64,
+    /// Pool memory kept in frames (whole-chunk copies no version uses any
+    /// more, kept while the region is fragmented so that compaction can
+    /// refresh them instead of copying chunks afresh), in bytes.
+    pub pool_frame_bytes: u64,
 }
 
 /// A published segment of a version.
@@ -149,6 +167,17 @@ pub struct Producer {
     pool: Pool,
     extents: ExtentMap,
     ledger: Ledger,
+    frames: Frames,
+    /// Snapshots in a row whose table had at most a quarter of the extent
+    /// budget (frames are released after `CALM_SNAPSHOTS`).
+    calm_snapshots: u64,
+    /// The latest snapshot rewrote whole chunks (frames are in use).
+    rewrote_chunks: bool,
+    /// Region pages per chunk (the unit of compaction and of frames).
+    chunk_pages: u64,
+    /// Per region page: the version of the last snapshot that found it
+    /// written (what a frame refresh must copy).
+    written_at: Vec<u64>,
     versions: BTreeMap<u64, VersionRec>,
     last_version: u64,
     /// Dirty information was lost (a failed snapshot): copy all next time.
@@ -348,6 +377,11 @@ impl Producer {
             pool,
             extents: ExtentMap::default(),
             ledger: Ledger::default(),
+            frames: Frames::default(),
+            calm_snapshots: 0,
+            rewrote_chunks: false,
+            chunk_pages: (CHUNK_BYTES / hobbes_sys::page_size() as u64).max(1),
+            written_at: vec![0; len / hobbes_sys::page_size()],
             versions: BTreeMap::new(),
             last_version: 0,
             copy_all_next: false,
@@ -433,13 +467,25 @@ impl Producer {
         };
         // From here the tracker is re-armed: a failure must not lose writes.
         self.copy_all_next = true;
-        let copied = self.copy_runs(OP, version, &runs)?;
-        let compacted = self.compact(OP, version)?;
+        // Versions this one pushes out of the newest K, retired first (the
+        // latest stays gettable): their slots and frames are free for this
+        // snapshot to reuse, and one request below makes this version and
+        // removes them.
+        let retiring = self.retire_replaced();
+        for v in &retiring {
+            self.ledger.remove_live(*v);
+        }
+        self.free_unused();
+        let (copied, compacted) = match self.copy_version(OP, version, &runs) {
+            Ok(c) => c,
+            Err(e) => {
+                self.finish_retired(&retiring, false);
+                let _ = self.pool.rotate();
+                return Err(e);
+            }
+        };
         self.copy_all_next = false;
         let vname = format!("{}@{version}", self.name);
-        // Versions this one pushes out of the newest K, retired now so that
-        // one request makes it and removes them (the latest stays gettable).
-        let retiring = self.retire_replaced();
         let retire_ids = self.segids_of(&retiring);
         let published = self.publish_table(OP, &vname, pages, &retire_ids);
         // Retired either way: on failure remove them one by one.
@@ -464,6 +510,7 @@ impl Producer {
             ch.publish(version);
         }
         let reclaimed = retiring.len() + self.reclaim_old();
+        self.tend_frames(version);
         let _ = self.pool.rotate();
         Ok(SnapshotInfo {
             version,
@@ -474,6 +521,263 @@ impl Producer {
             reclaimed_versions: reclaimed as u64,
             elapsed: t0.elapsed(),
         })
+    }
+
+    /// Bring the latest table to version `version`, whose written pages
+    /// are `runs`: copy them, and rewrite whole chunks where the table
+    /// would otherwise go over its extent budget. Returns (written pages
+    /// copied, extra pages copied to stay within the budget).
+    fn copy_version(
+        &mut self,
+        op: &'static str,
+        version: u64,
+        runs: &[(u64, u64)],
+    ) -> Result<(u64, u64)> {
+        for &(p, n) in runs {
+            self.written_at[p as usize..(p + n) as usize].fill(version);
+        }
+        let rewrite = self.plan_rewrites(runs);
+        let chunk = self.chunk_pages;
+        // Written pages of the other chunks: copied where they are.
+        let in_place: Vec<(u64, u64)> = runs
+            .iter()
+            .flat_map(|&(p, n)| split_at_chunks(p, n, chunk))
+            .filter(|(p, _)| rewrite.binary_search(&(p / chunk)).is_err())
+            .collect();
+        let mut copied = self.copy_runs(op, version, &in_place)?;
+        let mut extra = 0;
+        self.rewrote_chunks = !rewrite.is_empty();
+        for &c in &rewrite {
+            let (written, more) = match self.frames.take_retired(c) {
+                Some(frame) => self.refresh(op, version, c, frame)?,
+                None => self.fresh_frame(op, version, c)?,
+            };
+            copied += written;
+            extra += more;
+        }
+        let compacted = self.compact(op, version)?;
+        self.rewrote_chunks |= compacted > 0;
+        extra += compacted;
+        Ok((copied, extra))
+    }
+
+    /// Region pages `[first, first+n)` of chunk `c`.
+    fn chunk_range(&self, c: u64) -> (u64, u64) {
+        let pages = self.written_at.len() as u64;
+        let p = c * self.chunk_pages;
+        (p, self.chunk_pages.min(pages - p))
+    }
+
+    /// Pages of `[p, p+n)` written after version `since`.
+    fn written_since(&self, p: u64, n: u64, since: u64) -> u64 {
+        self.written_at[p as usize..(p + n) as usize]
+            .iter()
+            .filter(|&&v| v > since)
+            .count() as u64
+    }
+
+    /// Which chunks to rewrite whole instead of copying their written
+    /// pages where they are. Two reasons:
+    ///
+    /// - while the region is fragmented (see `tend_frames`), a written
+    ///   chunk that can be rewritten for at most
+    ///   `REFRESH_COPIES_PER_EXTENT` extra page copies per extent it saves:
+    ///   refreshing its retired frame costs the pages written since the
+    ///   frame's version (scattered writes: the chunk stays one extent for
+    ///   about two copies per written page); a chunk without one costs the
+    ///   whole chunk, which pays once it is fragmented enough, and gives
+    ///   it its second frame;
+    /// - the table would go over `max_extents`: then enough more chunks to
+    ///   bring it to three quarters of it, cheapest per extent saved first.
+    ///   A chunk whose retired frame can be refreshed costs the pages
+    ///   written since that frame's version; one without costs the whole
+    ///   chunk.
+    fn plan_rewrites(&self, runs: &[(u64, u64)]) -> Vec<u64> {
+        let chunk = self.chunk_pages;
+        // Written chunks: (extents if copied in place, pages written).
+        let mut touched: BTreeMap<u64, (isize, u64)> = BTreeMap::new();
+        for &(p, n) in runs {
+            for (cp, cn) in split_at_chunks(p, n, chunk) {
+                let c = cp / chunk;
+                let e = touched.entry(c).or_insert_with(|| {
+                    let (first, len) = self.chunk_range(c);
+                    (self.extents.extents_in(first, len) as isize, 0)
+                });
+                e.0 += self.extents.redirect_delta(cp, cn);
+                e.1 += cn;
+            }
+        }
+        let mut plan: BTreeSet<u64> = BTreeSet::new();
+        let mut saved: isize = 0;
+        // Only while the region is fragmented (frames held): a region whose
+        // table stays small copies written pages where they are.
+        let fragmented = self.frames.holding();
+        for (&c, &(e, written)) in touched.iter().filter(|_| fragmented) {
+            let (p, n) = self.chunk_range(c);
+            let copies = match self.frames.retired_content(c) {
+                Some(v) => self.written_since(p, n, v),
+                None => n,
+            };
+            let extra = copies.saturating_sub(written);
+            if e > 1 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
+                plan.insert(c);
+                saved += e - 1;
+            }
+        }
+        let after = self.extents.len() as isize - saved
+            + runs
+                .iter()
+                .map(|&(p, n)| self.extents.redirect_delta(p, n))
+                .sum::<isize>();
+        if after > self.max_extents as isize {
+            let mut need = after - (self.max_extents * 3 / 4) as isize;
+            let mut per: BTreeMap<u64, (isize, u64)> = self
+                .extents
+                .chunk_counts(chunk)
+                .into_iter()
+                .map(|(c, k)| (c, (k as isize, 0)))
+                .collect();
+            for (c, t) in &touched {
+                per.insert(*c, *t);
+            }
+            // (chunk, extents saved, pages copied beyond the written ones)
+            let mut cands: Vec<(u64, u64, u64)> = per
+                .into_iter()
+                .filter(|(c, (k, _))| *k > 1 && !plan.contains(c))
+                .map(|(c, (k, written))| {
+                    let (p, n) = self.chunk_range(c);
+                    let copies = match self.frames.retired_content(c) {
+                        Some(v) => self.written_since(p, n, v),
+                        None => n,
+                    };
+                    (c, (k - 1) as u64, copies.saturating_sub(written))
+                })
+                .collect();
+            // Fewest pages per extent saved first (cross-multiplied).
+            cands.sort_by(|a, b| (a.2 * b.1).cmp(&(b.2 * a.1)).then(a.0.cmp(&b.0)));
+            for (c, saves, _) in cands {
+                if need <= 0 {
+                    break;
+                }
+                plan.insert(c);
+                need -= saves as isize;
+            }
+        }
+        plan.into_iter().collect()
+    }
+
+    /// Copy chunk `c` whole into a new run of slots (a frame) and point
+    /// its pages there. Returns (pages written by this version, other
+    /// pages copied).
+    fn fresh_frame(&mut self, op: &'static str, version: u64, c: u64) -> Result<(u64, u64)> {
+        let (base, n) = self.chunk_range(c);
+        let piece = self
+            .pool
+            .alloc_run(n)
+            .map_err(|(call, e)| XasmError::sys(op, self.what(), call)(e))?;
+        let page = self.page as u64;
+        let at = self.addr + (base * page) as usize;
+        // SAFETY: pages of the region, mapped (readable) while self lives;
+        // the region is quiescent during a snapshot.
+        let part = unsafe { std::slice::from_raw_parts(at as *const u8, (n * page) as usize) };
+        if let Err((call, e)) = self.pool.write(&piece, &[part]) {
+            let _ = self.pool.free(piece.slot, n);
+            return Err(XasmError::sys(op, self.what(), call)(e));
+        }
+        let mut replaced = Vec::new();
+        self.extents.redirect(base, n, piece.slot, &mut replaced);
+        for &(s, l) in &replaced {
+            self.ledger.replaced(s, l, version);
+        }
+        self.ledger.born(piece.slot, n, version);
+        self.frames.register(piece.slot, n, c, version, false);
+        let written = self.written_since(base, n, version - 1);
+        Ok((written, n - written))
+    }
+
+    /// Rewrite chunk `c` into its retired frame: copy the pages written
+    /// since the frame's version and point the chunk's pages at the frame.
+    /// Returns (pages written by this version, other pages copied).
+    fn refresh(
+        &mut self,
+        op: &'static str,
+        version: u64,
+        c: u64,
+        frame: Retired,
+    ) -> Result<(u64, u64)> {
+        let (base, n) = self.chunk_range(c);
+        debug_assert_eq!(n, frame.len);
+        let page = self.page as u64;
+        if !frame.mapped {
+            // Written pages land anywhere in the frame, a few at a time:
+            // map it whole once rather than fault on each page for many
+            // refreshes to come.
+            self.pool.map_into_window(frame.slot, frame.len);
+        }
+        let (mut written, mut other) = (0, 0);
+        let mut i = 0;
+        while i < n {
+            if self.written_at[(base + i) as usize] <= frame.content {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && self.written_at[(base + i) as usize] > frame.content {
+                if self.written_at[(base + i) as usize] == version {
+                    written += 1;
+                } else {
+                    other += 1;
+                }
+                i += 1;
+            }
+            let at = self.addr + ((base + start) * page) as usize;
+            // SAFETY: pages of the region, mapped (readable) while self
+            // lives; the region is quiescent during a snapshot.
+            let part = unsafe {
+                std::slice::from_raw_parts(at as *const u8, ((i - start) * page) as usize)
+            };
+            let piece = Piece {
+                slot: frame.slot + start,
+                len: i - start,
+                resident: true,
+            };
+            if let Err((call, e)) = self.pool.write(&piece, &[part]) {
+                // Partly rewritten: no longer a copy of any version.
+                let _ = self.pool.free(frame.slot, frame.len);
+                return Err(XasmError::sys(op, self.what(), call)(e));
+            }
+        }
+        let mut replaced = Vec::new();
+        self.extents.redirect(base, n, frame.slot, &mut replaced);
+        for &(s, l) in &replaced {
+            self.ledger.replaced(s, l, version);
+        }
+        self.ledger.born(frame.slot, n, version);
+        self.frames.register(frame.slot, n, c, version, true);
+        Ok((written, other))
+    }
+
+    /// After a snapshot: hold frames while the region is fragmented (this
+    /// snapshot rewrote chunks, or the table has more than a quarter of its
+    /// extent budget); release them after `CALM_SNAPSHOTS` snapshots in a
+    /// row without fragmentation; let retired frames nobody refreshed
+    /// lately go. A region written in runs never holds any.
+    fn tend_frames(&mut self, version: u64) {
+        let fragmented = self.rewrote_chunks || self.extents.len() > self.max_extents / 4;
+        self.calm_snapshots = if fragmented {
+            0
+        } else {
+            self.calm_snapshots + 1
+        };
+        let hold = fragmented || (self.frames.holding() && self.calm_snapshots < CALM_SNAPSHOTS);
+        let mut release = Vec::new();
+        if hold != self.frames.holding() {
+            release = self.frames.set_holding(hold);
+        }
+        release.extend(self.frames.expire(version));
+        for (s, l) in release {
+            let _ = self.pool.free(s, l);
+        }
     }
 
     /// Copy region pages `runs` into fresh pool slots and redirect the
@@ -535,6 +839,17 @@ impl Producer {
                     self.ledger.replaced(s, l, version);
                 }
                 self.ledger.born(slot, n, version);
+                // Whole chunks copied in one run are frames.
+                let chunk = self.chunk_pages;
+                let mut c = p.div_ceil(chunk);
+                while c * chunk < p + n {
+                    let (cp, cn) = self.chunk_range(c);
+                    if cp + cn > p + n {
+                        break;
+                    }
+                    self.frames.register(slot + (cp - p), cn, c, version, false);
+                    c += 1;
+                }
             }
         }
         Ok(total)
@@ -546,8 +861,7 @@ impl Producer {
         if self.extents.len() <= self.max_extents {
             return Ok(0);
         }
-        let pages = (self.len / self.page) as u64;
-        let chunk = (CHUNK_BYTES / self.page as u64).max(1);
+        let chunk = self.chunk_pages;
         let target = self.max_extents / 2;
         let mut copied = 0;
         for _round in 0..4 {
@@ -555,15 +869,14 @@ impl Producer {
             if plan.is_empty() {
                 break;
             }
-            let mut runs: Vec<(u64, u64)> = Vec::new();
             for c in plan {
-                let (p, n) = (c * chunk, chunk.min(pages - c * chunk));
-                match runs.last_mut() {
-                    Some(last) if last.0 + last.1 == p => last.1 += n,
-                    _ => runs.push((p, n)),
-                }
+                let (written, more) = match self.frames.take_retired(c) {
+                    Some(frame) => self.refresh(op, version, c, frame)?,
+                    None => self.fresh_frame(op, version, c)?,
+                };
+                // This chunk's written pages were copied before: all extra.
+                copied += written + more;
             }
-            copied += self.copy_runs(op, version, &runs)?;
             if self.extents.len() <= target {
                 break;
             }
@@ -617,9 +930,11 @@ impl Producer {
         })
     }
 
-    /// Free pool slots no live version uses.
+    /// Free pool slots no live version uses (frames' pieces are held
+    /// while the region is fragmented).
     fn free_unused(&mut self) {
-        for (s, l) in self.ledger.sweep() {
+        let freed = self.ledger.sweep();
+        for (s, l) in self.frames.absorb(&freed, self.last_version) {
             let _ = self.pool.free(s, l);
         }
     }
@@ -756,6 +1071,8 @@ impl Producer {
             pool_resident_bytes: resident,
             pool_allocated_bytes: allocated,
             pool_kept_bytes: kept,
+            pool_frame_bytes: (self.frames.retired_pages() + self.frames.held_pages())
+                * self.page as u64,
         }
     }
 
@@ -839,6 +1156,21 @@ impl Producer {
     pub fn live_versions(&self) -> Vec<u64> {
         self.versions.keys().copied().collect()
     }
+}
+
+/// `[p, p+n)` cut at chunk boundaries.
+fn split_at_chunks(p: u64, n: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> {
+    let end = p + n;
+    let mut at = p;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let stop = ((at / chunk + 1) * chunk).min(end);
+        let piece = (at, stop - at);
+        at = stop;
+        Some(piece)
+    })
 }
 
 impl Drop for Producer {

@@ -1,0 +1,376 @@
+//! Frames: whole-chunk copies of the region in the pool, kept after no
+//! version uses them so that compaction can *refresh* them instead of
+//! copying a chunk afresh.
+//!
+//! Compaction rewrites a 2 MiB chunk of the region into one contiguous run
+//! of slots (one extent). Copied afresh that is 512 pages, however few were
+//! written: with single pages written at random, keeping the extent count
+//! bounded then costs most of the region every snapshot. But the run of
+//! slots the chunk was compacted into *last time* holds the chunk as it was
+//! then; once no live version uses it, bringing it up to date only needs the
+//! pages written since. A frame is such a run: `len` slots holding chunk
+//! `chunk` of the region as of version `content`.
+//!
+//! The ledger frees a frame's slots piece by piece as later versions
+//! replace its pages and the versions that used them are reclaimed. While
+//! frames are *held* those pieces stay allocated (the pool does not reuse
+//! or punch them); when the last piece is freed the frame is *retired*:
+//! intact, used by nobody, ready to be refreshed. At most one retired frame
+//! is kept per chunk (the one with the newest contents), and only for
+//! `RETIRED_TTL` snapshots. When frames are not held (the region is not
+//! fragmented) freed pieces go back to the pool at once, as for any slot.
+
+use std::collections::BTreeMap;
+
+/// Snapshots a retired frame is kept without being refreshed.
+pub(crate) const RETIRED_TTL: u64 = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    chunk: u64,
+    len: u64,
+    /// The version whose contents the frame holds.
+    content: u64,
+    /// Pieces the ledger freed while the frame was held.
+    freed: Vec<(u64, u64)>,
+    freed_pages: u64,
+    /// The version at which the frame retired (all pieces freed).
+    retired_at: Option<u64>,
+    /// Its slots are mapped in the producer's window of the pool.
+    mapped: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    /// First slot -> frame; frames never overlap.
+    by_slot: BTreeMap<u64, Frame>,
+    /// Chunk -> first slot of its retired frame.
+    retired: BTreeMap<u64, u64>,
+    holding: bool,
+}
+
+/// A retired frame handed out for a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retired {
+    pub slot: u64,
+    pub len: u64,
+    pub content: u64,
+    /// Already mapped in the producer's window of the pool.
+    pub mapped: bool,
+}
+
+impl Frames {
+    /// Slots `[slot, slot+len)` now hold chunk `chunk` as of `version`
+    /// (written by a copy of the whole chunk, or a refresh: `mapped` says
+    /// whether they are mapped in the producer's window).
+    pub fn register(&mut self, slot: u64, len: u64, chunk: u64, version: u64, mapped: bool) {
+        debug_assert!(self.overlapping(slot, len).is_empty());
+        self.by_slot.insert(
+            slot,
+            Frame {
+                chunk,
+                len,
+                content: version,
+                freed: Vec::new(),
+                freed_pages: 0,
+                retired_at: None,
+                mapped,
+            },
+        );
+    }
+
+    /// Whether freed frame pieces are held (see the module comment).
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Start or stop holding. Stopping returns every held piece, to be
+    /// freed in the pool, and forgets all frames.
+    #[must_use]
+    pub fn set_holding(&mut self, on: bool) -> Vec<(u64, u64)> {
+        self.holding = on;
+        if on {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (_, f) in std::mem::take(&mut self.by_slot) {
+            out.extend(f.freed);
+        }
+        self.retired.clear();
+        out.sort_unstable();
+        out
+    }
+
+    /// First slots of the frames overlapping `[slot, slot+len)`.
+    fn overlapping(&self, slot: u64, len: u64) -> Vec<u64> {
+        let end = slot + len;
+        let mut v: Vec<u64> = self
+            .by_slot
+            .range(..end)
+            .rev()
+            .take_while(|(s, f)| *s + f.len > slot)
+            .map(|(s, _)| *s)
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// Slot runs the ledger freed at version `now`: pieces of frames are
+    /// held (when holding) and the rest returned, to be freed in the pool.
+    /// A frame whose last piece this frees retires.
+    #[must_use]
+    pub fn absorb(&mut self, freed: &[(u64, u64)], now: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for &(slot, len) in freed {
+            let mut at = slot;
+            let end = slot + len;
+            for fs in self.overlapping(slot, len) {
+                let Some(f) = self.by_slot.get_mut(&fs) else {
+                    continue;
+                };
+                let (s, e) = (fs.max(at), (fs + f.len).min(end));
+                if s > at {
+                    out.push((at, s - at));
+                }
+                if self.holding {
+                    f.freed.push((s, e - s));
+                    f.freed_pages += e - s;
+                    if f.freed_pages >= f.len {
+                        out.extend(self.retire(fs, now));
+                    }
+                } else {
+                    // Not holding: the frame is broken up like any run.
+                    out.push((s, e - s));
+                    if let Some(f) = self.by_slot.remove(&fs) {
+                        out.extend(f.freed);
+                    }
+                }
+                at = e;
+            }
+            if at < end {
+                out.push((at, end - at));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Frame `fs` is wholly free: keep it as its chunk's retired frame if
+    /// its contents are the newest; returns what that pushes out.
+    fn retire(&mut self, fs: u64, now: u64) -> Vec<(u64, u64)> {
+        let Some(f) = self.by_slot.get_mut(&fs) else {
+            return Vec::new();
+        };
+        f.retired_at = Some(now);
+        let (chunk, content) = (f.chunk, f.content);
+        match self.retired.get(&chunk).copied() {
+            Some(other)
+                if self
+                    .by_slot
+                    .get(&other)
+                    .is_some_and(|o| o.content >= content) =>
+            {
+                self.drop_frame(fs)
+            }
+            Some(other) => {
+                self.retired.insert(chunk, fs);
+                self.drop_frame(other)
+            }
+            None => {
+                self.retired.insert(chunk, fs);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Forget a retired frame: its whole run goes back to the pool.
+    fn drop_frame(&mut self, fs: u64) -> Vec<(u64, u64)> {
+        match self.by_slot.remove(&fs) {
+            Some(f) => {
+                if self.retired.get(&f.chunk) == Some(&fs) {
+                    self.retired.remove(&f.chunk);
+                }
+                vec![(fs, f.len)]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The version whose contents chunk `chunk`'s retired frame holds.
+    pub fn retired_content(&self, chunk: u64) -> Option<u64> {
+        let fs = self.retired.get(&chunk)?;
+        self.by_slot.get(fs).map(|f| f.content)
+    }
+
+    /// Hand out chunk `chunk`'s retired frame for a refresh: its slots stay
+    /// allocated; register it again once refreshed.
+    pub fn take_retired(&mut self, chunk: u64) -> Option<Retired> {
+        let fs = self.retired.remove(&chunk)?;
+        let f = self.by_slot.remove(&fs)?;
+        Some(Retired {
+            slot: fs,
+            len: f.len,
+            content: f.content,
+            mapped: f.mapped,
+        })
+    }
+
+    /// Release retired frames not refreshed within `RETIRED_TTL`
+    /// snapshots; returns their runs, to be freed in the pool.
+    #[must_use]
+    pub fn expire(&mut self, now: u64) -> Vec<(u64, u64)> {
+        let old: Vec<u64> = self
+            .retired
+            .values()
+            .copied()
+            .filter(|fs| {
+                self.by_slot
+                    .get(fs)
+                    .and_then(|f| f.retired_at)
+                    .is_some_and(|at| now.saturating_sub(at) > RETIRED_TTL)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for fs in old {
+            out.extend(self.drop_frame(fs));
+        }
+        out
+    }
+
+    /// Pages held in retired frames (pool memory kept for refreshes).
+    pub fn retired_pages(&self) -> u64 {
+        self.retired
+            .values()
+            .filter_map(|fs| self.by_slot.get(fs))
+            .map(|f| f.len)
+            .sum()
+    }
+
+    /// Pages of live frames held after the ledger freed them.
+    pub fn held_pages(&self) -> u64 {
+        self.by_slot
+            .values()
+            .filter(|f| f.retired_at.is_none())
+            .map(|f| f.freed_pages)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn slots(runs: &[(u64, u64)]) -> Vec<u64> {
+        runs.iter().flat_map(|(s, l)| *s..s + l).collect()
+    }
+
+    #[test]
+    fn a_frame_retires_when_its_last_piece_is_freed() {
+        let mut f = Frames::default();
+        let _ = f.set_holding(true);
+        f.register(100, 8, 3, 5, false);
+        assert_eq!(f.absorb(&[(98, 4)], 6), vec![(98, 2)]);
+        assert_eq!(f.retired_content(3), None);
+        assert_eq!(f.held_pages(), 2);
+        assert_eq!(f.absorb(&[(102, 6), (108, 1)], 7), vec![(108, 1)]);
+        assert_eq!(f.retired_content(3), Some(5));
+        assert_eq!(f.retired_pages(), 8);
+        let r = f.take_retired(3).unwrap();
+        assert_eq!((r.slot, r.len, r.content), (100, 8, 5));
+        assert_eq!(f.retired_pages(), 0);
+    }
+
+    #[test]
+    fn one_retired_frame_per_chunk_the_newest() {
+        let mut f = Frames::default();
+        let _ = f.set_holding(true);
+        f.register(0, 4, 1, 2, false);
+        f.register(10, 4, 1, 7, false);
+        assert!(f.absorb(&[(10, 4)], 8).is_empty());
+        assert_eq!(f.absorb(&[(0, 4)], 9), vec![(0, 4)]);
+        assert_eq!(f.retired_content(1), Some(7));
+        assert!(f.expire(8 + RETIRED_TTL).is_empty());
+        assert_eq!(f.expire(9 + RETIRED_TTL), vec![(10, 4)]);
+        assert_eq!(f.retired_content(1), None);
+    }
+
+    #[test]
+    fn without_holding_frames_break_up_like_any_run() {
+        let mut f = Frames::default();
+        f.register(0, 4, 0, 1, false);
+        assert_eq!(f.absorb(&[(1, 1)], 2), vec![(1, 1)]);
+        assert_eq!(f.absorb(&[(0, 1), (2, 2)], 3), vec![(0, 1), (2, 2)]);
+        assert_eq!(f.retired_content(0), None);
+    }
+
+    proptest! {
+        /// Whatever is freed, registered, taken, expired or released: every
+        /// freed slot is returned exactly once or held, a retired frame is
+        /// wholly freed, and stopping holding returns exactly what is held.
+        #[test]
+        fn every_freed_slot_is_returned_once_or_held(
+            ops in proptest::collection::vec((0u8..6, 0u64..8, 1u64..5), 1..120),
+        ) {
+            const LEN: u64 = 4;
+            let mut f = Frames::default();
+            let _ = f.set_holding(true);
+            // Slot state: allocated by the test (a frame or not), freed.
+            let mut allocated: BTreeSet<u64> = BTreeSet::new();
+            let mut framed: BTreeSet<u64> = BTreeSet::new();
+            let mut returned: BTreeSet<u64> = BTreeSet::new();
+            let mut next = 0u64;
+            let mut now = 1u64;
+            for (op, chunk, n) in ops {
+                now += 1;
+                match op {
+                    0 => {
+                        f.register(next, LEN, chunk, now, false);
+                        for s in next..next + LEN { allocated.insert(s); framed.insert(s); }
+                        next += LEN;
+                    }
+                    1 => {
+                        for s in next..next + n { allocated.insert(s); }
+                        next += n;
+                    }
+                    2 | 3 => {
+                        // Free up to n allocated slots (as the ledger would).
+                        let pick: Vec<u64> = allocated.iter().copied().take(n as usize).collect();
+                        let runs: Vec<(u64, u64)> = pick.iter().map(|s| (*s, 1)).collect();
+                        for s in &pick { allocated.remove(s); }
+                        for s in slots(&f.absorb(&runs, now)) {
+                            prop_assert!(returned.insert(s), "slot {} returned twice", s);
+                        }
+                    }
+                    4 => {
+                        if let Some(r) = f.take_retired(chunk) {
+                            for s in r.slot..r.slot + r.len {
+                                prop_assert!(!allocated.contains(&s) && !returned.contains(&s));
+                                allocated.insert(s);
+                            }
+                            f.register(r.slot, r.len, chunk, now, true);
+                        }
+                    }
+                    _ => {
+                        for s in slots(&f.expire(now)) {
+                            prop_assert!(returned.insert(s), "slot {} returned twice", s);
+                        }
+                    }
+                }
+                // Every slot freed by the test and not returned is a frame's.
+                for s in 0..next {
+                    if !allocated.contains(&s) && !returned.contains(&s) {
+                        prop_assert!(framed.contains(&s), "slot {} lost", s);
+                    }
+                }
+            }
+            for s in slots(&f.set_holding(false)) {
+                prop_assert!(returned.insert(s), "slot {} returned twice", s);
+            }
+            for s in 0..next {
+                prop_assert!(allocated.contains(&s) || returned.contains(&s), "slot {} kept after release", s);
+            }
+        }
+    }
+}
