@@ -221,10 +221,11 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
     const GIB: usize = 1 << 30;
     const REPS: usize = 7;
     let pages = GIB / PAGE;
-    // Rounds run before each level is measured, so that the medians are
-    // the steady state of that write pattern (the first rounds after a
-    // change of density rebuild frames: their longest is printed).
-    const WARMUP: usize = 4;
+    // Each level starts from a fresh region and runs this many rounds
+    // before it is measured, so that the medians are the steady state of
+    // that write pattern (scattered writes first build each chunk's
+    // frames: the longest of these rounds is printed).
+    const WARMUP: usize = 16;
     let levels = [0.0, 0.001, 0.01, 0.10];
     let patterns = [
         Pattern {
@@ -255,17 +256,19 @@ fn publish_latency(mechanisms: &[Mechanism]) -> Result<()> {
                 max_extents: pat.max_extents,
                 ..RegionOptions::named(format!("bench-1g-{m}"))
             };
-            let mut p = Producer::create(GIB, &opts).context("1 GiB region")?;
-            p.as_mut_slice().fill(1);
-            let t = Instant::now();
-            let first = p.snapshot()?;
-            println!(
-                "    {m}, {}: first snapshot (copies all 1 GiB): {:.1} ms, {} extents",
-                pat.what,
-                t.elapsed().as_secs_f64() * 1e3,
-                first.extents
-            );
             for level in levels {
+                let mut p = Producer::create(GIB, &opts).context("1 GiB region")?;
+                p.as_mut_slice().fill(1);
+                let t = Instant::now();
+                let first = p.snapshot()?;
+                if level == 0.0 {
+                    println!(
+                        "    {m}, {}: first snapshot (copies all 1 GiB): {:.1} ms, {} extents",
+                        pat.what,
+                        t.elapsed().as_secs_f64() * 1e3,
+                        first.extents
+                    );
+                }
                 let n = (pages as f64 * level) as usize;
                 let (mut ours, mut floor, mut compacted) = (Vec::new(), Vec::new(), Vec::new());
                 let mut extents = 0;

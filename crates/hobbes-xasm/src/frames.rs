@@ -15,15 +15,20 @@
 //! replace its pages and the versions that used them are reclaimed. While
 //! frames are *held* those pieces stay allocated (the pool does not reuse
 //! or punch them); when the last piece is freed the frame is *retired*:
-//! intact, used by nobody, ready to be refreshed. At most one retired frame
-//! is kept per chunk (the one with the newest contents), and only for
-//! `RETIRED_TTL` snapshots. When frames are not held (the region is not
+//! intact, used by nobody, ready to be refreshed. At most
+//! `RETIRED_PER_CHUNK` retired frames are kept per chunk (those with the
+//! newest contents), and only for `RETIRED_TTL` snapshots. When frames are not held (the region is not
 //! fragmented) freed pieces go back to the pool at once, as for any slot.
 
 use std::collections::BTreeMap;
 
 /// Snapshots a retired frame is kept without being refreshed.
 pub(crate) const RETIRED_TTL: u64 = 32;
+/// Retired frames kept per chunk. Refreshing every snapshot needs one;
+/// the second serves the snapshots after a consumer let go of a version it
+/// held (which pinned a frame of every chunk meanwhile), so that the next
+/// hold finds a frame to refresh instead of copying each chunk afresh.
+pub(crate) const RETIRED_PER_CHUNK: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Frame {
@@ -36,16 +41,17 @@ struct Frame {
     freed_pages: u64,
     /// The version at which the frame retired (all pieces freed).
     retired_at: Option<u64>,
-    /// Its slots are mapped in the producer's window of the pool.
-    mapped: bool,
+    /// The pool window generation in which its slots were mapped.
+    mapped_in: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Frames {
     /// First slot -> frame; frames never overlap.
     by_slot: BTreeMap<u64, Frame>,
-    /// Chunk -> first slot of its retired frame.
-    retired: BTreeMap<u64, u64>,
+    /// Chunk -> first slots of its retired frames (at most
+    /// `RETIRED_PER_CHUNK`).
+    retired: BTreeMap<u64, Vec<u64>>,
     holding: bool,
 }
 
@@ -55,15 +61,22 @@ pub(crate) struct Retired {
     pub slot: u64,
     pub len: u64,
     pub content: u64,
-    /// Already mapped in the producer's window of the pool.
-    pub mapped: bool,
+    /// The pool window generation in which its slots were mapped.
+    pub mapped_in: Option<u64>,
 }
 
 impl Frames {
     /// Slots `[slot, slot+len)` now hold chunk `chunk` as of `version`
-    /// (written by a copy of the whole chunk, or a refresh: `mapped` says
-    /// whether they are mapped in the producer's window).
-    pub fn register(&mut self, slot: u64, len: u64, chunk: u64, version: u64, mapped: bool) {
+    /// (written by a copy of the whole chunk, or a refresh); `mapped_in`:
+    /// the pool window generation in which they are mapped, if they are.
+    pub fn register(
+        &mut self,
+        slot: u64,
+        len: u64,
+        chunk: u64,
+        version: u64,
+        mapped_in: Option<u64>,
+    ) {
         debug_assert!(self.overlapping(slot, len).is_empty());
         self.by_slot.insert(
             slot,
@@ -74,7 +87,7 @@ impl Frames {
                 freed: Vec::new(),
                 freed_pages: 0,
                 retired_at: None,
-                mapped,
+                mapped_in,
             },
         );
     }
@@ -155,40 +168,37 @@ impl Frames {
         out
     }
 
-    /// Frame `fs` is wholly free: keep it as its chunk's retired frame if
-    /// its contents are the newest; returns what that pushes out.
+    /// Frame `fs` is wholly free: keep it among its chunk's retired frames
+    /// (the newest contents win); returns what that pushes out.
     fn retire(&mut self, fs: u64, now: u64) -> Vec<(u64, u64)> {
         let Some(f) = self.by_slot.get_mut(&fs) else {
             return Vec::new();
         };
         f.retired_at = Some(now);
-        let (chunk, content) = (f.chunk, f.content);
-        match self.retired.get(&chunk).copied() {
-            Some(other)
-                if self
-                    .by_slot
-                    .get(&other)
-                    .is_some_and(|o| o.content >= content) =>
-            {
-                self.drop_frame(fs)
-            }
-            Some(other) => {
-                self.retired.insert(chunk, fs);
-                self.drop_frame(other)
-            }
-            None => {
-                self.retired.insert(chunk, fs);
-                Vec::new()
-            }
+        let chunk = f.chunk;
+        let list = self.retired.entry(chunk).or_default();
+        list.push(fs);
+        if list.len() <= RETIRED_PER_CHUNK {
+            return Vec::new();
         }
+        let by_slot = &self.by_slot;
+        let oldest = list
+            .iter()
+            .copied()
+            .min_by_key(|s| by_slot.get(s).map_or(0, |f| f.content))
+            .unwrap_or(fs);
+        self.drop_frame(oldest)
     }
 
     /// Forget a retired frame: its whole run goes back to the pool.
     fn drop_frame(&mut self, fs: u64) -> Vec<(u64, u64)> {
         match self.by_slot.remove(&fs) {
             Some(f) => {
-                if self.retired.get(&f.chunk) == Some(&fs) {
-                    self.retired.remove(&f.chunk);
+                if let Some(list) = self.retired.get_mut(&f.chunk) {
+                    list.retain(|s| *s != fs);
+                    if list.is_empty() {
+                        self.retired.remove(&f.chunk);
+                    }
                 }
                 vec![(fs, f.len)]
             }
@@ -196,22 +206,38 @@ impl Frames {
         }
     }
 
-    /// The version whose contents chunk `chunk`'s retired frame holds.
-    pub fn retired_content(&self, chunk: u64) -> Option<u64> {
-        let fs = self.retired.get(&chunk)?;
-        self.by_slot.get(fs).map(|f| f.content)
+    /// The newest retired frame of chunk `chunk`.
+    fn newest_retired(&self, chunk: u64) -> Option<u64> {
+        self.retired
+            .get(&chunk)?
+            .iter()
+            .copied()
+            .max_by_key(|s| self.by_slot.get(s).map_or(0, |f| f.content))
     }
 
-    /// Hand out chunk `chunk`'s retired frame for a refresh: its slots stay
-    /// allocated; register it again once refreshed.
+    /// The version whose contents chunk `chunk`'s newest retired frame
+    /// holds.
+    pub fn retired_content(&self, chunk: u64) -> Option<u64> {
+        let fs = self.newest_retired(chunk)?;
+        self.by_slot.get(&fs).map(|f| f.content)
+    }
+
+    /// Hand out chunk `chunk`'s newest retired frame for a refresh: its
+    /// slots stay allocated; register it again once refreshed.
     pub fn take_retired(&mut self, chunk: u64) -> Option<Retired> {
-        let fs = self.retired.remove(&chunk)?;
+        let fs = self.newest_retired(chunk)?;
+        if let Some(list) = self.retired.get_mut(&chunk) {
+            list.retain(|s| *s != fs);
+            if list.is_empty() {
+                self.retired.remove(&chunk);
+            }
+        }
         let f = self.by_slot.remove(&fs)?;
         Some(Retired {
             slot: fs,
             len: f.len,
             content: f.content,
-            mapped: f.mapped,
+            mapped_in: f.mapped_in,
         })
     }
 
@@ -222,6 +248,7 @@ impl Frames {
         let old: Vec<u64> = self
             .retired
             .values()
+            .flatten()
             .copied()
             .filter(|fs| {
                 self.by_slot
@@ -241,6 +268,7 @@ impl Frames {
     pub fn retired_pages(&self) -> u64 {
         self.retired
             .values()
+            .flatten()
             .filter_map(|fs| self.by_slot.get(fs))
             .map(|f| f.len)
             .sum()
@@ -270,7 +298,7 @@ mod tests {
     fn a_frame_retires_when_its_last_piece_is_freed() {
         let mut f = Frames::default();
         let _ = f.set_holding(true);
-        f.register(100, 8, 3, 5, false);
+        f.register(100, 8, 3, 5, None);
         assert_eq!(f.absorb(&[(98, 4)], 6), vec![(98, 2)]);
         assert_eq!(f.retired_content(3), None);
         assert_eq!(f.held_pages(), 2);
@@ -283,23 +311,29 @@ mod tests {
     }
 
     #[test]
-    fn one_retired_frame_per_chunk_the_newest() {
+    fn the_newest_retired_frames_per_chunk() {
         let mut f = Frames::default();
         let _ = f.set_holding(true);
-        f.register(0, 4, 1, 2, false);
-        f.register(10, 4, 1, 7, false);
+        f.register(0, 4, 1, 2, None);
+        f.register(10, 4, 1, 7, None);
+        f.register(20, 4, 1, 5, None);
         assert!(f.absorb(&[(10, 4)], 8).is_empty());
-        assert_eq!(f.absorb(&[(0, 4)], 9), vec![(0, 4)]);
+        assert!(f.absorb(&[(0, 4)], 9).is_empty());
+        // A third pushes out the oldest contents (version 2).
+        assert_eq!(f.absorb(&[(20, 4)], 9), vec![(0, 4)]);
         assert_eq!(f.retired_content(1), Some(7));
-        assert!(f.expire(8 + RETIRED_TTL).is_empty());
+        assert_eq!(f.retired_pages(), 8);
+        assert_eq!(f.expire(8 + RETIRED_TTL), Vec::<(u64, u64)>::new());
         assert_eq!(f.expire(9 + RETIRED_TTL), vec![(10, 4)]);
+        assert_eq!(f.retired_content(1), Some(5));
+        assert_eq!(f.take_retired(1).map(|r| r.slot), Some(20));
         assert_eq!(f.retired_content(1), None);
     }
 
     #[test]
     fn without_holding_frames_break_up_like_any_run() {
         let mut f = Frames::default();
-        f.register(0, 4, 0, 1, false);
+        f.register(0, 4, 0, 1, None);
         assert_eq!(f.absorb(&[(1, 1)], 2), vec![(1, 1)]);
         assert_eq!(f.absorb(&[(0, 1), (2, 2)], 3), vec![(0, 1), (2, 2)]);
         assert_eq!(f.retired_content(0), None);
@@ -326,7 +360,7 @@ mod tests {
                 now += 1;
                 match op {
                     0 => {
-                        f.register(next, LEN, chunk, now, false);
+                        f.register(next, LEN, chunk, now, None);
                         for s in next..next + LEN { allocated.insert(s); framed.insert(s); }
                         next += LEN;
                     }
@@ -349,7 +383,7 @@ mod tests {
                                 prop_assert!(!allocated.contains(&s) && !returned.contains(&s));
                                 allocated.insert(s);
                             }
-                            f.register(r.slot, r.len, chunk, now, true);
+                            f.register(r.slot, r.len, chunk, now, None);
                         }
                     }
                     _ => {

@@ -245,6 +245,11 @@ pub(crate) struct Pool {
     kept_next: Vec<(u64, u64)>,
     /// `MAP_SHARED` read-write mapping of the pool from offset 0.
     window: Option<Mapping>,
+    /// Bumped whenever the window is mapped anew (its pages must then be
+    /// mapped in again: see `map_into_window`).
+    window_generation: u64,
+    /// The region's length, which sizes the window.
+    region_len: u64,
 }
 
 impl Pool {
@@ -267,6 +272,8 @@ impl Pool {
             kept: BTreeMap::new(),
             kept_next: Vec::new(),
             window: None,
+            window_generation: 0,
+            region_len,
         })
     }
 
@@ -336,11 +343,18 @@ impl Pool {
             self.size = need;
         }
         if need as usize > self.window.as_ref().map_or(0, Mapping::len) {
-            // Pages past the end of the file are never touched.
-            let len = (need as usize * 2).max(16 << 20);
+            // Pages past the end of the file are never touched, so address
+            // space is all a large window costs; a new one loses every page
+            // mapped in the old (faults again), so make it rare: room for
+            // four copies of the region (two frames per chunk and the
+            // versions' pages), or twice what is needed now.
+            let len = (need as usize * 2)
+                .max(self.region_len as usize * 4)
+                .max(16 << 20);
             let w = Mapping::shared(self.fd.as_fd(), len, 0, Prot::ReadWrite)
                 .map_err(|e| ("mmap(pool)", e))?;
             self.window = Some(w);
+            self.window_generation += 1;
         }
         Ok(())
     }
@@ -364,9 +378,15 @@ impl Pool {
         hobbes_sys::pwrite_all_vectored(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
     }
 
-    /// Map slots `[slot, slot+len)` into the window now (they must be
-    /// allocated), so that copying into them later costs no fault per
-    /// page. Best effort: without it the copies fault.
+    /// Which window is mapped now (see `map_into_window`).
+    pub fn window_generation(&self) -> u64 {
+        self.window_generation
+    }
+
+    /// Map slots `[slot, slot+len)` (allocated) into the window now, in one
+    /// call: copying into them later through the window then costs no
+    /// fault per page. Holds until the window is mapped anew (a new
+    /// `window_generation`). Best effort: without it the copies fault.
     pub fn map_into_window(&mut self, slot: u64, len: u64) {
         if let Some(w) = &self.window {
             let (at, n) = ((slot * self.page) as usize, (len * self.page) as usize);

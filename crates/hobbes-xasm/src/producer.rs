@@ -37,7 +37,10 @@ pub const MAX_NAME_LEN: usize = 100;
 /// refreshing it later costs three (its pages are copied once more in
 /// between).
 const REFRESH_COPIES_PER_EXTENT: isize = 8;
-/// Snapshots in a row without fragmentation after which a region stops
+/// A frame is mapped whole into the producer's window of the pool at the
+/// first refresh that copies at least this many pages into it.
+const MAP_FRAME_AT_COPIES: u64 = 8;
+/// Snapshots in a row without rewriting chunks after which a region stops
 /// holding frames (see `tend_frames`).
 const CALM_SNAPSHOTS: u64 = 8;
 /// Default permission bits of a region's segments.
@@ -168,11 +171,12 @@ pub struct Producer {
     extents: ExtentMap,
     ledger: Ledger,
     frames: Frames,
-    /// Snapshots in a row whose table had at most a quarter of the extent
-    /// budget (frames are released after `CALM_SNAPSHOTS`).
+    /// Snapshots in a row that rewrote no chunk (frames are released
+    /// after `CALM_SNAPSHOTS`).
     calm_snapshots: u64,
-    /// The latest snapshot rewrote whole chunks (frames are in use).
-    rewrote_chunks: bool,
+    /// The latest snapshot's writes were scattered, or it copied pages
+    /// nobody wrote to rewrite chunks whole: frames are (to be) in use.
+    fragmented: bool,
     /// Region pages per chunk (the unit of compaction and of frames).
     chunk_pages: u64,
     /// Per region page: the version of the last snapshot that found it
@@ -379,7 +383,7 @@ impl Producer {
             ledger: Ledger::default(),
             frames: Frames::default(),
             calm_snapshots: 0,
-            rewrote_chunks: false,
+            fragmented: false,
             chunk_pages: (CHUNK_BYTES / hobbes_sys::page_size() as u64).max(1),
             written_at: vec![0; len / hobbes_sys::page_size()],
             versions: BTreeMap::new(),
@@ -536,7 +540,7 @@ impl Producer {
         for &(p, n) in runs {
             self.written_at[p as usize..(p + n) as usize].fill(version);
         }
-        let rewrite = self.plan_rewrites(runs);
+        let (rewrite, scattered) = self.plan_rewrites(runs);
         let chunk = self.chunk_pages;
         // Written pages of the other chunks: copied where they are.
         let in_place: Vec<(u64, u64)> = runs
@@ -546,7 +550,6 @@ impl Producer {
             .collect();
         let mut copied = self.copy_runs(op, version, &in_place)?;
         let mut extra = 0;
-        self.rewrote_chunks = !rewrite.is_empty();
         for &c in &rewrite {
             let (written, more) = match self.frames.take_retired(c) {
                 Some(frame) => self.refresh(op, version, c, frame)?,
@@ -555,9 +558,10 @@ impl Producer {
             copied += written;
             extra += more;
         }
-        let compacted = self.compact(op, version)?;
-        self.rewrote_chunks |= compacted > 0;
-        extra += compacted;
+        extra += self.compact(op, version)?;
+        // Rewriting chunks whose pages were all written anyway is no sign
+        // of fragmentation; copying unwritten pages to save extents is.
+        self.fragmented = scattered || extra > 0;
         Ok((copied, extra))
     }
 
@@ -592,7 +596,9 @@ impl Producer {
     ///   A chunk whose retired frame can be refreshed costs the pages
     ///   written since that frame's version; one without costs the whole
     ///   chunk.
-    fn plan_rewrites(&self, runs: &[(u64, u64)]) -> Vec<u64> {
+    ///
+    /// Also says whether the writes are scattered (see `scattered`).
+    fn plan_rewrites(&self, runs: &[(u64, u64)]) -> (Vec<u64>, bool) {
         let chunk = self.chunk_pages;
         // Written chunks: (extents if copied in place, pages written).
         let mut touched: BTreeMap<u64, (isize, u64)> = BTreeMap::new();
@@ -609,9 +615,10 @@ impl Producer {
         }
         let mut plan: BTreeSet<u64> = BTreeSet::new();
         let mut saved: isize = 0;
-        // Only while the region is fragmented (frames held): a region whose
-        // table stays small copies written pages where they are.
-        let fragmented = self.frames.holding();
+        let scattered = self.scattered(&touched);
+        // Only for scattered writes (now, or lately: frames held): a region
+        // written in runs copies its written pages where they are.
+        let fragmented = scattered || self.frames.holding();
         for (&c, &(e, written)) in touched.iter().filter(|_| fragmented) {
             let (p, n) = self.chunk_range(c);
             let copies = match self.frames.retired_content(c) {
@@ -619,7 +626,9 @@ impl Producer {
                 None => n,
             };
             let extra = copies.saturating_sub(written);
-            if e > 1 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
+            // Two extents saved at least: a chunk written whole is one or
+            // two extents (across its edges) where it is anyway.
+            if e > 2 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
                 plan.insert(c);
                 saved += e - 1;
             }
@@ -663,7 +672,25 @@ impl Producer {
                 need -= saves as isize;
             }
         }
-        plan.into_iter().collect()
+        (plan.into_iter().collect(), scattered)
+    }
+
+    /// Whether this snapshot's writes are scattered: most written pages
+    /// are in chunks they split into at least one more extent each (single
+    /// pages here and there, not runs), and the table is past an eighth of
+    /// its budget (a page or two written each step is not worth frames).
+    fn scattered(&self, touched: &BTreeMap<u64, (isize, u64)>) -> bool {
+        if self.extents.len() <= self.max_extents / 8 {
+            return false;
+        }
+        let (mut in_scattered, mut all) = (0, 0);
+        for &(e, written) in touched.values() {
+            all += written;
+            if e > 2 && (e - 1) as u64 >= written {
+                in_scattered += written;
+            }
+        }
+        all > 0 && 2 * in_scattered >= all
     }
 
     /// Copy chunk `c` whole into a new run of slots (a frame) and point
@@ -690,7 +717,7 @@ impl Producer {
             self.ledger.replaced(s, l, version);
         }
         self.ledger.born(piece.slot, n, version);
-        self.frames.register(piece.slot, n, c, version, false);
+        self.frames.register(piece.slot, n, c, version, None);
         let written = self.written_since(base, n, version - 1);
         Ok((written, n - written))
     }
@@ -708,11 +735,18 @@ impl Producer {
         let (base, n) = self.chunk_range(c);
         debug_assert_eq!(n, frame.len);
         let page = self.page as u64;
-        if !frame.mapped {
-            // Written pages land anywhere in the frame, a few at a time:
-            // map it whole once rather than fault on each page for many
-            // refreshes to come.
+        let generation = self.pool.window_generation();
+        let copies = self.written_since(base, n, frame.content);
+        // Copies go through the window (a memcpy: half what pwrite costs
+        // per page here) once the frame is mapped there. Written pages land
+        // anywhere in it, a few at a time: map it whole once (about 0.2 ms
+        // for 2 MiB) rather than fault on each page over the refreshes to
+        // come, but only for a refresh big enough to pay for that; small
+        // ones use pwrite.
+        let mut mapped = frame.mapped_in == Some(generation);
+        if !mapped && copies >= MAP_FRAME_AT_COPIES {
             self.pool.map_into_window(frame.slot, frame.len);
+            mapped = true;
         }
         let (mut written, mut other) = (0, 0);
         let mut i = 0;
@@ -739,7 +773,7 @@ impl Producer {
             let piece = Piece {
                 slot: frame.slot + start,
                 len: i - start,
-                resident: true,
+                resident: mapped,
             };
             if let Err((call, e)) = self.pool.write(&piece, &[part]) {
                 // Partly rewritten: no longer a copy of any version.
@@ -753,17 +787,19 @@ impl Producer {
             self.ledger.replaced(s, l, version);
         }
         self.ledger.born(frame.slot, n, version);
-        self.frames.register(frame.slot, n, c, version, true);
+        self.frames
+            .register(frame.slot, n, c, version, mapped.then_some(generation));
         Ok((written, other))
     }
 
     /// After a snapshot: hold frames while the region is fragmented (this
-    /// snapshot rewrote chunks, or the table has more than a quarter of its
-    /// extent budget); release them after `CALM_SNAPSHOTS` snapshots in a
-    /// row without fragmentation; let retired frames nobody refreshed
-    /// lately go. A region written in runs never holds any.
+    /// snapshot's writes were scattered, or it copied unwritten pages to
+    /// rewrite chunks); release them after `CALM_SNAPSHOTS` snapshots in a
+    /// row without; let retired frames nobody refreshed lately go. A
+    /// region written in runs never holds any: its freed slots are reused
+    /// at once, as without frames.
     fn tend_frames(&mut self, version: u64) {
-        let fragmented = self.rewrote_chunks || self.extents.len() > self.max_extents / 4;
+        let fragmented = self.fragmented;
         self.calm_snapshots = if fragmented {
             0
         } else {
@@ -847,7 +883,7 @@ impl Producer {
                     if cp + cn > p + n {
                         break;
                     }
-                    self.frames.register(slot + (cp - p), cn, c, version, false);
+                    self.frames.register(slot + (cp - p), cn, c, version, None);
                     c += 1;
                 }
             }

@@ -81,6 +81,7 @@ fn xasm_in_process() {
         retention_and_holds(m);
         max_extents_bound_mapping_count(m);
         random_writes_over_a_large_region(m);
+        scattered_writes_refresh_frames(m);
         two_regions_snapshot_concurrently(m);
         producer_exit_with_attachments(m);
         register_in_place(m);
@@ -355,6 +356,76 @@ fn max_extents_bound_mapping_count(m: Mechanism) {
         st.pool_size_bytes <= 3 * (n * PAGE) as u64,
         "pool file bounded: {st:?}"
     );
+}
+
+/// Single pages written at random, a region over its extent budget: the
+/// chunks are rewritten into frames, and once every chunk has two frames a
+/// snapshot copies about the pages written since the previous one, not
+/// whole chunks. A version a consumer holds is never touched by a refresh,
+/// and when the writes stop scattering the frames are given back.
+fn scattered_writes_refresh_frames(m: Mechanism) {
+    let name = format!("t-frames-{m}");
+    let n = 8192usize; // 32 MiB: 16 chunks
+    let max = 128;
+    let mut o = opts(&name, m, 2);
+    o.max_extents = max;
+    let mut p = Producer::create(n * PAGE, &o).unwrap();
+    let c = Consumer::open(&name).unwrap();
+    let mut model = Model::new(n);
+    p.snapshot().unwrap();
+    let mut x = 4242u64;
+    let mut held: Option<(hobbes_xasm::Snapshot, Vec<u8>)> = None;
+    let mut late_copies = Vec::new();
+    let mut saw_frames = false;
+    for step in 0..40u64 {
+        for _ in 0..80 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            model.write(&mut p, (x >> 33) as usize % n, (step % 250) as u8 + 1);
+        }
+        let info = p.snapshot().unwrap();
+        assert!(info.extents <= max as u64, "step {step}: {info:?}");
+        assert_eq!(info.copied_pages, info.dirty_pages, "step {step}: {info:?}");
+        saw_frames |= p.stats().pool_frame_bytes > 0;
+        if step >= 20 {
+            late_copies.push(info.copied_pages + info.compacted_pages);
+        }
+        let s = c.attach(info.version).unwrap();
+        model.check(s.as_slice(), &format!("version {}", info.version));
+        // Hold one version for six snapshots, then check it is unchanged.
+        match held.take() {
+            Some((old, pages)) if step % 7 == 6 => {
+                let was = Model { pages };
+                was.check(old.as_slice(), &format!("held version {}", old.version()));
+            }
+            Some(h) => held = Some(h),
+            None => held = Some((s, model.pages.clone())),
+        }
+    }
+    assert!(saw_frames, "frames were kept");
+    // Settled: about two copies per written page (80), far from a chunk
+    // (2048 pages) per snapshot.
+    late_copies.sort_unstable();
+    let median = late_copies[late_copies.len() / 2];
+    assert!(
+        median < 600,
+        "copies per snapshot once settled: {late_copies:?}"
+    );
+    // The whole region rewritten each time: no longer fragmented, the
+    // frames go back.
+    drop(held);
+    for step in 0..12u64 {
+        for page in 0..n {
+            model.write(&mut p, page, step as u8 + 100);
+        }
+        p.snapshot().unwrap();
+    }
+    let st = p.stats();
+    assert_eq!(st.pool_frame_bytes, 0, "frames given back: {st:?}");
+    let s = c.attach_latest().unwrap().unwrap();
+    model.check(s.as_slice(), "after the runs");
+    println!("{m}: scattered writes, copies per snapshot once settled: {late_copies:?}");
 }
 
 /// Two regions snapshotting at the same time in two threads (a second
