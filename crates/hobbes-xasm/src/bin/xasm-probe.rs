@@ -434,7 +434,7 @@ fn wait_consumers(name: &str, n: u32) -> Result<(), Failure> {
 fn stats_line(p: &Producer) -> String {
     let st = p.stats();
     format!(
-        "latest={} live={} held={} extents={} resident={} size={} allocated={} kept={} versions={:?}",
+        "latest={} live={} held={} extents={} resident={} size={} allocated={} kept={} frames={} versions={:?}",
         st.latest_version,
         st.live_versions,
         st.held_versions,
@@ -443,6 +443,7 @@ fn stats_line(p: &Producer) -> String {
         st.pool_size_bytes,
         st.pool_allocated_bytes,
         st.pool_kept_bytes,
+        st.pool_frame_bytes,
         p.live_versions()
     )
 }
