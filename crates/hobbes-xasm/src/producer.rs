@@ -711,13 +711,7 @@ impl Producer {
             let _ = self.pool.free(piece.slot, n);
             return Err(XasmError::sys(op, self.what(), call)(e));
         }
-        let mut replaced = Vec::new();
-        self.extents.redirect(base, n, piece.slot, &mut replaced);
-        for &(s, l) in &replaced {
-            self.ledger.replaced(s, l, version);
-        }
-        self.ledger.born(piece.slot, n, version);
-        self.frames.register(piece.slot, n, c, version, None);
+        self.point_chunk_at_frame(c, piece.slot, version, None);
         let written = self.written_since(base, n, version - 1);
         Ok((written, n - written))
     }
@@ -781,15 +775,21 @@ impl Producer {
                 return Err(XasmError::sys(op, self.what(), call)(e));
             }
         }
+        self.point_chunk_at_frame(c, frame.slot, version, mapped.then_some(generation));
+        Ok((written, other))
+    }
+
+    /// Chunk `c` of version `version` is the frame at `slot` (just written
+    /// whole or refreshed): one extent; the slots it had are replaced.
+    fn point_chunk_at_frame(&mut self, c: u64, slot: u64, version: u64, mapped_in: Option<u64>) {
+        let (base, n) = self.chunk_range(c);
         let mut replaced = Vec::new();
-        self.extents.redirect(base, n, frame.slot, &mut replaced);
+        self.extents.redirect(base, n, slot, &mut replaced);
         for &(s, l) in &replaced {
             self.ledger.replaced(s, l, version);
         }
-        self.ledger.born(frame.slot, n, version);
-        self.frames
-            .register(frame.slot, n, c, version, mapped.then_some(generation));
-        Ok((written, other))
+        self.ledger.born(slot, n, version);
+        self.frames.register(slot, n, c, version, mapped_in);
     }
 
     /// After a snapshot: hold frames while the region is fragmented (this
