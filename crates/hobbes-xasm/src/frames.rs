@@ -117,15 +117,18 @@ impl Frames {
     /// First slots of the frames overlapping `[slot, slot+len)`.
     fn overlapping(&self, slot: u64, len: u64) -> Vec<u64> {
         let end = slot + len;
-        let mut v: Vec<u64> = self
+        // Frames do not overlap: only the last one starting before `slot`
+        // can reach into the range, and every one starting inside it does.
+        let before = self
             .by_slot
-            .range(..end)
-            .rev()
-            .take_while(|(s, f)| *s + f.len > slot)
-            .map(|(s, _)| *s)
-            .collect();
-        v.reverse();
-        v
+            .range(..slot)
+            .next_back()
+            .filter(|(s, f)| *s + f.len > slot)
+            .map(|(s, _)| *s);
+        before
+            .into_iter()
+            .chain(self.by_slot.range(slot..end).map(|(s, _)| *s))
+            .collect()
     }
 
     /// Slot runs the ledger freed at version `now`: pieces of frames are

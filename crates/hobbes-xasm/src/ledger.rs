@@ -37,19 +37,30 @@ impl Ledger {
 
     /// Slots `[slot, slot+len)` are not part of version `died` and later.
     pub fn replaced(&mut self, slot: u64, len: u64, died: u64) {
+        let end = slot + len;
+        let known = (end as usize).min(self.born.len());
         let mut start = slot;
-        for s in slot..slot + len {
-            let b = self.born.get(s as usize).copied().unwrap_or(0);
-            let next = self.born.get(s as usize + 1).copied();
-            if s + 1 == slot + len || next != Some(b) {
+        if (slot as usize) < known {
+            // One dead run per run of slots written by the same snapshot.
+            for same in self.born[slot as usize..known].chunk_by(|a, b| a == b) {
+                let n = same.len() as u64;
                 self.dead.push(DeadRun {
                     slot: start,
-                    len: s + 1 - start,
-                    born: b,
+                    len: n,
+                    born: same[0],
                     died,
                 });
-                start = s + 1;
+                start += n;
             }
+        }
+        if start < end {
+            // Never written (cannot happen for a mapped slot): born 0.
+            self.dead.push(DeadRun {
+                slot: start,
+                len: end - start,
+                born: 0,
+                died,
+            });
         }
     }
 

@@ -471,6 +471,14 @@ impl Producer {
         };
         // From here the tracker is re-armed: a failure must not lose writes.
         self.copy_all_next = true;
+        // Scattered writes: hold frames from now on, before the retirement
+        // below frees pieces of them (else they break up).
+        let touched = self.touched_chunks(&runs);
+        let scattered = self.scattered(&touched);
+        if scattered && !self.frames.holding() {
+            let none = self.frames.set_holding(true);
+            debug_assert!(none.is_empty());
+        }
         // Versions this one pushes out of the newest K, retired first (the
         // latest stays gettable): their slots and frames are free for this
         // snapshot to reuse, and one request below makes this version and
@@ -480,7 +488,7 @@ impl Producer {
             self.ledger.remove_live(*v);
         }
         self.free_unused();
-        let (copied, compacted) = match self.copy_version(OP, version, &runs) {
+        let (copied, compacted) = match self.copy_version(OP, version, &runs, &touched, scattered) {
             Ok(c) => c,
             Err(e) => {
                 self.finish_retired(&retiring, false);
@@ -536,11 +544,13 @@ impl Producer {
         op: &'static str,
         version: u64,
         runs: &[(u64, u64)],
+        touched: &Touched,
+        scattered: bool,
     ) -> Result<(u64, u64)> {
         for &(p, n) in runs {
             self.written_at[p as usize..(p + n) as usize].fill(version);
         }
-        let (rewrite, scattered) = self.plan_rewrites(runs);
+        let rewrite = self.plan_rewrites(runs, touched);
         let chunk = self.chunk_pages;
         // Written pages of the other chunks: copied where they are.
         let in_place: Vec<(u64, u64)> = runs
@@ -598,24 +608,11 @@ impl Producer {
     ///   chunk.
     ///
     /// Also says whether the writes are scattered (see `scattered`).
-    fn plan_rewrites(&self, runs: &[(u64, u64)]) -> (Vec<u64>, bool) {
+    fn plan_rewrites(&self, runs: &[(u64, u64)], touched: &Touched) -> Vec<u64> {
         let chunk = self.chunk_pages;
-        // Written chunks: (extents if copied in place, pages written).
-        let mut touched: BTreeMap<u64, (isize, u64)> = BTreeMap::new();
-        for &(p, n) in runs {
-            for (cp, cn) in split_at_chunks(p, n, chunk) {
-                let c = cp / chunk;
-                let e = touched.entry(c).or_insert_with(|| {
-                    let (first, len) = self.chunk_range(c);
-                    (self.extents.extents_in(first, len) as isize, 0)
-                });
-                e.0 += self.extents.redirect_delta(cp, cn);
-                e.1 += cn;
-            }
-        }
         let mut plan: BTreeSet<u64> = BTreeSet::new();
         let mut saved: isize = 0;
-        let scattered = self.scattered(&touched);
+        let scattered = self.scattered(touched);
         // Only for scattered writes (now, or lately: frames held): a region
         // written in runs copies its written pages where they are.
         let fragmented = scattered || self.frames.holding();
@@ -628,7 +625,7 @@ impl Producer {
             let extra = copies.saturating_sub(written);
             // Two extents saved at least: a chunk written whole is one or
             // two extents (across its edges) where it is anyway.
-            if e > 2 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
+            if e > 2 && extra as isize <= (REFRESH_COPIES_PER_EXTENT * (e - 1)).max(32) {
                 plan.insert(c);
                 saved += e - 1;
             }
@@ -646,7 +643,7 @@ impl Producer {
                 .into_iter()
                 .map(|(c, k)| (c, (k as isize, 0)))
                 .collect();
-            for (c, t) in &touched {
+            for (c, t) in touched {
                 per.insert(*c, *t);
             }
             // (chunk, extents saved, pages copied beyond the written ones)
@@ -672,15 +669,43 @@ impl Producer {
                 need -= saves as isize;
             }
         }
-        (plan.into_iter().collect(), scattered)
+        plan.into_iter().collect()
+    }
+
+    /// The chunks `runs` write: (extents each would have with its written
+    /// pages copied where they are, pages written).
+    fn touched_chunks(&self, runs: &[(u64, u64)]) -> Touched {
+        let chunk = self.chunk_pages;
+        let mut touched = Touched::new();
+        for &(p, n) in runs {
+            for (cp, cn) in split_at_chunks(p, n, chunk) {
+                let c = cp / chunk;
+                let e = touched.entry(c).or_insert_with(|| {
+                    let (first, len) = self.chunk_range(c);
+                    (self.extents.extents_in(first, len) as isize, 0)
+                });
+                e.0 += self.extents.redirect_delta(cp, cn);
+                e.1 += cn;
+            }
+        }
+        touched
     }
 
     /// Whether this snapshot's writes are scattered: most written pages
     /// are in chunks they split into at least one more extent each (single
-    /// pages here and there, not runs), and the table is past an eighth of
-    /// its budget (a page or two written each step is not worth frames).
-    fn scattered(&self, touched: &BTreeMap<u64, (isize, u64)>) -> bool {
-        if self.extents.len() <= self.max_extents / 8 {
+    /// pages here and there, not runs), and the table would be past an
+    /// eighth of its budget (a page or two written each step is not worth
+    /// frames).
+    fn scattered(&self, touched: &Touched) -> bool {
+        let growth: isize = touched.values().map(|(e, _)| *e).sum::<isize>()
+            - touched
+                .keys()
+                .map(|&c| {
+                    let (p, n) = self.chunk_range(c);
+                    self.extents.extents_in(p, n) as isize
+                })
+                .sum::<isize>();
+        if self.extents.len() as isize + growth <= (self.max_extents / 8) as isize {
             return false;
         }
         let (mut in_scattered, mut all) = (0, 0);
@@ -730,7 +755,23 @@ impl Producer {
         debug_assert_eq!(n, frame.len);
         let page = self.page as u64;
         let generation = self.pool.window_generation();
-        let copies = self.written_since(base, n, frame.content);
+        // The pages written since the frame's version, as runs, in one pass.
+        let stamps = &self.written_at[base as usize..(base + n) as usize];
+        let (mut runs, mut written, mut copies) = (Vec::new(), 0, 0);
+        let mut i = 0;
+        while i < stamps.len() {
+            if stamps[i] <= frame.content {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < stamps.len() && stamps[i] > frame.content {
+                written += (stamps[i] == version) as u64;
+                i += 1;
+            }
+            runs.push((start as u64, (i - start) as u64));
+            copies += (i - start) as u64;
+        }
         // Copies go through the window (a memcpy: half what pwrite costs
         // per page here) once the frame is mapped there. Written pages land
         // anywhere in it, a few at a time: map it whole once (about 0.2 ms
@@ -742,31 +783,15 @@ impl Producer {
             self.pool.map_into_window(frame.slot, frame.len);
             mapped = true;
         }
-        let (mut written, mut other) = (0, 0);
-        let mut i = 0;
-        while i < n {
-            if self.written_at[(base + i) as usize] <= frame.content {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < n && self.written_at[(base + i) as usize] > frame.content {
-                if self.written_at[(base + i) as usize] == version {
-                    written += 1;
-                } else {
-                    other += 1;
-                }
-                i += 1;
-            }
+        for (start, len) in runs {
             let at = self.addr + ((base + start) * page) as usize;
             // SAFETY: pages of the region, mapped (readable) while self
             // lives; the region is quiescent during a snapshot.
-            let part = unsafe {
-                std::slice::from_raw_parts(at as *const u8, ((i - start) * page) as usize)
-            };
+            let part =
+                unsafe { std::slice::from_raw_parts(at as *const u8, (len * page) as usize) };
             let piece = Piece {
                 slot: frame.slot + start,
-                len: i - start,
+                len,
                 resident: mapped,
             };
             if let Err((call, e)) = self.pool.write(&piece, &[part]) {
@@ -776,7 +801,7 @@ impl Producer {
             }
         }
         self.point_chunk_at_frame(c, frame.slot, version, mapped.then_some(generation));
-        Ok((written, other))
+        Ok((written, copies - written))
     }
 
     /// Chunk `c` of version `version` is the frame at `slot` (just written
@@ -1193,6 +1218,10 @@ impl Producer {
         self.versions.keys().copied().collect()
     }
 }
+
+/// Written chunks: chunk -> (extents if its written pages are copied where
+/// they are, pages written).
+type Touched = BTreeMap<u64, (isize, u64)>;
 
 /// `[p, p+n)` cut at chunk boundaries.
 fn split_at_chunks(p: u64, n: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> {
