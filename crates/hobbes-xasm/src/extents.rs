@@ -134,34 +134,6 @@ impl ExtentMap {
         1 + head as isize + tail as isize - overlapped as isize
     }
 
-    /// Chunks of `chunk` pages ordered by how many extents touch them, the
-    /// most fragmented first; only chunks with two or more.
-    pub fn fragmented_chunks(&self, chunk: u64) -> Vec<(u64, usize)> {
-        let mut v: Vec<(u64, usize)> = self
-            .chunk_counts(chunk)
-            .into_iter()
-            .filter(|(_, k)| *k > 1)
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v
-    }
-
-    /// Which chunks to rewrite so that about `target` extents remain:
-    /// the most fragmented first (each saves about its count minus one).
-    pub fn compaction_plan(&self, chunk: u64, target: usize) -> Vec<u64> {
-        let mut left = self.len();
-        let mut plan = Vec::new();
-        for (c, k) in self.fragmented_chunks(chunk) {
-            if left <= target {
-                break;
-            }
-            plan.push(c);
-            left = left.saturating_sub(k - 1);
-        }
-        plan.sort_unstable();
-        plan
-    }
-
     /// Check the map covers `[0, pages)` exactly (tests).
     #[cfg(test)]
     pub fn covers(&self, pages: u64) -> bool {
@@ -221,20 +193,19 @@ mod tests {
     }
 
     #[test]
-    fn compaction_picks_the_most_fragmented_chunks() {
+    fn chunk_counts_count_extents_across_edges_twice() {
         let mut m = ExtentMap::default();
         let mut old = Vec::new();
         m.redirect(0, 64, 0, &mut old);
-        // Chunk 1 (pages 16..32 for chunk = 16) gets 8 single pages.
         for (i, p) in (16..32).step_by(2).enumerate() {
             m.redirect(p, 1, 1000 + 2 * i as u64, &mut old);
         }
-        // Chunk 3 gets 2.
         m.redirect(50, 1, 2000, &mut old);
-        let frag = m.fragmented_chunks(16);
-        assert_eq!(frag[0].0, 1);
-        assert_eq!(m.compaction_plan(16, 3), vec![1, 3]);
-        assert_eq!(m.compaction_plan(16, 10), vec![1]);
+        let counts = m.chunk_counts(16);
+        // Chunk 0: the head extent (which reaches into chunk 1).
+        assert_eq!(counts.get(&0), Some(&1));
+        assert_eq!(counts.get(&1), Some(&16));
+        assert_eq!(counts.get(&3), Some(&3));
     }
 
     proptest! {

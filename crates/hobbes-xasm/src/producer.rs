@@ -550,7 +550,7 @@ impl Producer {
         for &(p, n) in runs {
             self.written_at[p as usize..(p + n) as usize].fill(version);
         }
-        let rewrite = self.plan_rewrites(runs, touched);
+        let rewrite = self.plan_rewrites(touched);
         let chunk = self.chunk_pages;
         // Written pages of the other chunks: copied where they are.
         let in_place: Vec<(u64, u64)> = runs
@@ -590,28 +590,17 @@ impl Producer {
             .count() as u64
     }
 
-    /// Which chunks to rewrite whole instead of copying their written
-    /// pages where they are. Two reasons:
-    ///
-    /// - while the region is fragmented (see `tend_frames`), a written
-    ///   chunk that can be rewritten for at most
-    ///   `REFRESH_COPIES_PER_EXTENT` extra page copies per extent it saves:
-    ///   refreshing its retired frame costs the pages written since the
-    ///   frame's version (scattered writes: the chunk stays one extent for
-    ///   about two copies per written page); a chunk without one costs the
-    ///   whole chunk, which pays once it is fragmented enough, and gives
-    ///   it its second frame;
-    /// - the table would go over `max_extents`: then enough more chunks to
-    ///   bring it to three quarters of it, cheapest per extent saved first.
-    ///   A chunk whose retired frame can be refreshed costs the pages
-    ///   written since that frame's version; one without costs the whole
-    ///   chunk.
-    ///
-    /// Also says whether the writes are scattered (see `scattered`).
-    fn plan_rewrites(&self, runs: &[(u64, u64)], touched: &Touched) -> Vec<u64> {
-        let chunk = self.chunk_pages;
+    /// Which written chunks to rewrite whole instead of copying their
+    /// written pages where they are: while the writes are scattered (now,
+    /// or lately: see `tend_frames`), those that can be rewritten for at
+    /// most `REFRESH_COPIES_PER_EXTENT` extra page copies per extent they
+    /// save. Refreshing a chunk's retired frame costs the pages written
+    /// since the frame's version (scattered writes: the chunk stays one
+    /// extent for about two copies per written page); a chunk without one
+    /// costs the whole chunk, which pays once it is fragmented enough, and
+    /// gives it its second frame. Going over `max_extents` is `compact`'s.
+    fn plan_rewrites(&self, touched: &Touched) -> Vec<u64> {
         let mut plan: BTreeSet<u64> = BTreeSet::new();
-        let mut saved: isize = 0;
         let scattered = self.scattered(touched);
         // Only for scattered writes (now, or lately: frames held): a region
         // written in runs copies its written pages where they are.
@@ -627,46 +616,6 @@ impl Producer {
             // two extents (across its edges) where it is anyway.
             if e > 2 && extra as isize <= (REFRESH_COPIES_PER_EXTENT * (e - 1)).max(32) {
                 plan.insert(c);
-                saved += e - 1;
-            }
-        }
-        let after = self.extents.len() as isize - saved
-            + runs
-                .iter()
-                .map(|&(p, n)| self.extents.redirect_delta(p, n))
-                .sum::<isize>();
-        if after > self.max_extents as isize {
-            let mut need = after - (self.max_extents * 3 / 4) as isize;
-            let mut per: BTreeMap<u64, (isize, u64)> = self
-                .extents
-                .chunk_counts(chunk)
-                .into_iter()
-                .map(|(c, k)| (c, (k as isize, 0)))
-                .collect();
-            for (c, t) in touched {
-                per.insert(*c, *t);
-            }
-            // (chunk, extents saved, pages copied beyond the written ones)
-            let mut cands: Vec<(u64, u64, u64)> = per
-                .into_iter()
-                .filter(|(c, (k, _))| *k > 1 && !plan.contains(c))
-                .map(|(c, (k, written))| {
-                    let (p, n) = self.chunk_range(c);
-                    let copies = match self.frames.retired_content(c) {
-                        Some(v) => self.written_since(p, n, v),
-                        None => n,
-                    };
-                    (c, (k - 1) as u64, copies.saturating_sub(written))
-                })
-                .collect();
-            // Fewest pages per extent saved first (cross-multiplied).
-            cands.sort_by(|a, b| (a.2 * b.1).cmp(&(b.2 * a.1)).then(a.0.cmp(&b.0)));
-            for (c, saves, _) in cands {
-                if need <= 0 {
-                    break;
-                }
-                plan.insert(c);
-                need -= saves as isize;
             }
         }
         plan.into_iter().collect()
@@ -916,17 +865,21 @@ impl Producer {
         Ok(total)
     }
 
-    /// Over budget: rewrite the most fragmented 2 MiB chunks contiguously
-    /// until the table has at most half the budget. Returns pages copied.
+    /// Over budget (after copying): rewrite whole chunks, refreshing their
+    /// frames where possible, until the table has at most three quarters
+    /// of the budget. Returns the pages copied.
     fn compact(&mut self, op: &'static str, version: u64) -> Result<u64> {
-        if self.extents.len() <= self.max_extents {
-            return Ok(0);
-        }
-        let chunk = self.chunk_pages;
-        let target = self.max_extents / 2;
+        let target = self.max_extents * 3 / 4;
         let mut copied = 0;
+        // Only over budget; then down to `target`, so that the next
+        // snapshots have room before compacting again.
+        let mut limit = self.max_extents;
         for _round in 0..4 {
-            let plan = self.extents.compaction_plan(chunk, target);
+            if self.extents.len() <= limit {
+                break;
+            }
+            limit = target;
+            let plan = self.compaction_plan(target);
             if plan.is_empty() {
                 break;
             }
@@ -938,11 +891,43 @@ impl Producer {
                 // This chunk's written pages were copied before: all extra.
                 copied += written + more;
             }
-            if self.extents.len() <= target {
-                break;
-            }
         }
         Ok(copied)
+    }
+
+    /// Which chunks to rewrite whole to bring the table to `target`
+    /// extents: the fewest pages copied per extent saved first. A chunk
+    /// whose retired frame can be refreshed costs the pages written since
+    /// that frame's version; one without costs the whole chunk.
+    fn compaction_plan(&self, target: usize) -> Vec<u64> {
+        let mut need = self.extents.len() as isize - target as isize;
+        // (chunk, extents saved, pages copied)
+        let mut cands: Vec<(u64, u64, u64)> = self
+            .extents
+            .chunk_counts(self.chunk_pages)
+            .into_iter()
+            .filter(|(_, k)| *k > 1)
+            .map(|(c, k)| {
+                let (p, n) = self.chunk_range(c);
+                let copies = match self.frames.retired_content(c) {
+                    Some(v) => self.written_since(p, n, v),
+                    None => n,
+                };
+                (c, (k - 1) as u64, copies)
+            })
+            .collect();
+        // Fewest pages per extent saved first (cross-multiplied).
+        cands.sort_by(|a, b| (a.2 * b.1).cmp(&(b.2 * a.1)).then(a.0.cmp(&b.0)));
+        let mut plan = Vec::new();
+        for (c, saves, _) in cands {
+            if need <= 0 {
+                break;
+            }
+            plan.push(c);
+            need -= saves as isize;
+        }
+        plan.sort_unstable();
+        plan
     }
 
     /// Write the latest table (its first `pages` pages) into a new table
