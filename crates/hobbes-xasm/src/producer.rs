@@ -174,8 +174,7 @@ pub struct Producer {
     /// Snapshots in a row that rewrote no chunk (frames are released
     /// after `CALM_SNAPSHOTS`).
     calm_snapshots: u64,
-    /// The latest snapshot's writes were scattered, or it copied pages
-    /// nobody wrote to rewrite chunks whole: frames are (to be) in use.
+    /// The latest snapshot's writes were scattered: frames are in use.
     fragmented: bool,
     /// Region pages per chunk (the unit of compaction and of frames).
     chunk_pages: u64,
@@ -560,18 +559,15 @@ impl Producer {
             .collect();
         let mut copied = self.copy_runs(op, version, &in_place)?;
         let mut extra = 0;
-        for &c in &rewrite {
-            let (written, more) = match self.frames.take_retired(c) {
-                Some(frame) => self.refresh(op, version, c, frame)?,
-                None => self.fresh_frame(op, version, c)?,
-            };
-            copied += written;
-            extra += more;
-        }
+        let (written, more) = self.rewrite_chunks(op, version, &rewrite)?;
+        copied += written;
+        extra += more;
         extra += self.compact(op, version)?;
-        // Rewriting chunks whose pages were all written anyway is no sign
-        // of fragmentation; copying unwritten pages to save extents is.
-        self.fragmented = scattered || extra > 0;
+        // Frames are held for scattered writes only: holding them for a
+        // region written in runs that compacted once would keep its freed
+        // slots from reuse, scatter its next copies over the pool and
+        // fragment it more.
+        self.fragmented = scattered;
         Ok((copied, extra))
     }
 
@@ -591,8 +587,8 @@ impl Producer {
     }
 
     /// Which written chunks to rewrite whole instead of copying their
-    /// written pages where they are: while the writes are scattered (now,
-    /// or lately: see `tend_frames`), those that can be rewritten for at
+    /// written pages where they are: when the writes are scattered (see
+    /// `scattered`), those that can be rewritten for at
     /// most `REFRESH_COPIES_PER_EXTENT` extra page copies per extent they
     /// save. Refreshing a chunk's retired frame costs the pages written
     /// since the frame's version (scattered writes: the chunk stays one
@@ -601,11 +597,10 @@ impl Producer {
     /// gives it its second frame. Going over `max_extents` is `compact`'s.
     fn plan_rewrites(&self, touched: &Touched) -> Vec<u64> {
         let mut plan: BTreeSet<u64> = BTreeSet::new();
+        // Only for scattered writes: runs are copied where they are (one
+        // copy per page), even in a region that compacted lately.
         let scattered = self.scattered(touched);
-        // Only for scattered writes (now, or lately: frames held): a region
-        // written in runs copies its written pages where they are.
-        let fragmented = scattered || self.frames.holding();
-        for (&c, &(e, written)) in touched.iter().filter(|_| fragmented) {
+        for (&c, &(e, written)) in touched.iter().filter(|_| scattered) {
             let (p, n) = self.chunk_range(c);
             let copies = match self.frames.retired_content(c) {
                 Some(v) => self.written_since(p, n, v),
@@ -644,7 +639,7 @@ impl Producer {
     /// are in chunks they split into at least one more extent each (single
     /// pages here and there, not runs), and the table would be past an
     /// eighth of its budget (a page or two written each step is not worth
-    /// frames).
+    /// frames) unless the writes were scattered lately (frames held).
     fn scattered(&self, touched: &Touched) -> bool {
         let growth: isize = touched.values().map(|(e, _)| *e).sum::<isize>()
             - touched
@@ -654,7 +649,11 @@ impl Producer {
                     self.extents.extents_in(p, n) as isize
                 })
                 .sum::<isize>();
-        if self.extents.len() as isize + growth <= (self.max_extents / 8) as isize {
+        // Once scattered (frames held), the table stays small: judge by the
+        // pages alone then.
+        if !self.frames.holding()
+            && self.extents.len() as isize + growth <= (self.max_extents / 8) as isize
+        {
             return false;
         }
         let (mut in_scattered, mut all) = (0, 0);
@@ -667,11 +666,51 @@ impl Producer {
         all > 0 && 2 * in_scattered >= all
     }
 
-    /// Copy chunk `c` whole into a new run of slots (a frame) and point
-    /// its pages there. Returns (pages written by this version, other
-    /// pages copied).
-    fn fresh_frame(&mut self, op: &'static str, version: u64, c: u64) -> Result<(u64, u64)> {
-        let (base, n) = self.chunk_range(c);
+    /// Rewrite `chunks` (sorted) whole: refresh those with a retired frame,
+    /// copy the others afresh, adjacent ones into one run. Returns (pages
+    /// written by this version, other pages copied).
+    fn rewrite_chunks(
+        &mut self,
+        op: &'static str,
+        version: u64,
+        chunks: &[u64],
+    ) -> Result<(u64, u64)> {
+        let (mut written, mut other) = (0, 0);
+        let mut fresh: Vec<(u64, u64)> = Vec::new();
+        for &c in chunks {
+            if let Some(frame) = self.frames.take_retired(c) {
+                let (w, o) = self.refresh(op, version, c, frame)?;
+                written += w;
+                other += o;
+            } else {
+                match fresh.last_mut() {
+                    Some(last) if last.0 + last.1 == c => last.1 += 1,
+                    _ => fresh.push((c, 1)),
+                }
+            }
+        }
+        for (first, count) in fresh {
+            let (w, o) = self.fresh_frames(op, version, first, count)?;
+            written += w;
+            other += o;
+        }
+        Ok((written, other))
+    }
+
+    /// Copy chunks `[first, first+count)` whole into one new run of slots
+    /// (a frame each, next to each other, so that they coalesce into one
+    /// extent) and point their pages there. Returns (pages written by this
+    /// version, other pages copied).
+    fn fresh_frames(
+        &mut self,
+        op: &'static str,
+        version: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<(u64, u64)> {
+        let (base, _) = self.chunk_range(first);
+        let (last, last_n) = self.chunk_range(first + count - 1);
+        let n = last + last_n - base;
         let piece = self
             .pool
             .alloc_run(n)
@@ -685,7 +724,10 @@ impl Producer {
             let _ = self.pool.free(piece.slot, n);
             return Err(XasmError::sys(op, self.what(), call)(e));
         }
-        self.point_chunk_at_frame(c, piece.slot, version, None);
+        for c in first..first + count {
+            let (p, _) = self.chunk_range(c);
+            self.point_chunk_at_frame(c, piece.slot + (p - base), version, None);
+        }
         let written = self.written_since(base, n, version - 1);
         Ok((written, n - written))
     }
@@ -766,12 +808,11 @@ impl Producer {
         self.frames.register(slot, n, c, version, mapped_in);
     }
 
-    /// After a snapshot: hold frames while the region is fragmented (this
-    /// snapshot's writes were scattered, or it copied unwritten pages to
-    /// rewrite chunks); release them after `CALM_SNAPSHOTS` snapshots in a
-    /// row without; let retired frames nobody refreshed lately go. A
-    /// region written in runs never holds any: its freed slots are reused
-    /// at once, as without frames.
+    /// After a snapshot: hold frames while the region's writes are
+    /// scattered; release them after `CALM_SNAPSHOTS` snapshots in a row
+    /// without; let retired frames nobody refreshed lately go. A region
+    /// written in runs never holds any: its freed slots are reused at once,
+    /// as without frames.
     fn tend_frames(&mut self, version: u64) {
         let fragmented = self.fragmented;
         self.calm_snapshots = if fragmented {
@@ -866,13 +907,14 @@ impl Producer {
     }
 
     /// Over budget (after copying): rewrite whole chunks, refreshing their
-    /// frames where possible, until the table has at most three quarters
-    /// of the budget. Returns the pages copied.
+    /// frames where possible, until the table has at most half the budget.
+    /// Returns the pages copied.
     fn compact(&mut self, op: &'static str, version: u64) -> Result<u64> {
-        let target = self.max_extents * 3 / 4;
+        let target = self.max_extents / 2;
         let mut copied = 0;
         // Only over budget; then down to `target`, so that the next
-        // snapshots have room before compacting again.
+        // snapshots have room before compacting again (a region written in
+        // runs settles under its budget and stops compacting).
         let mut limit = self.max_extents;
         for _round in 0..4 {
             if self.extents.len() <= limit {
@@ -883,14 +925,9 @@ impl Producer {
             if plan.is_empty() {
                 break;
             }
-            for c in plan {
-                let (written, more) = match self.frames.take_retired(c) {
-                    Some(frame) => self.refresh(op, version, c, frame)?,
-                    None => self.fresh_frame(op, version, c)?,
-                };
-                // This chunk's written pages were copied before: all extra.
-                copied += written + more;
-            }
+            // These chunks' written pages were copied before: all extra.
+            let (written, more) = self.rewrite_chunks(op, version, &plan)?;
+            copied += written + more;
         }
         Ok(copied)
     }
