@@ -609,7 +609,7 @@ impl Producer {
             let extra = copies.saturating_sub(written);
             // Two extents saved at least: a chunk written whole is one or
             // two extents (across its edges) where it is anyway.
-            if e > 2 && extra as isize <= (REFRESH_COPIES_PER_EXTENT * (e - 1)).max(32) {
+            if e > 2 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
                 plan.insert(c);
             }
         }
