@@ -233,11 +233,13 @@ impl DirOps {
     /// Remove `path` (fine when it is gone).
     ///
     /// A cgroup whose last tasks were just killed can still be busy for a
-    /// moment: the kernel lists a task in `cgroup.procs` until it is gone,
-    /// but frees its hold on the cgroup a little later in its exit, so on a
-    /// loaded node `rmdir` right after the last one left may fail with
-    /// EBUSY (seen with v1 memory cgroups). While nothing is listed in it,
-    /// that is retried for up to [`RMDIR_BUSY_WAIT`].
+    /// moment: a task killed with SIGKILL stays listed in `cgroup.procs`
+    /// until its exit gets that far, and frees its hold on the cgroup a
+    /// little later still, so on a loaded node `rmdir` right after the kill
+    /// may fail with EBUSY (seen with v1 memory cgroups, with and without a
+    /// task still listed). While the cgroup has no child cgroups, that is
+    /// retried for up to [`RMDIR_BUSY_WAIT`]; a task that does not go away
+    /// (nobody killed it) makes it fail then.
     fn rmdir(&self, path: &Path) -> Result<()> {
         let start = Instant::now();
         loop {
@@ -246,7 +248,6 @@ impl DirOps {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e)
                     if e.raw_os_error() == Some(libc::EBUSY)
-                        && procs(path).is_empty()
                         && subdirs(path).is_empty()
                         && start.elapsed() < RMDIR_BUSY_WAIT =>
                 {
