@@ -164,6 +164,69 @@ fn nix_euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A helper process of this bench (`hobbes-bench <mode> ARGS`) spoken to
+/// in lines over its stdin and stdout. Dropping it closes its stdin (it
+/// then cleans up and exits) and reaps it.
+struct Helper {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    mode: String,
+}
+
+impl Helper {
+    fn spawn(mode: &str, args: &[&str]) -> Result<Helper> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(mode)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {mode}"))?;
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().context("helper stdout")?);
+        Ok(Helper {
+            child,
+            stdin,
+            stdout,
+            mode: mode.to_string(),
+        })
+    }
+
+    /// Its next line, trimmed.
+    fn read_line(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!(
+                "{} closed its output (it died or failed; see its stderr above)",
+                self.mode
+            );
+        }
+        Ok(line.trim().to_string())
+    }
+
+    /// Send it `what` and read its answer.
+    fn ask(&mut self, what: &str) -> Result<String> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("helper stdin closed")?;
+        writeln!(stdin, "{what}")?;
+        stdin.flush()?;
+        self.read_line()
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        close_and_reap(&mut self.child, self.stdin.take());
+    }
+}
+
 /// End a helper process that exits when its stdin closes: close it, give
 /// the process 10 s to exit, then kill it; reaped either way.
 fn close_and_reap(child: &mut std::process::Child, stdin: Option<std::process::ChildStdin>) {

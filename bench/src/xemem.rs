@@ -11,12 +11,12 @@
 //! objects on request) and `xemem-echo SOCKET REQ REPLY` (the socket floor).
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, IoSliceMut, Read, Write};
+use std::io::{IoSliceMut, Read, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command};
 use std::ptr::NonNull;
 use std::time::Instant;
 
@@ -287,63 +287,34 @@ impl Drop for ShmObject {
 /// An owner process as the requester sees it. Dropping it closes its stdin
 /// (it then removes its segment and exits) and reaps it.
 struct Owner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    helper: crate::Helper,
     segid: SegId,
     addr: usize,
 }
 
 impl Owner {
     fn spawn(size: usize) -> Result<Owner> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["xemem-owner", &size.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("spawn xemem-owner")?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("owner stdout")?);
-        let mut o = Owner {
-            child,
-            stdin,
-            stdout,
-            segid: 0,
-            addr: 0,
-        };
-        let line = o.read_line()?;
+        let mut helper = crate::Helper::spawn("xemem-owner", &[&size.to_string()])?;
+        let line = helper.read_line()?;
         let mut f = line.split_whitespace();
-        o.segid = f.next().context("segid")?.parse()?;
+        let segid = f.next().context("segid")?.parse()?;
         let addr = f.next().context("address")?;
-        o.addr = usize::from_str_radix(addr.trim_start_matches("0x"), 16)?;
-        Ok(o)
-    }
-
-    fn read_line(&mut self) -> Result<String> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("xemem-owner closed its output (it died or failed; see its stderr above)");
-        }
-        Ok(line.trim().to_string())
+        let addr = usize::from_str_radix(addr.trim_start_matches("0x"), 16)?;
+        Ok(Owner {
+            helper,
+            segid,
+            addr,
+        })
     }
 
     fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        self.helper.pid()
     }
 
     /// Have the owner create a pre-faulted shm object; we unlink it when the
     /// guard drops (the owner also does at exit).
     fn shm(&mut self) -> Result<ShmName> {
-        let stdin = self.stdin.as_mut().context("owner stdin closed")?;
-        writeln!(stdin, "shm")?;
-        stdin.flush()?;
-        Ok(ShmName(self.read_line()?))
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        crate::close_and_reap(&mut self.child, self.stdin.take());
+        Ok(ShmName(self.helper.ask("shm")?))
     }
 }
 

@@ -7,9 +7,9 @@
 //! 2. a cached re-attach (+ detach) of that range against one Unix-socket
 //!    round trip carrying the wire's request and reply sizes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -117,56 +117,24 @@ pub fn owner_main() -> Result<()> {
 /// The owner process, as the attacher sees it; stdin closed and reaped on
 /// drop.
 struct Owner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    helper: crate::Helper,
     whole: SegId,
 }
 
 impl Owner {
     fn spawn() -> Result<Owner> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("xpmem-owner")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("spawn xpmem-owner")?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("owner stdout")?);
-        let mut o = Owner {
-            child,
-            stdin,
-            stdout,
-            whole: 0,
-        };
-        o.whole = o.read_line()?.parse()?;
-        Ok(o)
-    }
-
-    fn read_line(&mut self) -> Result<String> {
-        let mut line = String::new();
-        if self.stdout.read_line(&mut line)? == 0 {
-            bail!("xpmem-owner closed its output (see its stderr above)");
-        }
-        Ok(line.trim().to_string())
+        let mut helper = crate::Helper::spawn("xpmem-owner", &[])?;
+        let whole = helper.read_line()?.parse()?;
+        Ok(Owner { helper, whole })
     }
 
     fn ask(&mut self, what: &str) -> Result<String> {
-        let stdin = self.stdin.as_mut().context("owner stdin closed")?;
-        writeln!(stdin, "{what}")?;
-        stdin.flush()?;
-        self.read_line()
+        self.helper.ask(what)
     }
 
     fn buf(&mut self) -> Result<usize> {
         let a = self.ask("buf")?;
         Ok(usize::from_str_radix(a.trim_start_matches("0x"), 16)?)
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        crate::close_and_reap(&mut self.child, self.stdin.take());
     }
 }
 

@@ -5,7 +5,6 @@
 #[path = "../../hobbes-xemem/tests/support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,14 +18,8 @@ fn make_attach_signal_ack() {
     let Some(daemon) = Daemon::start("make_attach_signal_ack") else {
         return;
     };
-    let lib = support::cbuild::lib_dir("xemem", "xemem-capi", MANIFEST_DIR);
-    let manifest = Path::new(MANIFEST_DIR);
-    let bin = support::cbuild::compile(
-        &manifest.join("tests/c/xemem_test.c"),
-        &manifest.join("include"),
-        &lib,
-        "xemem",
-    );
+    let (bin, lib) =
+        support::cbuild::c_test_program("xemem", "xemem-capi", MANIFEST_DIR, "xemem_test.c");
     let mut cmd = Command::new(bin);
     cmd.args(["owner", "c-xemem"]);
     daemon.configure(&mut cmd);

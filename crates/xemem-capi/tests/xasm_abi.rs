@@ -38,14 +38,8 @@ fn xasm_from_c() {
     let Some(daemon) = Daemon::start("xasm_from_c") else {
         return;
     };
-    let lib = support::cbuild::lib_dir("xemem", "xemem-capi", MANIFEST_DIR);
-    let manifest = Path::new(MANIFEST_DIR);
-    let bin = support::cbuild::compile(
-        &manifest.join("tests/c/xasm_test.c"),
-        &manifest.join("include"),
-        &lib,
-        "xemem",
-    );
+    let (bin, lib) =
+        support::cbuild::c_test_program("xemem", "xemem-capi", MANIFEST_DIR, "xasm_test.c");
     let (einval, enoent, eexist) = (libc::EINVAL, libc::ENOENT, libc::EEXIST);
 
     let text = run(&daemon, &bin, &lib, &["plain", "c-plain"]);

@@ -5,7 +5,7 @@
 #[path = "../../hobbes-xemem/tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,15 +18,7 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 fn program() -> &'static (PathBuf, PathBuf) {
     static PROGRAM: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PROGRAM.get_or_init(|| {
-        let lib = support::cbuild::lib_dir("xpmem", "xpmem-compat", MANIFEST_DIR);
-        let manifest = Path::new(MANIFEST_DIR);
-        let bin = support::cbuild::compile(
-            &manifest.join("tests/c/xpmem_test.c"),
-            &manifest.join("include"),
-            &lib,
-            "xpmem",
-        );
-        (bin, lib)
+        support::cbuild::c_test_program("xpmem", "xpmem-compat", MANIFEST_DIR, "xpmem_test.c")
     })
 }
 

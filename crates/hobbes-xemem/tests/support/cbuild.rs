@@ -62,6 +62,26 @@ pub fn compile(src: &Path, include: &Path, lib_dir: &Path, lib: &str) -> PathBuf
     out
 }
 
+/// Build package `package`'s C library `lib` and compile its test program
+/// `tests/c/<program>` against its `include/`: (the program, the library's
+/// directory).
+pub fn c_test_program(
+    lib: &str,
+    package: &str,
+    manifest_dir: &str,
+    program: &str,
+) -> (PathBuf, PathBuf) {
+    let lib_dir = lib_dir(lib, package, manifest_dir);
+    let manifest = Path::new(manifest_dir);
+    let bin = compile(
+        &manifest.join("tests/c").join(program),
+        &manifest.join("include"),
+        &lib_dir,
+        lib,
+    );
+    (bin, lib_dir)
+}
+
 /// The value of the `key=value` line the C test printed.
 pub fn get<'a>(text: &'a str, key: &str) -> &'a str {
     let prefix = format!("{key}=");
