@@ -23,15 +23,7 @@
 
 static size_t share_size(void) { return PAGES * (size_t)sysconf(_SC_PAGESIZE); }
 
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);             \
-            fprintf(stderr, __VA_ARGS__);                                    \
-            fprintf(stderr, " (errno %d: %s)\n", errno, xpmem_last_error()); \
-            exit(1);                                                         \
-        }                                                                    \
-    } while (0)
+#include "check.h"
 
 static int *owner_memory(int base) {
     int *mem = mmap(NULL, share_size(), PROT_READ | PROT_WRITE,
