@@ -49,9 +49,11 @@ struct Frame {
 pub(crate) struct Frames {
     /// First slot -> frame; frames never overlap.
     by_slot: BTreeMap<u64, Frame>,
-    /// Chunk -> first slots of its retired frames (at most
-    /// `RETIRED_PER_CHUNK`).
-    retired: BTreeMap<u64, Vec<u64>>,
+    /// Per chunk: its retired frames (at most `RETIRED_PER_CHUNK`), as
+    /// (first slot, content version). An array by chunk, not a map: a
+    /// snapshot asks about every chunk it writes, and with the caches cold
+    /// each map lookup was a chain of misses.
+    retired: Vec<[Option<(u64, u64)>; RETIRED_PER_CHUNK]>,
     holding: bool,
 }
 
@@ -109,7 +111,9 @@ impl Frames {
         for (_, f) in std::mem::take(&mut self.by_slot) {
             out.extend(f.freed);
         }
-        self.retired.clear();
+        self.retired
+            .iter_mut()
+            .for_each(|r| *r = [None; RETIRED_PER_CHUNK]);
         out.sort_unstable();
         out
     }
@@ -178,63 +182,78 @@ impl Frames {
             return Vec::new();
         };
         f.retired_at = Some(now);
-        let chunk = f.chunk;
-        let list = self.retired.entry(chunk).or_default();
-        list.push(fs);
-        if list.len() <= RETIRED_PER_CHUNK {
+        let (chunk, content) = (f.chunk as usize, f.content);
+        if self.retired.len() <= chunk {
+            self.retired.resize(chunk + 1, [None; RETIRED_PER_CHUNK]);
+        }
+        let list = &mut self.retired[chunk];
+        if let Some(free) = list.iter_mut().find(|r| r.is_none()) {
+            *free = Some((fs, content));
             return Vec::new();
         }
-        let by_slot = &self.by_slot;
+        // Full: the oldest contents give way (this one, if it is older).
         let oldest = list
             .iter()
+            .flatten()
             .copied()
-            .min_by_key(|s| by_slot.get(s).map_or(0, |f| f.content))
-            .unwrap_or(fs);
-        self.drop_frame(oldest)
+            .chain([(fs, content)])
+            .min_by_key(|&(_, c)| c)
+            .map_or(fs, |(s, _)| s);
+        if oldest != fs {
+            let pushed_out = self.drop_frame(oldest);
+            if let Some(free) = self.retired[chunk].iter_mut().find(|r| r.is_none()) {
+                *free = Some((fs, content));
+            }
+            return pushed_out;
+        }
+        self.by_slot
+            .remove(&fs)
+            .map_or(Vec::new(), |f| vec![(fs, f.len)])
     }
 
     /// Forget a retired frame: its whole run goes back to the pool.
     fn drop_frame(&mut self, fs: u64) -> Vec<(u64, u64)> {
         match self.by_slot.remove(&fs) {
             Some(f) => {
-                if let Some(list) = self.retired.get_mut(&f.chunk) {
-                    list.retain(|s| *s != fs);
-                    if list.is_empty() {
-                        self.retired.remove(&f.chunk);
-                    }
-                }
+                self.unlist(f.chunk, fs);
                 vec![(fs, f.len)]
             }
             None => Vec::new(),
         }
     }
 
-    /// The newest retired frame of chunk `chunk`.
-    fn newest_retired(&self, chunk: u64) -> Option<u64> {
+    /// Take retired frame `fs` off chunk `chunk`'s list.
+    fn unlist(&mut self, chunk: u64, fs: u64) {
+        if let Some(list) = self.retired.get_mut(chunk as usize) {
+            for r in list.iter_mut() {
+                if r.is_some_and(|(s, _)| s == fs) {
+                    *r = None;
+                }
+            }
+        }
+    }
+
+    /// The newest retired frame of chunk `chunk`: (first slot, content).
+    fn newest_retired(&self, chunk: u64) -> Option<(u64, u64)> {
         self.retired
-            .get(&chunk)?
+            .get(chunk as usize)?
             .iter()
+            .flatten()
             .copied()
-            .max_by_key(|s| self.by_slot.get(s).map_or(0, |f| f.content))
+            .max_by_key(|&(_, content)| content)
     }
 
     /// The version whose contents chunk `chunk`'s newest retired frame
     /// holds.
     pub fn retired_content(&self, chunk: u64) -> Option<u64> {
-        let fs = self.newest_retired(chunk)?;
-        self.by_slot.get(&fs).map(|f| f.content)
+        self.newest_retired(chunk).map(|(_, content)| content)
     }
 
     /// Hand out chunk `chunk`'s newest retired frame for a refresh: its
     /// slots stay allocated; register it again once refreshed.
     pub fn take_retired(&mut self, chunk: u64) -> Option<Retired> {
-        let fs = self.newest_retired(chunk)?;
-        if let Some(list) = self.retired.get_mut(&chunk) {
-            list.retain(|s| *s != fs);
-            if list.is_empty() {
-                self.retired.remove(&chunk);
-            }
-        }
+        let (fs, _) = self.newest_retired(chunk)?;
+        self.unlist(chunk, fs);
         let f = self.by_slot.remove(&fs)?;
         Some(Retired {
             slot: fs,
@@ -250,9 +269,10 @@ impl Frames {
     pub fn expire(&mut self, now: u64) -> Vec<(u64, u64)> {
         let old: Vec<u64> = self
             .retired
-            .values()
+            .iter()
             .flatten()
-            .copied()
+            .flatten()
+            .map(|&(fs, _)| fs)
             .filter(|fs| {
                 self.by_slot
                     .get(fs)
@@ -270,9 +290,10 @@ impl Frames {
     /// Pages held in retired frames (pool memory kept for refreshes).
     pub fn retired_pages(&self) -> u64 {
         self.retired
-            .values()
+            .iter()
             .flatten()
-            .filter_map(|fs| self.by_slot.get(fs))
+            .flatten()
+            .filter_map(|(fs, _)| self.by_slot.get(fs))
             .map(|f| f.len)
             .sum()
     }
