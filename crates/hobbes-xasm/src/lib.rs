@@ -46,6 +46,7 @@ mod producer;
 pub mod registry;
 mod sys;
 mod track;
+mod writelog;
 
 pub use consumer::{Consumer, Snapshot};
 pub use error::{Result, XasmError};

@@ -2,7 +2,7 @@
 //! its published versions and its channel.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,6 +20,7 @@ use crate::frames::{Frames, Retired};
 use crate::ledger::Ledger;
 use crate::pool::{Piece, Pool};
 use crate::track::{self, Dirty, Mechanism, Tracker};
+use crate::writelog::WriteLog;
 
 /// Default number of newest versions kept (K).
 pub const DEFAULT_KEEP: usize = 2;
@@ -178,9 +179,9 @@ pub struct Producer {
     fragmented: bool,
     /// Region pages per chunk (the unit of compaction and of frames).
     chunk_pages: u64,
-    /// Per region page: the version of the last snapshot that found it
-    /// written (what a frame refresh must copy).
-    written_at: Vec<u64>,
+    /// Which pages each snapshot found written, per chunk (what a frame
+    /// refresh must copy).
+    written: WriteLog,
     versions: BTreeMap<u64, VersionRec>,
     last_version: u64,
     /// Dirty information was lost (a failed snapshot): copy all next time.
@@ -384,7 +385,10 @@ impl Producer {
             calm_snapshots: 0,
             fragmented: false,
             chunk_pages: (CHUNK_BYTES / hobbes_sys::page_size() as u64).max(1),
-            written_at: vec![0; len / hobbes_sys::page_size()],
+            written: WriteLog::new(
+                (len / hobbes_sys::page_size()) as u64,
+                (CHUNK_BYTES / hobbes_sys::page_size() as u64).max(1),
+            ),
             versions: BTreeMap::new(),
             last_version: 0,
             copy_all_next: false,
@@ -543,13 +547,13 @@ impl Producer {
         op: &'static str,
         version: u64,
         runs: &[(u64, u64)],
-        touched: &Touched,
+        touched: &[Touched],
         scattered: bool,
     ) -> Result<(u64, u64)> {
         for &(p, n) in runs {
-            self.written_at[p as usize..(p + n) as usize].fill(version);
+            self.written.record(version, p, n);
         }
-        let rewrite = self.plan_rewrites(touched);
+        let rewrite = self.plan_rewrites(touched, scattered);
         let chunk = self.chunk_pages;
         // Written pages of the other chunks: copied where they are.
         let in_place: Vec<(u64, u64)> = runs
@@ -573,17 +577,9 @@ impl Producer {
 
     /// Region pages `[first, first+n)` of chunk `c`.
     fn chunk_range(&self, c: u64) -> (u64, u64) {
-        let pages = self.written_at.len() as u64;
+        let pages = (self.len / self.page) as u64;
         let p = c * self.chunk_pages;
         (p, self.chunk_pages.min(pages - p))
-    }
-
-    /// Pages of `[p, p+n)` written after version `since`.
-    fn written_since(&self, p: u64, n: u64, since: u64) -> u64 {
-        self.written_at[p as usize..(p + n) as usize]
-            .iter()
-            .filter(|&&v| v > since)
-            .count() as u64
     }
 
     /// Which written chunks to rewrite whole instead of copying their
@@ -595,41 +591,52 @@ impl Producer {
     /// extent for about two copies per written page); a chunk without one
     /// costs the whole chunk, which pays once it is fragmented enough, and
     /// gives it its second frame. Going over `max_extents` is `compact`'s.
-    fn plan_rewrites(&self, touched: &Touched) -> Vec<u64> {
-        let mut plan: BTreeSet<u64> = BTreeSet::new();
+    fn plan_rewrites(&self, touched: &[Touched], scattered: bool) -> Vec<u64> {
         // Only for scattered writes: runs are copied where they are (one
         // copy per page), even in a region that compacted lately.
-        let scattered = self.scattered(touched);
-        for (&c, &(e, written)) in touched.iter().filter(|_| scattered) {
-            let (p, n) = self.chunk_range(c);
-            let copies = match self.frames.retired_content(c) {
-                Some(v) => self.written_since(p, n, v),
-                None => n,
+        if !scattered {
+            return Vec::new();
+        }
+        let mut plan = Vec::new();
+        for t in touched {
+            let e = t.after;
+            let copies = match self.frames.retired_content(t.chunk) {
+                Some(v) => self.written.count_since(t.chunk, v),
+                None => self.chunk_range(t.chunk).1,
             };
-            let extra = copies.saturating_sub(written);
+            let extra = copies.saturating_sub(t.written);
             // Two extents saved at least: a chunk written whole is one or
             // two extents (across its edges) where it is anyway.
             if e > 2 && extra as isize <= REFRESH_COPIES_PER_EXTENT * (e - 1) {
-                plan.insert(c);
+                plan.push(t.chunk);
             }
         }
-        plan.into_iter().collect()
+        plan
     }
 
     /// The chunks `runs` write: (extents each would have with its written
     /// pages copied where they are, pages written).
-    fn touched_chunks(&self, runs: &[(u64, u64)]) -> Touched {
+    fn touched_chunks(&self, runs: &[(u64, u64)]) -> Vec<Touched> {
         let chunk = self.chunk_pages;
-        let mut touched = Touched::new();
+        let mut touched: Vec<Touched> = Vec::new();
+        // The runs are sorted: chunks come in order.
         for &(p, n) in runs {
             for (cp, cn) in split_at_chunks(p, n, chunk) {
                 let c = cp / chunk;
-                let e = touched.entry(c).or_insert_with(|| {
+                if touched.last().is_none_or(|t| t.chunk != c) {
                     let (first, len) = self.chunk_range(c);
-                    (self.extents.extents_in(first, len) as isize, 0)
-                });
-                e.0 += self.extents.redirect_delta(cp, cn);
-                e.1 += cn;
+                    let before = self.extents.extents_in(first, len) as isize;
+                    touched.push(Touched {
+                        chunk: c,
+                        before,
+                        after: before,
+                        written: 0,
+                    });
+                }
+                if let Some(t) = touched.last_mut() {
+                    t.after += self.extents.redirect_delta(cp, cn);
+                    t.written += cn;
+                }
             }
         }
         touched
@@ -640,15 +647,8 @@ impl Producer {
     /// pages here and there, not runs), and the table would be past an
     /// eighth of its budget (a page or two written each step is not worth
     /// frames) unless the writes were scattered lately (frames held).
-    fn scattered(&self, touched: &Touched) -> bool {
-        let growth: isize = touched.values().map(|(e, _)| *e).sum::<isize>()
-            - touched
-                .keys()
-                .map(|&c| {
-                    let (p, n) = self.chunk_range(c);
-                    self.extents.extents_in(p, n) as isize
-                })
-                .sum::<isize>();
+    fn scattered(&self, touched: &[Touched]) -> bool {
+        let growth: isize = touched.iter().map(|t| t.after - t.before).sum();
         // Once scattered (frames held), the table stays small: judge by the
         // pages alone then.
         if !self.frames.holding()
@@ -657,10 +657,10 @@ impl Producer {
             return false;
         }
         let (mut in_scattered, mut all) = (0, 0);
-        for &(e, written) in touched.values() {
-            all += written;
-            if e > 2 && (e - 1) as u64 >= written {
-                in_scattered += written;
+        for t in touched {
+            all += t.written;
+            if t.after > 2 && (t.after - 1) as u64 >= t.written {
+                in_scattered += t.written;
             }
         }
         all > 0 && 2 * in_scattered >= all
@@ -728,7 +728,9 @@ impl Producer {
             let (p, _) = self.chunk_range(c);
             self.point_chunk_at_frame(c, piece.slot + (p - base), version, None);
         }
-        let written = self.written_since(base, n, version - 1);
+        let written = (first..first + count)
+            .map(|c| self.written.count_since(c, version - 1))
+            .sum::<u64>();
         Ok((written, n - written))
     }
 
@@ -746,23 +748,10 @@ impl Producer {
         debug_assert_eq!(n, frame.len);
         let page = self.page as u64;
         let generation = self.pool.window_generation();
-        // The pages written since the frame's version, as runs, in one pass.
-        let stamps = &self.written_at[base as usize..(base + n) as usize];
-        let (mut runs, mut written, mut copies) = (Vec::new(), 0, 0);
-        let mut i = 0;
-        while i < stamps.len() {
-            if stamps[i] <= frame.content {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < stamps.len() && stamps[i] > frame.content {
-                written += (stamps[i] == version) as u64;
-                i += 1;
-            }
-            runs.push((start as u64, (i - start) as u64));
-            copies += (i - start) as u64;
-        }
+        // The pages written since the frame's version, as runs.
+        let runs = self.written.runs_since(c, frame.content);
+        let copies: u64 = runs.iter().map(|(_, n)| n).sum();
+        let written = self.written.count_since(c, version - 1);
         // Copies go through the window (a memcpy: half what pwrite costs
         // per page here) once the frame is mapped there. Written pages land
         // anywhere in it, a few at a time: map it whole once (about 0.2 ms
@@ -945,10 +934,9 @@ impl Producer {
             .into_iter()
             .filter(|(_, k)| *k > 1)
             .map(|(c, k)| {
-                let (p, n) = self.chunk_range(c);
                 let copies = match self.frames.retired_content(c) {
-                    Some(v) => self.written_since(p, n, v),
-                    None => n,
+                    Some(v) => self.written.count_since(c, v),
+                    None => self.chunk_range(c).1,
                 };
                 (c, (k - 1) as u64, copies)
             })
@@ -1241,9 +1229,16 @@ impl Producer {
     }
 }
 
-/// Written chunks: chunk -> (extents if its written pages are copied where
-/// they are, pages written).
-type Touched = BTreeMap<u64, (isize, u64)>;
+/// A chunk this snapshot's writes touch.
+struct Touched {
+    chunk: u64,
+    /// Extents touching it now.
+    before: isize,
+    /// Extents touching it with its written pages copied where they are.
+    after: isize,
+    /// Pages written.
+    written: u64,
+}
 
 /// `[p, p+n)` cut at chunk boundaries.
 fn split_at_chunks(p: u64, n: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> {

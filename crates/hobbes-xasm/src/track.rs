@@ -242,7 +242,7 @@ impl ScanTracker {
             addr,
             len,
             page: hobbes_sys::page_size(),
-            buf: vec![PageRegion::default(); 512],
+            buf: vec![PageRegion::default(); 4096],
         })
     }
 
