@@ -16,7 +16,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hobbes_proto::model::{Access, SegId, SegmentInfo, SegmentRecord};
+use hobbes_proto::model::{
+    Access, AppId, EnclaveId, SegId, SegmentInfo, SegmentRecord, HOST_ENCLAVE,
+};
 use hobbes_proto::msg::{ErrorCode, XememMake, MAX_RETIRE};
 
 use hobbes_nis::NisTxn;
@@ -46,7 +48,18 @@ pub struct Held {
 #[derive(Default)]
 pub struct NameServer {
     held: Mutex<HashMap<SegId, Held>>,
+    /// Makers whose enclave and app are settled, by pid: (start time,
+    /// enclave, app). Finding a host process's owner walks its ancestry in
+    /// /proc (about 0.1 ms), and an XASM producer makes a segment every
+    /// snapshot. The start time tells a reused pid apart.
+    owners: Mutex<HashMap<u32, MakerOwner>>,
 }
+
+/// A maker's start time and the enclave and app it belongs to.
+type MakerOwner = (u64, EnclaveId, Option<AppId>);
+
+/// Makers remembered in `NameServer::owners` before it starts over.
+const MAX_REMEMBERED_OWNERS: usize = 4096;
 
 impl NameServer {
     /// No segment held.
@@ -169,7 +182,8 @@ impl Daemon {
         make: &XememMake,
         memory: Described,
     ) -> Result<SegmentRecord, Refusal> {
-        let (owner_enclave, owner_app) = self.whose_process(peer.pid);
+        let owner_start_time = sys::proc_start_time(peer.pid);
+        let (owner_enclave, owner_app) = self.maker_owner(peer.pid, owner_start_time);
         let mode = if make.mode == 0 {
             0o600
         } else {
@@ -199,7 +213,7 @@ impl Daemon {
                 owner_enclave,
                 owner_app,
                 owner_pid: peer.pid,
-                owner_start_time: sys::proc_start_time(peer.pid),
+                owner_start_time,
                 owner_fd: make.owner_fd,
                 owner_event_fd: make.owner_event_fd,
                 owner_addr: make.owner_addr,
@@ -213,6 +227,38 @@ impl Daemon {
             t.put_segment(&mut rec)?;
             Ok::<_, TxError>(rec)
         })
+    }
+
+    /// Which enclave and app the maker `pid` (started at `start_time`)
+    /// belongs to: [`Daemon::whose_process`], remembered once it is settled
+    /// (an app, or a host process with no enclave's control process among
+    /// its ancestors; an app not yet recorded under its control process is
+    /// asked again next time).
+    fn maker_owner(&self, pid: u32, start_time: Option<u64>) -> (EnclaveId, Option<AppId>) {
+        let Some(start) = start_time else {
+            return self.whose_process(pid);
+        };
+        let remembered = self
+            .xemem
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .copied();
+        if let Some((at, enclave, app)) = remembered {
+            if at == start {
+                return (enclave, app);
+            }
+        }
+        let (enclave, app) = self.whose_process(pid);
+        if app.is_some() || enclave == HOST_ENCLAVE {
+            let mut owners = self.xemem.owners.lock().unwrap_or_else(|p| p.into_inner());
+            if owners.len() >= MAX_REMEMBERED_OWNERS {
+                owners.clear();
+            }
+            owners.insert(pid, (start, enclave, app));
+        }
+        (enclave, app)
     }
 
     /// After the record and the memory are held: log, and let go of the
