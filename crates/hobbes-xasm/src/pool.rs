@@ -216,23 +216,29 @@ impl SlotAlloc {
 }
 
 /// Slots handed out by [`Pool::alloc`]: `[slot, slot+len)`, and whether
-/// their memory is still there from an earlier use (kept, not punched).
+/// to copy into them through the window (only where their pages are known
+/// to be mapped there: a frame mapped for its refreshes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Piece {
     pub slot: u64,
     pub len: u64,
-    pub resident: bool,
+    pub through_window: bool,
 }
 
 /// A region's pool memfd, its allocator, and the producer's read-write
 /// window on it.
 ///
 /// Freed slots are not punched at once: they are *kept* until the end of
-/// the next snapshot, which reuses them first (copying into pages that
-/// exist and are mapped costs a memcpy; a punched page must be allocated
-/// and zeroed again, several times more here). Whatever that snapshot did
-/// not reuse is punched then. So the pool holds the live slots plus at most
-/// the slots freed by the latest reclaim.
+/// the next snapshot, which reuses them first (overwriting pages that exist
+/// costs a copy; a punched page must be allocated again). Whatever that
+/// snapshot did not reuse is punched then. So the pool holds the live slots
+/// plus at most the slots freed by the latest reclaim.
+///
+/// Kept slots are written with `pwrite`, like new ones, not through the
+/// window: most were last written by `pwrite`, so their pages are not
+/// mapped in the window, and a memcpy there took a fault per page (10% of
+/// 1 GiB in 64-page runs: 20,000 faults, a copy of 1.7 µs per page against
+/// 1.3 µs with `pwrite`).
 pub(crate) struct Pool {
     fd: OwnedFd,
     slots: SlotAlloc,
@@ -297,7 +303,7 @@ impl Pool {
                     out.push(Piece {
                         slot: fs,
                         len: k,
-                        resident: true,
+                        through_window: false,
                     });
                     left -= k;
                 }
@@ -309,7 +315,7 @@ impl Pool {
         out.extend(self.slots.alloc(left).into_iter().map(|(slot, len)| Piece {
             slot,
             len,
-            resident: false,
+            through_window: false,
         }));
         if let Err(e) = self.fit() {
             for p in &out {
@@ -331,7 +337,7 @@ impl Pool {
         Ok(Piece {
             slot,
             len: n,
-            resident: false,
+            through_window: false,
         })
     }
 
@@ -362,9 +368,9 @@ impl Pool {
     /// Copy `parts`, back to back, into `piece`'s slots.
     pub fn write(&mut self, piece: &Piece, parts: &[&[u8]]) -> Result<(), (&'static str, Errno)> {
         let at = piece.slot * self.page;
-        if piece.resident {
-            // Existing pages: a plain copy through the window (which `fit`
-            // made cover every allocated slot).
+        if piece.through_window {
+            // Pages mapped in the window: a plain copy (`fit` made the
+            // window cover every allocated slot).
             let window = self.window.as_mut().ok_or(("pool window", Errno::EINVAL))?;
             let mut dst = &mut window.as_mut_slice()[at as usize..];
             for part in parts {
@@ -374,7 +380,8 @@ impl Pool {
             }
             return Ok(());
         }
-        // New pages: pwritev allocates them without a fault each.
+        // Other pages: pwritev overwrites them, or allocates them, without
+        // a fault each.
         hobbes_sys::pwrite_all_vectored(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
     }
 
@@ -594,7 +601,7 @@ mod tests {
             vec![Piece {
                 slot: 0,
                 len: 8,
-                resident: false
+                through_window: false
             }]
         );
         let data = vec![7u8; (8 * page) as usize];
@@ -602,20 +609,20 @@ mod tests {
         let (size, resident, allocated, kept) = p.usage();
         assert_eq!((size, allocated, kept), (8 * page, 8 * page, 0));
         assert!(resident >= 8 * page);
-        // Freed: kept (resident) through the next rotation...
+        // Freed: kept (still allocated) through the next rotation...
         p.free(2, 2).unwrap();
         p.rotate().unwrap();
         let (_, resident, allocated, kept) = p.usage();
         assert_eq!((allocated, kept), (6 * page, 2 * page));
         assert!(resident >= 8 * page);
-        // ...reused first, and written through the window.
+        // ...reused first.
         let again = p.alloc(1).unwrap();
         assert_eq!(
             again,
             vec![Piece {
                 slot: 2,
                 len: 1,
-                resident: true
+                through_window: false
             }]
         );
         let one = vec![9u8; page as usize];
