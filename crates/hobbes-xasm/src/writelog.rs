@@ -107,7 +107,16 @@ impl WriteLog {
         if since < log.horizon {
             return vec![(0, self.chunk_len(c))];
         }
-        let first = log.runs.partition_point(|r| r.version <= since);
+        // From the newest back: a refresh asks about the last two or three
+        // versions, a few runs at the end of a log of hundreds (a binary
+        // search over it was a chain of cache misses).
+        let first = log.runs.len()
+            - log
+                .runs
+                .iter()
+                .rev()
+                .take_while(|r| r.version > since)
+                .count();
         let mut spans: Vec<(u64, u64)> = log.runs[first..]
             .iter()
             .map(|r| (r.start as u64, (r.start + r.len) as u64))
