@@ -10,6 +10,10 @@ use hobbes_xemem::composite::Extent;
 /// Region pages per compaction chunk: 2 MiB of 4 KiB pages.
 pub(crate) const CHUNK_BYTES: u64 = 2 << 20;
 
+/// `redirect_many` rebuilds the map when it has at least one run per this
+/// many extents; fewer runs are redirected one by one.
+const REBUILD_RATIO: usize = 16;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ExtentMap {
     /// First page -> (first slot, pages).
@@ -51,6 +55,70 @@ impl ExtentMap {
             }
         }
         self.map.insert(start, run);
+    }
+
+    /// [`redirect`](Self::redirect) for many disjoint runs at once, sorted
+    /// by page: `(page, pages, slot)` each. With many runs against the
+    /// table's size (a snapshot that rewrites every chunk it wrote), one
+    /// pass rebuilding the map costs its size plus the runs, where a
+    /// redirect each costs several lookups, each a chain of cache misses by
+    /// the time a snapshot comes. The slot runs replaced are appended to
+    /// `replaced`, in page order.
+    pub fn redirect_many(&mut self, runs: &[(u64, u64, u64)], replaced: &mut Vec<(u64, u64)>) {
+        debug_assert!(runs.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+        if runs.len() * REBUILD_RATIO < self.map.len() || self.map.is_empty() {
+            for &(page, n, slot) in runs {
+                self.redirect(page, n, slot, replaced);
+            }
+            return;
+        }
+        let old = std::mem::take(&mut self.map);
+        let mut out: Vec<(u64, (u64, u64))> = Vec::with_capacity(old.len() + 2 * runs.len());
+        // Append an extent, coalescing it with the last one where it
+        // continues it (same as `redirect` does with its neighbours).
+        let emit = |out: &mut Vec<(u64, (u64, u64))>, page: u64, slot: u64, n: u64| {
+            if n == 0 {
+                return;
+            }
+            if let Some((lp, (ls, ln))) = out.last_mut() {
+                if *lp + *ln == page && *ls + *ln == slot {
+                    *ln += n;
+                    return;
+                }
+            }
+            out.push((page, (slot, n)));
+        };
+        let mut next = 0;
+        for (s, (slot, n)) in old {
+            let end = s + n;
+            let mut at = s;
+            while at < end {
+                while next < runs.len() && runs[next].0 + runs[next].1 <= at {
+                    next += 1;
+                }
+                match runs.get(next) {
+                    Some(&(rp, rn, rs)) if rp < end && rn > 0 => {
+                        if rp > at {
+                            emit(&mut out, at, slot + (at - s), rp - at);
+                            at = rp;
+                        }
+                        // The run's new extent, once, where it starts (it
+                        // may reach over several old extents).
+                        if at == rp {
+                            emit(&mut out, rp, rs, rn);
+                        }
+                        let stop = end.min(rp + rn);
+                        replaced.push((slot + (at - s), stop - at));
+                        at = stop;
+                    }
+                    _ => {
+                        emit(&mut out, at, slot + (at - s), end - at);
+                        at = end;
+                    }
+                }
+            }
+        }
+        self.map = out.into_iter().collect();
     }
 
     /// Make `page` the first page of an extent (if inside one).
@@ -209,6 +277,59 @@ mod tests {
     }
 
     proptest! {
+        /// `redirect_many` leaves the same map as one `redirect` per run,
+        /// and replaces the same slots, whether it rebuilds or not.
+        #[test]
+        fn redirect_many_is_redirect_one_by_one(
+            pages in 1u64..300,
+            before in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..30), 0..40),
+            batch in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..40), 0..40),
+        ) {
+            let mut m = ExtentMap::default();
+            let mut old = Vec::new();
+            m.redirect(0, pages, 0, &mut old);
+            let mut next_slot = pages;
+            for (at, n) in before {
+                let p = at.index(pages as usize) as u64;
+                let n = n.min(pages - p);
+                m.redirect(p, n, next_slot, &mut old);
+                next_slot += n + (n % 3);
+            }
+            // Disjoint sorted runs, every other one into the slots right
+            // after the last one's, so that they coalesce.
+            let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+            let mut bits = vec![false; pages as usize];
+            for (at, n) in batch {
+                let p = at.index(pages as usize) as u64;
+                let n = n.min(pages - p);
+                if bits[p as usize..(p + n) as usize].iter().any(|b| *b) {
+                    continue;
+                }
+                bits[p as usize..(p + n) as usize].iter_mut().for_each(|b| *b = true);
+                runs.push((p, n, 0));
+            }
+            runs.sort_unstable();
+            let mut slot = next_slot;
+            for (i, r) in runs.iter_mut().enumerate() {
+                r.2 = slot;
+                slot += r.1 + (i as u64 % 2);
+            }
+            let mut one = m.clone();
+            let mut want = Vec::new();
+            for &(p, n, s) in &runs {
+                one.redirect(p, n, s, &mut want);
+            }
+            let mut got = Vec::new();
+            m.redirect_many(&runs, &mut got);
+            prop_assert_eq!(m.table(1, pages), one.table(1, pages));
+            let slots = |v: &[(u64, u64)]| {
+                let mut s: Vec<u64> = v.iter().flat_map(|(a, l)| *a..a + l).collect();
+                s.sort_unstable();
+                s
+            };
+            prop_assert_eq!(slots(&got), slots(&want));
+        }
+
         /// After any sequence of redirects the map covers the region, is
         /// coalesced, and maps every page to the slot of its latest write.
         #[test]

@@ -43,6 +43,9 @@ struct Frame {
     retired_at: Option<u64>,
     /// The pool window generation in which its slots were mapped.
     mapped_in: Option<u64>,
+    /// Handed out for a refresh (`take_retired`), to be registered again
+    /// where it is.
+    taken: bool,
 }
 
 #[derive(Debug, Default)]
@@ -79,19 +82,34 @@ impl Frames {
         version: u64,
         mapped_in: Option<u64>,
     ) {
+        let frame = Frame {
+            chunk,
+            len,
+            content: version,
+            freed: Vec::new(),
+            freed_pages: 0,
+            retired_at: None,
+            mapped_in,
+            taken: false,
+        };
+        // A refreshed frame is renewed where it is: one lookup, where
+        // taking it out and putting it back cost two changes of the map.
+        if let Some(f) = self.by_slot.get_mut(&slot) {
+            if f.taken && f.len == len && f.chunk == chunk {
+                *f = frame;
+                return;
+            }
+        }
         debug_assert!(self.overlapping(slot, len).is_empty());
-        self.by_slot.insert(
-            slot,
-            Frame {
-                chunk,
-                len,
-                content: version,
-                freed: Vec::new(),
-                freed_pages: 0,
-                retired_at: None,
-                mapped_in,
-            },
-        );
+        self.by_slot.insert(slot, frame);
+    }
+
+    /// A frame handed out by `take_retired` that will not be registered
+    /// again (its refresh failed): forget it. Its slots are the caller's.
+    pub fn forget_taken(&mut self, slot: u64) {
+        if self.by_slot.get(&slot).is_some_and(|f| f.taken) {
+            self.by_slot.remove(&slot);
+        }
     }
 
     /// Whether freed frame pieces are held (see the module comment).
@@ -254,7 +272,12 @@ impl Frames {
     pub fn take_retired(&mut self, chunk: u64) -> Option<Retired> {
         let (fs, _) = self.newest_retired(chunk)?;
         self.unlist(chunk, fs);
-        let f = self.by_slot.remove(&fs)?;
+        let f = self.by_slot.get_mut(&fs)?;
+        // Its pieces are the refresh's now, not held ones.
+        f.taken = true;
+        f.retired_at = None;
+        f.freed.clear();
+        f.freed_pages = 0;
         Some(Retired {
             slot: fs,
             len: f.len,

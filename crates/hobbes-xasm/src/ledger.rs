@@ -36,6 +36,13 @@ impl Ledger {
         if len == 0 {
             return;
         }
+        // A frame refreshed in place is exactly one run already.
+        if let Some(run) = self.born.get_mut(&slot) {
+            if run.0 == len {
+                run.1 = version;
+                return;
+            }
+        }
         let end = slot + len;
         self.split_at(slot);
         self.split_at(end);

@@ -675,11 +675,29 @@ impl Producer {
         version: u64,
         chunks: &[u64],
     ) -> Result<(u64, u64)> {
+        let mut points = Vec::new();
+        let copied = self.copy_chunks(op, version, chunks, &mut points);
+        // The chunks copied before any failure are pointed at their frames
+        // all the same: their frames hold them now.
+        self.point_chunks_at_frames(&mut points, version);
+        copied
+    }
+
+    /// `rewrite_chunks`' copies: each chunk rewritten whole goes to
+    /// `points`, for the table to be pointed at its frame afterwards, all
+    /// at once.
+    fn copy_chunks(
+        &mut self,
+        op: &'static str,
+        version: u64,
+        chunks: &[u64],
+        points: &mut Vec<Pointing>,
+    ) -> Result<(u64, u64)> {
         let (mut written, mut other) = (0, 0);
         let mut fresh: Vec<(u64, u64)> = Vec::new();
         for &c in chunks {
             if let Some(frame) = self.frames.take_retired(c) {
-                let (w, o) = self.refresh(op, version, c, frame)?;
+                let (w, o) = self.refresh(op, version, c, frame, points)?;
                 written += w;
                 other += o;
             } else {
@@ -690,7 +708,7 @@ impl Producer {
             }
         }
         for (first, count) in fresh {
-            let (w, o) = self.fresh_frames(op, version, first, count)?;
+            let (w, o) = self.fresh_frames(op, version, first, count, points)?;
             written += w;
             other += o;
         }
@@ -707,6 +725,7 @@ impl Producer {
         version: u64,
         first: u64,
         count: u64,
+        points: &mut Vec<Pointing>,
     ) -> Result<(u64, u64)> {
         let (base, _) = self.chunk_range(first);
         let (last, last_n) = self.chunk_range(first + count - 1);
@@ -726,7 +745,11 @@ impl Producer {
         }
         for c in first..first + count {
             let (p, _) = self.chunk_range(c);
-            self.point_chunk_at_frame(c, piece.slot + (p - base), version, None);
+            points.push(Pointing {
+                chunk: c,
+                slot: piece.slot + (p - base),
+                mapped_in: None,
+            });
         }
         let written = (first..first + count)
             .map(|c| self.written.count_since(c, version - 1))
@@ -743,6 +766,7 @@ impl Producer {
         version: u64,
         c: u64,
         frame: Retired,
+        points: &mut Vec<Pointing>,
     ) -> Result<(u64, u64)> {
         let (base, n) = self.chunk_range(c);
         debug_assert_eq!(n, frame.len);
@@ -772,29 +796,46 @@ impl Producer {
             let piece = Piece {
                 slot: frame.slot + start,
                 len,
-                resident: mapped,
+                through_window: mapped,
             };
             if let Err((call, e)) = self.pool.write(&piece, &[part]) {
                 // Partly rewritten: no longer a copy of any version.
+                self.frames.forget_taken(frame.slot);
                 let _ = self.pool.free(frame.slot, frame.len);
                 return Err(XasmError::sys(op, self.what(), call)(e));
             }
         }
-        self.point_chunk_at_frame(c, frame.slot, version, mapped.then_some(generation));
+        points.push(Pointing {
+            chunk: c,
+            slot: frame.slot,
+            mapped_in: mapped.then_some(generation),
+        });
         Ok((written, copies - written))
     }
 
-    /// Chunk `c` of version `version` is the frame at `slot` (just written
-    /// whole or refreshed): one extent; the slots it had are replaced.
-    fn point_chunk_at_frame(&mut self, c: u64, slot: u64, version: u64, mapped_in: Option<u64>) {
-        let (base, n) = self.chunk_range(c);
+    /// Chunks of version `version` are the frames in `points` (just
+    /// written whole or refreshed): one extent each; the slots they had are
+    /// replaced. One pass over the table for all of them (see
+    /// `ExtentMap::redirect_many`).
+    fn point_chunks_at_frames(&mut self, points: &mut [Pointing], version: u64) {
+        points.sort_unstable_by_key(|p| p.chunk);
+        let runs: Vec<(u64, u64, u64)> = points
+            .iter()
+            .map(|p| {
+                let (base, n) = self.chunk_range(p.chunk);
+                (base, n, p.slot)
+            })
+            .collect();
         let mut replaced = Vec::new();
-        self.extents.redirect(base, n, slot, &mut replaced);
+        self.extents.redirect_many(&runs, &mut replaced);
         for &(s, l) in &replaced {
             self.ledger.replaced(s, l, version);
         }
-        self.ledger.born(slot, n, version);
-        self.frames.register(slot, n, c, version, mapped_in);
+        for (p, &(_, n, _)) in points.iter().zip(&runs) {
+            self.ledger.born(p.slot, n, version);
+            self.frames
+                .register(p.slot, n, p.chunk, version, p.mapped_in);
+        }
     }
 
     /// After a snapshot: hold frames while the region's writes are
@@ -1227,6 +1268,14 @@ impl Producer {
     pub fn live_versions(&self) -> Vec<u64> {
         self.versions.keys().copied().collect()
     }
+}
+
+/// A chunk rewritten whole into the frame at `slot`, to point the table at
+/// (`mapped_in`: the pool window generation the frame is mapped in).
+struct Pointing {
+    chunk: u64,
+    slot: u64,
+    mapped_in: Option<u64>,
 }
 
 /// A chunk this snapshot's writes touch.
