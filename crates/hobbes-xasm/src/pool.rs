@@ -215,6 +215,27 @@ impl SlotAlloc {
     }
 }
 
+/// The 64-slot words of a bitset covering slots `[slot, slot+len)`, each
+/// with the mask of those slots in it.
+fn bit_words(slot: u64, len: u64) -> impl Iterator<Item = (usize, u64)> {
+    let end = slot + len;
+    let mut s = slot;
+    std::iter::from_fn(move || {
+        if s >= end {
+            return None;
+        }
+        let (word, bit) = (s / 64, s % 64);
+        let n = (64 - bit).min(end - s);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << bit
+        };
+        s += n;
+        Some((word as usize, mask))
+    })
+}
+
 /// Slots handed out by [`Pool::alloc`]: `[slot, slot+len)`, and whether
 /// to copy into them through the window (only where their pages are known
 /// to be mapped there: a frame mapped for its refreshes).
@@ -234,11 +255,13 @@ pub(crate) struct Piece {
 /// snapshot did not reuse is punched then. So the pool holds the live slots
 /// plus at most the slots freed by the latest reclaim.
 ///
-/// Kept slots are written with `pwrite`, like new ones, not through the
-/// window: most were last written by `pwrite`, so their pages are not
-/// mapped in the window, and a memcpy there took a fault per page (10% of
-/// 1 GiB in 64-page runs: 20,000 faults, a copy of 1.7 µs per page against
-/// 1.3 µs with `pwrite`).
+/// Copies go through the window, a memcpy, into pages mapped there. The
+/// pool knows which slots' pages are (`mapped`); the others are mapped
+/// first, all of a piece in one `MADV_POPULATE_WRITE` (allocating the
+/// punched ones), which then stay mapped for their next reuse. Measured at
+/// 10% of 1 GiB written in 64-page runs, per page: a memcpy into pages
+/// not mapped took a fault each (1.7 µs), `pwrite` 1.3 µs, populate and
+/// memcpy about 1 µs, and a memcpy into mapped pages 0.8 µs.
 pub(crate) struct Pool {
     fd: OwnedFd,
     slots: SlotAlloc,
@@ -256,6 +279,9 @@ pub(crate) struct Pool {
     window_generation: u64,
     /// The region's length, which sizes the window.
     region_len: u64,
+    /// Per slot, a bit: its page is mapped in the window (written through
+    /// it since the window was mapped, and not punched since).
+    mapped: Vec<u64>,
 }
 
 impl Pool {
@@ -280,6 +306,7 @@ impl Pool {
             window: None,
             window_generation: 0,
             region_len,
+            mapped: Vec::new(),
         })
     }
 
@@ -361,6 +388,7 @@ impl Pool {
                 .map_err(|e| ("mmap(pool)", e))?;
             self.window = Some(w);
             self.window_generation += 1;
+            self.mapped.clear();
         }
         Ok(())
     }
@@ -368,9 +396,11 @@ impl Pool {
     /// Copy `parts`, back to back, into `piece`'s slots.
     pub fn write(&mut self, piece: &Piece, parts: &[&[u8]]) -> Result<(), (&'static str, Errno)> {
         let at = piece.slot * self.page;
-        if piece.through_window {
-            // Pages mapped in the window: a plain copy (`fit` made the
-            // window cover every allocated slot).
+        let through_window = piece.through_window
+            || self.all_mapped(piece.slot, piece.len)
+            || self.populate(piece.slot, piece.len);
+        if through_window {
+            // `fit` made the window cover every allocated slot.
             let window = self.window.as_mut().ok_or(("pool window", Errno::EINVAL))?;
             let mut dst = &mut window.as_mut_slice()[at as usize..];
             for part in parts {
@@ -380,9 +410,48 @@ impl Pool {
             }
             return Ok(());
         }
-        // Other pages: pwritev overwrites them, or allocates them, without
-        // a fault each.
+        // The window could not map them: pwritev needs no mapping.
         hobbes_sys::pwrite_all_vectored(self.fd.as_fd(), at, parts).map_err(|e| ("pwritev", e))
+    }
+
+    /// Whether slots `[slot, slot+len)` are all mapped in the window.
+    fn all_mapped(&self, slot: u64, len: u64) -> bool {
+        bit_words(slot, len).all(|(w, mask)| self.mapped.get(w).is_some_and(|b| b & mask == mask))
+    }
+
+    /// Mark slots `[slot, slot+len)` mapped in the window or not.
+    fn set_mapped(&mut self, slot: u64, len: u64, on: bool) {
+        if on {
+            let words = (slot + len).div_ceil(64) as usize;
+            if self.mapped.len() < words {
+                self.mapped.resize(words, 0);
+            }
+        }
+        for (w, mask) in bit_words(slot, len) {
+            if let Some(b) = self.mapped.get_mut(w) {
+                if on {
+                    *b |= mask;
+                } else {
+                    *b &= !mask;
+                }
+            }
+        }
+    }
+
+    /// Map slots `[slot, slot+len)` into the window in one call; whether
+    /// they are now.
+    fn populate(&mut self, slot: u64, len: u64) -> bool {
+        let Some(w) = &self.window else {
+            return false;
+        };
+        let (at, n) = ((slot * self.page) as usize, (len * self.page) as usize);
+        if at + n > w.len()
+            || hobbes_sys::mem::advise(w.addr() + at, n, Advice::PopulateWrite).is_err()
+        {
+            return false;
+        }
+        self.set_mapped(slot, len, true);
+        true
     }
 
     /// Which window is mapped now (see `map_into_window`).
@@ -395,11 +464,8 @@ impl Pool {
     /// fault per page. Holds until the window is mapped anew (a new
     /// `window_generation`). Best effort: without it the copies fault.
     pub fn map_into_window(&mut self, slot: u64, len: u64) {
-        if let Some(w) = &self.window {
-            let (at, n) = ((slot * self.page) as usize, (len * self.page) as usize);
-            if at + n <= w.len() {
-                let _ = hobbes_sys::mem::advise(w.addr() + at, n, Advice::PopulateWrite);
-            }
+        if !self.all_mapped(slot, len) {
+            self.populate(slot, len);
         }
     }
 
@@ -419,6 +485,8 @@ impl Pool {
         let mut result = Ok(());
         for (s, l) in old {
             for (fs, fl) in self.slots.free_parts(s, l) {
+                // Punching unmaps the pages everywhere, the window too.
+                self.set_mapped(fs, fl, false);
                 if let Err(e) =
                     hobbes_sys::punch_hole(self.fd.as_fd(), fs * self.page, fl * self.page)
                 {
@@ -432,6 +500,12 @@ impl Pool {
             // Best effort: a longer file only costs address space.
             if hobbes_sys::ftruncate(self.fd.as_fd(), end * self.page).is_ok() {
                 self.size = end * self.page;
+                // The pages past the end are gone, from the window too.
+                let bits = self.mapped.len() as u64 * 64;
+                if bits > end {
+                    self.set_mapped(end, bits - end, false);
+                }
+                self.mapped.truncate(end.div_ceil(64) as usize);
             }
         }
         let end = self.slots.end();
@@ -630,11 +704,15 @@ mod tests {
         let mut back = vec![0u8; page as usize];
         nix::sys::uio::pread(p.fd.as_fd(), &mut back, (2 * page) as i64).unwrap();
         assert_eq!(back, one);
-        // The rest is punched at the next rotation.
+        // Written through the window: its pages are mapped there now.
+        assert!(p.all_mapped(0, 3));
+        // The rest is punched at the next rotation, and no longer counts
+        // as mapped.
         p.rotate().unwrap();
         let (_, resident, allocated, kept) = p.usage();
         assert_eq!((allocated, kept), (7 * page, 0));
         assert!(resident <= 7 * page, "slot 3 punched: {resident}");
+        assert!(p.all_mapped(2, 1) && !p.all_mapped(3, 1));
         // A free tail (slots 3..8) is cut off the file, once its kept
         // slots (4..8) were not reused.
         p.free(4, 4).unwrap();
