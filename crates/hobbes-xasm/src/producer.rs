@@ -617,29 +617,16 @@ impl Producer {
     /// The chunks `runs` write: (extents each would have with its written
     /// pages copied where they are, pages written).
     fn touched_chunks(&self, runs: &[(u64, u64)]) -> Vec<Touched> {
-        let chunk = self.chunk_pages;
-        let mut touched: Vec<Touched> = Vec::new();
-        // The runs are sorted: chunks come in order.
-        for &(p, n) in runs {
-            for (cp, cn) in split_at_chunks(p, n, chunk) {
-                let c = cp / chunk;
-                if touched.last().is_none_or(|t| t.chunk != c) {
-                    let (first, len) = self.chunk_range(c);
-                    let before = self.extents.extents_in(first, len) as isize;
-                    touched.push(Touched {
-                        chunk: c,
-                        before,
-                        after: before,
-                        written: 0,
-                    });
-                }
-                if let Some(t) = touched.last_mut() {
-                    t.after += self.extents.redirect_delta(cp, cn);
-                    t.written += cn;
-                }
-            }
-        }
-        touched
+        self.extents
+            .touched_chunks(runs, self.chunk_pages)
+            .into_iter()
+            .map(|(chunk, before, after, written)| Touched {
+                chunk,
+                before,
+                after,
+                written,
+            })
+            .collect()
     }
 
     /// Whether this snapshot's writes are scattered: most written pages
