@@ -18,7 +18,7 @@ use crate::error::{Result, XasmError};
 use crate::extents::{ExtentMap, CHUNK_BYTES};
 use crate::frames::{Frames, Retired};
 use crate::ledger::Ledger;
-use crate::pool::{Piece, Pool};
+use crate::pool::{Pages, Piece, Pool};
 use crate::track::{self, Dirty, Mechanism, Tracker};
 use crate::writelog::WriteLog;
 
@@ -783,7 +783,11 @@ impl Producer {
             let piece = Piece {
                 slot: frame.slot + start,
                 len,
-                through_window: mapped,
+                pages: if mapped {
+                    Pages::Mapped
+                } else {
+                    Pages::Existing
+                },
             };
             if let Err((call, e)) = self.pool.write(&piece, &[part]) {
                 // Partly rewritten: no longer a copy of any version.
