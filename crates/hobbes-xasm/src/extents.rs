@@ -334,6 +334,23 @@ mod tests {
         assert_eq!(counts.get(&3), Some(&3));
     }
 
+    /// A map of `pages` pages written whole, then `writes` (a place and a
+    /// length each) into fresh slots, sometimes with a gap between them;
+    /// and the next free slot.
+    fn fragmented(pages: u64, writes: &[(prop::sample::Index, u64)]) -> (ExtentMap, u64) {
+        let mut m = ExtentMap::default();
+        let mut old = Vec::new();
+        m.redirect(0, pages, 0, &mut old);
+        let mut next_slot = pages;
+        for (at, n) in writes {
+            let p = at.index(pages as usize) as u64;
+            let n = (*n).min(pages - p);
+            m.redirect(p, n, next_slot, &mut old);
+            next_slot += n + (n % 3);
+        }
+        (m, next_slot)
+    }
+
     proptest! {
         /// `touched_chunks` counts what `extents_in` and `redirect_delta`
         /// count one by one.
@@ -344,16 +361,7 @@ mod tests {
             written in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..40), 0..30),
             chunk in 1u64..80,
         ) {
-            let mut m = ExtentMap::default();
-            let mut old = Vec::new();
-            m.redirect(0, pages, 0, &mut old);
-            let mut next_slot = pages;
-            for (at, n) in before {
-                let p = at.index(pages as usize) as u64;
-                let n = n.min(pages - p);
-                m.redirect(p, n, next_slot, &mut old);
-                next_slot += n + (n % 3);
-            }
+            let (m, _) = fragmented(pages, &before);
             // Sorted, disjoint, not touching runs.
             let mut bits = vec![false; pages as usize];
             for (at, n) in written {
@@ -397,16 +405,7 @@ mod tests {
             before in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..30), 0..40),
             batch in proptest::collection::vec((any::<prop::sample::Index>(), 1u64..40), 0..40),
         ) {
-            let mut m = ExtentMap::default();
-            let mut old = Vec::new();
-            m.redirect(0, pages, 0, &mut old);
-            let mut next_slot = pages;
-            for (at, n) in before {
-                let p = at.index(pages as usize) as u64;
-                let n = n.min(pages - p);
-                m.redirect(p, n, next_slot, &mut old);
-                next_slot += n + (n % 3);
-            }
+            let (mut m, next_slot) = fragmented(pages, &before);
             // Disjoint sorted runs, every other one into the slots right
             // after the last one's, so that they coalesce.
             let mut runs: Vec<(u64, u64, u64)> = Vec::new();
