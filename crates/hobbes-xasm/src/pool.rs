@@ -819,6 +819,46 @@ mod tests {
     }
 
     #[test]
+    fn a_forked_child_drops_the_pool_without_waiting_for_the_puncher() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::ForkResult;
+        let mut p = Pool::new("unit-fork", 0).unwrap();
+        let piece = p.alloc(4).unwrap()[0];
+        p.write(&piece, &[&vec![1u8; (4 * p.page) as usize]])
+            .unwrap();
+        p.free(piece.slot, 4).unwrap();
+        // Kept through one rotation, handed to the puncher at the next.
+        p.rotate().unwrap();
+        p.rotate().unwrap();
+        assert!(p.puncher.is_some());
+        // SAFETY: the child only drops the pool (glibc's malloc is usable
+        // after fork) and leaves with _exit, running nothing else.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            ForkResult::Child => {
+                drop(p);
+                // SAFETY: ends the child at once, as intended.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                // The child has the thread's handle but not the thread:
+                // dropping the pool there joins it, which must not hang.
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                use std::os::fd::AsFd;
+                let pidfd = hobbes_sys::process::pidfd_open(child.as_raw() as u32).unwrap();
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                let exited = poll(&mut fds, PollTimeout::from(20_000u16)).unwrap() == 1;
+                if !exited {
+                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                }
+                let status = waitpid(child, None).unwrap();
+                assert!(exited, "the child hung dropping the pool");
+                assert_eq!(status, WaitStatus::Exited(child, 0));
+            }
+        }
+        p.settle();
+    }
+
+    #[test]
     fn pool_keeps_freed_slots_for_one_snapshot_then_punches() {
         let mut p = Pool::new("unit", 0).unwrap();
         let page = p.page;
