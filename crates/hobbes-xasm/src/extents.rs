@@ -10,6 +10,19 @@ use hobbes_xemem::composite::Extent;
 /// Region pages per compaction chunk: 2 MiB of 4 KiB pages.
 pub(crate) const CHUNK_BYTES: u64 = 2 << 20;
 
+/// A chunk a snapshot's writes touch ([`ExtentMap::touched_chunks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Touched {
+    pub chunk: u64,
+    /// Extents touching it now.
+    pub before: isize,
+    /// Extents touching it with its written pages copied where they are
+    /// (into fresh slots of their own).
+    pub after: isize,
+    /// Pages written.
+    pub written: u64,
+}
+
 /// `redirect_many` rebuilds the map when it has at least one run per this
 /// many extents; fewer runs are redirected one by one.
 const REBUILD_RATIO: usize = 16;
@@ -204,18 +217,16 @@ impl ExtentMap {
         1 + head as isize + tail as isize - overlapped as isize
     }
 
-    /// For the chunks (of `chunk` pages) that `runs` (sorted, disjoint)
-    /// write: `(chunk, extents touching it now, extents touching it with
-    /// the runs in fresh slots of their own, pages written)`, the second as
-    /// [`extents_in`](Self::extents_in) plus each run's
-    /// [`redirect_delta`](Self::redirect_delta). One walk over the table
-    /// alongside the runs, where those lookups took several cold misses per
-    /// run.
-    pub fn touched_chunks(&self, runs: &[(u64, u64)], chunk: u64) -> Vec<(u64, isize, isize, u64)> {
+    /// The chunks (of `chunk` pages) that `runs` (sorted, disjoint) write,
+    /// in order: `before` as [`extents_in`](Self::extents_in), `after` plus
+    /// each run's [`redirect_delta`](Self::redirect_delta). One walk over
+    /// the table alongside the runs, where those lookups took several cold
+    /// misses per run.
+    pub fn touched_chunks(&self, runs: &[(u64, u64)], chunk: u64) -> Vec<Touched> {
         // The table as (start, end), in order; `at` the first extent not
         // wholly before the current point.
         let table: Vec<(u64, u64)> = self.map.iter().map(|(&s, &(_, n))| (s, s + n)).collect();
-        let mut out: Vec<(u64, isize, isize, u64)> = Vec::new();
+        let mut out: Vec<Touched> = Vec::new();
         let mut at = 0;
         // Extents touching [p, e) from index `from`: (count, first, last).
         let overlapping = |from: usize, p: u64, e: u64| {
@@ -235,11 +246,16 @@ impl ExtentMap {
             while cp < end {
                 let c = cp / chunk;
                 let ce = end.min((c + 1) * chunk);
-                if out.last().is_none_or(|t| t.0 != c) {
+                if out.last().is_none_or(|t| t.chunk != c) {
                     let (first, stop) = overlapping(at, c * chunk, (c + 1) * chunk);
                     at = first;
                     let before = (stop - first) as isize;
-                    out.push((c, before, before, 0));
+                    out.push(Touched {
+                        chunk: c,
+                        before,
+                        after: before,
+                        written: 0,
+                    });
                 }
                 let (first, stop) = overlapping(at, cp, ce);
                 at = first;
@@ -251,8 +267,8 @@ impl ExtentMap {
                     1 + head as isize + tail as isize - (stop - first) as isize
                 };
                 if let Some(t) = out.last_mut() {
-                    t.2 += delta;
-                    t.3 += ce - cp;
+                    t.after += delta;
+                    t.written += ce - cp;
                 }
                 cp = ce;
             }
@@ -377,20 +393,20 @@ mod tests {
                 while i < bits.len() && bits[i] { i += 1; }
                 runs.push((s as u64, (i - s) as u64));
             }
-            let mut want: Vec<(u64, isize, isize, u64)> = Vec::new();
+            let mut want: Vec<Touched> = Vec::new();
             for &(p, n) in &runs {
                 let mut cp = p;
                 while cp < p + n {
                     let c = cp / chunk;
                     let ce = (p + n).min((c + 1) * chunk);
-                    if want.last().is_none_or(|t| t.0 != c) {
+                    if want.last().is_none_or(|t| t.chunk != c) {
                         let len = chunk.min(pages - c * chunk);
                         let e = m.extents_in(c * chunk, len) as isize;
-                        want.push((c, e, e, 0));
+                        want.push(Touched { chunk: c, before: e, after: e, written: 0 });
                     }
                     let t = want.last_mut().unwrap();
-                    t.2 += m.redirect_delta(cp, ce - cp);
-                    t.3 += ce - cp;
+                    t.after += m.redirect_delta(cp, ce - cp);
+                    t.written += ce - cp;
                     cp = ce;
                 }
             }

@@ -41,8 +41,6 @@ struct Frame {
     freed_pages: u64,
     /// The version at which the frame retired (all pieces freed).
     retired_at: Option<u64>,
-    /// The pool window generation in which its slots were mapped.
-    mapped_in: Option<u64>,
     /// Handed out for a refresh (`take_retired`), to be registered again
     /// where it is.
     taken: bool,
@@ -66,22 +64,12 @@ pub(crate) struct Retired {
     pub slot: u64,
     pub len: u64,
     pub content: u64,
-    /// The pool window generation in which its slots were mapped.
-    pub mapped_in: Option<u64>,
 }
 
 impl Frames {
     /// Slots `[slot, slot+len)` now hold chunk `chunk` as of `version`
-    /// (written by a copy of the whole chunk, or a refresh); `mapped_in`:
-    /// the pool window generation in which they are mapped, if they are.
-    pub fn register(
-        &mut self,
-        slot: u64,
-        len: u64,
-        chunk: u64,
-        version: u64,
-        mapped_in: Option<u64>,
-    ) {
+    /// (written by a copy of the whole chunk, or a refresh).
+    pub fn register(&mut self, slot: u64, len: u64, chunk: u64, version: u64) {
         let frame = Frame {
             chunk,
             len,
@@ -89,7 +77,6 @@ impl Frames {
             freed: Vec::new(),
             freed_pages: 0,
             retired_at: None,
-            mapped_in,
             taken: false,
         };
         // A refreshed frame is renewed where it is: one lookup, where
@@ -282,7 +269,6 @@ impl Frames {
             slot: fs,
             len: f.len,
             content: f.content,
-            mapped_in: f.mapped_in,
         })
     }
 
@@ -345,7 +331,7 @@ mod tests {
     fn a_frame_retires_when_its_last_piece_is_freed() {
         let mut f = Frames::default();
         let _ = f.set_holding(true);
-        f.register(100, 8, 3, 5, None);
+        f.register(100, 8, 3, 5);
         assert_eq!(f.absorb(&[(98, 4)], 6), vec![(98, 2)]);
         assert_eq!(f.retired_content(3), None);
         assert_eq!(f.held_pages(), 2);
@@ -361,9 +347,9 @@ mod tests {
     fn the_newest_retired_frames_per_chunk() {
         let mut f = Frames::default();
         let _ = f.set_holding(true);
-        f.register(0, 4, 1, 2, None);
-        f.register(10, 4, 1, 7, None);
-        f.register(20, 4, 1, 5, None);
+        f.register(0, 4, 1, 2);
+        f.register(10, 4, 1, 7);
+        f.register(20, 4, 1, 5);
         assert!(f.absorb(&[(10, 4)], 8).is_empty());
         assert!(f.absorb(&[(0, 4)], 9).is_empty());
         // A third pushes out the oldest contents (version 2).
@@ -380,7 +366,7 @@ mod tests {
     #[test]
     fn without_holding_frames_break_up_like_any_run() {
         let mut f = Frames::default();
-        f.register(0, 4, 0, 1, None);
+        f.register(0, 4, 0, 1);
         assert_eq!(f.absorb(&[(1, 1)], 2), vec![(1, 1)]);
         assert_eq!(f.absorb(&[(0, 1), (2, 2)], 3), vec![(0, 1), (2, 2)]);
         assert_eq!(f.retired_content(0), None);
@@ -407,7 +393,7 @@ mod tests {
                 now += 1;
                 match op {
                     0 => {
-                        f.register(next, LEN, chunk, now, None);
+                        f.register(next, LEN, chunk, now);
                         for s in next..next + LEN { allocated.insert(s); framed.insert(s); }
                         next += LEN;
                     }
@@ -430,7 +416,7 @@ mod tests {
                                 prop_assert!(!allocated.contains(&s) && !returned.contains(&s));
                                 allocated.insert(s);
                             }
-                            f.register(r.slot, r.len, chunk, now, None);
+                            f.register(r.slot, r.len, chunk, now);
                         }
                     }
                     _ => {

@@ -250,9 +250,6 @@ pub(crate) struct Piece {
 /// What is known of a piece's pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pages {
-    /// They exist and are mapped in the window (a frame mapped for its
-    /// refreshes): a memcpy.
-    Mapped,
     /// They exist (kept slots, a frame): mapped in the window first if they
     /// are not, then a memcpy.
     Existing,
@@ -293,9 +290,6 @@ pub(crate) struct Pool {
     kept_next: Vec<(u64, u64)>,
     /// `MAP_SHARED` read-write mapping of the pool from offset 0.
     window: Option<Mapping>,
-    /// Bumped whenever the window is mapped anew (its pages must then be
-    /// mapped in again: see `map_into_window`).
-    window_generation: u64,
     /// The region's length, which sizes the window.
     region_len: u64,
     /// Per slot, a bit: its page is mapped in the window (written through
@@ -379,7 +373,6 @@ impl Pool {
             kept: BTreeMap::new(),
             kept_next: Vec::new(),
             window: None,
-            window_generation: 0,
             region_len,
             mapped: Vec::new(),
             puncher: None,
@@ -463,7 +456,6 @@ impl Pool {
             let w = Mapping::shared(self.fd.as_fd(), len, 0, Prot::ReadWrite)
                 .map_err(|e| ("mmap(pool)", e))?;
             self.window = Some(w);
-            self.window_generation += 1;
             self.mapped.clear();
         }
         Ok(())
@@ -473,7 +465,6 @@ impl Pool {
     pub fn write(&mut self, piece: &Piece, parts: &[&[u8]]) -> Result<(), (&'static str, Errno)> {
         let at = piece.slot * self.page;
         let through_window = match piece.pages {
-            Pages::Mapped => true,
             Pages::Existing => {
                 self.all_mapped(piece.slot, piece.len) || self.populate(piece.slot, piece.len)
             }
@@ -495,7 +486,7 @@ impl Pool {
     }
 
     /// Whether slots `[slot, slot+len)` are all mapped in the window.
-    fn all_mapped(&self, slot: u64, len: u64) -> bool {
+    pub fn all_mapped(&self, slot: u64, len: u64) -> bool {
         bit_words(slot, len).all(|(w, mask)| self.mapped.get(w).is_some_and(|b| b & mask == mask))
     }
 
@@ -534,15 +525,11 @@ impl Pool {
         true
     }
 
-    /// Which window is mapped now (see `map_into_window`).
-    pub fn window_generation(&self) -> u64 {
-        self.window_generation
-    }
-
     /// Map slots `[slot, slot+len)` (allocated) into the window now, in one
     /// call: copying into them later through the window then costs no
-    /// fault per page. Holds until the window is mapped anew (a new
-    /// `window_generation`). Best effort: without it the copies fault.
+    /// fault per page, nor a mapping call per piece. Holds until the
+    /// window is mapped anew or the slots are punched (`mapped`). Best
+    /// effort: without it each piece is mapped as it is written.
     pub fn map_into_window(&mut self, slot: u64, len: u64) {
         if !self.all_mapped(slot, len) {
             self.populate(slot, len);

@@ -15,7 +15,7 @@ use hobbes_xemem::{MakeOptions, SegId};
 
 use crate::channel::ChannelWriter;
 use crate::error::{Result, XasmError};
-use crate::extents::{ExtentMap, CHUNK_BYTES};
+use crate::extents::{ExtentMap, Touched, CHUNK_BYTES};
 use crate::frames::{Frames, Retired};
 use crate::ledger::Ledger;
 use crate::pool::{Pages, Piece, Pool};
@@ -476,7 +476,7 @@ impl Producer {
         self.copy_all_next = true;
         // Scattered writes: hold frames from now on, before the retirement
         // below frees pieces of them (else they break up).
-        let touched = self.touched_chunks(&runs);
+        let touched = self.extents.touched_chunks(&runs, self.chunk_pages);
         let scattered = self.scattered(&touched);
         if scattered && !self.frames.holding() {
             let none = self.frames.set_holding(true);
@@ -614,21 +614,6 @@ impl Producer {
         plan
     }
 
-    /// The chunks `runs` write: (extents each would have with its written
-    /// pages copied where they are, pages written).
-    fn touched_chunks(&self, runs: &[(u64, u64)]) -> Vec<Touched> {
-        self.extents
-            .touched_chunks(runs, self.chunk_pages)
-            .into_iter()
-            .map(|(chunk, before, after, written)| Touched {
-                chunk,
-                before,
-                after,
-                written,
-            })
-            .collect()
-    }
-
     /// Whether this snapshot's writes are scattered: most written pages
     /// are in chunks they split into at least one more extent each (single
     /// pages here and there, not runs), and the table would be past an
@@ -735,7 +720,6 @@ impl Producer {
             points.push(Pointing {
                 chunk: c,
                 slot: piece.slot + (p - base),
-                mapped_in: None,
             });
         }
         let written = (first..first + count)
@@ -758,7 +742,6 @@ impl Producer {
         let (base, n) = self.chunk_range(c);
         debug_assert_eq!(n, frame.len);
         let page = self.page as u64;
-        let generation = self.pool.window_generation();
         // The pages written since the frame's version, as runs.
         let runs = self.written.runs_since(c, frame.content);
         let copies: u64 = runs.iter().map(|(_, n)| n).sum();
@@ -766,13 +749,11 @@ impl Producer {
         // Copies go through the window (a memcpy: half what pwrite costs
         // per page here) once the frame is mapped there. Written pages land
         // anywhere in it, a few at a time: map it whole once (about 0.2 ms
-        // for 2 MiB) rather than fault on each page over the refreshes to
-        // come, but only for a refresh big enough to pay for that; small
-        // ones use pwrite.
-        let mut mapped = frame.mapped_in == Some(generation);
-        if !mapped && copies >= MAP_FRAME_AT_COPIES {
+        // for 2 MiB) rather than piece by piece over the refreshes to come,
+        // but only for a refresh big enough to pay for that (the pool maps
+        // smaller ones' pieces as it writes them).
+        if copies >= MAP_FRAME_AT_COPIES && !self.pool.all_mapped(frame.slot, frame.len) {
             self.pool.map_into_window(frame.slot, frame.len);
-            mapped = true;
         }
         for (start, len) in runs {
             let at = self.addr + ((base + start) * page) as usize;
@@ -783,11 +764,7 @@ impl Producer {
             let piece = Piece {
                 slot: frame.slot + start,
                 len,
-                pages: if mapped {
-                    Pages::Mapped
-                } else {
-                    Pages::Existing
-                },
+                pages: Pages::Existing,
             };
             if let Err((call, e)) = self.pool.write(&piece, &[part]) {
                 // Partly rewritten: no longer a copy of any version.
@@ -799,7 +776,6 @@ impl Producer {
         points.push(Pointing {
             chunk: c,
             slot: frame.slot,
-            mapped_in: mapped.then_some(generation),
         });
         Ok((written, copies - written))
     }
@@ -824,8 +800,7 @@ impl Producer {
         }
         for (p, &(_, n, _)) in points.iter().zip(&runs) {
             self.ledger.born(p.slot, n, version);
-            self.frames
-                .register(p.slot, n, p.chunk, version, p.mapped_in);
+            self.frames.register(p.slot, n, p.chunk, version);
         }
     }
 
@@ -919,7 +894,7 @@ impl Producer {
                     if cp + cn > p + n {
                         break;
                     }
-                    self.frames.register(slot + (cp - p), cn, c, version, None);
+                    self.frames.register(slot + (cp - p), cn, c, version);
                     c += 1;
                 }
             }
@@ -1261,23 +1236,10 @@ impl Producer {
     }
 }
 
-/// A chunk rewritten whole into the frame at `slot`, to point the table at
-/// (`mapped_in`: the pool window generation the frame is mapped in).
+/// A chunk rewritten whole into the frame at `slot`, to point the table at.
 struct Pointing {
     chunk: u64,
     slot: u64,
-    mapped_in: Option<u64>,
-}
-
-/// A chunk this snapshot's writes touch.
-struct Touched {
-    chunk: u64,
-    /// Extents touching it now.
-    before: isize,
-    /// Extents touching it with its written pages copied where they are.
-    after: isize,
-    /// Pages written.
-    written: u64,
 }
 
 /// `[p, p+n)` cut at chunk boundaries.
