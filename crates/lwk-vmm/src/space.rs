@@ -385,14 +385,34 @@ impl AddressSpace {
     }
 
     /// `mprotect`: back what becomes accessible; protections themselves are
-    /// not enforced.
+    /// not enforced. As in Linux, a range with unmapped parts is `ENOMEM`:
+    /// free parts of the mmap area, and anything outside the app's part of
+    /// the address space (above [`STACK_TOP`] lie the system area and the
+    /// doorbell, which must never be backed over).
     pub fn mprotect(&mut self, ram: &GuestRam, addr: u64, len: u64, prot: u64) -> i64 {
         if !addr.is_multiple_of(PAGE) {
             return EINVAL;
         }
-        let Some(end) = addr.checked_add(len) else {
+        let Some(end) = len
+            .checked_add(PAGE - 1)
+            .map(|l| l & !(PAGE - 1))
+            .and_then(|l| addr.checked_add(l))
+        else {
             return ENOMEM;
         };
+        if end == addr {
+            return 0;
+        }
+        // Free ranges are disjoint and sorted: only the last one starting
+        // before `end` can reach past `addr`.
+        let hits_free = self
+            .mmap_free
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, free_end)| *free_end > addr);
+        if addr < LOWEST_USER || end > STACK_TOP || hits_free {
+            return ENOMEM;
+        }
         if prot != 0 {
             if let Err(e) = self.back(ram, addr, end) {
                 return e;
@@ -450,6 +470,24 @@ mod tests {
         assert_eq!(again, a, "the freed range is reused");
         s.read(&ram, a + 8, &mut b).unwrap();
         assert_eq!(&b, &[0; 5], "and reads as zero");
+    }
+
+    #[test]
+    fn mprotect_backs_only_what_the_app_has_mapped() {
+        let (ram, mut s) = space();
+        let a = s.mmap(&ram, None, HUGE, false) as u64;
+        // Unmapped parts of the mmap area, the null page, the system area
+        // and a range that wraps: ENOMEM, nothing backed.
+        assert_eq!(s.mprotect(&ram, a - HUGE, 2 * HUGE, 3), ENOMEM);
+        assert_eq!(s.read_u64(&ram, a), Err(EFAULT));
+        assert_eq!(s.mprotect(&ram, 0, PAGE, 3), ENOMEM);
+        assert_eq!(s.mprotect(&ram, crate::layout::SYS_VA, PAGE, 3), ENOMEM);
+        assert_eq!(s.mprotect(&ram, !(HUGE - 1), PAGE, 3), ENOMEM);
+        assert_eq!(s.mprotect(&ram, PAGE, u64::MAX, 3), ENOMEM);
+        assert_eq!(s.mprotect(&ram, a + 1, PAGE, 3), EINVAL);
+        // The reservation itself: backed.
+        assert_eq!(s.mprotect(&ram, a, HUGE, 3), 0);
+        assert_eq!(s.read_u64(&ram, a), Ok(0));
     }
 
     #[test]
