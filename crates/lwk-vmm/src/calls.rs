@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::app::{AppCore, AppState, GuestFd, Handling};
 use crate::host;
+use crate::layout::PAGE;
 use crate::ram::GuestRam;
 use crate::space::{AddressSpace, EFAULT, EINVAL};
 
@@ -464,6 +465,13 @@ fn mmap(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
     let (addr, len, prot, flags, fd, off) = (a[0], a[1], a[2], a[3] as i32, a[4] as i32, a[5]);
     let ram = &ctx.ram;
     let fixed = (flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) != 0).then_some(addr);
+    // As Linux: the offset is whole pages, and offset + length must not wrap.
+    if !off.is_multiple_of(PAGE) {
+        return EINVAL;
+    }
+    if off.checked_add(len).is_none() {
+        return -(libc::EOVERFLOW as i64);
+    }
     if flags & libc::MAP_ANONYMOUS != 0 {
         return ctx
             .with_space(|s| s.mmap(ram, fixed, len, prot != 0))
@@ -492,47 +500,89 @@ fn mmap(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
             Ok(0) => break,
             Ok(got) => {
                 if let Err(e) = ctx.write_mem(at as u64 + done, &buf[..got]) {
+                    let _ = ctx.with_space(|s| s.munmap(ram, at as u64, len));
                     return e;
                 }
                 done += got as u64;
             }
-            Err(e) => return errno(e),
+            Err(e) => {
+                let _ = ctx.with_space(|s| s.munmap(ram, at as u64, len));
+                return errno(e);
+            }
         }
     }
     at
 }
 
 fn mremap(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
-    let (old, old_len, new_len, flags) = (a[0], a[1], a[2], a[3] as i32);
+    let (old, flags, new_at) = (a[0], a[3] as i32, a[4]);
+    // Linux's order of checks: unknown flags, FIXED without MAYMOVE, an
+    // unaligned address, then lengths rounded up to pages (a new length of
+    // zero is invalid). The arguments come from the app: every sum is checked.
+    let known = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP;
+    if flags & !known != 0
+        || (flags & libc::MREMAP_MAYMOVE == 0 && flags & !libc::MREMAP_MAYMOVE != 0)
+    {
+        return EINVAL;
+    }
+    if !old.is_multiple_of(PAGE) {
+        return EINVAL;
+    }
+    let page_up = |l: u64| l.checked_add(PAGE - 1).map(|l| l & !(PAGE - 1));
+    let (Some(old_len), Some(new_len)) = (page_up(a[1]), page_up(a[2])) else {
+        return EINVAL;
+    };
+    if new_len == 0 || old.checked_add(old_len).is_none() {
+        return EINVAL;
+    }
     if old_len > ctx.ram.size() || new_len > ctx.ram.size() {
         return -(libc::ENOMEM as i64);
     }
-    if old_len == new_len {
-        return old as i64;
+    // DONTUNMAP keeps the old range mapped, so it needs a move; an old length
+    // of zero (duplicate a shared mapping) has nothing to give here.
+    if flags & libc::MREMAP_DONTUNMAP != 0 && old_len != new_len || old_len == 0 {
+        return EINVAL;
     }
     let ram = &ctx.ram;
-    if new_len < old_len {
-        return ctx
-            .with_space(|s| {
-                let r = s.munmap(ram, old + new_len, old_len - new_len);
-                if r < 0 {
-                    r
-                } else {
-                    old as i64
-                }
-            })
-            .unwrap_or(EFAULT);
+    let fixed = (flags & libc::MREMAP_FIXED != 0).then_some(new_at);
+    if let Some(to) = fixed {
+        // The new range may not overlap the old one.
+        let Some(to_end) = to.checked_add(new_len) else {
+            return EINVAL;
+        };
+        if !to.is_multiple_of(PAGE) || (to < old + old_len && old < to_end) {
+            return EINVAL;
+        }
     }
-    if flags & libc::MREMAP_MAYMOVE == 0 {
-        return -(libc::ENOMEM as i64);
+    if fixed.is_none() && flags & libc::MREMAP_DONTUNMAP == 0 {
+        if old_len == new_len {
+            return old as i64;
+        }
+        if new_len < old_len {
+            return ctx
+                .with_space(|s| {
+                    let r = s.munmap(ram, old + new_len, old_len - new_len);
+                    if r < 0 {
+                        r
+                    } else {
+                        old as i64
+                    }
+                })
+                .unwrap_or(EFAULT);
+        }
+        if flags & libc::MREMAP_MAYMOVE == 0 {
+            return -(libc::ENOMEM as i64);
+        }
     }
-    // Move: a new mapping, a copy, the old one given back.
-    let data = match ctx.read_mem(old, old_len as usize) {
+    // Move: a new mapping, a copy of what fits, the old one given back
+    // (kept, for DONTUNMAP).
+    let kept = old_len.min(new_len);
+    let data = match ctx.read_mem(old, kept as usize) {
         Ok(d) => d,
         Err(e) => return e,
     };
     let at = ctx
-        .with_space(|s| s.mmap(ram, None, new_len, true))
+        .with_space(|s| s.mmap(ram, fixed, new_len, true))
         .unwrap_or(EFAULT);
     if at < 0 {
         return at;
@@ -540,7 +590,9 @@ fn mremap(ctx: &Ctx<'_>, a: [u64; 6]) -> i64 {
     if let Err(e) = ctx.write_mem(at as u64, &data) {
         return e;
     }
-    let _ = ctx.with_space(|s| s.munmap(ram, old, old_len));
+    if flags & libc::MREMAP_DONTUNMAP == 0 {
+        let _ = ctx.with_space(|s| s.munmap(ram, old, old_len));
+    }
     at
 }
 
@@ -851,6 +903,11 @@ fn rw(ctx: &Ctx<'_>, nr: u64, a: [u64; 6]) -> i64 {
     };
     let reading = matches!(nr, 0 | 17 | 19);
     let offset = matches!(nr, 17 | 18).then_some(a[3]);
+    // A file offset is a signed 64-bit loff_t: a negative one is EINVAL (and
+    // below 2^63 the running sum `off + total` cannot wrap).
+    if offset.is_some_and(|off| off > i64::MAX as u64) {
+        return EINVAL;
+    }
     let mut total: i64 = 0;
     for (base, len) in iov {
         let pieces = match ctx.with_space(|s| s.pieces(base, len)) {
@@ -1540,6 +1597,65 @@ mod tests {
                     .contains("unsupported (-ENOSYS): syscall_999 1"),
                 "{s}"
             );
+        });
+    }
+
+    /// mremap's arguments come from the app: the proptest above found an
+    /// address near the top of the range whose sum with the new length
+    /// wrapped (a panic in the proxy). Each is now checked as Linux checks it,
+    /// and a move keeps the bytes.
+    #[test]
+    fn mremap_checks_its_arguments_and_moves_the_bytes() {
+        let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app(&ram, dir.path());
+        on_own_thread(|| {
+            let ctx = Ctx {
+                ram: &ram,
+                cores: &[1],
+                app: &app,
+                tid: 1,
+                cpu: 0,
+                on_vcpu: true,
+            };
+            let call = |a: [u64; 6]| match dispatch(&ctx, 25, a) {
+                Outcome::Ret(r) => r,
+                o => panic!("mremap gave {o:?}"),
+            };
+            let may = libc::MREMAP_MAYMOVE as u64;
+            let fixed = libc::MREMAP_FIXED as u64;
+            let top = !(PAGE - 1); // the last page of the address range
+                                   // The wrapping sums: shrinking at the top, and a top old range.
+            assert_eq!(call([top, 3 * PAGE, PAGE, 0, 0, 0]), EINVAL);
+            assert_eq!(call([top, u64::MAX, 1, may, 0, 0]), EINVAL);
+            assert_eq!(call([PAGE + 1, PAGE, 2 * PAGE, may, 0, 0]), EINVAL);
+            assert_eq!(call([PAGE, PAGE, 0, may, 0, 0]), EINVAL);
+            assert_eq!(call([PAGE, PAGE, 2 * PAGE, 0x80, 0, 0]), EINVAL);
+            assert_eq!(call([PAGE, PAGE, 2 * PAGE, fixed, 0, 0]), EINVAL);
+
+            let space = |f: &mut dyn FnMut(&mut AddressSpace) -> i64| {
+                f(app.core.lock().unwrap().space.as_mut().unwrap())
+            };
+            let at = space(&mut |s| s.mmap(&ram, None, 2 * PAGE, true)) as u64;
+            space(&mut |s| {
+                s.write(&ram, at + PAGE - 3, b"edge").unwrap();
+                0
+            });
+            // Grow without MAYMOVE: no room in place here.
+            assert_eq!(
+                call([at, 2 * PAGE, 4 * PAGE, 0, 0, 0]),
+                -(libc::ENOMEM as i64)
+            );
+            let moved = call([at, 2 * PAGE, 4 * PAGE, may, 0, 0]);
+            assert!(moved > 0 && moved as u64 != at, "{moved:#x}");
+            let mut b = [0u8; 4];
+            space(&mut |s| {
+                s.read(&ram, moved as u64 + PAGE - 3, &mut b).unwrap();
+                0
+            });
+            assert_eq!(&b, b"edge");
+            // Shrinking in place keeps the address.
+            assert_eq!(call([moved as u64, 4 * PAGE, PAGE, 0, 0, 0]), moved);
         });
     }
 
