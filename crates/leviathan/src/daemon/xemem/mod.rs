@@ -264,10 +264,18 @@ impl Daemon {
     /// After the record and the memory are held: log, and let go of the
     /// retired segments' memory (their records went in the same transaction).
     fn made(&self, record: &SegmentRecord, make: &XememMake, memory: &str) {
-        tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory, extents = record.composite.map(|c| c.extents), "segment made");
+        // An XASM producer makes a composite version (and retires an older
+        // one) per snapshot, up to thousands a second: those two lines are
+        // debug, so the log at info keeps what an administrator acts on.
+        let extents = record.composite.map(|c| c.extents);
+        if extents.is_some() {
+            tracing::debug!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory, extents, "segment made");
+        } else {
+            tracing::info!(segid = record.segid, name = ?record.name, size = record.size, owner = record.owner_pid, enclave = record.owner_enclave, memory, "segment made");
+        }
         for &r in &make.retire {
             self.xemem.drop_backing(r);
-            tracing::info!(segid = r, by = record.segid, "segment gone: retired");
+            tracing::debug!(segid = r, by = record.segid, "segment gone: retired");
         }
     }
 
