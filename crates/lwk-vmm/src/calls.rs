@@ -1545,12 +1545,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bad_pointers_are_efault_and_fds_are_checked() {
+    /// Run `f` with a one-core app's context on a vCPU, as the app's user on
+    /// a thread of its own (see arbitrary_calls...): `f` gets the context,
+    /// the app, the guest RAM and the base of the app's 4 MiB mapping.
+    fn as_app_on_vcpu(f: impl FnOnce(&Ctx<'_>, &AppState, &GuestRam, u64) + Send) {
         let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (app, base) = app(&ram, dir.path());
-        // As the app's user, on a thread of its own (see arbitrary_calls...).
         on_own_thread(|| {
             let ctx = Ctx {
                 ram: &ram,
@@ -1560,20 +1561,27 @@ mod tests {
                 cpu: 0,
                 on_vcpu: true,
             };
+            f(&ctx, &app, &ram, base)
+        });
+    }
+
+    #[test]
+    fn bad_pointers_are_efault_and_fds_are_checked() {
+        as_app_on_vcpu(|ctx, app, ram, base| {
             // write(1, unmapped, 8)
             assert_eq!(
-                dispatch(&ctx, 1, [1, 0x1000, 8, 0, 0, 0]),
+                dispatch(ctx, 1, [1, 0x1000, 8, 0, 0, 0]),
                 Outcome::Ret(EFAULT)
             );
             // write(77, ...): no such descriptor
             assert_eq!(
-                dispatch(&ctx, 1, [77, base, 8, 0, 0, 0]),
+                dispatch(ctx, 1, [77, base, 8, 0, 0, 0]),
                 Outcome::Ret(EBADF)
             );
             // openat(AT_FDCWD, unmapped path)
             let cwd = libc::AT_FDCWD as i64 as u64;
             assert_eq!(
-                dispatch(&ctx, 257, [cwd, 0x10, 0, 0, 0, 0]),
+                dispatch(ctx, 257, [cwd, 0x10, 0, 0, 0, 0]),
                 Outcome::Ret(EFAULT)
             );
             // A path without its NUL inside the app's memory.
@@ -1587,10 +1595,10 @@ mod tests {
                 .write(ram_ref, base, &[b'a'; 4096])
                 .unwrap();
             assert!(
-                matches!(dispatch(&ctx, 257, [cwd, base, 0, 0, 0, 0]), Outcome::Ret(e) if e < 0)
+                matches!(dispatch(ctx, 257, [cwd, base, 0, 0, 0, 0]), Outcome::Ret(e) if e < 0)
             );
             // An unknown call is ENOSYS and counted as unsupported.
-            assert_eq!(dispatch(&ctx, 999, [0; 6]), Outcome::Ret(ENOSYS));
+            assert_eq!(dispatch(ctx, 999, [0; 6]), Outcome::Ret(ENOSYS));
             let s = app.summary(&app.core.lock().unwrap());
             assert!(
                 s.to_string()
@@ -1606,19 +1614,8 @@ mod tests {
     /// and a move keeps the bytes.
     #[test]
     fn mremap_checks_its_arguments_and_moves_the_bytes() {
-        let ram = GuestRam::new(16 << 20, None, &[]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let (app, _) = app(&ram, dir.path());
-        on_own_thread(|| {
-            let ctx = Ctx {
-                ram: &ram,
-                cores: &[1],
-                app: &app,
-                tid: 1,
-                cpu: 0,
-                on_vcpu: true,
-            };
-            let call = |a: [u64; 6]| match dispatch(&ctx, 25, a) {
+        as_app_on_vcpu(|ctx, app, ram, _| {
+            let call = |a: [u64; 6]| match dispatch(ctx, 25, a) {
                 Outcome::Ret(r) => r,
                 o => panic!("mremap gave {o:?}"),
             };
@@ -1636,9 +1633,9 @@ mod tests {
             let space = |f: &mut dyn FnMut(&mut AddressSpace) -> i64| {
                 f(app.core.lock().unwrap().space.as_mut().unwrap())
             };
-            let at = space(&mut |s| s.mmap(&ram, None, 2 * PAGE, true)) as u64;
+            let at = space(&mut |s| s.mmap(ram, None, 2 * PAGE, true)) as u64;
             space(&mut |s| {
-                s.write(&ram, at + PAGE - 3, b"edge").unwrap();
+                s.write(ram, at + PAGE - 3, b"edge").unwrap();
                 0
             });
             // Grow without MAYMOVE: no room in place here.
@@ -1650,7 +1647,7 @@ mod tests {
             assert!(moved > 0 && moved as u64 != at, "{moved:#x}");
             let mut b = [0u8; 4];
             space(&mut |s| {
-                s.read(&ram, moved as u64 + PAGE - 3, &mut b).unwrap();
+                s.read(ram, moved as u64 + PAGE - 3, &mut b).unwrap();
                 0
             });
             assert_eq!(&b, b"edge");
